@@ -1,0 +1,168 @@
+"""The "codec": audio <-> normalised log-mel latent frames, decoded with Griffin-Lim.
+
+A latent frame is ``patch`` consecutive log-mel frames stacked into one vector, so the model sees
+``channels = patch * n_mels`` numbers per latent frame. With the defaults:
+
+=====================  ==========================================
+sample rate            16,000 Hz, mono
+STFT                   n_fft 1024 (64 ms Hann window), hop 256 (16 ms)
+mel                    128 bands, 0 - 8000 Hz (Slaney, librosa's filterbank)
+log                    natural log of mel magnitude, floor 1e-5
+normalisation          (log_mel - mean) / std with fixed constants
+latent frame           4 mel frames = 1024 samples = 64 ms
+latent frame rate      15.625 frames/s
+latent channels        512
+=====================  ==========================================
+
+A latent is visible: reshape it to ``(frames * patch, n_mels)`` and it is a spectrogram (``latent_to_mel``).
+Decoding maps mel magnitudes back to linear STFT magnitudes with the filterbank's pseudo-inverse (clamped at 0)
+and recovers phase with Griffin-Lim (``lmdm.griffinlim``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from .griffinlim import griffin_lim, stft
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Mel codec settings (see the module docstring for the defaults' meaning).
+
+    Attributes:
+        sample_rate: Hz.
+        n_fft: STFT size and Hann window length, samples.
+        hop: STFT hop, samples.
+        n_mels: mel bands.
+        fmin, fmax: mel filterbank range, Hz.
+        patch: mel frames per latent frame.
+        log_floor: magnitude floor before the log.
+        mean, std: normalisation of the log-mel values (measured on the built data set, fixed here so that the
+            codec is a pure function).
+        gl_iters: Griffin-Lim iterations when decoding.
+        gl_momentum: fast Griffin-Lim momentum.
+    """
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    hop: int = 256
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float = 8000.0
+    patch: int = 4
+    log_floor: float = 1e-5
+    mean: float = -5.0
+    std: float = 2.5
+    gl_iters: int = 32
+    gl_momentum: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.hop <= 0 or self.n_fft < self.hop or self.patch <= 0 or self.n_mels <= 0:
+            raise ValueError(f"invalid codec settings: {self}")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin} fmax={self.fmax}")
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per latent frame."""
+        return self.hop * self.patch
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second."""
+        return self.sample_rate / self.samples_per_frame
+
+    @property
+    def channels(self) -> int:
+        """Numbers per latent frame (``patch * n_mels``)."""
+        return self.patch * self.n_mels
+
+
+class MelCodec:
+    """Audio <-> latent frames for one :class:`CodecConfig`. Stateless apart from cached filterbanks."""
+
+    def __init__(self, cfg: CodecConfig = CodecConfig()):
+        self.cfg = cfg
+
+    @cached_property
+    def mel_basis(self) -> torch.Tensor:
+        """``(n_mels, n_fft // 2 + 1)`` Slaney mel filterbank from librosa."""
+        import librosa
+
+        c = self.cfg
+        m = librosa.filters.mel(sr=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, fmin=c.fmin, fmax=c.fmax)
+        return torch.from_numpy(m.astype(np.float32))
+
+    @cached_property
+    def mel_pinv(self) -> torch.Tensor:
+        """``(n_fft // 2 + 1, n_mels)`` pseudo-inverse of the filterbank (mel -> linear magnitude)."""
+        return torch.linalg.pinv(self.mel_basis)
+
+    @cached_property
+    def window(self) -> torch.Tensor:
+        return torch.hann_window(self.cfg.n_fft)
+
+    # ---- audio -> mel -> latent -------------------------------------------------------------------------------
+    def audio_to_mel(self, audio: torch.Tensor) -> torch.Tensor:
+        """Normalised log-mel of ``audio``.
+
+        Args:
+            audio: ``(batch, samples)`` float in [-1, 1] at ``cfg.sample_rate``; right-padded with zeros to a
+                whole number of latent frames.
+
+        Returns:
+            ``(batch, mel_frames, n_mels)`` with ``mel_frames = ceil(samples / samples_per_frame) * patch``.
+        """
+        if audio.dim() != 2:
+            raise ValueError(f"audio must be (batch, samples), got shape {tuple(audio.shape)}")
+        c = self.cfg
+        spf = c.samples_per_frame
+        pad = (-audio.shape[1]) % spf
+        if pad or audio.shape[1] == 0:
+            audio = torch.nn.functional.pad(audio, (0, pad if audio.shape[1] else spf))
+        mag = stft(audio.float(), c.n_fft, c.hop, self.window).abs()[..., :-1]  # (batch, bins, samples // hop)
+        mel = torch.matmul(self.mel_basis, mag).clamp_min(c.log_floor).log()
+        return ((mel - c.mean) / c.std).transpose(1, 2)
+
+    def mel_to_latent(self, mel: torch.Tensor) -> torch.Tensor:
+        """``(batch, mel_frames, n_mels)`` -> ``(batch, mel_frames // patch, patch * n_mels)``."""
+        b, t, m = mel.shape
+        p = self.cfg.patch
+        if t % p:
+            raise ValueError(f"mel frames ({t}) must be a multiple of patch ({p})")
+        return mel.reshape(b, t // p, p * m)
+
+    def latent_to_mel(self, latent: torch.Tensor) -> torch.Tensor:
+        """``(batch, frames, patch * n_mels)`` -> ``(batch, frames * patch, n_mels)`` (a viewable spectrogram)."""
+        b, t, ch = latent.shape
+        if ch != self.cfg.channels:
+            raise ValueError(f"latent has {ch} channels, the codec expects {self.cfg.channels}")
+        return latent.reshape(b, t * self.cfg.patch, self.cfg.n_mels)
+
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """Audio ``(batch, samples)`` -> latent ``(batch, frames, channels)`` (frames = samples / samples_per_frame,
+        rounded up)."""
+        return self.mel_to_latent(self.audio_to_mel(audio))
+
+    # ---- latent -> audio --------------------------------------------------------------------------------------
+    def mel_to_magnitude(self, mel: torch.Tensor) -> torch.Tensor:
+        """Normalised log-mel ``(batch, mel_frames, n_mels)`` -> linear magnitude ``(batch, bins, mel_frames)``."""
+        c = self.cfg
+        m = (mel.float() * c.std + c.mean).exp().transpose(1, 2)
+        return torch.matmul(self.mel_pinv, m).clamp_min(0.0)
+
+    def decode(self, latent: torch.Tensor, generator: torch.Generator | None = None,
+               n_iter: int | None = None) -> torch.Tensor:
+        """Latent ``(batch, frames, channels)`` -> audio ``(batch, frames * samples_per_frame)`` by Griffin-Lim."""
+        c = self.cfg
+        mag = self.mel_to_magnitude(self.latent_to_mel(latent))
+        mag = torch.cat([mag, mag[..., -1:]], dim=-1)  # one more centred frame so the output ends on a frame
+        return griffin_lim(mag, c.n_fft, c.hop, n_iter or c.gl_iters, c.gl_momentum, generator=generator)
+
+    def encode_numpy(self, audio: np.ndarray) -> torch.Tensor:
+        """Mono numpy audio ``(samples,)`` -> latent ``(frames, channels)``."""
+        return self.encode(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None])[0]

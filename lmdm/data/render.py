@@ -1,0 +1,189 @@
+"""Score -> MIDI -> audio: music21 for the score, pretty_midi for MIDI edits, the FluidSynth CLI to synthesise.
+
+music21's MIDI writer is the first route; it fails on some ABC tunes with metre changes ("TimeSignature already
+found"), so the second route writes the score's notes with pretty_midi directly. The route taken is recorded in
+the manifest (``midi_route``) and counted at the end of a build, never dropped silently.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import to_mono_float
+from .corpus import Work
+
+# SoundFonts tried in order when none is given: Debian's fluid-soundfont-gm (FluidR3, 145 MB, the better one),
+# Debian's timgm6mb-soundfont, then the TimGM6mb copy inside pretty_midi's wheel.
+SOUNDFONT_CANDIDATES = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/soundfonts/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/TimGM6mb.sf2",
+)
+
+
+class RenderError(RuntimeError):
+    """A work that could not be turned into audio; the message names the stage (parse, midi, synth)."""
+
+
+def find_soundfont(path: str | Path | None = None) -> Path:
+    """The General MIDI SoundFont to render with: ``path`` if given, else the first of
+    ``SOUNDFONT_CANDIDATES`` that exists, else pretty_midi's bundled TimGM6mb.
+
+    Raises:
+        FileNotFoundError: ``path`` was given and does not exist.
+    """
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"SoundFont not found: {p}")
+        return p
+    for c in SOUNDFONT_CANDIDATES:
+        if Path(c).is_file():
+            return Path(c)
+    import pretty_midi
+
+    return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+
+
+def find_fluidsynth() -> str:
+    """Path of the ``fluidsynth`` executable.
+
+    Raises:
+        FileNotFoundError: FluidSynth is not installed; the message says how to install it.
+    """
+    exe = shutil.which("fluidsynth")
+    if exe is None:
+        raise FileNotFoundError(
+            "FluidSynth is not installed. Install it with `sudo apt-get install fluidsynth fluid-soundfont-gm` "
+            "(Debian/Ubuntu), `brew install fluid-synth` (macOS) or `conda install -c conda-forge fluidsynth`."
+        )
+    return exe
+
+
+def parse_work(work: Work):
+    """The music21 score of ``work`` (``corpus.parse``)."""
+    from music21 import corpus
+
+    if work.number is not None:
+        return corpus.parse(work.source_path, number=work.number)
+    return corpus.parse(work.source_path)
+
+
+def key_name(score) -> str | None:
+    """The analysed key as caption text, e.g. "D minor", "B-flat major" (music21's Krumhansl key finding)."""
+    try:
+        k = score.analyze("key")
+    except Exception:
+        return None
+    tonic = k.tonic.name.replace("-", "-flat").replace("#", "-sharp")
+    return f"{tonic} {k.mode}"
+
+
+def _notes_route(score, bpm: float):
+    """pretty_midi built from the score's notes, one instrument per part, ties merged; quarter notes at ``bpm``."""
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(initial_tempo=bpm)
+    sec = 60.0 / bpm
+    parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
+    for part in parts:
+        inst = pretty_midi.Instrument(program=0)
+        for n in part.stripTies().flatten().notes:
+            ql = float(n.quarterLength) or 0.25  # grace notes get a short duration
+            vel = n.volume.velocity if n.volume is not None and n.volume.velocity else 80
+            for p in n.pitches:
+                start = float(n.offset) * sec
+                inst.notes.append(pretty_midi.Note(int(vel), int(p.midi), start, start + ql * sec))
+        if inst.notes:
+            pm.instruments.append(inst)
+    if not pm.instruments:
+        raise RenderError("midi: the score has no notes")
+    return pm
+
+
+def score_to_midi(score, bpm: float, has_own_tempo: bool):
+    """MIDI of ``score`` at ``bpm``: ``(pretty_midi.PrettyMIDI, route)`` with route "music21" or "notes".
+
+    A score with its own metronome mark keeps it (music21 route); otherwise times are rescaled from the writer's
+    tempo to ``bpm``.
+    """
+    import pretty_midi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "score.mid"
+        try:
+            score.write("midi", fp=str(path))
+            pm = pretty_midi.PrettyMIDI(str(path))
+            route = "music21"
+        except Exception:
+            return _notes_route(score, bpm), "notes"
+    if not has_own_tempo:
+        _, tempi = pm.get_tempo_changes()
+        written = float(tempi[0]) if len(tempi) else 120.0
+        end = pm.get_end_time()
+        if end > 0 and abs(written - bpm) > 1e-6:
+            pm.adjust_times([0.0, end], [0.0, end * written / bpm])
+    if not any(i.notes for i in pm.instruments):
+        raise RenderError("midi: the score has no notes")
+    return pm, route
+
+
+def prepare_midi(pm, program: int, max_seconds: float) -> float:
+    """Set every part to GM ``program``, drop drum tracks, crop notes to ``max_seconds``; returns the end time (s)."""
+    pm.instruments = [i for i in pm.instruments if not i.is_drum and i.notes]
+    for inst in pm.instruments:
+        inst.program = program
+        inst.notes = [n for n in inst.notes if n.start < max_seconds]
+        for n in inst.notes:
+            n.end = min(n.end, max_seconds)
+        inst.pitch_bends = [b for b in inst.pitch_bends if b.time < max_seconds]
+        inst.control_changes = [c for c in inst.control_changes if c.time < max_seconds]
+    return max((n.end for i in pm.instruments for n in i.notes), default=0.0)
+
+
+def render_midi(midi_path: str | Path, soundfont: str | Path, sample_rate: int, gain: float = 0.5) -> np.ndarray:
+    """Synthesise a MIDI file with the FluidSynth CLI; mono float32 ``(samples,)`` at ``sample_rate`` Hz.
+
+    Raises:
+        RenderError: FluidSynth failed or produced no audio.
+    """
+    import soundfile as sf
+
+    exe = find_fluidsynth()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "render.wav"
+        cmd = [exe, "-ni", "-q", "-g", str(gain), "-r", str(sample_rate), "-F", str(out), str(soundfont), str(midi_path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0 or not out.is_file():
+            raise RenderError(f"synth: fluidsynth exited {proc.returncode}: {proc.stderr.strip()[:300]}")
+        data, sr = sf.read(str(out), dtype="float32", always_2d=True)
+    if data.size == 0:
+        raise RenderError("synth: fluidsynth produced no samples")
+    return to_mono_float(data, sr, sample_rate)
+
+
+def finish_audio(audio: np.ndarray, sample_rate: int, end_time: float, tail: float = 1.0,
+                 target_dbfs: float = -20.0, peak: float = 0.95) -> np.ndarray:
+    """Trim to the last note's end plus ``tail`` seconds (with a 50 ms fade-out) and normalise loudness to
+    ``target_dbfs`` RMS, never letting the peak exceed ``peak``.
+
+    Raises:
+        RenderError: the audio is silent.
+    """
+    n = min(len(audio), int((end_time + tail) * sample_rate))
+    a = audio[:n].astype(np.float32).copy()
+    fade = min(n, int(0.05 * sample_rate))
+    if fade:
+        a[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    rms = float(np.sqrt(np.mean(a**2))) if n else 0.0
+    if rms < 1e-5:
+        raise RenderError("synth: rendered audio is silent")
+    a *= 10 ** (target_dbfs / 20) / rms
+    m = float(np.abs(a).max())
+    if m > peak:
+        a *= peak / m
+    return a

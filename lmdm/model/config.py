@@ -1,0 +1,54 @@
+"""The DiT's config: size, and the streaming geometry it is trained for."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Size and streaming geometry of an LMDM DiT.
+
+    Attributes:
+        latent_channels: numbers per latent frame (the codec's ``patch * n_mels``).
+        d_model: transformer width.
+        n_layers: transformer blocks.
+        n_heads: attention heads (``d_model / n_heads`` must be even, for RoPE).
+        mlp_ratio: MLP hidden width as a multiple of ``d_model``.
+        text_dim: prompt embedding size (MiniLM: 384).
+        control_dim: control input channels per frame (``lmdm.controls``: 4 features + 3 group flags); 0 = none.
+        block_frames: ``B``, frames per block/chunk (16 frames = 1.02 s at 15.625 frames/s).
+        window_chunks: ``W``, clean chunks of context a block sees (context ``C = W * B`` frames).
+        rope_base: RoPE base.
+        qk_norm: RMS-normalise queries and keys per head (stabilises bf16 training).
+    """
+
+    latent_channels: int = 512
+    d_model: int = 256
+    n_layers: int = 8
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    text_dim: int = 384
+    control_dim: int = 7
+    block_frames: int = 16
+    window_chunks: int = 4
+    rope_base: float = 10000.0
+    qk_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer")
+        if self.block_frames < 1 or self.window_chunks < 0:
+            raise ValueError(f"need block_frames >= 1 and window_chunks >= 0, got {self.block_frames}, {self.window_chunks}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def context_frames(self) -> int:
+        """``C = W * B``."""
+        return self.window_chunks * self.block_frames
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.d_model * self.mlp_ratio)

@@ -1,0 +1,224 @@
+"""The LMDM DiT: a diffusion transformer over latent frames with clean context decoupled from the noisy target.
+
+Rectified flow with velocity prediction (``lmdm.diffusion``). Each token is one latent frame and enters as
+``[noisy x_t | clean latent | context flag | controls]`` (DESIGN.md section 5: the noisy input is zeroed at
+context positions and the clean context enters as extra channels plus a flag).
+
+Conditioning is adaLN-Zero (Peebles & Xie 2023, "Scalable Diffusion Models with Transformers", section 3.2) with
+one twist that makes the KV cache possible (LMDM, arXiv 2605.22717, section 3): tokens belong to *segments*, and
+a segment's conditioning vector is
+
+* ``clean_cond`` (a learned constant) for clean context segments: no timestep, no prompt, and
+* ``t_embed(t) + text_embed(prompt)`` for noisy target segments.
+
+With the masks of ``lmdm.model.masks`` (context never attends to targets) the keys and values of context tokens
+therefore depend on neither the denoising step, the noise, nor the prompt: they are computed once and cached,
+and a prompt change between blocks needs no cache rebuild.
+
+Shapes: ``b`` batch, ``L`` tokens (frames), ``d`` width, ``H`` heads, ``hd`` head width, ``ch`` latent channels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DiTConfig
+from .rope import apply_rope, rope_angles
+
+
+@dataclass
+class Tokens:
+    """A token sequence for the general (uncached) forward pass.
+
+    Attributes:
+        noisy: ``(b, L, ch)`` x_t at target tokens, 0 at clean context tokens.
+        clean: ``(b, L, ch)`` clean latents at context tokens, 0 elsewhere.
+        is_ctx: ``(b, L)`` or ``(L,)`` bool, the context flag channel.
+        seg: ``(b, L)`` or ``(L,)`` long, each token's segment (index into ``t_seg``).
+        t_seg: ``(b, n_seg)`` timestep of each segment in [0, 1]; NaN marks a clean (timestep-free) segment.
+        pos: ``(b, L)`` or ``(L,)`` frame positions for RoPE.
+        mask: ``(L, L)`` or ``(b, L, L)`` bool attention mask (True = may attend).
+        controls: ``(b, L, control_dim)`` control channels or None (= all zero: no control).
+    """
+
+    noisy: torch.Tensor
+    clean: torch.Tensor
+    is_ctx: torch.Tensor
+    seg: torch.Tensor
+    t_seg: torch.Tensor
+    pos: torch.Tensor
+    mask: torch.Tensor
+    controls: torch.Tensor | None = None
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of ``t * 1000``; ``(...,)`` -> ``(..., dim)`` (DiT / ADM convention)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = (t.float() * 1000.0)[..., None] * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def _expand_mask(mask: torch.Tensor) -> torch.Tensor:
+    """(Lq, Lk) or (b, Lq, Lk) -> broadcastable to (b, H, Lq, Lk)."""
+    return mask[:, None] if mask.dim() == 3 else mask
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero modulation, QK-RMSNorm and RoPE.
+
+    Split into :meth:`project` (queries/keys/values of the tokens) and :meth:`attend` (attention over any keys,
+    then the MLP) so that the KV cache can attend over stored keys without a separate code path.
+    """
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        d, hd = cfg.d_model, cfg.head_dim
+        self.n_heads = cfg.n_heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.q_norm = nn.RMSNorm(hd, eps=1e-6) if cfg.qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(hd, eps=1e-6) if cfg.qk_norm else nn.Identity()
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_hidden), nn.GELU(approximate="tanh"), nn.Linear(cfg.mlp_hidden, d))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+
+    def modulation(self, c: torch.Tensor) -> torch.Tensor:
+        """Conditioning vectors ``(b, n, d)`` -> modulation ``(b, n, 6d)`` (shift/scale/gate for attn and MLP)."""
+        return self.ada(c)
+
+    def project(self, x: torch.Tensor, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Rotated queries, keys and values of tokens ``x`` ``(b, L, d)``; each ``(b, H, L, hd)``.
+
+        ``mod`` is ``(b, L, 6d)`` or ``(b, 1, 6d)``; ``cos``/``sin`` are ``(L, hd/2)`` or ``(b, L, hd/2)``.
+        """
+        b, n, d = x.shape
+        shift, scale = mod[..., :d], mod[..., d : 2 * d]
+        h = self.norm1(x) * (1 + scale) + shift
+        q, k, v = self.qkv(h).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def attend(self, x: torch.Tensor, mod: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of queries ``q`` over keys/values ``k, v`` ``(b, H, Lk, hd)``, residual, then the MLP.
+
+        ``mask`` is ``(Lq, Lk)``, ``(b, Lq, Lk)`` or None (all visible). Returns the new ``x`` ``(b, Lq, d)``.
+        """
+        b, n, d = x.shape
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else _expand_mask(mask))
+        a = a.transpose(1, 2).reshape(b, n, d)
+        gate1, shift2, scale2, gate2 = mod[..., 2 * d : 3 * d], mod[..., 3 * d : 4 * d], mod[..., 4 * d : 5 * d], mod[..., 5 * d :]
+        x = x + gate1 * self.proj(a)
+        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+
+    def forward(self, x, mod, cos, sin, mask):
+        q, k, v = self.project(x, mod, cos, sin)
+        return self.attend(x, mod, q, k, v, mask)
+
+
+class DiT(nn.Module):
+    """The LMDM diffusion transformer (see the module docstring). Predicts the rectified-flow velocity
+    ``v = eps - x0`` for every token."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, ch = cfg.d_model, cfg.latent_channels
+        self.in_proj = nn.Linear(2 * ch + 1 + cfg.control_dim, d)
+        self.t_embed = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
+        self.text_embed = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.null_text = nn.Parameter(torch.zeros(d))  # the "empty prompt" (unconditional, for CFG)
+        self.clean_cond = nn.Parameter(torch.zeros(d))  # conditioning of clean context segments
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_norm = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.out_proj = nn.Linear(d, ch)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.t_embed[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed[2].weight, std=0.02)
+        nn.init.normal_(self.clean_cond, std=0.02)
+        nn.init.normal_(self.null_text, std=0.02)
+        for blk in self.blocks:  # adaLN-Zero: every block starts as the identity
+            nn.init.zeros_(blk.ada[1].weight)
+            nn.init.zeros_(blk.ada[1].bias)
+        for lin in (self.final_ada[1], self.out_proj):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ---- conditioning -----------------------------------------------------------------------------------------
+    def text_cond(self, text: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings ``(b, text_dim)`` and ``has_text`` ``(b,)`` bool -> ``(b, d)``; items without a prompt
+        get the learned unconditional vector."""
+        emb = self.text_embed(text.to(self.null_text.dtype))
+        return torch.where(has_text[:, None], emb, self.null_text.expand_as(emb))
+
+    def target_cond(self, t: torch.Tensor, text_c: torch.Tensor) -> torch.Tensor:
+        """Conditioning of noisy segments: timesteps ``(b, n)`` and text vectors ``(b, d)`` -> ``(b, n, d)``."""
+        return self.t_embed(timestep_embedding(t, 256).to(text_c.dtype)) + text_c[:, None]
+
+    def segment_cond(self, t_seg: torch.Tensor, text_c: torch.Tensor) -> torch.Tensor:
+        """``(b, n_seg)`` timesteps (NaN = clean segment) -> conditioning vectors ``(b, n_seg, d)``."""
+        clean = torch.isnan(t_seg)
+        c = self.target_cond(torch.nan_to_num(t_seg, nan=0.0), text_c)
+        return torch.where(clean[..., None], self.clean_cond.to(c.dtype), c)
+
+    # ---- token embedding and head -----------------------------------------------------------------------------
+    def embed(self, noisy: torch.Tensor, clean: torch.Tensor, is_ctx: torch.Tensor,
+              controls: torch.Tensor | None) -> torch.Tensor:
+        """Input projection of ``[noisy | clean | flag | controls]`` -> ``(b, L, d)``."""
+        b, n, _ = noisy.shape
+        flag = is_ctx.to(noisy.dtype).expand(b, n)[..., None]
+        if controls is None:
+            controls = noisy.new_zeros(b, n, self.cfg.control_dim)
+        elif controls.shape[-1] != self.cfg.control_dim:
+            raise ValueError(f"controls have {controls.shape[-1]} channels, the model expects {self.cfg.control_dim}")
+        return self.in_proj(torch.cat([noisy, clean, flag, controls.to(noisy.dtype)], dim=-1))
+
+    def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Final adaLN layer: ``(b, L, d)`` with per-token (or broadcast) conditioning ``c`` -> ``(b, L, ch)``."""
+        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+        return self.out_proj(self.final_norm(h) * (1 + scale) + shift)
+
+    def rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE tables for frame positions ``(L,)`` or ``(b, L)``."""
+        return rope_angles(pos, self.cfg.head_dim, self.cfg.rope_base)
+
+    # ---- the general forward pass -----------------------------------------------------------------------------
+    def forward(self, tok: Tokens, text: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
+        """Velocity prediction for every token of ``tok`` (uncached; masks decide who sees whom).
+
+        Args:
+            tok: the token sequence (see :class:`Tokens`).
+            text: ``(b, text_dim)`` prompt embeddings.
+            has_text: ``(b,)`` bool; False = unconditional.
+
+        Returns:
+            ``(b, L, ch)`` predicted velocity ``eps - x0`` (meaningful at noisy tokens only).
+        """
+        b, n, _ = tok.noisy.shape
+        c_seg = self.segment_cond(tok.t_seg, self.text_cond(text, has_text))  # (b, n_seg, d)
+        seg = tok.seg.expand(b, n)
+        idx = seg[..., None].expand(b, n, self.cfg.d_model)
+        c_tok = torch.gather(c_seg, 1, idx)  # (b, L, d)
+        cos, sin = self.rope(tok.pos)
+        h = self.embed(tok.noisy, tok.clean, tok.is_ctx, tok.controls)
+        for blk in self.blocks:
+            mod_seg = blk.modulation(c_seg)
+            mod = torch.gather(mod_seg, 1, seg[..., None].expand(b, n, mod_seg.shape[-1]))
+            h = blk(h, mod, cos, sin, tok.mask)
+        return self.head(h, c_tok)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
