@@ -109,7 +109,7 @@ def build_one(work: Work, cfg: BuildConfig, soundfont: str) -> dict:
     pm, route = score_to_midi(score, bpm, has_own_tempo=work.tempo_bpm is not None)
     end = prepare_midi(pm, inst.program, cfg.max_seconds)
     midi_path = out / "midi" / f"{work.work_id}.mid"
-    tmp_mid = midi_path.with_suffix(".tmp.mid")
+    tmp_mid = midi_path.with_name(f".{work.work_id}.{os.getpid()}.tmp.mid")
     pm.write(str(tmp_mid))
     os.replace(tmp_mid, midi_path)
     audio = finish_audio(render_midi(midi_path, soundfont, cfg.sample_rate), cfg.sample_rate, end)

@@ -58,6 +58,10 @@ class Work:
     tempo_bpm: float | None  # the score's own first metronome mark, if any
 
 
+# Score formats by preference when the corpus holds one work in several files; roman-numeral analyses (.rntxt)
+# are harmonic analyses, not scores, and are never rendered.
+_FORMAT_RANK = {"mxl": 0, "xml": 0, "musicxml": 0, "krn": 1, "abc": 2, "mid": 3, "midi": 3}
+
 _TEMPO_RE = re.compile(r"=\s*([0-9]+(?:\.[0-9]+)?)")
 
 
@@ -68,19 +72,23 @@ def _work_id(collection: str, source_path: str, number: int | None) -> str:
 
 
 def corpus_works() -> list[Work]:
-    """All works of the collections in ``COLLECTIONS``, from music21's metadata bundle (~2 s, no parsing)."""
+    """All works of the collections in ``COLLECTIONS``, from music21's metadata bundle (~2 s, no parsing).
+
+    Each work appears once (``work_id`` is unique), in its preferred score format.
+    """
     from music21 import corpus
 
     bundle = corpus.corpora.CoreCorpus().metadataBundle
     bundle.read()
     entries = getattr(bundle, "_metadataEntries", None)
     entries = list(entries.values()) if entries is not None else list(bundle)
-    works = []
+    works: dict[str, tuple[int, Work]] = {}
     for e in entries:
         md = e.metadata
         source = str(e.sourcePath)
         collection = source.split("/", 1)[0]
-        if md is None or collection not in COLLECTIONS:
+        rank = _FORMAT_RANK.get(source.rsplit(".", 1)[-1].lower())
+        if md is None or collection not in COLLECTIONS or rank is None:
             continue
         tempo = None
         if md.tempoFirst:
@@ -88,9 +96,12 @@ def corpus_works() -> list[Work]:
             tempo = float(m.group(1)) if m else None
         number = int(e.number) if e.number is not None else None
         title = md.bestTitle or source.rsplit("/", 1)[-1]
-        works.append(
+        work_id = _work_id(collection, source, number)
+        if work_id in works and works[work_id][0] <= rank:
+            continue  # the same work in a preferred format is already listed
+        works[work_id] = rank, (
             Work(
-                work_id=_work_id(collection, source, number),
+                work_id=work_id,
                 collection=collection,
                 source_path=source,
                 number=number,
@@ -102,7 +113,7 @@ def corpus_works() -> list[Work]:
                 tempo_bpm=tempo,
             )
         )
-    return works
+    return [w for _, w in works.values()]
 
 
 def stable_unit(*parts: object) -> float:

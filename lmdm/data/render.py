@@ -135,6 +135,7 @@ def score_to_midi(score, bpm: float, has_own_tempo: bool):
 def prepare_midi(pm, program: int, max_seconds: float) -> float:
     """Set every part to GM ``program``, drop drum tracks, crop notes to ``max_seconds``; returns the end time (s)."""
     pm.instruments = [i for i in pm.instruments if not i.is_drum and i.notes]
+    pm.lyrics, pm.text_events = [], []  # meta events past the last note keep FluidSynth's player running
     for inst in pm.instruments:
         inst.program = program
         inst.notes = [n for n in inst.notes if n.start < max_seconds]
@@ -145,11 +146,12 @@ def prepare_midi(pm, program: int, max_seconds: float) -> float:
     return max((n.end for i in pm.instruments for n in i.notes), default=0.0)
 
 
-def render_midi(midi_path: str | Path, soundfont: str | Path, sample_rate: int, gain: float = 0.5) -> np.ndarray:
+def render_midi(midi_path: str | Path, soundfont: str | Path, sample_rate: int, gain: float = 0.5,
+                timeout: float = 120.0) -> np.ndarray:
     """Synthesise a MIDI file with the FluidSynth CLI; mono float32 ``(samples,)`` at ``sample_rate`` Hz.
 
     Raises:
-        RenderError: FluidSynth failed or produced no audio.
+        RenderError: FluidSynth failed, ran past ``timeout`` seconds, or produced no audio.
     """
     import soundfile as sf
 
@@ -157,7 +159,10 @@ def render_midi(midi_path: str | Path, soundfont: str | Path, sample_rate: int, 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "render.wav"
         cmd = [exe, "-ni", "-q", "-g", str(gain), "-r", str(sample_rate), "-F", str(out), str(soundfont), str(midi_path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            raise RenderError(f"synth: fluidsynth did not finish within {timeout:.0f} s") from e
         if proc.returncode != 0 or not out.is_file():
             raise RenderError(f"synth: fluidsynth exited {proc.returncode}: {proc.stderr.strip()[:300]}")
         data, sr = sf.read(str(out), dtype="float32", always_2d=True)

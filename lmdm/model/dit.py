@@ -207,11 +207,14 @@ class DiT(nn.Module):
         Returns:
             ``(b, L, ch)`` predicted velocity ``eps - x0`` (meaningful at noisy tokens only).
         """
+        return self.forward_cond(tok, self.text_cond(text, has_text))
+
+    def forward_cond(self, tok: Tokens, text_c: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with precomputed text vectors ``text_c`` ``(b, d)`` (see :meth:`text_cond`)."""
         b, n, _ = tok.noisy.shape
-        c_seg = self.segment_cond(tok.t_seg, self.text_cond(text, has_text))  # (b, n_seg, d)
+        c_seg = self.segment_cond(tok.t_seg, text_c)  # (b, n_seg, d)
         seg = tok.seg.expand(b, n)
-        idx = seg[..., None].expand(b, n, self.cfg.d_model)
-        c_tok = torch.gather(c_seg, 1, idx)  # (b, L, d)
+        c_tok = torch.gather(c_seg, 1, seg[..., None].expand(b, n, self.cfg.d_model))  # (b, L, d)
         cos, sin = self.rope(tok.pos)
         h = self.embed(tok.noisy, tok.clean, tok.is_ctx, tok.controls)
         for blk in self.blocks:

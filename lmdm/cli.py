@@ -1,0 +1,158 @@
+"""The ``lmdm`` command line: ``data build``, ``train``, ``generate``.
+
+Every subcommand turns bad input into one clear ``lmdm: error: ...`` line and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .audio import AudioError
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.render import RenderError
+    from .text import TextEncoderError
+    from .training.dataset import DataError
+    from .training.trainer import TrainError
+
+    return (UsageError, AudioError, CheckpointError, ConfigError, DataError, TrainError, TextEncoderError,
+            RenderError, FileNotFoundError, ValueError, TypeError, KeyError)
+
+
+def _warn_line(message, category, filename, lineno, file=None, line=None):
+    print(f"lmdm: warning: {message}", file=sys.stderr)
+
+
+# ---- data build --------------------------------------------------------------------------------------------------
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from .data.build import BuildConfig, build
+
+    if not args.hours > 0:
+        raise UsageError(f"--hours must be positive, got {args.hours}")
+    cfg = BuildConfig(hours=args.hours, out=args.out, seed=args.seed, jobs=args.jobs, soundfont=args.soundfont,
+                      max_seconds=args.max_seconds, work_ids=tuple(args.works or ()))
+    report = build(cfg, progress=not args.quiet)
+    print(report.summary())
+    if report.failed:
+        print(f"{report.failed} work(s) failed; see {Path(args.out) / 'failures.csv'}")
+    print(f"manifest: {Path(args.out) / 'manifest.csv'}")
+    return 0
+
+
+# ---- train -------------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_json, replace
+    from .training.config import TrainConfig
+    from .training.trainer import train
+
+    cfg = load_json(TrainConfig, args.config) if args.config else None
+    if cfg is None and not args.resume:
+        cfg = TrainConfig()
+    overrides = {k: v for k, v in (("steps", args.steps), ("data", args.data), ("max_hours", args.max_hours)) if v is not None}
+    if overrides and cfg is not None:
+        cfg = replace(cfg, **overrides)
+    result = train(cfg, resume=args.resume, progress=not args.quiet, run_dir=args.run_dir)
+    val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
+    print(f"step {result.step}: train loss {result.train_loss:.4f}, validation loss {val}, "
+          f"{result.hours:.2f} h of training; inference checkpoint: {result.final_dir}")
+    return 0
+
+
+# ---- generate ----------------------------------------------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .audio import check_writable, save_audio
+    from .generate import check_seconds, generate
+    from .streaming.streamer import SamplerConfig
+
+    seconds = check_seconds(args.seconds)
+    sampler = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=args.seed)
+    out = check_writable(args.out)
+    if out.suffix.lower() not in (".wav", ".flac", ".ogg"):
+        raise UsageError(f"--out must end in .wav, .flac or .ogg, got {out.name}")
+    from tqdm.auto import tqdm
+
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    n_blocks = -(-int(round(seconds * ckpt.codec.frame_rate)) // ckpt.model.cfg.block_frames)
+    bar = tqdm(total=n_blocks, desc="generating", unit="block", disable=args.quiet)
+    gen = generate(ckpt, args.prompt, seconds, sampler, mask=args.mask, on_block=lambda i, a: bar.update(1))
+    bar.close()
+    save_audio(out, gen.audio, gen.sample_rate)
+    s = gen.stats.summary()
+    print(f"wrote {out} ({gen.seconds:.2f} s, {gen.sample_rate} Hz) with the {args.mask} streamer, "
+          f"{args.steps} {args.sampler} steps, CFG {args.cfg}, seed {args.seed}")
+    print(f"real-time factor {gen.rtf:.3f} (model {gen.model_s / gen.seconds:.3f}, "
+          f"decoding {gen.decode_s / gen.seconds:.3f}; below 1 is faster than real time)")
+    print(f"latency: bootstrap {s['bootstrap_ms']:.1f} ms, fused first step {s['fused_first_step_ms']:.1f} ms, "
+          f"subsequent steps {s['subsequent_step_ms']:.1f} ms, per block {s['block_ms']:.1f} ms "
+          f"({ckpt.model.cfg.block_frames / ckpt.codec.frame_rate * 1000:.0f} ms of audio)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmdm", description="Live Music Diffusion Models: streaming music "
+                                "generation with block-wise KV caching, on a CPU.")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build the real-music training set").add_subparsers(dest="data_command", required=True)
+    b = data.add_parser("build", help="render music21 corpus works to audio with FluidSynth")
+    b.add_argument("--hours", type=float, default=10.0, help="hours of audio to build (default 10)")
+    b.add_argument("--out", default="data/music", help="output folder (default data/music)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--jobs", type=int, default=2, help="worker processes")
+    b.add_argument("--soundfont", default=None, help="General MIDI .sf2 (default: FluidR3_GM, else TimGM6mb)")
+    b.add_argument("--max-seconds", type=float, default=90.0, help="crop longer works to this length")
+    b.add_argument("--works", nargs="*", help="build exactly these work ids (e.g. bach__bwv269)")
+    b.set_defaults(func=cmd_data_build)
+
+    t = sub.add_parser("train", help="train an LMDM (resumable)")
+    t.add_argument("--config", help="training config JSON (see configs/); unknown keys are an error")
+    t.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    t.add_argument("--run-dir", help="run folder (overrides the config's run_dir)")
+    t.add_argument("--steps", type=int, help="override the number of steps")
+    t.add_argument("--data", help="override the data folder")
+    t.add_argument("--max-hours", type=float, help="stop after this many hours (with a checkpoint)")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("generate", help="stream music from a prompt into an audio file")
+    g.add_argument("prompt", help='text prompt, e.g. "a slow Bach chorale on church organ" ("" = unconditional)')
+    g.add_argument("--seconds", type=float, default=30.0, help="length in seconds (default 30)")
+    g.add_argument("--out", default="out.wav", help="output file (.wav, .flac, .ogg)")
+    g.add_argument("--steps", type=int, default=8, help="denoising steps per block (default 8)")
+    g.add_argument("--sampler", default="euler", choices=["euler", "pingpong"])
+    g.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--mask", default="block_causal", choices=["block_causal", "enc_dec", "outpainting"],
+                   help="streamer: block_causal (LMDM, persistent KV cache), enc_dec, outpainting (baseline)")
+    g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.showwarning = _warn_line
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"lmdm: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmdm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Control features per latent frame: one pathway for sketches and for jamming.
+
+Four features per latent frame, in three groups that can each be present or absent:
+
+========  ==========  ===========================================================================
+group     feature     value
+========  ==========  ===========================================================================
+melody    pitch       top-voice MIDI pitch, ``(midi - 60) / 12`` (0 where unvoiced)
+melody    voiced      1 where a note sounds, else 0
+rhythm    onset       1 where a note starts in the frame, else 0
+dynamics  loudness    frame RMS in dBFS clipped to [-70, 0], ``(dB + 35) / 15``
+========  ==========  ===========================================================================
+
+The model input (``control_dim = 7``) is the four features with absent groups zeroed, followed by three
+presence flags (melody, rhythm, dynamics). Training takes melody and rhythm from the symbolic score (exact) and
+loudness from the rendered audio, and drops groups at random (control dropout), so the same checkpoint runs with
+any subset of controls or none.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FEATURES = ("pitch", "voiced", "onset", "loudness")
+GROUPS = {"melody": (0, 1), "rhythm": (2,), "dynamics": (3,)}
+CONTROL_DIM = len(FEATURES) + len(GROUPS)
+
+
+def pitch_to_feature(midi: np.ndarray) -> np.ndarray:
+    """MIDI pitch -> normalised pitch feature ``(midi - 60) / 12``."""
+    return (np.asarray(midi, dtype=np.float32) - 60.0) / 12.0
+
+
+def feature_to_pitch(f: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pitch_to_feature`."""
+    return np.asarray(f, dtype=np.float32) * 12.0 + 60.0
+
+
+def loudness_feature(audio: np.ndarray, samples_per_frame: int, n_frames: int) -> np.ndarray:
+    """Frame loudness feature ``(n_frames,)`` of mono audio (RMS per latent frame, in dBFS, normalised)."""
+    a = np.zeros(n_frames * samples_per_frame, dtype=np.float32)
+    n = min(len(audio), len(a))
+    a[:n] = audio[:n]
+    rms = np.sqrt(np.mean(a.reshape(n_frames, samples_per_frame) ** 2, axis=1) + 1e-12)
+    db = np.clip(20 * np.log10(rms + 1e-12), -70.0, 0.0)
+    return ((db + 35.0) / 15.0).astype(np.float32)
+
+
+def notes_features(notes: list[tuple[float, float, int]], frame_rate: float, n_frames: int) -> np.ndarray:
+    """Melody and rhythm features from notes.
+
+    Args:
+        notes: ``(start_s, end_s, midi_pitch)`` per note.
+        frame_rate: latent frames per second.
+        n_frames: number of frames to fill.
+
+    Returns:
+        ``(n_frames, 3)``: pitch, voiced, onset (see the module table).
+    """
+    top = np.full(n_frames, -1, dtype=np.int32)
+    onset = np.zeros(n_frames, dtype=np.float32)
+    for start, end, pitch in notes:
+        a = int(np.floor(start * frame_rate))
+        b = int(np.ceil(end * frame_rate))
+        if a >= n_frames or b <= 0:
+            continue
+        a, b = max(a, 0), min(max(b, a + 1), n_frames)
+        np.maximum(top[a:b], pitch, out=top[a:b])
+        onset[a] = 1.0
+    voiced = (top >= 0).astype(np.float32)
+    pitch = np.where(voiced > 0, pitch_to_feature(np.maximum(top, 0)), 0.0).astype(np.float32)
+    return np.stack([pitch, voiced, onset], axis=1)
+
+
+def midi_notes(midi_path: str) -> list[tuple[float, float, int]]:
+    """All notes of a MIDI file as ``(start_s, end_s, pitch)`` (pretty_midi)."""
+    import pretty_midi
+
+    pm = pretty_midi.PrettyMIDI(str(midi_path))
+    return [(n.start, n.end, n.pitch) for inst in pm.instruments if not inst.is_drum for n in inst.notes]
+
+
+def control_input(features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Model control channels from features and group presence.
+
+    Args:
+        features: ``(..., frames, 4)`` pitch, voiced, onset, loudness.
+        present: ``(..., 3)`` bool or 0/1 presence of melody, rhythm, dynamics (one per item, all frames).
+
+    Returns:
+        ``(..., frames, 7)``: features with absent groups zeroed, then the three presence flags.
+    """
+    if features.shape[-1] != len(FEATURES):
+        raise ValueError(f"features must have {len(FEATURES)} channels ({', '.join(FEATURES)}), got {features.shape[-1]}")
+    p = present.to(features.dtype)
+    keep = torch.stack([p[..., 0], p[..., 0], p[..., 1], p[..., 2]], dim=-1)[..., None, :]
+    flags = p[..., None, :].expand(*features.shape[:-1], len(GROUPS))
+    return torch.cat([features * keep, flags], dim=-1)

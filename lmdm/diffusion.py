@@ -1,0 +1,119 @@
+"""Rectified flow maths and the two samplers, as pure functions (DESIGN.md section 5).
+
+* Rectified flow (Liu et al. 2022; Esser et al. 2024 "Scaling Rectified Flow Transformers", eq. 2 ff.):
+  ``x_t = (1 - t) x0 + t eps`` with ``t`` in [0, 1] (1 = pure noise); the network predicts the velocity
+  ``v = eps - x0``; the clean estimate is ``x0_hat = x_t - t v``.
+* Euler: ``x <- x + (t_next - t) v`` over a uniform (optionally shifted) schedule from 1 to 0.
+* Ping-pong (stable-audio-tools ``sample_flow_pingpong``, used after ARC post-training): at each step predict
+  ``x0_hat``, draw fresh noise and re-noise to the next timestep: ``x <- (1 - t_next) x0_hat + t_next eps``.
+  Schedule: logSNR evenly spaced from -6 to 2, ``t = sigmoid(-logSNR)``, with ``t[0] = 1`` and ``t[-1] = 0``.
+* Classifier-free guidance (Ho & Salimans 2022): ``v = v_uncond + s (v_cond - v_uncond)``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+SAMPLERS = ("euler", "pingpong")
+
+
+def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x_t = (1 - t) x0 + t eps``; ``t`` broadcasts from the left (``(b,)`` or ``(b, frames)`` against
+    ``(b, frames, ch)``)."""
+    t = t.reshape(*t.shape, *([1] * (x0.dim() - t.dim())))
+    return (1 - t) * x0 + t * eps
+
+
+def velocity_target(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The regression target ``v = eps - x0``."""
+    return eps - x0
+
+
+def x0_from_velocity(x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x0_hat = x_t - t v`` (``t`` broadcast as in :func:`add_noise`)."""
+    t = t.reshape(*t.shape, *([1] * (x_t.dim() - t.dim())))
+    return x_t - t * v
+
+
+def euler_schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """``(steps + 1,)`` timesteps from 1 to 0, uniform, optionally shifted towards noise
+    (``t' = shift t / (1 + (shift - 1) t)``, SD3's resolution shift)."""
+    _check_steps(steps)
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    t = shift * t / (1 + (shift - 1) * t)
+    return t.float()
+
+
+def pingpong_schedule(steps: int, logsnr_min: float = -6.0, logsnr_max: float = 2.0) -> torch.Tensor:
+    """``(steps + 1,)`` timesteps: ``t = sigmoid(-logSNR)``, logSNR evenly spaced, ends pinned to 1 and 0."""
+    _check_steps(steps)
+    logsnr = torch.linspace(logsnr_min, logsnr_max, steps + 1, dtype=torch.float64)
+    t = torch.sigmoid(-logsnr)
+    t[0], t[-1] = 1.0, 0.0
+    return t.float()
+
+
+def schedule(sampler: str, steps: int) -> torch.Tensor:
+    """The schedule of ``sampler`` ("euler" or "pingpong").
+
+    Raises:
+        ValueError: unknown sampler or ``steps`` < 1.
+    """
+    if sampler == "euler":
+        return euler_schedule(steps)
+    if sampler == "pingpong":
+        return pingpong_schedule(steps)
+    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+
+
+def euler_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """One Euler step of the flow ODE: ``x + (t_next - t) v``."""
+    return x + (t_next - t) * v
+
+
+def pingpong_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, eps: torch.Tensor) -> torch.Tensor:
+    """One ping-pong step: ``(1 - t_next) (x - t v) + t_next eps``."""
+    return (1 - t_next) * (x - t * v) + t_next * eps
+
+
+def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: ``v_uncond + scale (v_cond - v_uncond)`` (scale 1 = conditional only)."""
+    return v_uncond + scale * (v_cond - v_uncond)
+
+
+def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: torch.Tensor, sampler: str,
+           steps: int, generator: torch.Generator | None = None,
+           on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Integrate from ``noise`` (t = 1) to a clean sample (t = 0).
+
+    Args:
+        velocity: ``velocity(x_t, t, step_index) -> v`` with the shape of ``x_t``.
+        noise: ``(b, frames, ch)`` starting point.
+        sampler: "euler" or "pingpong".
+        steps: denoising steps ``S``.
+        generator: RNG for ping-pong's fresh noise.
+        on_step: called with the step index after each step (timing hooks).
+
+    Returns:
+        the clean sample, same shape as ``noise``.
+    """
+    ts = schedule(sampler, steps)
+    x = noise
+    for i in range(steps):
+        t, t_next = float(ts[i]), float(ts[i + 1])
+        v = velocity(x, t, i)
+        if sampler == "euler":
+            x = euler_step(x, v, t, t_next)
+        elif t_next > 0:
+            x = pingpong_step(x, v, t, t_next, torch.randn(x.shape, generator=generator, dtype=x.dtype))
+        else:
+            x = x0_from_velocity(x, v, torch.tensor(t))
+        if on_step is not None:
+            on_step(i)
+    return x
+
+
+def _check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")

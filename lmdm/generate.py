@@ -1,0 +1,142 @@
+"""Text-to-music streaming generation: the main job (``lmdm generate``).
+
+The model generates block by block with a streamer (block-causal LMDM with KV cache by default); every block is
+decoded to audio as soon as it exists (``StreamingDecoder``), exactly as a live session would. Prompts may change
+between blocks (a schedule of ``(start_seconds, prompt)``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import Checkpoint
+from .codec import MelCodec
+from .streaming.streamer import MASKS, SamplerConfig, StreamStats, make_streamer
+from .streaming.vocoder import StreamingDecoder
+from .text import encode_prompts
+
+MAX_SECONDS = 3600.0
+
+
+@dataclass
+class Generation:
+    """The result of :func:`generate`.
+
+    Attributes:
+        audio: ``(samples,)`` float32 mono at ``sample_rate``, exactly the requested length.
+        latents: ``(frames, channels)`` the generated latent frames (a spectrogram: ``codec.latent_to_mel``).
+        sample_rate: Hz.
+        stats: model timings (bootstrap, fused first step, subsequent steps, per block).
+        model_s: seconds spent in the model; decode_s: seconds spent decoding audio.
+        block_seams: sample indices where blocks meet in ``audio``.
+    """
+
+    audio: np.ndarray
+    latents: torch.Tensor
+    sample_rate: int
+    stats: StreamStats
+    model_s: float
+    decode_s: float
+    block_seams: list[int] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: compute time (model + decoding) / audio time (< 1 is faster than real time)."""
+        return (self.model_s + self.decode_s) / max(self.seconds, 1e-9)
+
+
+def check_seconds(seconds: float) -> float:
+    """Validate a requested duration.
+
+    Raises:
+        ValueError: not a finite number in (0, 3600] seconds.
+    """
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"seconds must be at most {MAX_SECONDS:.0f} (one hour) per call, got {seconds}")
+    return float(seconds)
+
+
+def prompt_schedule(prompt: str | list[tuple[float, str]]) -> list[tuple[float, str]]:
+    """Normalise a prompt or a schedule of ``(start_seconds, prompt)`` into a sorted schedule starting at 0."""
+    if isinstance(prompt, str):
+        return [(0.0, prompt)]
+    sched = sorted((float(t), p) for t, p in prompt)
+    if not sched or sched[0][0] > 0:
+        sched.insert(0, (0.0, ""))
+    return sched
+
+
+def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: float,
+             sampler: SamplerConfig = SamplerConfig(), mask: str = "block_causal",
+             controls: torch.Tensor | None = None,
+             on_block: Callable[[int, np.ndarray], None] | None = None) -> Generation:
+    """Stream ``seconds`` of music from a checkpoint.
+
+    Args:
+        ckpt: a loaded checkpoint (``lmdm.checkpoint.load_checkpoint``).
+        prompt: text, or a schedule ``[(start_seconds, text), ...]``; a change applies from the next block.
+            ``""`` is unconditional.
+        seconds: length of the result in seconds (0 < seconds <= 3600).
+        sampler: steps, sampler, CFG scale, seed.
+        mask: "block_causal" (LMDM with persistent KV cache), "enc_dec" or "outpainting" (the baseline).
+        controls: ``(frames, control_dim)`` control channels for the whole stream (``lmdm.controls``), or None.
+        on_block: called after each block with ``(block_index, audio_chunk)`` (live playback, progress).
+
+    Raises:
+        ValueError: bad ``seconds``, ``mask`` or ``controls`` shape.
+    """
+    seconds = check_seconds(seconds)
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
+    model, codec = ckpt.model, MelCodec(ckpt.codec)
+    B = model.cfg.block_frames
+    frames = math.ceil(seconds * codec.cfg.frame_rate)
+    n_blocks = math.ceil(frames / B)
+    if controls is not None and (controls.dim() != 2 or controls.shape[1] != model.cfg.control_dim):
+        raise ValueError(f"controls must be (frames, {model.cfg.control_dim}), got {tuple(controls.shape)}")
+    sched = prompt_schedule(prompt)
+    texts = sorted({p for _, p in sched})
+    emb, has = encode_prompts(texts)
+    by_text = {p: (emb[i : i + 1], has[i : i + 1]) for i, p in enumerate(texts)}
+    streamer = make_streamer(model, mask, sampler)
+    decoder = StreamingDecoder(codec, seed=sampler.seed)
+    streamer.reset()
+    chunks, seams, current = [], [], None
+    model_s = decode_s = 0.0
+    spb = B / codec.cfg.frame_rate
+    for i in range(n_blocks):
+        text = [p for t, p in sched if t <= i * spb + 1e-9][-1]
+        if text != current:
+            streamer.set_prompt(*by_text[text])
+            current = text
+        ctrl = None
+        if controls is not None:
+            part = controls[i * B : (i + 1) * B]
+            ctrl = torch.cat([part, part.new_zeros(B - part.shape[0], part.shape[1])])[None] if len(part) else None
+        t0 = time.perf_counter()
+        block = streamer.next_block(ctrl)
+        t1 = time.perf_counter()
+        audio = decoder.push(block[0])
+        decode_s += time.perf_counter() - t1
+        model_s += t1 - t0
+        chunks.append(audio)
+        seams.append(i * B * codec.cfg.samples_per_frame)
+        if on_block is not None:
+            on_block(i, audio)
+    chunks.append(decoder.flush())
+    n = int(round(seconds * codec.cfg.sample_rate))
+    audio = np.concatenate(chunks)[:n]
+    return Generation(audio=audio, latents=streamer.history[0, :frames], sample_rate=codec.cfg.sample_rate,
+                      stats=streamer.stats, model_s=model_s, decode_s=decode_s,
+                      block_seams=[s for s in seams[1:] if s < n])

@@ -1,0 +1,1 @@
+"""The DiT, its attention masks, token layouts and KV caches."""

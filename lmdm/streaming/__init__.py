@@ -1,0 +1,1 @@
+"""Streaming generation: streamers over one DiT, seam-free audio decoding, timing."""

@@ -1,0 +1,246 @@
+"""Streamers: block-wise generation over one DiT, with or without a KV cache.
+
+All streamers share the sampling loop (``lmdm.diffusion.sample``), classifier-free guidance and timing; they
+differ only in how a denoising step computes the velocity of the target block:
+
+* :class:`BlockCausalStreamer` — LMDM with the persistent sliding-window cache (the default; DESIGN.md 1).
+* :class:`EncDecStreamer` — LMDM with the enc-dec mask: context encoded once per block, then S cheap steps.
+* :class:`OutpaintingStreamer` — the baseline: bidirectional attention over context + block at every step,
+  context re-noised each step; nothing is cached.
+* :class:`UncachedBlockCausalStreamer` — the block-causal model computed without a cache (every step re-runs
+  the whole history): the slow reference that :class:`BlockCausalStreamer` must equal.
+
+Latencies are reported as in the public LMDM code: *bootstrap* (first fill and the whole first block), *fused
+first step* (the first step of every later block, which also writes the previous block into the cache) and
+*subsequent steps*.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..diffusion import SAMPLERS, add_noise, cfg_combine, sample
+from ..model.cache import BlockCausalKVCache, EncDecKVCache
+from ..model.dit import DiT
+from ..model.layouts import block_causal_stream_tokens, outpainting_tokens
+
+MASKS = ("block_causal", "enc_dec", "outpainting")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How each block is denoised.
+
+    Attributes:
+        steps: denoising steps ``S`` per block.
+        sampler: "euler" or "pingpong".
+        cfg_scale: classifier-free guidance scale (1 = no guidance; the unconditional pass is skipped).
+        seed: seeds the initial noise and ping-pong's fresh noise.
+    """
+
+    steps: int = 8
+    sampler: str = "euler"
+    cfg_scale: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise ValueError(f"steps must be an integer from 1 to 1000, got {self.steps!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if not 0 <= self.cfg_scale <= 50:
+            raise ValueError(f"cfg scale must be between 0 and 50, got {self.cfg_scale}")
+
+
+@dataclass
+class StreamStats:
+    """Timings of a stream in seconds (wall clock on this machine)."""
+
+    bootstrap_s: float = 0.0
+    fused_first_step_s: list[float] = field(default_factory=list)
+    subsequent_step_s: list[float] = field(default_factory=list)
+    block_s: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def _mean(x: list[float]) -> float:
+        return sum(x) / len(x) if x else float("nan")
+
+    def summary(self) -> dict[str, float]:
+        """Mean latencies in milliseconds."""
+        return {"bootstrap_ms": 1000 * self.bootstrap_s,
+                "fused_first_step_ms": 1000 * self._mean(self.fused_first_step_s),
+                "subsequent_step_ms": 1000 * self._mean(self.subsequent_step_s),
+                "block_ms": 1000 * self._mean(self.block_s)}
+
+
+class Streamer:
+    """Base class: prompt handling, CFG, the sampling loop, history and timing. Subclasses implement
+    :meth:`_prepare_block` and :meth:`_velocity`.
+
+    Args:
+        model: the DiT (eval mode).
+        sampler: a :class:`SamplerConfig`.
+        batch: parallel streams ``b``.
+    """
+
+    def __init__(self, model: DiT, sampler: SamplerConfig = SamplerConfig(), batch: int = 1):
+        self.model = model
+        self.sampler = sampler
+        self.batch = batch
+        cfg = model.cfg
+        self.B, self.W, self.ch = cfg.block_frames, cfg.window_chunks, cfg.latent_channels
+        self.generator = torch.Generator().manual_seed(sampler.seed)
+        self.stats = StreamStats()
+        self.block_index = 0
+        self.history = torch.zeros(batch, 0, self.ch)
+        self._text_c: torch.Tensor | None = None
+        self._null_c = model.text_cond(torch.zeros(batch, cfg.text_dim), torch.zeros(batch, dtype=torch.bool)).detach()
+        self._has_text = torch.zeros(batch, dtype=torch.bool)
+        self.set_prompt(torch.zeros(batch, cfg.text_dim), torch.zeros(batch, dtype=torch.bool))
+
+    # ---- controls of the stream -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def set_prompt(self, embedding: torch.Tensor, has_text: torch.Tensor) -> None:
+        """Set the prompt (``(b, text_dim)`` embeddings, ``(b,)`` has_text); it applies from the next block."""
+        self._text_c = self.model.text_cond(embedding, has_text)
+        self._has_text = has_text.clone()
+
+    def reset(self, context: torch.Tensor | None = None) -> None:
+        """Start a new stream, optionally continuing ``context`` ``(b, m*B, ch)`` clean latents."""
+        self.generator.manual_seed(self.sampler.seed)
+        self.stats = StreamStats()
+        self.block_index = 0
+        self.history = torch.zeros(self.batch, 0, self.ch) if context is None else context.clone()
+        t = time.perf_counter()
+        self._bootstrap(context)
+        self.stats.bootstrap_s = time.perf_counter() - t
+
+    def _bootstrap(self, context: torch.Tensor | None) -> None:
+        pass
+
+    # ---- generation -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def next_block(self, controls: torch.Tensor | None = None) -> torch.Tensor:
+        """Generate the next block.
+
+        Args:
+            controls: ``(b, B, control_dim)`` control channels for this block, or None.
+
+        Returns:
+            ``(b, B, ch)`` clean latent frames.
+        """
+        t_block = time.perf_counter()
+        self._prepare_block()
+        guided = self.sampler.cfg_scale != 1.0 and bool(self._has_text.any())
+        text_c = torch.cat([self._text_c, self._null_c]) if guided else self._text_c
+        ctrl = None if controls is None else (torch.cat([controls, controls]) if guided else controls)
+        step_times: list[float] = []
+
+        def velocity(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
+            t0 = time.perf_counter()
+            xx = torch.cat([x, x]) if guided else x
+            tt = torch.full((xx.shape[0],), t)
+            v = self._velocity(xx, tt, text_c, ctrl, i)
+            if guided:
+                v = cfg_combine(v[: self.batch], v[self.batch :], self.sampler.cfg_scale)
+            step_times.append(time.perf_counter() - t0)
+            return v
+
+        noise = torch.randn(self.batch, self.B, self.ch, generator=self.generator)
+        x0 = sample(velocity, noise, self.sampler.sampler, self.sampler.steps, self.generator)
+        self._finish_block(x0)
+        self.history = torch.cat([self.history, x0], 1)
+        elapsed = time.perf_counter() - t_block
+        if self.block_index == 0:
+            self.stats.bootstrap_s += elapsed
+        else:
+            self.stats.fused_first_step_s.append(step_times[0])
+            self.stats.subsequent_step_s.extend(step_times[1:])
+        self.stats.block_s.append(elapsed)
+        self.block_index += 1
+        return x0
+
+    def _prepare_block(self) -> None:
+        pass
+
+    def _velocity(self, x_t, t, text_c, controls, step_index) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _finish_block(self, x0: torch.Tensor) -> None:
+        pass
+
+    def context(self) -> torch.Tensor:
+        """The last ``C = W * B`` frames of history ``(b, <=C, ch)``."""
+        return self.history[:, max(0, self.history.shape[1] - self.W * self.B) :]
+
+
+class BlockCausalStreamer(Streamer):
+    """LMDM with the block-causal mask and the persistent KV cache (``BlockCausalKVCache``)."""
+
+    def __init__(self, model: DiT, sampler: SamplerConfig = SamplerConfig(), batch: int = 1):
+        super().__init__(model, sampler, batch)
+        self.cache = BlockCausalKVCache(model, batch)
+
+    def _bootstrap(self, context):
+        if context is not None and context.shape[1] % self.B:
+            raise ValueError(f"context must be a whole number of {self.B}-frame blocks, got {context.shape[1]} frames")
+        self.cache.bootstrap(context)
+
+    def _velocity(self, x_t, t, text_c, controls, step_index):
+        return self.cache.step(x_t, t, text_c, controls)
+
+    def _finish_block(self, x0):
+        self.cache.advance(x0)
+
+
+class EncDecStreamer(Streamer):
+    """LMDM with the enc-dec mask: the context cache is rebuilt (one pass over C frames) for every block."""
+
+    def __init__(self, model: DiT, sampler: SamplerConfig = SamplerConfig(), batch: int = 1):
+        super().__init__(model, sampler, batch)
+        self.cache = EncDecKVCache(model, batch)
+
+    def _prepare_block(self):
+        ctx = self.context()
+        self.cache.bootstrap(ctx, start_frame=self.history.shape[1] - ctx.shape[1])
+
+    def _velocity(self, x_t, t, text_c, controls, step_index):
+        return self.cache.step(x_t, t, text_c, controls)
+
+
+class OutpaintingStreamer(Streamer):
+    """The baseline: every step runs bidirectional attention over ``[context | block]``, context re-noised."""
+
+    def _velocity(self, x_t, t, text_c, controls, step_index):
+        ctx = self.context()
+        rows = x_t.shape[0]
+        ctx = ctx.repeat(rows // self.batch, 1, 1)
+        ctx_t = add_noise(ctx, torch.randn(ctx.shape, generator=self.generator), t)
+        start = self.history.shape[1] - ctx.shape[1]
+        tok = outpainting_tokens(ctx, ctx_t, x_t, t, controls, start_frame=start)
+        return self.model.forward_cond(tok, text_c)[:, -self.B :]
+
+
+class UncachedBlockCausalStreamer(Streamer):
+    """Block-causal LMDM without a cache: each step re-runs the masked forward over the whole history."""
+
+    def _velocity(self, x_t, t, text_c, controls, step_index):
+        rows = x_t.shape[0]
+        hist = self.history.repeat(rows // self.batch, 1, 1)
+        tok = block_causal_stream_tokens(hist, x_t, t, self.W, controls)
+        return self.model.forward_cond(tok, text_c)[:, -self.B :]
+
+
+def make_streamer(model: DiT, mask: str = "block_causal", sampler: SamplerConfig = SamplerConfig(),
+                  batch: int = 1) -> Streamer:
+    """A streamer by mask name: "block_causal" (default), "enc_dec" or "outpainting".
+
+    Raises:
+        ValueError: unknown mask name.
+    """
+    kinds = {"block_causal": BlockCausalStreamer, "enc_dec": EncDecStreamer, "outpainting": OutpaintingStreamer}
+    if mask not in kinds:
+        raise ValueError(f"unknown mask {mask!r}; choose one of {', '.join(kinds)}")
+    return kinds[mask](model, sampler, batch)

@@ -1,0 +1,1 @@
+"""Training: config, data crops, the LMDM objective, the loop with checkpoints and resume."""

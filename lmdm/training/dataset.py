@@ -1,0 +1,160 @@
+"""Training crops from a built data set: latents, control features and caption embeddings, all in memory.
+
+The first use of a data folder with a given codec computes every work's latent frames (``MelCodec.encode``),
+control features (``lmdm.controls``: melody and onsets from the rendered MIDI, loudness from the audio) and the
+embeddings of its caption variants, and stores them in ``DATA/cache/latents-<hash>.safetensors``; later runs load
+that file in seconds. The hash covers the codec config and the manifest rows, so a changed codec or a grown
+data set is recomputed rather than silently mixed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..audio import load_audio
+from ..codec import CodecConfig, MelCodec
+from ..config import to_dict
+from ..controls import loudness_feature, midi_notes, notes_features
+from ..data.captions import caption_variants
+
+
+class DataError(RuntimeError):
+    """A data folder that cannot be used for training; the message says what to run."""
+
+
+@dataclass
+class LatentSet:
+    """All works of a data set, concatenated.
+
+    Attributes:
+        latents: ``(total_frames, channels)`` float16 latent frames of every work, back to back.
+        features: ``(total_frames, 4)`` float16 control features (pitch, voiced, onset, loudness).
+        frame_work: ``(total_frames,)`` int32 work index of each frame.
+        work_start, work_frames: ``(n_works,)`` int64 first frame and length of each work.
+        captions: ``(n_captions, 384)`` float32 caption embeddings.
+        caption_start, caption_count: ``(n_works,)`` int64 range of each work's captions.
+        work_ids, splits: per work.
+        texts: every caption text (aligned with ``captions``).
+    """
+
+    latents: torch.Tensor
+    features: torch.Tensor
+    frame_work: torch.Tensor
+    work_start: torch.Tensor
+    work_frames: torch.Tensor
+    captions: torch.Tensor
+    caption_start: torch.Tensor
+    caption_count: torch.Tensor
+    work_ids: list[str]
+    splits: list[str]
+    texts: list[str]
+
+    def valid_starts(self, split: str, frames: int) -> torch.Tensor:
+        """Global frame indices where a crop of ``frames`` frames fits inside one work of ``split``.
+
+        Raises:
+            DataError: no work of the split is long enough.
+        """
+        parts = [torch.arange(s, s + n - frames + 1) for s, n, sp in
+                 zip(self.work_start.tolist(), self.work_frames.tolist(), self.splits) if sp == split and n >= frames]
+        if not parts:
+            raise DataError(f"no {split!r} work has {frames} latent frames or more; build more data "
+                            "(lmdm data build --hours H) or train with fewer train_chunks")
+        return torch.cat(parts)
+
+    def sample(self, starts: torch.Tensor, batch: int, frames: int, generator: torch.Generator):
+        """A batch of random crops.
+
+        Returns:
+            ``x0 (batch, frames, ch)`` float32, ``features (batch, frames, 4)`` float32, ``text (batch, 384)``.
+        """
+        idx = starts[torch.randint(len(starts), (batch,), generator=generator)]
+        rows = idx[:, None] + torch.arange(frames)
+        work = self.frame_work[idx].long()
+        pick = (torch.rand(batch, generator=generator) * self.caption_count[work]).long()
+        text = self.captions[self.caption_start[work] + pick]
+        return self.latents[rows].float(), self.features[rows].float(), text
+
+
+def _fingerprint(codec: CodecConfig, manifest_rows: list[dict]) -> str:
+    keys = [(r["work_id"], r["seconds"], r["caption"], r["split"]) for r in manifest_rows]
+    blob = json.dumps({"codec": to_dict(codec), "rows": keys, "v": 2}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_manifest(data_dir: str | Path) -> list[dict]:
+    """Rows of ``manifest.csv`` as dicts.
+
+    Raises:
+        DataError: the folder has no manifest (the message says how to build one).
+    """
+    import pandas as pd
+
+    path = Path(data_dir) / "manifest.csv"
+    if not path.is_file():
+        raise DataError(f"no data set at {data_dir}: {path.name} is missing; build one with "
+                        f"`lmdm data build --out {data_dir}`")
+    df = pd.read_csv(path, keep_default_na=False)
+    if df.empty:
+        raise DataError(f"{path} lists no works; run `lmdm data build --out {data_dir}`")
+    return df.to_dict("records")
+
+
+def load_latent_set(data_dir: str | Path, codec_cfg: CodecConfig, progress: bool = True) -> LatentSet:
+    """Load (computing and caching on first use) the :class:`LatentSet` of a data folder."""
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    data_dir = Path(data_dir)
+    rows = read_manifest(data_dir)
+    cache = data_dir / "cache" / f"latents-{_fingerprint(codec_cfg, rows)}.safetensors"
+    if cache.is_file():
+        t = load_file(str(cache))
+        meta = json.loads((cache.with_suffix(".json")).read_text())
+        return LatentSet(latents=t["latents"], features=t["features"], frame_work=t["frame_work"],
+                         work_start=t["work_start"], work_frames=t["work_frames"], captions=t["captions"],
+                         caption_start=t["caption_start"], caption_count=t["caption_count"],
+                         work_ids=meta["work_ids"], splits=meta["splits"], texts=meta["texts"])
+    from ..text import embed_texts
+
+    codec = MelCodec(codec_cfg)
+    lat, feats, texts, cap_start, cap_count, starts, lengths = [], [], [], [], [], [], []
+    total = 0
+    for r in tqdm(rows, desc="encoding latents", unit="work", disable=not progress):
+        audio = load_audio(data_dir / r["audio"], codec_cfg.sample_rate)
+        z = codec.encode_numpy(audio)
+        n = z.shape[0]
+        f = np.zeros((n, 4), dtype=np.float32)
+        midi = data_dir / str(r.get("midi", ""))
+        if midi.is_file():
+            f[:, :3] = notes_features(midi_notes(str(midi)), codec_cfg.frame_rate, n)
+        f[:, 3] = loudness_feature(audio, codec_cfg.samples_per_frame, n)
+        lat.append(z.half())
+        feats.append(torch.from_numpy(f).half())
+        variants = caption_variants(r)
+        cap_start.append(len(texts))
+        cap_count.append(len(variants))
+        texts.extend(variants)
+        starts.append(total)
+        lengths.append(n)
+        total += n
+    captions = torch.from_numpy(embed_texts(texts))
+    frame_work = torch.cat([torch.full((n,), i, dtype=torch.int32) for i, n in enumerate(lengths)])
+    tensors = {
+        "latents": torch.cat(lat), "features": torch.cat(feats), "frame_work": frame_work,
+        "work_start": torch.tensor(starts), "work_frames": torch.tensor(lengths), "captions": captions,
+        "caption_start": torch.tensor(cap_start), "caption_count": torch.tensor(cap_count),
+    }
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+    save_file(tensors, str(tmp))
+    meta = {"work_ids": [r["work_id"] for r in rows], "splits": [r["split"] for r in rows], "texts": texts}
+    cache.with_suffix(".json").write_text(json.dumps(meta))
+    os.replace(tmp, cache)
+    return LatentSet(**tensors, work_ids=meta["work_ids"], splits=meta["splits"], texts=texts)

@@ -1,0 +1,88 @@
+"""Training checkpoints: model, EMA, optimiser and RNG state in safetensors, the rest in JSON; written atomically.
+
+Layout under ``RUN/ckpt/``::
+
+    step-000500/model.safetensors   trained weights (float32)
+    step-000500/ema.safetensors     EMA weights (float32)
+    step-000500/optim.safetensors   AdamW moments per parameter index, plus the RNG state
+    step-000500/state.json          step, optimiser hyper-parameters, log of validation losses
+    latest                          the name of the newest complete checkpoint
+
+A checkpoint folder is written under a temporary name and renamed when complete; ``latest`` is replaced
+atomically afterwards. A run killed at any moment resumes from the last complete checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete training checkpoint of a run, or None."""
+    ckpt = Path(run_dir) / "ckpt"
+    pointer = ckpt / "latest"
+    if not pointer.is_file():
+        return None
+    path = ckpt / pointer.read_text().strip()
+    return path if (path / "state.json").is_file() else None
+
+
+def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module, ema: dict[str, torch.Tensor],
+                        optimizer: torch.optim.Optimizer, generator: torch.Generator, extra: dict,
+                        keep: int = 2) -> Path:
+    """Write ``RUN/ckpt/step-XXXXXX`` atomically, point ``latest`` at it and delete all but ``keep`` newest."""
+    from safetensors.torch import save_file
+
+    ckpt = Path(run_dir) / "ckpt"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=ckpt))
+    try:
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+        osd = optimizer.state_dict()
+        tensors = {"rng_state": generator.get_state()}
+        for idx, st in osd["state"].items():
+            for key, val in st.items():
+                tensors[f"{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+        save_file(tensors, str(tmp / "optim.safetensors"))
+        state = {"step": step, "param_groups": osd["param_groups"], **extra}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        final = ckpt / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    fd, ptmp = tempfile.mkstemp(prefix=".latest-", dir=ckpt)
+    with os.fdopen(fd, "w") as f:
+        f.write(name)
+    os.replace(ptmp, ckpt / "latest")
+    done = sorted(p for p in ckpt.glob("step-*") if p.is_dir())
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpt / name
+
+
+def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict]:
+    """Restore model, optimiser and RNG from a checkpoint folder; returns ``(ema, state_json)``."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    ema = load_file(str(path / "ema.safetensors"))
+    state = json.loads((path / "state.json").read_text())
+    tensors = load_file(str(path / "optim.safetensors"))
+    generator.set_state(tensors.pop("rng_state"))
+    opt_state: dict[int, dict] = {}
+    for key, val in tensors.items():
+        idx, name = key.split(".", 1)
+        opt_state.setdefault(int(idx), {})[name] = val
+    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    return ema, state
