@@ -107,7 +107,7 @@ def build_one(work: Work, cfg: BuildConfig, soundfont: str) -> dict:
         raise RuntimeError(f"parse: {type(e).__name__}: {e}") from e
     key = key_name(score)
     pm, route = score_to_midi(score, bpm, has_own_tempo=work.tempo_bpm is not None)
-    end = prepare_midi(pm, inst.program, cfg.max_seconds)
+    pm, end = prepare_midi(pm, inst.program, cfg.max_seconds)
     midi_path = out / "midi" / f"{work.work_id}.mid"
     tmp_mid = midi_path.with_name(f".{work.work_id}.{os.getpid()}.tmp.mid")
     pm.write(str(tmp_mid))

@@ -132,18 +132,48 @@ def score_to_midi(score, bpm: float, has_own_tempo: bool):
     return pm, route
 
 
-def prepare_midi(pm, program: int, max_seconds: float) -> float:
-    """Set every part to GM ``program``, drop drum tracks, crop notes to ``max_seconds``; returns the end time (s)."""
-    pm.instruments = [i for i in pm.instruments if not i.is_drum and i.notes]
-    pm.lyrics, pm.text_events = [], []  # meta events past the last note keep FluidSynth's player running
+def _without_overlaps(notes: list) -> list:
+    """Notes sorted by start with same-pitch overlaps removed (the earlier note ends where the next one starts):
+    two note-ons of one key on one channel can leave a voice sounding after every note-off."""
+    out, last = [], {}
+    for n in sorted(notes, key=lambda n: (n.start, n.pitch)):
+        prev = last.get(n.pitch)
+        if prev is not None and prev.end > n.start:
+            prev.end = n.start
+        if prev is not None and prev.end - prev.start < 1e-3:
+            out.remove(prev)
+        out.append(n)
+        last[n.pitch] = n
+    return out
+
+
+def prepare_midi(pm, program: int, max_seconds: float, release: float = 1.0):
+    """A clean copy of ``pm`` for rendering: every part on GM ``program``, drums dropped, notes cropped to
+    ``max_seconds``, same-pitch overlaps removed, 480 ticks per quarter at a constant tempo (note times are kept
+    in seconds), and "all notes off" / "all sound off" on every channel after the last note.
+
+    FluidSynth's file renderer runs until no voice sounds: a stuck voice of a sustained instrument (organ,
+    clarinet) made it render forever on some music21 scores; the clean-up and the closing controllers end it.
+
+    Returns:
+        ``(pretty_midi.PrettyMIDI, end_time_seconds)`` with the end time of the last note.
+    """
+    import pretty_midi
+
+    out = pretty_midi.PrettyMIDI(resolution=480, initial_tempo=120.0)
     for inst in pm.instruments:
-        inst.program = program
-        inst.notes = [n for n in inst.notes if n.start < max_seconds]
-        for n in inst.notes:
-            n.end = min(n.end, max_seconds)
-        inst.pitch_bends = [b for b in inst.pitch_bends if b.time < max_seconds]
-        inst.control_changes = [c for c in inst.control_changes if c.time < max_seconds]
-    return max((n.end for i in pm.instruments for n in i.notes), default=0.0)
+        if inst.is_drum or not inst.notes:
+            continue
+        new = pretty_midi.Instrument(program=program, name=inst.name)
+        new.notes = _without_overlaps([pretty_midi.Note(n.velocity, n.pitch, n.start, min(n.end, max_seconds))
+                                       for n in inst.notes if n.start < max_seconds])
+        if new.notes:
+            out.instruments.append(new)
+    end = max((n.end for i in out.instruments for n in i.notes), default=0.0)
+    for inst in out.instruments:
+        inst.control_changes += [pretty_midi.ControlChange(123, 0, end + 0.01),
+                                 pretty_midi.ControlChange(120, 0, end + release)]
+    return out, end
 
 
 def render_midi(midi_path: str | Path, soundfont: str | Path, sample_rate: int, gain: float = 0.5,
