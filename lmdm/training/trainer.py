@@ -45,11 +45,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def _reconcile(saved: TrainConfig, given: TrainConfig | None) -> TrainConfig:
-    """On resume the run's own config wins; a given config may only change ``steps`` and ``max_hours``."""
+    """On resume the run's own config wins; a given config may change only the length, intervals and output folders."""
     if given is None:
         return saved
     a, b = to_dict(saved), to_dict(given)
-    changeable = {"steps", "max_hours", "log_every", "val_every", "ckpt_every"}
+    changeable = {"steps", "max_hours", "log_every", "val_every", "ckpt_every", "run_dir", "export_dir"}
     differ = sorted(k for k in a if a[k] != b[k] and k not in changeable)
     if differ:
         raise TrainError(f"--resume with a config that differs from the run's in {differ}; only "

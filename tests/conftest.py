@@ -1,0 +1,42 @@
+"""Shared fixtures: a real two-work data set rendered with FluidSynth, and a tiny training config."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Two short real works from the music21 corpus: a Bach chorale and a German folk ballad.
+TEST_WORKS = ("bach__bwv286", "essenFolksong__ballad10__0006")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Prompt embeddings go to a per-session cache folder, never the user's."""
+    os.environ["LMDM_CACHE"] = str(tmp_path_factory.mktemp("lmdm-cache"))
+
+
+@pytest.fixture(scope="session")
+def real_data(tmp_path_factory) -> Path:
+    """Render the two test works (cropped to 12 s) into a data folder."""
+    from lmdm.data.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("music")
+    report = build(BuildConfig(out=str(out), work_ids=TEST_WORKS, max_seconds=12.0, jobs=1), progress=False)
+    assert report.built == 2 and report.failed == 0, report.failures
+    return out
+
+
+def tiny_train_config(data: Path, run_dir: Path, **overrides):
+    from lmdm.codec import CodecConfig
+    from lmdm.model.config import DiTConfig
+    from lmdm.training.config import TrainConfig
+
+    base = dict(
+        data=str(data), run_dir=str(run_dir),
+        model=DiTConfig(d_model=64, n_layers=2, n_heads=2, block_frames=4, window_chunks=2),
+        codec=CodecConfig(), steps=40, batch_size=8, train_chunks=4, lr=2e-3, warmup_steps=5,
+        log_every=1, val_every=20, ckpt_every=10, val_batches=2, bf16=False, seed=0,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
