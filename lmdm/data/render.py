@@ -84,7 +84,11 @@ def key_name(score) -> str | None:
 
 
 def _notes_route(score, bpm: float):
-    """pretty_midi built from the score's notes, one instrument per part, ties merged; quarter notes at ``bpm``."""
+    """pretty_midi built from the score's notes, one instrument per part, quarter notes at ``bpm``.
+
+    Tied notes are merged here (a tie start opens a note that its continuation extends) rather than with
+    ``stripTies``, which deep-copies the whole score and took minutes on large works.
+    """
     import pretty_midi
 
     pm = pretty_midi.PrettyMIDI(initial_tempo=bpm)
@@ -92,12 +96,24 @@ def _notes_route(score, bpm: float):
     parts = list(score.parts) if hasattr(score, "parts") and len(score.parts) else [score]
     for part in parts:
         inst = pretty_midi.Instrument(program=0)
-        for n in part.stripTies().flatten().notes:
+        open_ties: dict[int, pretty_midi.Note] = {}
+        for n in part.flatten().notes:
             ql = float(n.quarterLength) or 0.25  # grace notes get a short duration
             vel = n.volume.velocity if n.volume is not None and n.volume.velocity else 80
+            start = float(n.offset) * sec
+            tie = n.tie.type if getattr(n, "tie", None) is not None else None
             for p in n.pitches:
-                start = float(n.offset) * sec
-                inst.notes.append(pretty_midi.Note(int(vel), int(p.midi), start, start + ql * sec))
+                key = int(p.midi)
+                held = open_ties.get(key)
+                if held is not None and tie in ("continue", "stop") and abs(held.end - start) < 1e-6:
+                    held.end = start + ql * sec
+                    if tie == "stop":
+                        del open_ties[key]
+                    continue
+                note = pretty_midi.Note(int(vel), key, start, start + ql * sec)
+                inst.notes.append(note)
+                if tie == "start":
+                    open_ties[key] = note
         if inst.notes:
             pm.instruments.append(inst)
     if not pm.instruments:

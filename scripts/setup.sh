@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One-command set-up of lmdm: a virtual environment in .venv with the CPU build of torch, lmdm (editable) and
+# its test tools. As root on Debian/Ubuntu it also installs FluidSynth and a General MIDI SoundFont (needed only
+# to build training data, not to generate).
+#
+#   bash scripts/setup.sh            # then: .venv/bin/lmdm generate "a slow Bach chorale on church organ"
+#
+# TORCH_SPEC overrides the torch requirement (default torch==2.13.0, the CPU wheel on lmdm's machines; on a GPU
+# machine use e.g. TORCH_SPEC=torch). PYTHON picks the interpreter (default python3, 3.10 or newer).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+if ! command -v fluidsynth >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing FluidSynth and the FluidR3 General MIDI SoundFont (apt)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends fluidsynth fluid-soundfont-gm >/dev/null
+  else
+    echo "note: FluidSynth is not installed; it is needed only for 'lmdm data build'."
+    echo "      Debian/Ubuntu: sudo apt-get install fluidsynth fluid-soundfont-gm; macOS: brew install fluid-synth"
+  fi
+fi
+
+echo "== creating .venv with $($PYTHON --version)"
+"$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+echo "== installing $TORCH_SPEC"
+.venv/bin/python -m pip install -q "$TORCH_SPEC"
+echo "== installing lmdm and its dependencies"
+.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -c "import torch, lmdm; print('lmdm', lmdm.__version__, '| torch', torch.__version__)"
+echo "== done. Try: .venv/bin/lmdm generate \"a slow Bach chorale on church organ\" --seconds 30 --out chorale.wav"
