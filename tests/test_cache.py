@@ -120,3 +120,16 @@ def test_enc_dec_cache_matches_uncached(context_chunks):
         v = cache.step(x_t, t, text_c, ctrl)
         ref = model(enc_dec_tokens(ctx, x_t, t, ctrl, start_frame=40), text, torch.ones(2, dtype=torch.bool))[:, -B:]
         assert (v - ref).abs().max() < TOL
+
+
+def test_per_token_modulation_path_matches_the_cache():
+    """A context that is not a whole number of chunks takes DiT.forward's per-token path; same numbers."""
+    model = tiny_model(3)
+    B, ch = model.cfg.block_frames, model.cfg.latent_channels
+    ctx = torch.randn(1, 5, ch)  # 5 frames: not a multiple of B = 4
+    text, text_c = conds(model)
+    cache = EncDecKVCache(model)
+    cache.bootstrap(ctx)
+    x_t, t = torch.randn(1, B, ch), torch.rand(1)
+    ref = model(enc_dec_tokens(ctx, x_t, t), text, torch.ones(1, dtype=torch.bool))[:, -B:]
+    assert (cache.step(x_t, t, text_c) - ref).abs().max() < TOL

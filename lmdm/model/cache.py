@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from .dit import DiT
+from .dit import DiT, TargetMod
 
 
 def _repeat_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -50,15 +50,16 @@ class BlockCausalKVCache:
     Args:
         model: the DiT (its config gives ``B = block_frames`` and ``W = window_chunks``).
         batch: number of parallel streams ``b``.
-        dtype: storage dtype of keys/values (the model's compute dtype).
+        dtype: storage dtype of keys/values (default: the model's dtype).
 
     Attributes:
         next_chunk: absolute index of the chunk the next :meth:`step` generates.
         n_valid: how many of the ``W`` slots hold a chunk (0 right after an empty bootstrap).
     """
 
-    def __init__(self, model: DiT, batch: int = 1, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: DiT, batch: int = 1, dtype: torch.dtype | None = None):
         cfg = model.cfg
+        dtype = dtype or next(model.parameters()).dtype
         self.model = model
         self.B, self.W = cfg.block_frames, cfg.window_chunks
         shape = (batch, cfg.n_heads, self.W * self.B, cfg.head_dim)
@@ -109,7 +110,7 @@ class BlockCausalKVCache:
 
     @torch.no_grad()
     def step(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,
-             controls: torch.Tensor | None = None) -> torch.Tensor:
+             controls: torch.Tensor | None = None, mods: TargetMod | None = None) -> torch.Tensor:
         """One denoising step of target chunk ``next_chunk``.
 
         Args:
@@ -117,12 +118,14 @@ class BlockCausalKVCache:
             t: ``(r*b,)`` timesteps in [0, 1].
             text_c: ``(r*b, d)`` text conditioning vectors (``DiT.text_cond``).
             controls: ``(r*b, B, control_dim)`` or None.
+            mods: ``DiT.target_modulation(t, text_c)`` if already computed (streamers reuse it across blocks).
 
         Returns:
-            ``(r*b, B, ch)`` predicted velocity.
+            ``(r*b, B, ch)`` predicted velocity (float32).
         """
         pending, self.pending = self.pending, None
-        return self._forward(clean=pending, clean_chunk=self.next_chunk - 1, target=x_t, t=t, text_c=text_c,
+        mods = mods or self.model.target_modulation(t, text_c)
+        return self._forward(clean=pending, clean_chunk=self.next_chunk - 1, target=x_t, mods=mods,
                              controls=controls)
 
     @property
@@ -136,7 +139,7 @@ class BlockCausalKVCache:
         slots = torch.arange(self.W * self.B) // self.B
         return slots >= self.W - n_valid
 
-    def _forward(self, clean=None, clean_chunk=0, target=None, t=None, text_c=None, controls=None):
+    def _forward(self, clean=None, clean_chunk=0, target=None, mods=None, controls=None):
         m, B = self.model, self.B
         dev_dtype = self.k[0].dtype if self.k else torch.float32
         write = clean is not None and self.W > 0
@@ -152,7 +155,6 @@ class BlockCausalKVCache:
             n_after = min(self.n_valid + 1, self.W) if write else self.n_valid
             pos_t = torch.arange(self.next_chunk * B, (self.next_chunk + 1) * B)
             cos_t, sin_t = m.rope(pos_t)
-            c_t = m.target_cond(t[:, None], text_c)  # (r*b, 1, d)
             ht = m.embed(target, torch.zeros_like(target), torch.zeros(B, dtype=torch.bool), controls)
             mask_t = torch.cat([self._slot_mask(n_after), torch.ones(B, dtype=torch.bool)])[None].expand(B, -1)
             rows = target.shape[0]
@@ -165,7 +167,7 @@ class BlockCausalKVCache:
                 self.k[layer] = torch.cat([self.k[layer][:, :, B:], k.to(dev_dtype)], 2)
                 self.v[layer] = torch.cat([self.v[layer][:, :, B:], v.to(dev_dtype)], 2)
             if target is not None:
-                mod_t = blk.modulation(c_t)
+                mod_t = mods.layers[layer]
                 q, k, v = blk.project(ht, mod_t, cos_t, sin_t)
                 kk = torch.cat([_repeat_rows(self.k[layer], rows), k], 2)
                 vv = torch.cat([_repeat_rows(self.v[layer], rows), v], 2)
@@ -175,7 +177,7 @@ class BlockCausalKVCache:
             self.writes += 1
         if target is None:
             return None
-        return m.head(ht, c_t)
+        return m.head(ht, mods.head)
 
 
 class EncDecKVCache:
@@ -217,18 +219,19 @@ class EncDecKVCache:
 
     @torch.no_grad()
     def step(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,
-             controls: torch.Tensor | None = None) -> torch.Tensor:
-        """One denoising step of the target ``(r*b, B, ch)`` attending to the encoded context; returns velocity."""
+             controls: torch.Tensor | None = None, mods: TargetMod | None = None) -> torch.Tensor:
+        """One denoising step of the target ``(r*b, B, ch)`` attending to the encoded context; returns velocity
+        (arguments as in ``BlockCausalKVCache.step``)."""
         m = self.model
         rows, n, _ = x_t.shape
+        mods = mods or m.target_modulation(t, text_c)
         cos, sin = m.rope(torch.arange(self.target_start, self.target_start + n))
-        c_t = m.target_cond(t[:, None], text_c)
         h = m.embed(x_t, torch.zeros_like(x_t), torch.zeros(n, dtype=torch.bool), controls)
         for layer, blk in enumerate(m.blocks):
-            mod = blk.modulation(c_t)
+            mod = mods.layers[layer]
             q, k, v = blk.project(h, mod, cos, sin)
             if self.k:
                 k = torch.cat([_repeat_rows(self.k[layer], rows), k], 2)
                 v = torch.cat([_repeat_rows(self.v[layer], rows), v], 2)
             h = blk.attend(h, mod, q, k, v, None)
-        return m.head(h, c_t)
+        return m.head(h, mods.head)

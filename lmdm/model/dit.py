@@ -31,6 +31,16 @@ from .rope import apply_rope, rope_angles
 
 
 @dataclass
+class TargetMod:
+    """Precomputed conditioning of a target block for one timestep and prompt: the per-layer adaLN modulations
+    ``(b, 1, 6d)`` and the final layer's conditioning vector ``(b, 1, d)``. A streamer computes these once per
+    (prompt, denoising step) and reuses them for every block, since the schedule repeats."""
+
+    layers: list[torch.Tensor]
+    head: torch.Tensor
+
+
+@dataclass
 class Tokens:
     """A token sequence for the general (uncached) forward pass.
 
@@ -93,14 +103,16 @@ class DiTBlock(nn.Module):
         return self.ada(c)
 
     def project(self, x: torch.Tensor, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Rotated queries, keys and values of tokens ``x`` ``(b, L, d)``; each ``(b, H, L, hd)``.
+        """Rotated queries, keys and values of tokens ``x``; each ``(b, H, L, hd)``.
 
-        ``mod`` is ``(b, L, 6d)`` or ``(b, 1, 6d)``; ``cos``/``sin`` are ``(L, hd/2)`` or ``(b, L, hd/2)``.
+        ``x`` is ``(b, L, d)`` with ``mod`` broadcastable to ``(b, L, 6d)``, or chunked ``(b, L/B, B, d)`` with
+        ``mod`` ``(b, L/B, 1, 6d)`` (one modulation per chunk, broadcast without copies);
+        ``cos``/``sin`` are ``(L, hd/2)`` or ``(b, L, hd/2)``.
         """
-        b, n, d = x.shape
+        b, d = x.shape[0], x.shape[-1]
         shift, scale = mod[..., :d], mod[..., d : 2 * d]
         h = self.norm1(x) * (1 + scale) + shift
-        q, k, v = self.qkv(h).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(h).reshape(b, -1, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -108,11 +120,11 @@ class DiTBlock(nn.Module):
                mask: torch.Tensor | None) -> torch.Tensor:
         """Attention of queries ``q`` over keys/values ``k, v`` ``(b, H, Lk, hd)``, residual, then the MLP.
 
-        ``mask`` is ``(Lq, Lk)``, ``(b, Lq, Lk)`` or None (all visible). Returns the new ``x`` ``(b, Lq, d)``.
+        ``mask`` is ``(Lq, Lk)``, ``(b, Lq, Lk)`` or None (all visible). Returns the new ``x`` (shape of ``x``).
         """
-        b, n, d = x.shape
+        d = x.shape[-1]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else _expand_mask(mask))
-        a = a.transpose(1, 2).reshape(b, n, d)
+        a = a.transpose(1, 2).reshape(x.shape)
         gate1, shift2, scale2, gate2 = mod[..., 2 * d : 3 * d], mod[..., 3 * d : 4 * d], mod[..., 4 * d : 5 * d], mod[..., 5 * d :]
         x = x + gate1 * self.proj(a)
         return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
@@ -168,6 +180,11 @@ class DiT(nn.Module):
         """Conditioning of noisy segments: timesteps ``(b, n)`` and text vectors ``(b, d)`` -> ``(b, n, d)``."""
         return self.t_embed(timestep_embedding(t, 256).to(text_c.dtype)) + text_c[:, None]
 
+    def target_modulation(self, t: torch.Tensor, text_c: torch.Tensor) -> TargetMod:
+        """All modulations of a target block at timesteps ``t`` ``(b,)`` with text vectors ``(b, d)``."""
+        c = self.target_cond(t[:, None], text_c)
+        return TargetMod(layers=[blk.modulation(c) for blk in self.blocks], head=c)
+
     def segment_cond(self, t_seg: torch.Tensor, text_c: torch.Tensor) -> torch.Tensor:
         """``(b, n_seg)`` timesteps (NaN = clean segment) -> conditioning vectors ``(b, n_seg, d)``."""
         clean = torch.isnan(t_seg)
@@ -179,17 +196,20 @@ class DiT(nn.Module):
               controls: torch.Tensor | None) -> torch.Tensor:
         """Input projection of ``[noisy | clean | flag | controls]`` -> ``(b, L, d)``."""
         b, n, _ = noisy.shape
-        flag = is_ctx.to(noisy.dtype).expand(b, n)[..., None]
+        dtype = self.in_proj.weight.dtype
+        flag = is_ctx.to(dtype).expand(b, n)[..., None]
         if controls is None:
-            controls = noisy.new_zeros(b, n, self.cfg.control_dim)
+            controls = noisy.new_zeros(b, n, self.cfg.control_dim, dtype=dtype)
         elif controls.shape[-1] != self.cfg.control_dim:
             raise ValueError(f"controls have {controls.shape[-1]} channels, the model expects {self.cfg.control_dim}")
-        return self.in_proj(torch.cat([noisy, clean, flag, controls.to(noisy.dtype)], dim=-1))
+        x = torch.cat([noisy.to(dtype), clean.to(dtype), flag, controls.to(dtype)], dim=-1)
+        return self.in_proj(x)
 
     def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Final adaLN layer: ``(b, L, d)`` with per-token (or broadcast) conditioning ``c`` -> ``(b, L, ch)``."""
+        """Final adaLN layer: ``(b, L, d)`` with per-token (or broadcast) conditioning ``c`` -> ``(b, L, ch)``
+        (always float32, whatever the model's dtype)."""
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
-        return self.out_proj(self.final_norm(h) * (1 + scale) + shift)
+        return self.out_proj(self.final_norm(h) * (1 + scale) + shift).float()
 
     def rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for frame positions ``(L,)`` or ``(b, L)``."""
@@ -212,16 +232,24 @@ class DiT(nn.Module):
     def forward_cond(self, tok: Tokens, text_c: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` with precomputed text vectors ``text_c`` ``(b, d)`` (see :meth:`text_cond`)."""
         b, n, _ = tok.noisy.shape
+        d, B = self.cfg.d_model, self.cfg.block_frames
         c_seg = self.segment_cond(tok.t_seg, text_c)  # (b, n_seg, d)
         seg = tok.seg.expand(b, n)
-        c_tok = torch.gather(c_seg, 1, seg[..., None].expand(b, n, self.cfg.d_model))  # (b, L, d)
         cos, sin = self.rope(tok.pos)
         h = self.embed(tok.noisy, tok.clean, tok.is_ctx, tok.controls)
+        # Every layout keeps one segment per chunk of B tokens: modulate per chunk by broadcasting, which avoids
+        # materialising a (b, L, 6d) modulation per layer (and its scatter in the backward pass).
+        chunks = seg.reshape(b, n // B, B) if n % B == 0 else None
+        if chunks is not None and bool((chunks == chunks[..., :1]).all()):
+            seg_c = chunks[..., 0]  # (b, L/B)
+            h = h.reshape(b, n // B, B, d)
+            pick = lambda x: torch.gather(x, 1, seg_c[..., None].expand(-1, -1, x.shape[-1]))[:, :, None]
+        else:
+            h = h.reshape(b, n, d)
+            pick = lambda x: torch.gather(x, 1, seg[..., None].expand(-1, -1, x.shape[-1]))
         for blk in self.blocks:
-            mod_seg = blk.modulation(c_seg)
-            mod = torch.gather(mod_seg, 1, seg[..., None].expand(b, n, mod_seg.shape[-1]))
-            h = blk(h, mod, cos, sin, tok.mask)
-        return self.head(h, c_tok)
+            h = blk(h, pick(blk.modulation(c_seg)), cos, sin, tok.mask)
+        return self.head(h, pick(c_seg)).reshape(b, n, -1)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -106,6 +106,7 @@ class Streamer:
         """Set the prompt (``(b, text_dim)`` embeddings, ``(b,)`` has_text); it applies from the next block."""
         self._text_c = self.model.text_cond(embedding, has_text)
         self._has_text = has_text.clone()
+        self._mods: dict = {}  # (step index, guided) -> TargetMod, valid until the prompt changes
 
     def reset(self, context: torch.Tensor | None = None) -> None:
         """Start a new stream, optionally continuing ``context`` ``(b, m*B, ch)`` clean latents."""
@@ -142,7 +143,10 @@ class Streamer:
             t0 = time.perf_counter()
             xx = torch.cat([x, x]) if guided else x
             tt = torch.full((xx.shape[0],), t)
-            v = self._velocity(xx, tt, text_c, ctrl, i)
+            key = (i, guided, t)
+            if key not in self._mods:  # the schedule repeats every block: condition once per prompt and step
+                self._mods[key] = self.model.target_modulation(tt, text_c)
+            v = self._velocity(xx, tt, text_c, ctrl, self._mods[key])
             if guided:
                 v = cfg_combine(v[: self.batch], v[self.batch :], self.sampler.cfg_scale)
             step_times.append(time.perf_counter() - t0)
@@ -165,7 +169,8 @@ class Streamer:
     def _prepare_block(self) -> None:
         pass
 
-    def _velocity(self, x_t, t, text_c, controls, step_index) -> torch.Tensor:
+    def _velocity(self, x_t, t, text_c, controls, mods) -> torch.Tensor:
+        """Velocity ``(rows, B, ch)`` of the target; ``mods`` is ``DiT.target_modulation(t, text_c)``."""
         raise NotImplementedError
 
     def _finish_block(self, x0: torch.Tensor) -> None:
@@ -188,8 +193,8 @@ class BlockCausalStreamer(Streamer):
             raise ValueError(f"context must be a whole number of {self.B}-frame blocks, got {context.shape[1]} frames")
         self.cache.bootstrap(context)
 
-    def _velocity(self, x_t, t, text_c, controls, step_index):
-        return self.cache.step(x_t, t, text_c, controls)
+    def _velocity(self, x_t, t, text_c, controls, mods):
+        return self.cache.step(x_t, t, text_c, controls, mods)
 
     def _finish_block(self, x0):
         self.cache.advance(x0)
@@ -206,14 +211,14 @@ class EncDecStreamer(Streamer):
         ctx = self.context()
         self.cache.bootstrap(ctx, start_frame=self.history.shape[1] - ctx.shape[1])
 
-    def _velocity(self, x_t, t, text_c, controls, step_index):
-        return self.cache.step(x_t, t, text_c, controls)
+    def _velocity(self, x_t, t, text_c, controls, mods):
+        return self.cache.step(x_t, t, text_c, controls, mods)
 
 
 class OutpaintingStreamer(Streamer):
     """The baseline: every step runs bidirectional attention over ``[context | block]``, context re-noised."""
 
-    def _velocity(self, x_t, t, text_c, controls, step_index):
+    def _velocity(self, x_t, t, text_c, controls, mods):
         ctx = self.context()
         rows = x_t.shape[0]
         ctx = ctx.repeat(rows // self.batch, 1, 1)
@@ -226,7 +231,7 @@ class OutpaintingStreamer(Streamer):
 class UncachedBlockCausalStreamer(Streamer):
     """Block-causal LMDM without a cache: each step re-runs the masked forward over the whole history."""
 
-    def _velocity(self, x_t, t, text_c, controls, step_index):
+    def _velocity(self, x_t, t, text_c, controls, mods):
         rows = x_t.shape[0]
         hist = self.history.repeat(rows // self.batch, 1, 1)
         tok = block_causal_stream_tokens(hist, x_t, t, self.W, controls)
