@@ -1,0 +1,1 @@
+"""Baselines the LMDM is measured against."""

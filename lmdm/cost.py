@@ -1,0 +1,123 @@
+"""The cost model: analytic FLOPs per block for the four streamers, and FLOPs counted by running them.
+
+LMDM's first claim (arXiv 2605.22717, section 3) is about cost per block. With context ``C`` frames, block
+``B`` frames, ``S`` denoising steps and a transformer of ``L`` layers and width ``d``, in steady state:
+
+* **outpainting** (bidirectional, context re-noised every step): ``S * f(C + B)`` -- every step runs every
+  context and target token, with attention over all ``C + B``. Nothing is cacheable.
+* **LMDM enc-dec**: ``f(C) + S * g(B | C)`` -- the context is encoded once per block; each step runs only the
+  ``B`` target tokens, attending to the cached context.
+* **LMDM block-causal**: ``g(B | cache) + S * g(B | cache)`` -- only the just-finished block is encoded (fused
+  into the first step), the rest of the context stays cached across blocks.
+* **LMM** (discrete AR, Magenta RealTime-like): ``f_enc(C) + sum_i g_dec(1 | i, C)`` over ``B * depth``
+  sequential one-token decoder steps.
+
+FLOPs count multiply-adds twice (``2 M N K`` for a matmul), attention as ``4 * queries * keys * d`` per layer
+(QK^T and AV), and nothing else (norms, activations, sampling). That is exactly what
+``torch.utils.flop_counter.FlopCounterMode`` counts, so :func:`count_flops` checks the formulas; the CPU flash
+attention kernel is missing from torch's formula table, so it is registered here with torch's own SDPA formula.
+Classifier-free guidance doubles the target rows (``rows = 2``); context work is shared by both rows because
+cached keys depend on neither prompt nor timestep.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+
+from .baselines.lmm import LMMConfig
+from .model.config import DiTConfig
+
+_registered = False
+
+
+def _register_cpu_sdpa() -> None:
+    global _registered
+    op = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    if _registered:
+        return
+    from torch.utils.flop_counter import flop_registry
+
+    if op not in flop_registry:
+        @register_flop_formula(op)
+        def _cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop_count(query_shape, key_shape, value_shape)
+    _registered = True
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of running ``fn()`` as counted by torch's FlopCounterMode (matmuls and attention).
+
+    Run it on inference models (``requires_grad_(False)``, as ``load_checkpoint`` returns them): FlopCounterMode
+    tracks gradients of module inputs and fails on parameters that require grad inside ``no_grad``.
+    """
+    _register_cpu_sdpa()
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+# ---- the DiT --------------------------------------------------------------------------------------------------
+def _dit_tokens(cfg: DiTConfig, n: int, keys: int, head: bool) -> int:
+    """FLOPs of ``n`` tokens through embed, every layer (attending to ``keys`` keys) and optionally the head."""
+    d, h, ch = cfg.d_model, cfg.mlp_hidden, cfg.latent_channels
+    embed = n * (2 * ch + 1 + cfg.control_dim) * d
+    layer = n * (4 * d * d + 2 * d * h) + 2 * n * keys * d
+    out = n * d * ch if head else 0
+    return 2 * (embed + cfg.n_layers * layer + out)
+
+
+def _dit_cond(cfg: DiTConfig, vectors: int, layers: bool = True, head: bool = False, t_embed: bool = False) -> int:
+    """FLOPs of conditioning ``vectors`` vectors: adaLN of every layer, the final adaLN, the timestep MLP."""
+    d = cfg.d_model
+    macs = vectors * ((cfg.n_layers * 6 * d * d if layers else 0) + (2 * d * d if head else 0)
+                      + ((256 * d + d * d) if t_embed else 0))
+    return 2 * macs
+
+
+def dit_block_flops(cfg: DiTConfig, mask: str, steps: int, guided: bool = True, context_frames: int | None = None) -> int:
+    """Analytic FLOPs of one steady-state block (full window) of a DiT streamer.
+
+    Args:
+        cfg: the DiT (``B = block_frames``; ``C = context_frames or W * B``).
+        mask: "outpainting", "enc_dec" or "block_causal".
+        steps: denoising steps ``S``.
+        guided: classifier-free guidance (two target rows per step).
+        context_frames: override ``C`` (must be ``W * B`` for block_causal).
+
+    Raises:
+        ValueError: unknown mask.
+    """
+    B = cfg.block_frames
+    C = cfg.context_frames if context_frames is None else context_frames
+    rows = 2 if guided else 1
+    if mask == "outpainting":
+        per_step = rows * _dit_tokens(cfg, C + B, C + B, head=True) + _dit_cond(cfg, rows, head=True, t_embed=True)
+        return steps * per_step
+    target_step = rows * _dit_tokens(cfg, B, C + B, head=True) + _dit_cond(cfg, rows, layers=False, head=True)
+    if mask == "enc_dec":
+        return _dit_tokens(cfg, C, C, head=False) + _dit_cond(cfg, 1) + steps * target_step
+    if mask == "block_causal":
+        clean = _dit_tokens(cfg, B, C + B, head=False) + _dit_cond(cfg, 1)
+        return clean + steps * target_step
+    raise ValueError(f"unknown mask {mask!r}; choose outpainting, enc_dec or block_causal")
+
+
+# ---- the LMM --------------------------------------------------------------------------------------------------
+def lmm_block_flops(cfg: LMMConfig) -> int:
+    """Analytic FLOPs of one steady-state LMM block: encoder over ``C`` frames + prompt token, cross-attention
+    keys/values, then ``B * depth`` one-token decoder steps with a growing self-attention cache."""
+    d, h, K = cfg.d_model, cfg.mlp_hidden, cfg.codebook_size
+    ne = cfg.context_frames + 1
+    n = cfg.block_frames * cfg.depth
+    enc = cfg.text_dim * d + cfg.encoder_layers * (ne * (4 * d * d + 2 * d * h) + 2 * ne * ne * d)
+    cross_kv = cfg.decoder_layers * ne * 2 * d * d
+    per_token = cfg.decoder_layers * (6 * d * d + 2 * d * h + 2 * ne * d) + d * K
+    self_attn = cfg.decoder_layers * 2 * d * (n * (n + 1) // 2)
+    return 2 * (enc + cross_kv + n * per_token + self_attn)
+
+
+def per_audio_second(block_flops: float, block_frames: int, frame_rate: float) -> float:
+    """Block FLOPs -> FLOPs per second of audio (``block_frames / frame_rate`` seconds per block)."""
+    return block_flops * frame_rate / block_frames
