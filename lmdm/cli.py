@@ -1,4 +1,4 @@
-"""The ``lmdm`` command line: ``data build``, ``train``, ``generate``.
+"""The ``lmdm`` command line: ``data build``, ``train``, ``generate``, ``bench``.
 
 Every subcommand turns bad input into one clear ``lmdm: error: ...`` line and exit status 2, never a traceback.
 """
@@ -98,6 +98,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- bench -------------------------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from .bench import BenchConfig, format_report, run_bench
+
+    cfg = BenchConfig.quick(checkpoint=args.checkpoint) if args.quick else BenchConfig(checkpoint=args.checkpoint)
+    if args.json:
+        from .audio import check_writable
+
+        check_writable(args.json)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    result = run_bench(cfg, out_dir=args.out_dir, progress=log)
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmdm", description="Live Music Diffusion Models: streaming music "
                                 "generation with block-wise KV caching, on a CPU.")
@@ -136,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="streamer: block_causal (LMDM, persistent KV cache), enc_dec, outpainting (baseline)")
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
     g.set_defaults(func=cmd_generate)
+
+    be = sub.add_parser("bench", help="measure outpainting, LMDM (enc-dec, block-causal) and an LMM side by side")
+    be.add_argument("--quick", action="store_true", help="a fast, noisier run (CI, notebooks)")
+    be.add_argument("--json", help="also write all numbers to this JSON file")
+    be.add_argument("--out-dir", default="runs/bench", help="folder for the sweep figures (default runs/bench)")
+    be.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
+    be.set_defaults(func=cmd_bench)
     return p
 
 
