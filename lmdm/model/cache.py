@@ -70,6 +70,10 @@ class BlockCausalKVCache:
         self.next_chunk = 0
         self.pending: torch.Tensor | None = None
         self.writes = 0  # chunks written so far (for inspection and tests)
+        # Attention buffers per target row count: [cache (repeated over CFG rows) | target slot]. Refreshed once
+        # per written chunk, so a denoising step copies only its own B keys instead of concatenating the cache.
+        self._buffers: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {}
+        self._layer_version = [0] * cfg.n_layers  # bumped whenever a layer's cache changes
 
     # ---- verbs ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -86,6 +90,8 @@ class BlockCausalKVCache:
         for t in self.k + self.v:
             t.zero_()
         self.n_valid, self.pending, self.writes = 0, None, 0
+        self._buffers.clear()
+        self._layer_version = [v + 1 for v in self._layer_version]
         self.next_chunk = start_chunk
         if context is None or context.shape[1] == 0:
             return
@@ -134,6 +140,21 @@ class BlockCausalKVCache:
         return self.pending is not None
 
     # ---- the computation --------------------------------------------------------------------------------------
+    def _attention_buffers(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, H, W*B + B, hd)`` key and value buffers of a layer with the current cache in front."""
+        if rows not in self._buffers:
+            shape = (rows, *self.k[0].shape[1:2], self.W * self.B + self.B, self.k[0].shape[-1])
+            n = len(self.k)
+            self._buffers[rows] = ([torch.zeros(shape, dtype=self.k[0].dtype) for _ in range(n)],
+                                   [torch.zeros(shape, dtype=self.k[0].dtype) for _ in range(n)], [-1] * n)
+        kb, vb, version = self._buffers[rows]
+        if version[layer] != self._layer_version[layer]:
+            WB = self.W * self.B
+            kb[layer][:, :, :WB] = _repeat_rows(self.k[layer], rows)
+            vb[layer][:, :, :WB] = _repeat_rows(self.v[layer], rows)
+            version[layer] = self._layer_version[layer]
+        return kb[layer], vb[layer]
+
     def _slot_mask(self, n_valid: int) -> torch.Tensor:
         """``(W*B,)`` bool: which cache slots hold a chunk (valid chunks are right-aligned, newest last)."""
         slots = torch.arange(self.W * self.B) // self.B
@@ -166,12 +187,14 @@ class BlockCausalKVCache:
                 # write the finished chunk, evict the oldest (fixed shape: shift by one chunk)
                 self.k[layer] = torch.cat([self.k[layer][:, :, B:], k.to(dev_dtype)], 2)
                 self.v[layer] = torch.cat([self.v[layer][:, :, B:], v.to(dev_dtype)], 2)
+                self._layer_version[layer] += 1
             if target is not None:
                 mod_t = mods.layers[layer]
                 q, k, v = blk.project(ht, mod_t, cos_t, sin_t)
-                kk = torch.cat([_repeat_rows(self.k[layer], rows), k], 2)
-                vv = torch.cat([_repeat_rows(self.v[layer], rows), v], 2)
-                ht = blk.attend(ht, mod_t, q, kk, vv, mask_t)
+                kb, vb = self._attention_buffers(layer, rows)
+                kb[:, :, self.W * B :] = k
+                vb[:, :, self.W * B :] = v
+                ht = blk.attend(ht, mod_t, q, kb, vb, mask_t)
         if write:
             self.n_valid = min(self.n_valid + 1, self.W)
             self.writes += 1

@@ -99,8 +99,14 @@ class DiTBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
     def modulation(self, c: torch.Tensor) -> torch.Tensor:
-        """Conditioning vectors ``(b, n, d)`` -> modulation ``(b, n, 6d)`` (shift/scale/gate for attn and MLP)."""
-        return self.ada(c)
+        """Conditioning vectors ``(b, n, d)`` -> modulation ``(b, n, 6d)``: shift, 1 + scale, gate for attention,
+        then the same for the MLP (the ``1 +`` is applied here, once per vector, not once per token)."""
+        mod = self.ada(c)
+        d = mod.shape[-1] // 6
+        offset = torch.zeros(6 * d, dtype=mod.dtype, device=mod.device)
+        offset[d : 2 * d] = 1.0
+        offset[4 * d : 5 * d] = 1.0
+        return mod + offset
 
     def project(self, x: torch.Tensor, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Rotated queries, keys and values of tokens ``x``; each ``(b, H, L, hd)``.
@@ -111,7 +117,7 @@ class DiTBlock(nn.Module):
         """
         b, d = x.shape[0], x.shape[-1]
         shift, scale = mod[..., :d], mod[..., d : 2 * d]
-        h = self.norm1(x) * (1 + scale) + shift
+        h = torch.addcmul(shift, self.norm1(x), scale)
         q, k, v = self.qkv(h).reshape(b, -1, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = self.q_norm(q), self.k_norm(k)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
@@ -126,8 +132,8 @@ class DiTBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else _expand_mask(mask))
         a = a.transpose(1, 2).reshape(x.shape)
         gate1, shift2, scale2, gate2 = mod[..., 2 * d : 3 * d], mod[..., 3 * d : 4 * d], mod[..., 4 * d : 5 * d], mod[..., 5 * d :]
-        x = x + gate1 * self.proj(a)
-        return x + gate2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)
+        x = torch.addcmul(x, gate1, self.proj(a))
+        return torch.addcmul(x, gate2, self.mlp(torch.addcmul(shift2, self.norm2(x), scale2)))
 
     def forward(self, x, mod, cos, sin, mask):
         q, k, v = self.project(x, mod, cos, sin)
@@ -209,7 +215,7 @@ class DiT(nn.Module):
         """Final adaLN layer: ``(b, L, d)`` with per-token (or broadcast) conditioning ``c`` -> ``(b, L, ch)``
         (always float32, whatever the model's dtype)."""
         shift, scale = self.final_ada(c).chunk(2, dim=-1)
-        return self.out_proj(self.final_norm(h) * (1 + scale) + shift).float()
+        return self.out_proj(torch.addcmul(shift, self.final_norm(h), 1 + scale)).float()
 
     def rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for frame positions ``(L,)`` or ``(b, L)``."""
