@@ -249,3 +249,11 @@ def make_streamer(model: DiT, mask: str = "block_causal", sampler: SamplerConfig
     if mask not in kinds:
         raise ValueError(f"unknown mask {mask!r}; choose one of {', '.join(kinds)}")
     return kinds[mask](model, sampler, batch)
+
+
+def block_differences(a: Streamer, b: Streamer, n_blocks: int) -> list[float]:
+    """Stream ``n_blocks`` from two streamers (same model, prompt and seed) and return the largest absolute
+    difference of each block's output: the cached-equals-uncached check of notebook 02 and the tests."""
+    a.reset()
+    b.reset()
+    return [float((a.next_block() - b.next_block()).abs().max()) for _ in range(n_blocks)]

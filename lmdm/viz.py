@@ -1,0 +1,99 @@
+"""Plots the notebooks share: masks, the cache timeline, spectrograms of latents, metric curves.
+
+Every function draws on a matplotlib ``Axes`` it is given (or creates a figure) and returns the ``Axes``, so a
+notebook composes figures and the library stays free of notebook state.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .codec import CodecConfig
+
+
+def _axes(ax, figsize=(4, 4)):
+    if ax is not None:
+        return ax
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)[1]
+
+
+def plot_mask(mask: torch.Tensor, title: str = "", ax=None, block: int | None = None, split: int | None = None):
+    """Draw a boolean attention mask ``(queries, keys)``: dark = may attend.
+
+    Args:
+        block: draw chunk boundaries every ``block`` tokens.
+        split: draw a thicker line after ``split`` tokens (e.g. between context and target, or clean and noisy).
+    """
+    ax = _axes(ax)
+    m = mask.to(torch.float32).numpy()
+    ax.imshow(m, cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    if block:
+        for i in range(block, max(m.shape), block):
+            ax.axhline(i - 0.5, color="tab:blue", lw=0.4, alpha=0.5)
+            ax.axvline(i - 0.5, color="tab:blue", lw=0.4, alpha=0.5)
+    if split:
+        ax.axhline(split - 0.5, color="tab:red", lw=1.2)
+        ax.axvline(split - 0.5, color="tab:red", lw=1.2)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("key token")
+    ax.set_ylabel("query token")
+    return ax
+
+
+def cache_timeline(window: int, n_blocks: int) -> np.ndarray:
+    """What the block-causal cache holds while generating each block.
+
+    Returns:
+        ``(n_blocks, n_blocks)`` codes: row = block being generated, column = chunk index;
+        0 = not involved, 1 = in the cache (attended), 2 = written into the cache during this block's fused first
+        step (the previous block), 3 = the target being denoised, 4 = evicted at this block.
+    """
+    grid = np.zeros((n_blocks, n_blocks), dtype=np.int64)
+    for n in range(n_blocks):
+        for c in range(max(0, n - window), n):
+            grid[n, c] = 1
+        if n >= 1:
+            grid[n, n - 1] = 2
+        if n - window - 1 >= 0:
+            grid[n, n - window - 1] = 4
+        grid[n, n] = 3
+    return grid
+
+
+def plot_cache_timeline(window: int, n_blocks: int, ax=None):
+    """Draw :func:`cache_timeline` as a coloured grid with a legend."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    ax = _axes(ax, (6, 4))
+    colors = ["white", "tab:blue", "tab:green", "tab:orange", "lightgrey"]
+    names = ["", "cached (attended)", "written in fused first step", "target block", "evicted"]
+    ax.imshow(cache_timeline(window, n_blocks), cmap=ListedColormap(colors), vmin=0, vmax=4, interpolation="nearest")
+    ax.set_xlabel("chunk (block index in the stream)")
+    ax.set_ylabel("block being generated")
+    ax.set_title(f"block-causal KV cache, window W={window}", fontsize=9)
+    ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(colors[1:], names[1:])], fontsize=7,
+              loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax
+
+
+def plot_spectrogram(latents: torch.Tensor, codec: CodecConfig, ax=None, title: str = "", block_frames: int | None = None):
+    """Draw latent frames ``(frames, channels)`` as the log-mel spectrogram they are, time in seconds.
+
+    Args:
+        block_frames: draw block boundaries every ``block_frames`` latent frames.
+    """
+    ax = _axes(ax, (10, 3))
+    mel = latents.detach().float().reshape(latents.shape[0] * codec.patch, codec.n_mels).numpy().T
+    seconds = latents.shape[0] / codec.frame_rate
+    ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", extent=[0, seconds, 0, codec.n_mels],
+              vmin=-2.5, vmax=2.5)
+    if block_frames:
+        for t in np.arange(block_frames, latents.shape[0], block_frames) / codec.frame_rate:
+            ax.axvline(t, color="white", lw=0.5, alpha=0.5)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("mel band")
+    ax.set_title(title, fontsize=9)
+    return ax
