@@ -1,4 +1,5 @@
-"""The ``lmdm`` command line: ``data build``, ``train``, ``generate``, ``bench``.
+"""The ``lmdm`` command line: ``data build``, ``train``, ``generate``, ``bench``, ``sketch``, ``sketch-eval``,
+``jam``.
 
 Every subcommand turns bad input into one clear ``lmdm: error: ...`` line and exit status 2, never a traceback.
 """
@@ -19,12 +20,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.render import RenderError
+    from .live.engine import InputError
+    from .sketch import SketchError
     from .text import TextEncoderError
     from .training.dataset import DataError
     from .training.trainer import TrainError
 
     return (UsageError, AudioError, CheckpointError, ConfigError, DataError, TrainError, TextEncoderError,
-            RenderError, FileNotFoundError, ValueError, TypeError, KeyError)
+            RenderError, InputError, SketchError, FileNotFoundError, ValueError, TypeError, KeyError)
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None):
@@ -118,6 +121,74 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- sketch ------------------------------------------------------------------------------------------------------
+def cmd_sketch(args: argparse.Namespace) -> int:
+    from .audio import check_writable, save_audio
+    from .checkpoint import load_checkpoint
+    from .generate import check_seconds
+    from .sketch import load_sketch
+    from .sketch_eval import render_sketch
+    from .streaming.streamer import SamplerConfig
+
+    sketch = load_sketch(args.sketch)
+    seconds = check_seconds(args.seconds if args.seconds is not None else (sketch.duration or 0.0))
+    out = check_writable(args.out)
+    sampler = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=args.seed)
+    ckpt = load_checkpoint(args.checkpoint)
+    result = render_sketch(ckpt, sketch, args.prompt, seconds, sampler)
+    save_audio(out, result.audio, result.sample_rate)
+    corr = "n/a (nothing drawn or nothing tracked)" if result.correlation != result.correlation else f"{result.correlation:.3f}"
+    print(f"wrote {out} ({seconds:.2f} s); drawn contour vs pitch tracked from the output (pYIN): correlation {corr}")
+    print(f"real-time factor {result.rtf:.3f}")
+    return 0
+
+
+def cmd_sketch_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from .checkpoint import load_checkpoint
+    from .sketch_eval import evaluate
+
+    ckpt = load_checkpoint(args.checkpoint)
+    report = evaluate(ckpt, data_dir=args.data, n=args.n, seconds=args.seconds, prompt=args.prompt,
+                      progress=not args.quiet)
+    for kind, r in report["summary"].items():
+        print(f"{kind:9s}: mean correlation {r['mean']:.3f} (median {r['median']:.3f}) over {r['n']} held-out sketches")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ---- jam ---------------------------------------------------------------------------------------------------------
+def cmd_jam(args: argparse.Namespace) -> int:
+    from .audio import check_writable, load_audio, save_audio
+    from .checkpoint import load_checkpoint
+    from .jam import jam
+    from .live.engine import EngineConfig
+
+    out = check_writable(args.out)
+    mix = check_writable(args.mix) if args.mix else None
+    cfg = EngineConfig(mode="jam", prompt=args.prompt, steps=args.steps, cfg_scale=args.cfg, seed=args.seed,
+                       margin_s=args.margin, tracker=args.tracker)
+    ckpt = load_checkpoint(args.checkpoint)
+    audio = load_audio(args.input, ckpt.codec.sample_rate)
+    if len(audio) == 0:
+        raise UsageError(f"{args.input} holds no audio")
+    result = jam(ckpt, audio, ckpt.codec.sample_rate, cfg)
+    save_audio(out, result.output, result.sample_rate)
+    if mix is not None:
+        save_audio(mix, result.mix(), result.sample_rate)
+    s = result.stats.summary()
+    print(f"wrote {out}" + (f" and the stereo mix {mix} (input left, answer right)" if mix else ""))
+    print(f"generative delay {s['delay_ms']:.0f} ms (one block + {1000 * args.margin:.0f} ms margin): the answer to "
+          f"what you play is heard that much later")
+    print(f"latency (input heard -> answer available): mean {s['latency_ms_mean']:.0f} ms, max "
+          f"{s['latency_ms_max']:.0f} ms; real-time factor {s['rtf']:.3f}; underruns {s['underruns']} of "
+          f"{s['blocks']} blocks")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmdm", description="Live Music Diffusion Models: streaming music "
                                 "generation with block-wise KV caching, on a CPU.")
@@ -163,6 +234,40 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out-dir", default="runs/bench", help="folder for the sweep figures (default runs/bench)")
     be.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
     be.set_defaults(func=cmd_bench)
+
+    sk = sub.add_parser("sketch", help="render a drawn melody sketch (JSON strokes) with a prompt")
+    sk.add_argument("sketch", help="sketch JSON: {duration, pitch_range, scale, strokes: [[[seconds, height], ...]]}")
+    sk.add_argument("--prompt", default="solo flute", help="text prompt (timbre, style)")
+    sk.add_argument("--out", default="sketch.wav")
+    sk.add_argument("--seconds", type=float, default=None, help="length (default: the sketch's duration)")
+    sk.add_argument("--steps", type=int, default=8)
+    sk.add_argument("--sampler", default="euler", choices=["euler", "pingpong"])
+    sk.add_argument("--cfg", type=float, default=2.0)
+    sk.add_argument("--seed", type=int, default=0)
+    sk.add_argument("--checkpoint", default=None)
+    sk.set_defaults(func=cmd_sketch)
+
+    se = sub.add_parser("sketch-eval", help="contour-following correlation on held-out sketches")
+    se.add_argument("--n", type=int, default=8, help="sketches of each kind (default 8)")
+    se.add_argument("--data", default="data/music", help="data set whose validation melodies are traced")
+    se.add_argument("--seconds", type=float, default=8.0)
+    se.add_argument("--prompt", default="solo flute")
+    se.add_argument("--json", default=None)
+    se.add_argument("--checkpoint", default=None)
+    se.set_defaults(func=cmd_sketch_eval)
+
+    j = sub.add_parser("jam", help="the generative delay: answer a recording, chunk by chunk as if live")
+    j.add_argument("--input", required=True, help="audio file to play into the model (any rate, mono or stereo)")
+    j.add_argument("--prompt", default="string ensemble", help="the answer's timbre and style")
+    j.add_argument("--out", default="jam.wav", help="the answer, aligned with the input")
+    j.add_argument("--mix", default=None, help="also write a stereo mix (input left, answer right)")
+    j.add_argument("--steps", type=int, default=6)
+    j.add_argument("--cfg", type=float, default=1.0)
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--margin", type=float, default=0.1, help="compute margin in seconds (latency = block + margin)")
+    j.add_argument("--tracker", default="yin", choices=["yin", "pyin"])
+    j.add_argument("--checkpoint", default=None)
+    j.set_defaults(func=cmd_jam)
     return p
 
 

@@ -18,6 +18,8 @@ any subset of controls or none.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -96,3 +98,80 @@ def control_input(features: torch.Tensor, present: torch.Tensor) -> torch.Tensor
     keep = torch.stack([p[..., 0], p[..., 0], p[..., 1], p[..., 2]], dim=-1)[..., None, :]
     flags = p[..., None, :].expand(*features.shape[:-1], len(GROUPS))
     return torch.cat([features * keep, flags], dim=-1)
+
+
+PITCH_FMIN, PITCH_FMAX = 65.0, 1050.0  # C2 .. C6, the range the pitch trackers search
+
+
+def track_pitch(audio: np.ndarray, sample_rate: int, hop: int, tracker: str = "pyin") -> tuple[np.ndarray, np.ndarray]:
+    """Fundamental frequency of mono audio, one value per ``hop`` samples.
+
+    Args:
+        audio: ``(samples,)`` mono float.
+        sample_rate: Hz.
+        hop: samples between estimates (the codec's samples per latent frame gives one per latent frame).
+        tracker: "pyin" (probabilistic YIN with an HMM voicing decision; Mauch & Dixon 2014; accurate, ~45 ms per
+            second of audio) or "yin" (de Cheveigne & Kawahara 2002; ~1 ms per second; voiced where the frame is
+            louder than -45 dBFS).
+
+    Returns:
+        ``(f0_hz, voiced)``, each ``(ceil(samples / hop),)``, estimate ``i`` centred at ``(i + 0.5) * hop`` (the
+        middle of latent frame ``i``); f0 is 0 where unvoiced.
+
+    Raises:
+        ValueError: unknown tracker.
+    """
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "lmdm", "numba"))
+    import librosa
+
+    n = -(-len(audio) // hop)
+    # shift by half a hop so that estimate i is centred on latent frame i, (i + 0.5) * hop
+    a = np.zeros(max(n, 1) * hop + hop // 2, dtype=np.float32)
+    a[hop // 2 : hop // 2 + len(audio)] = audio
+    frame = max(2048, 2 * hop)
+    if tracker == "pyin":
+        f0, voiced, _ = librosa.pyin(a, fmin=PITCH_FMIN, fmax=PITCH_FMAX, sr=sample_rate, frame_length=frame,
+                                     hop_length=hop, center=True)
+        f0, voiced = np.nan_to_num(f0[:n]), voiced[:n].astype(bool)
+    elif tracker == "yin":
+        f0 = librosa.yin(a, fmin=PITCH_FMIN, fmax=PITCH_FMAX, sr=sample_rate, frame_length=frame, hop_length=hop,
+                         center=True)[:n]
+        rms = librosa.feature.rms(y=a, frame_length=frame, hop_length=hop, center=True)[0][:n]
+        voiced = 20 * np.log10(rms + 1e-9) > -45.0
+    else:
+        raise ValueError(f"unknown pitch tracker {tracker!r}; choose 'pyin' or 'yin'")
+    return np.where(voiced, f0, 0.0).astype(np.float32), voiced
+
+
+def hz_to_midi(f0: np.ndarray) -> np.ndarray:
+    """Hz -> (fractional) MIDI pitch; 0 Hz stays 0."""
+    f = np.asarray(f0, dtype=np.float64)
+    return np.where(f > 0, 69.0 + 12.0 * np.log2(np.maximum(f, 1e-9) / 440.0), 0.0).astype(np.float32)
+
+
+def onset_frames(audio: np.ndarray, sample_rate: int, hop: int, n_frames: int) -> np.ndarray:
+    """``(n_frames,)`` 1 where librosa's onset detector finds a note start inside the frame, else 0."""
+    import librosa
+
+    out = np.zeros(n_frames, dtype=np.float32)
+    if len(audio) < 2048:
+        return out
+    sub = 256  # detect on a finer grid, then fold into frames of ``hop`` samples
+    onsets = librosa.onset.onset_detect(y=audio.astype(np.float32), sr=sample_rate, hop_length=sub, units="samples")
+    idx = np.asarray(onsets) // hop
+    out[idx[idx < n_frames]] = 1.0
+    return out
+
+
+def features_from_audio(audio: np.ndarray, sample_rate: int, samples_per_frame: int, tracker: str = "pyin") -> np.ndarray:
+    """Control features of a recording, one row per latent frame: ``(frames, 4)`` pitch, voiced, onset, loudness.
+
+    The same definitions as training's (module table); melody comes from a pitch tracker (:func:`track_pitch`)
+    instead of the score, so a monophonic instrument or voice is what it reads best.
+    """
+    n = -(-len(audio) // samples_per_frame)
+    f0, voiced = track_pitch(audio, sample_rate, samples_per_frame, tracker)
+    midi = hz_to_midi(f0)
+    pitch = np.where(voiced, pitch_to_feature(np.maximum(midi, 1e-3)), 0.0)
+    return np.stack([pitch, voiced.astype(np.float32), onset_frames(audio, sample_rate, samples_per_frame, n),
+                     loudness_feature(audio, samples_per_frame, n)], axis=1).astype(np.float32)

@@ -123,11 +123,13 @@ class Streamer:
 
     # ---- generation -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def next_block(self, controls: torch.Tensor | None = None) -> torch.Tensor:
+    def next_block(self, controls: torch.Tensor | None = None, on_step=None) -> torch.Tensor:
         """Generate the next block.
 
         Args:
             controls: ``(b, B, control_dim)`` control channels for this block, or None.
+            on_step: called with the step index after every denoising step; a live engine raises from it to
+                abandon a block when asked to stop (the stream must then be ``reset`` before further use).
 
         Returns:
             ``(b, B, ch)`` clean latent frames.
@@ -153,7 +155,7 @@ class Streamer:
             return v
 
         noise = torch.randn(self.batch, self.B, self.ch, generator=self.generator)
-        x0 = sample(velocity, noise, self.sampler.sampler, self.sampler.steps, self.generator)
+        x0 = sample(velocity, noise, self.sampler.sampler, self.sampler.steps, self.generator, on_step)
         self._finish_block(x0)
         self.history = torch.cat([self.history, x0], 1)
         elapsed = time.perf_counter() - t_block

@@ -1,0 +1,434 @@
+"""The live engine: one generation session that takes audio chunks in and gives audio chunks out.
+
+Used by ``lmdm jam`` (driven offline, chunk by chunk as if live) and by the microphone widget (real time, on a
+background thread). Modes:
+
+* ``"generate"`` — text to music, paced by the wall clock in real time;
+* ``"jam"`` — the **generative delay** (LMDM, arXiv 2605.22717, section 5; DESIGN.md section 5): control features
+  of the input (pitch, voicing, onsets, loudness; ``lmdm.controls``) condition the output, delayed by a fixed
+  *latency horizon* of one block plus a compute margin. The output at time ``t`` answers what the musician played
+  at ``t - delay``, re-rendered in the prompted timbre;
+* ``"sketch"`` — controls from a drawn sketch (``set_controls``).
+
+Timing model (real time and simulated alike). Output sample ``s`` plays at ``t0 + s / sr``, where ``t0`` is when
+the first input sample arrived (jam) or when the session started. Block ``n`` needs input up to sample
+``(n + 1) * B * spf - delay``; its audio (which begins ``crossfade`` samples before the seam) is due when it
+starts playing. A block finished after that is an **underrun**: counted, never waited for, and the output stays
+contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the last input sample a
+block depends on to that block being available; the answer is *heard* ``delay`` seconds after the input.
+
+Bad input never stops the engine: :meth:`LiveEngine.push_input` repairs what it can (NaN/inf, clipping, stereo,
+other sample rates via soxr, chunks of any size) and raises a clear ``InputError`` for what it cannot (non-numeric
+data, chunks over ``max_chunk_seconds``), leaving the session running.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..checkpoint import Checkpoint
+from ..codec import MelCodec
+from ..controls import GROUPS, control_input, features_from_audio
+from ..streaming.streamer import BlockCausalStreamer, SamplerConfig, Streamer
+from ..streaming.vocoder import StreamingDecoder
+from ..text import encode_prompts
+from .ringbuffer import RingBuffer
+
+MODES = ("generate", "jam", "sketch")
+
+
+class InputError(ValueError):
+    """An input chunk the engine refused (the session keeps running); the message says what is accepted."""
+
+
+class _Stopped(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of a live session.
+
+    Attributes:
+        mode: "generate", "jam" or "sketch".
+        prompt: text prompt ("" = unconditional); changeable at any time with ``set_prompt``.
+        steps, sampler, cfg_scale, seed: denoising per block (few steps and no guidance keep jam latency low).
+        margin_s: jam compute budget per block; the input delay is one block plus this.
+        crossfade_s: seam crossfade length (also output held back until the next block).
+        gl_iters: Griffin-Lim iterations per block.
+        tracker: pitch tracker for jam input ("yin": fast, "pyin": accurate).
+        feature_context_s: input audio before a block's window given to the pitch tracker.
+        input_seconds: input ring buffer capacity.
+        max_chunk_seconds: larger input chunks are refused.
+        lookahead_blocks: in real-time generate mode, blocks generated ahead of playback.
+    """
+
+    mode: str = "jam"
+    prompt: str = ""
+    steps: int = 6
+    sampler: str = "euler"
+    cfg_scale: float = 1.0
+    seed: int = 0
+    margin_s: float = 0.1
+    crossfade_s: float = 0.02
+    gl_iters: int = 16
+    tracker: str = "yin"
+    feature_context_s: float = 0.25
+    input_seconds: float = 30.0
+    max_chunk_seconds: float = 60.0
+    lookahead_blocks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.margin_s < 0 or self.crossfade_s < 0:
+            raise ValueError("margin_s and crossfade_s must be >= 0")
+
+
+@dataclass
+class EngineStats:
+    """Counters and timings of a session (read them at any time with ``LiveEngine.stats()``)."""
+
+    blocks: int = 0
+    underruns: int = 0
+    compute_s: float = 0.0
+    audio_s: float = 0.0
+    latency_s: list[float] = field(default_factory=list)
+    late_s: list[float] = field(default_factory=list)
+    input_s: float = 0.0
+    repairs: collections.Counter = field(default_factory=collections.Counter)
+    rejected: int = 0
+    last_error: str | None = None
+    delay_s: float = 0.0
+    timeline: list[dict] = field(default_factory=list)
+
+    @property
+    def rtf(self) -> float:
+        """Compute time / generated audio time."""
+        return self.compute_s / self.audio_s if self.audio_s else float("nan")
+
+    def summary(self) -> dict:
+        lat = self.latency_s
+        return {"blocks": self.blocks, "underruns": self.underruns, "rtf": self.rtf,
+                "latency_ms_mean": 1000 * float(np.mean(lat)) if lat else float("nan"),
+                "latency_ms_max": 1000 * float(np.max(lat)) if lat else float("nan"),
+                "delay_ms": 1000 * self.delay_s, "input_s": self.input_s, "repairs": dict(self.repairs),
+                "rejected": self.rejected, "last_error": self.last_error}
+
+
+class LiveEngine:
+    """A live generation session (see the module docstring).
+
+    Args:
+        ckpt: the loaded checkpoint.
+        cfg: session settings.
+        streamer: a streamer to use instead of the block-causal LMDM one (tests pass a slow stub).
+        realtime: pace by the wall clock (True) or simulate the clock from measured compute times (False, used
+            by ``lmdm jam`` and tests; the audio is the same either way).
+    """
+
+    def __init__(self, ckpt: Checkpoint, cfg: EngineConfig = EngineConfig(), streamer: Streamer | None = None,
+                 realtime: bool = False):
+        self.ckpt, self.cfg, self.realtime = ckpt, cfg, realtime
+        self.codec = MelCodec(ckpt.codec)
+        c = ckpt.codec
+        self.sr, self.spf = c.sample_rate, c.samples_per_frame
+        self.B = ckpt.model.cfg.block_frames
+        self.block_samples = self.B * self.spf
+        self.block_s = self.block_samples / self.sr
+        self.xf = int(round(cfg.crossfade_s * self.sr))
+        self.delay = self.block_samples + int(round(cfg.margin_s * self.sr))
+        sampler = SamplerConfig(steps=cfg.steps, sampler=cfg.sampler, cfg_scale=cfg.cfg_scale, seed=cfg.seed)
+        self.streamer = streamer or BlockCausalStreamer(ckpt.model, sampler)
+        self._input = RingBuffer(int(cfg.input_seconds * self.sr))
+        self._resamplers: dict[int, object] = {}
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._out: collections.deque[np.ndarray] = collections.deque()
+        self._prompt: tuple[torch.Tensor, torch.Tensor] | None = encode_prompts(cfg.prompt)
+        self._controls: tuple[np.ndarray, np.ndarray] | None = None
+        self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=4096)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reset_stream()
+
+    # ---- session state ----------------------------------------------------------------------------------------
+    def _reset_stream(self) -> None:
+        self.streamer.reset()
+        overlap = max(8, -(-self.xf // self.codec.cfg.hop) + 1)
+        self.decoder = StreamingDecoder(self.codec, overlap_mel_frames=overlap, crossfade_s=self.xf / self.sr,
+                                        seed=self.cfg.seed, gl_iters=self.cfg.gl_iters)
+        self.block_index = 0
+        self.t0: float | None = None
+        self.sim_now = 0.0
+        self._stats = EngineStats(delay_s=self.delay / self.sr if self.cfg.mode == "jam" else 0.0)
+
+    def stats(self) -> EngineStats:
+        """A snapshot of the session's statistics."""
+        with self._lock:
+            s = self._stats
+            return EngineStats(s.blocks, s.underruns, s.compute_s, s.audio_s, list(s.latency_s), list(s.late_s),
+                               s.input_s, collections.Counter(s.repairs), s.rejected, s.last_error, s.delay_s,
+                               list(s.timeline))
+
+    def set_prompt(self, prompt: str) -> None:
+        """Change the prompt; it applies from the next block. The text is embedded here, in the caller's thread,
+        so the generation thread never waits for the text encoder.
+
+        Raises:
+            InputError: ``prompt`` is not text.
+        """
+        if not isinstance(prompt, str):
+            raise InputError(f"a prompt must be text, got {type(prompt).__name__}")
+        embedded = encode_prompts(prompt)
+        with self._lock:
+            self._prompt = embedded
+
+    def set_controls(self, features: np.ndarray | None, present: np.ndarray | None = None) -> None:
+        """Controls for sketch mode: ``features (frames, 4)`` for the whole stream from its start and the group
+        presence ``(3,)``; they apply from the next block. None removes them."""
+        with self._lock:
+            if features is None:
+                self._controls = None
+                return
+            f = np.asarray(features, dtype=np.float32)
+            if f.ndim != 2 or f.shape[1] != 4:
+                raise InputError(f"control features must be (frames, 4), got shape {f.shape}")
+            p = np.ones(len(GROUPS), dtype=bool) if present is None else np.asarray(present, dtype=bool)
+            self._controls = (np.nan_to_num(f), p)
+
+    # ---- input ------------------------------------------------------------------------------------------------
+    def push_input(self, samples, sample_rate: int | None = None) -> int:
+        """Feed an input chunk of any size; never blocks on generation.
+
+        Args:
+            samples: ``(n,)`` or ``(n, channels)`` numbers (any numeric dtype; integers are PCM).
+            sample_rate: Hz of ``samples`` (default: the engine's). Other rates are resampled with soxr,
+                statefully, so chunk boundaries leave no trace.
+
+        Returns:
+            the number of (resampled) samples appended.
+
+        Raises:
+            InputError: non-numeric data, bad shape or rate, or a chunk over ``max_chunk_seconds`` (counted in
+                ``stats().rejected``; the session keeps running).
+        """
+        try:
+            a = np.asarray(samples)
+            if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+                raise InputError(f"audio must be numbers, got dtype {a.dtype}")
+            if a.ndim == 2:
+                if a.shape[0] <= 8 < a.shape[1]:
+                    a = a.T
+                a = a.astype(np.float32).mean(axis=1)
+                self._count("stereo downmixed")
+            elif a.ndim != 1:
+                raise InputError(f"audio must be (samples,) or (samples, channels), got shape {a.shape}")
+            if np.issubdtype(a.dtype, np.integer):
+                a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+            a = a.astype(np.float32, copy=True)
+            rate = self.sr if sample_rate is None else sample_rate
+            if not isinstance(rate, (int, np.integer)) or not 1000 <= rate <= 384_000:
+                raise InputError(f"sample rate must be an integer number of Hz from 1000 to 384000, got {rate!r}")
+            if len(a) > self.cfg.max_chunk_seconds * rate:
+                raise InputError(f"chunk of {len(a) / rate:.1f} s is over the {self.cfg.max_chunk_seconds:.0f} s "
+                                 "limit; send shorter chunks")
+            bad = ~np.isfinite(a)
+            if bad.any():
+                a[bad] = 0.0
+                self._count("non-finite samples zeroed")
+            if np.abs(a).max(initial=0.0) > 1.0:
+                np.clip(a, -1.0, 1.0, out=a)
+                self._count("clipped to [-1, 1]")
+            if rate != self.sr:
+                a = self._resample(a, int(rate))
+                self._count(f"resampled from {rate} Hz")
+        except InputError as e:
+            with self._lock:
+                self._stats.rejected += 1
+                self._stats.last_error = str(e)
+            raise
+        now = time.perf_counter()
+        with self._wake:
+            if self.t0 is None and len(a):
+                self.t0 = now - len(a) / self.sr if self.realtime else 0.0
+            self._input.write(a)
+            self._arrivals.append((self._input.total, now))
+            self._stats.input_s = self._input.total / self.sr
+            self._wake.notify_all()
+        return len(a)
+
+    def _resample(self, a: np.ndarray, rate: int) -> np.ndarray:
+        import soxr
+
+        if rate not in self._resamplers:
+            self._resamplers = {rate: soxr.ResampleStream(rate, self.sr, 1, dtype="float32")}
+        return self._resamplers[rate].resample_chunk(a)
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self._stats.repairs[what] += 1
+
+    # ---- output -----------------------------------------------------------------------------------------------
+    def read_output(self) -> np.ndarray:
+        """All audio generated since the last call (possibly empty), contiguous with what came before."""
+        with self._lock:
+            chunks = list(self._out)
+            self._out.clear()
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    def flush_output(self) -> np.ndarray:
+        """End of stream: the held-back crossfade tail."""
+        with self._lock:
+            return self.decoder.flush()
+
+    # ---- generation -------------------------------------------------------------------------------------------
+    def needed_input(self, n: int) -> int:
+        """Absolute input sample index up to which block ``n`` needs input (0 in generate and sketch modes)."""
+        if self.cfg.mode != "jam":
+            return 0
+        return max(0, (n + 1) * self.block_samples - self.delay)
+
+    def ready(self) -> bool:
+        """Whether the next block has all the input it needs."""
+        return self._input.total >= self.needed_input(self.block_index)
+
+    def _block_controls(self, n: int) -> torch.Tensor | None:
+        B, spf = self.B, self.spf
+        if self.cfg.mode == "jam":
+            start = n * self.block_samples - self.delay
+            ctx = int(self.cfg.feature_context_s * self.sr) // spf * spf
+            audio = self._input.read(start - ctx, start + self.block_samples)
+            feats = features_from_audio(audio, self.sr, spf, self.cfg.tracker)[ctx // spf :][:B]
+            present = np.ones(len(GROUPS), dtype=bool)
+        else:
+            with self._lock:
+                ctrl = self._controls
+            if ctrl is None:
+                return None
+            f, present = ctrl
+            feats = np.zeros((B, 4), dtype=np.float32)
+            part = f[n * B : (n + 1) * B]
+            feats[: len(part)] = part
+            if not len(part):
+                present = np.zeros(len(GROUPS), dtype=bool)
+        return control_input(torch.from_numpy(np.ascontiguousarray(feats))[None],
+                             torch.from_numpy(np.asarray(present))[None])
+
+    def step(self) -> bool:
+        """Generate the next block if its input is there; returns whether a block was made."""
+        n = self.block_index
+        need = self.needed_input(n)
+        if self._input.total < need:
+            return False
+        t_start = time.perf_counter()
+        with self._lock:
+            prompt, self._prompt = self._prompt, None
+        if prompt is not None:
+            self.streamer.set_prompt(*prompt)
+        ctrl = self._block_controls(n)
+
+        def check_stop(_step: int) -> None:
+            if self._stop.is_set():
+                raise _Stopped()
+
+        block = self.streamer.next_block(ctrl, on_step=check_stop)
+        with self._lock:
+            audio = self.decoder.push(block[0])
+        compute = time.perf_counter() - t_start
+        self._account(n, need, t_start, compute, audio)
+        return True
+
+    def _account(self, n: int, need: int, t_start: float, compute: float, audio: np.ndarray) -> None:
+        with self._lock:
+            if self.realtime:
+                t0 = self.t0 if self.t0 is not None else t_start + compute  # no input yet: pre-roll, on time
+                heard = self._arrival_time(need) if need else t0
+                done = t_start + compute
+            else:  # simulated clock: input arrives in real time, compute takes what it took here
+                t0, heard = 0.0, need / self.sr
+                if need:
+                    self.sim_now = max(self.sim_now, heard) + compute
+            due = t0 + max(0, n * self.block_samples - self.xf) / self.sr
+            if not self.realtime:
+                # blocks that need no input are generated before the input starts (pre-roll)
+                done = self.sim_now if need else min(due, self.sim_now)
+            late = max(0.0, done - due)
+            s = self._stats
+            s.blocks += 1
+            s.compute_s += compute
+            s.audio_s += self.block_s
+            s.underruns += late > 0
+            s.late_s.append(late)
+            if need:
+                s.latency_s.append(done - heard)
+            s.timeline.append({"block": n, "input_heard_s": heard - t0, "generated_s": done - t0,
+                               "plays_s": due - t0, "late_s": late, "compute_s": compute})
+            self._out.append(audio)
+            self.block_index += 1
+
+    def _arrival_time(self, sample: int) -> float:
+        for total, t in self._arrivals:
+            if total >= sample:
+                return t
+        return time.perf_counter()
+
+    def warmup(self) -> None:
+        """Run one block of generation and feature extraction so one-time costs (imports, JIT, allocations) do
+        not land on the first live block; the stream is reset afterwards."""
+        if self.cfg.mode == "jam":
+            features_from_audio(np.zeros(self.block_samples, np.float32), self.sr, self.spf, self.cfg.tracker)
+        self.streamer.next_block()
+        self.decoder.push(torch.zeros(self.B, self.codec.cfg.channels))
+        self._reset_stream()
+
+    # ---- real time --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run generation on a background thread, paced by the wall clock (returns at once)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._reset_stream()
+        self.realtime = True
+        if self.cfg.mode != "jam":
+            self.t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="lmdm-live-engine", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.cfg.mode != "jam":
+                    ahead = self.block_index - self.cfg.lookahead_blocks
+                    wait = (self.t0 or 0.0) + ahead * self.block_s - time.perf_counter()
+                    if wait > 0:
+                        self._stop.wait(min(wait, 0.05))
+                        continue
+                if not self.step():
+                    with self._wake:
+                        self._wake.wait(timeout=0.01)
+            except _Stopped:
+                break
+            except Exception as e:  # a failing block must not kill the session silently
+                with self._lock:
+                    self._stats.last_error = f"{type(e).__name__}: {e}"
+                self._stop.wait(0.05)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the background thread; returns within one block (a block in progress is abandoned)."""
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout if timeout is not None else self.block_s)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
