@@ -88,6 +88,12 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """Write ``audio`` (``(samples,)`` or ``(samples, channels)``, float in [-1, 1]) atomically.
 
@@ -109,6 +115,7 @@ def save_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     os.close(fd)
     try:
         sf.write(tmp, a, int(sample_rate), format=fmt, subtype=subtype)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -20,6 +20,7 @@ from .codec import CodecConfig
 from .config import ConfigError, from_dict, to_dict
 from .model.config import DiTConfig
 from .model.dit import DiT
+from .audio import _umask
 from .text import ENCODER_ID
 
 FORMAT = "lmdm-checkpoint"
@@ -74,6 +75,7 @@ def save_checkpoint(path: str | Path, model: DiT, codec: CodecConfig, info: dict
         meta = {"format": FORMAT, "version": VERSION, "model": to_dict(model.cfg), "codec": to_dict(codec),
                 "text_encoder": ENCODER_ID, "info": info or {}}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes folders private; give the usual permissions
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             if old.exists():

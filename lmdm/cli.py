@@ -50,6 +50,14 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_example(args: argparse.Namespace) -> int:
+    from .data.example import build_example
+
+    path = build_example(args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 # ---- train -------------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import load_json, replace
@@ -205,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-seconds", type=float, default=90.0, help="crop longer works to this length")
     b.add_argument("--works", nargs="*", help="build exactly these work ids (e.g. bach__bwv269)")
     b.set_defaults(func=cmd_data_build)
+    ex = data.add_parser("example", help="render the bundled example recording (a violin air, 12 s)")
+    ex.add_argument("--out", default="data/examples/violin_air.flac")
+    ex.set_defaults(func=cmd_data_example)
 
     t = sub.add_parser("train", help="train an LMDM (resumable)")
     t.add_argument("--config", help="training config JSON (see configs/); unknown keys are an error")

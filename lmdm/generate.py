@@ -67,11 +67,14 @@ def check_seconds(seconds: float) -> float:
     return float(seconds)
 
 
-def prompt_schedule(prompt: str | list[tuple[float, str]]) -> list[tuple[float, str]]:
-    """Normalise a prompt or a schedule of ``(start_seconds, prompt)`` into a sorted schedule starting at 0."""
-    if isinstance(prompt, str):
+def prompt_schedule(prompt) -> list[tuple[float, object]]:
+    """Normalise a prompt or a schedule of ``(start_seconds, prompt)`` into a sorted schedule starting at 0.
+
+    A prompt is text or a ``(384,)`` embedding tensor (``lmdm.text.blend_prompts``).
+    """
+    if isinstance(prompt, (str, torch.Tensor)):
         return [(0.0, prompt)]
-    sched = sorted((float(t), p) for t, p in prompt)
+    sched = sorted(((float(t), p) for t, p in prompt), key=lambda tp: tp[0])
     if not sched or sched[0][0] > 0:
         sched.insert(0, (0.0, ""))
     return sched
@@ -85,8 +88,8 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
 
     Args:
         ckpt: a loaded checkpoint (``lmdm.checkpoint.load_checkpoint``).
-        prompt: text, or a schedule ``[(start_seconds, text), ...]``; a change applies from the next block.
-            ``""`` is unconditional.
+        prompt: text (or a ``(384,)`` prompt embedding), or a schedule ``[(start_seconds, prompt), ...]``; a
+            change applies from the next block. ``""`` is unconditional.
         seconds: length of the result in seconds (0 < seconds <= 3600).
         sampler: steps, sampler, CFG scale, seed.
         mask: "block_causal" (LMDM with persistent KV cache), "enc_dec" or "outpainting" (the baseline).
@@ -106,9 +109,14 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
     if controls is not None and (controls.dim() != 2 or controls.shape[1] != model.cfg.control_dim):
         raise ValueError(f"controls must be (frames, {model.cfg.control_dim}), got {tuple(controls.shape)}")
     sched = prompt_schedule(prompt)
-    texts = sorted({p for _, p in sched})
-    emb, has = encode_prompts(texts)
+    texts = sorted({p for _, p in sched if isinstance(p, str)})
+    emb, has = encode_prompts(texts) if texts else (None, None)
     by_text = {p: (emb[i : i + 1], has[i : i + 1]) for i, p in enumerate(texts)}
+    for _, p in sched:
+        if isinstance(p, torch.Tensor):
+            if p.shape != (model.cfg.text_dim,):
+                raise ValueError(f"a prompt embedding must have shape ({model.cfg.text_dim},), got {tuple(p.shape)}")
+            by_text[id(p)] = (p[None].float(), torch.ones(1, dtype=torch.bool))
     streamer = make_streamer(model, mask, sampler)
     decoder = StreamingDecoder(codec, seed=sampler.seed)
     streamer.reset()
@@ -117,9 +125,10 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
     spb = B / codec.cfg.frame_rate
     for i in range(n_blocks):
         text = [p for t, p in sched if t <= i * spb + 1e-9][-1]
-        if text != current:
-            streamer.set_prompt(*by_text[text])
-            current = text
+        key = id(text) if isinstance(text, torch.Tensor) else text
+        if key != current:
+            streamer.set_prompt(*by_text[key])
+            current = key
         ctrl = None
         if controls is not None:
             part = controls[i * B : (i + 1) * B]

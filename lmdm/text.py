@@ -146,3 +146,19 @@ def encode_prompts(prompts: list[str] | str) -> tuple[torch.Tensor, torch.Tensor
     if idx:
         emb[idx] = torch.from_numpy(embed_texts([cleaned[i] for i in idx]))
     return emb, has
+
+
+def blend_prompts(prompts: list[str], weights: list[float]) -> torch.Tensor:
+    """A weighted mix of prompt embeddings, renormalised: ``(384,)``. Interpolating between two prompts with
+    weights ``(1 - a, a)`` walks the text space from one to the other.
+
+    Raises:
+        ValueError: lengths differ, no weight is positive, or a prompt is empty.
+    """
+    if len(prompts) != len(weights) or not any(w > 0 for w in weights):
+        raise ValueError("give one weight per prompt, at least one positive")
+    if any(not clean_prompt(p) for p in prompts):
+        raise ValueError("prompts to blend must not be empty")
+    emb, _ = encode_prompts(prompts)
+    mixed = (torch.tensor(weights, dtype=torch.float32)[:, None] * emb).sum(0)
+    return mixed / mixed.norm().clamp_min(1e-8)

@@ -97,3 +97,37 @@ def plot_spectrogram(latents: torch.Tensor, codec: CodecConfig, ax=None, title: 
     ax.set_ylabel("mel band")
     ax.set_title(title, fontsize=9)
     return ax
+
+
+def plot_contours(drawn_midi: np.ndarray, tracked_midi: np.ndarray, frame_rate: float, ax=None, title: str = ""):
+    """Overlay a drawn pitch contour and the pitch tracked from generated audio (MIDI per frame, 0 = unvoiced)."""
+    ax = _axes(ax, (10, 3))
+    t = np.arange(len(drawn_midi)) / frame_rate
+    ax.plot(t, np.where(drawn_midi > 0, drawn_midi, np.nan), lw=3, alpha=0.6, label="drawn")
+    tt = np.arange(len(tracked_midi)) / frame_rate
+    ax.plot(tt, np.where(tracked_midi > 0, tracked_midi, np.nan), ".", ms=4, label="tracked from the output (pYIN)")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("MIDI pitch")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def plot_jam_timeline(timeline: list[dict], ax=None, title: str = "generative delay: per-block timeline"):
+    """Per block: when its last input was heard, when it was generated, when it plays (seconds); late blocks
+    (underruns) in red."""
+    ax = _axes(ax, (10, 3.5))
+    n = [r["block"] for r in timeline]
+    ax.plot(n, [r["input_heard_s"] for r in timeline], "s", label="last input heard")
+    ax.plot(n, [r["generated_s"] for r in timeline], "o", label="block generated")
+    ax.plot(n, [r["plays_s"] for r in timeline], "_", ms=14, mew=2, label="block starts playing")
+    late = [r for r in timeline if r["late_s"] > 0]
+    if late:
+        ax.plot([r["block"] for r in late], [r["generated_s"] for r in late], "o", color="red", label="underrun")
+    ax.set_xlabel("block")
+    ax.set_ylabel("time since the input started (s)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return ax

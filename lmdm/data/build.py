@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..audio import save_audio
+from ..audio import _umask, save_audio
 from .captions import caption, tempo_word
 from .corpus import COLLECTIONS, Work, corpus_works, planned_bpm, select_works, split_of, stable_unit
 from .instruments import INSTRUMENTS
@@ -78,6 +78,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 

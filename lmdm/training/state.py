@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from ..audio import _umask
+
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete training checkpoint of a run, or None."""
@@ -53,6 +55,7 @@ def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module, 
         save_file(tensors, str(tmp / "optim.safetensors"))
         state = {"step": step, "param_groups": osd["param_groups"], **extra}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        os.chmod(tmp, 0o777 & ~_umask())
         final = ckpt / name
         if final.exists():
             shutil.rmtree(final)
