@@ -1,0 +1,194 @@
+"""MicJam: the live microphone through the generative delay. The browser captures the microphone with an
+AudioWorklet (echo cancellation, noise suppression and auto-gain off) and sends Float32 chunks as binary
+messages; the kernel feeds them to a real-time jam engine and streams the answer back, which the browser plays
+through a small jitter buffer. ClipJam records one phrase with ipywebrtc's AudioRecorder and jams on it."""
+from __future__ import annotations
+
+import io
+import time
+
+import anywidget
+import numpy as np
+import traitlets
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..live.engine import EngineConfig, InputError, LiveEngine
+from ..live.ringbuffer import RingBuffer
+from .base import EnginePump, asset, dominant_frequency
+from .messages import Limits, MessageError, RateLimiter, audio_from_message, text_from_message
+
+
+class MicJam(anywidget.AnyWidget):
+    """Play into the microphone; hear the model answer one block (plus a margin) later.
+
+    Traits: ``prompt`` (the answer's timbre; applies from the next block), ``running``, ``monitor_volume``
+    (browser-side), ``stats`` (engine: latency, RTF, underruns), ``input_stats`` (what the kernel received:
+    seconds, RMS, dominant frequency of the last 2 s), ``rtt_ms`` (kernel websocket round trip, measured by the
+    browser), ``error``.
+    """
+
+    _esm = asset("audio_player.js", "mic_jam.js")
+    _css = asset("widgets.css")
+    prompt = traitlets.Unicode("string ensemble").tag(sync=True)
+    running = traitlets.Bool(False).tag(sync=True)
+    monitor_volume = traitlets.Float(0.0).tag(sync=True)
+    stats = traitlets.Dict().tag(sync=True)
+    input_stats = traitlets.Dict().tag(sync=True)
+    rtt_ms = traitlets.Float(float("nan"), allow_none=True).tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, ckpt: Checkpoint | None = None, config: EngineConfig | None = None,
+                 limits: Limits = Limits(), **kwargs):
+        super().__init__(**kwargs)
+        self.ckpt = ckpt or load_checkpoint()
+        self.config = config or EngineConfig(mode="jam", prompt=self.prompt)
+        self.limits = limits
+        self._rate = RateLimiter(limits.max_messages_per_second)
+        self.engine: LiveEngine | None = None
+        self.pump: EnginePump | None = None
+        self.received = RingBuffer(2 * self.ckpt.codec.sample_rate)
+        self.received_seconds = 0.0
+        self._last_input_stats = 0.0
+        self.on_msg(self._on_msg)
+
+    @traitlets.observe("running")
+    def _running_changed(self, change) -> None:
+        self.start() if change["new"] else self.stop()
+
+    @traitlets.observe("prompt")
+    def _prompt_changed(self, change) -> None:
+        try:
+            text = text_from_message(change["new"], self.limits)
+        except MessageError as e:
+            self.error = str(e)
+            return
+        if self.engine is not None:
+            self.engine.set_prompt(text)
+
+    def start(self) -> None:
+        if self.engine is not None and self.engine.running:
+            return
+        from dataclasses import replace
+
+        self.engine = LiveEngine(self.ckpt, replace(self.config, prompt=self.prompt), realtime=True)
+        self.engine.warmup()
+        self.engine.start()
+        self.pump = EnginePump(self, self.engine).start()
+        if not self.running:
+            self.running = True
+
+    def stop(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+        if self.running:
+            self.running = False
+
+    def _on_msg(self, _widget, content, buffers) -> None:
+        try:
+            self._rate.check()
+            kind = content.get("type") if isinstance(content, dict) else None
+            if kind == "audio":
+                audio, rate = audio_from_message(content, buffers, self.limits)
+                self._received(audio, rate)
+                if self.engine is not None and self.engine.running:
+                    self.engine.push_input(audio, rate)
+            elif kind == "ping":
+                self.send({"type": "pong", "t": content.get("t")})
+            elif kind == "rtt":
+                value = content.get("ms")
+                if isinstance(value, (int, float)) and 0 <= value < 60_000:
+                    self.rtt_ms = float(value)
+            else:
+                raise MessageError(f"unexpected message {str(content)[:80]!r}")
+        except (MessageError, InputError) as e:
+            self.error = str(e)
+
+    def _received(self, audio: np.ndarray, rate: int) -> None:
+        import soxr
+
+        sr = self.ckpt.codec.sample_rate
+        x = np.nan_to_num(audio)
+        if rate != sr:
+            x = soxr.resample(x, rate, sr)
+        self.received.write(x)
+        self.received_seconds += len(audio) / rate
+        now = time.monotonic()
+        if now - self._last_input_stats > 0.25:
+            self._last_input_stats = now
+            last = self.received.read(self.received.total - 2 * sr, self.received.total)
+            last = last[np.argmax(last != 0):] if np.any(last) else last
+            self.input_stats = {"seconds": round(self.received_seconds, 3),
+                                "rms": float(np.sqrt(np.mean(last**2))) if len(last) else 0.0,
+                                "dominant_hz": dominant_frequency(last, sr)}
+
+
+class ClipJam:
+    """Record a phrase with ipywebrtc's AudioRecorder (one webm clip after recording stops, decoded with PyAV),
+    then jam on it offline and play the answer.
+
+    Args:
+        ckpt: a loaded checkpoint (default: the bundled one).
+        prompt: the answer's timbre.
+    """
+
+    def __init__(self, ckpt: Checkpoint | None = None, prompt: str = "string ensemble"):
+        import ipywidgets as w
+        from ipywebrtc import AudioRecorder, CameraStream
+
+        self.ckpt = ckpt or load_checkpoint()
+        self.stream = CameraStream(constraints={"audio": {"echoCancellation": False, "noiseSuppression": False,
+                                                          "autoGainControl": False}, "video": False})
+        self.recorder = AudioRecorder(stream=self.stream)
+        self.prompt = w.Text(prompt, description="answer as")
+        self.button = w.Button(description="jam on the recording")
+        self.output = w.Output()
+        self.button.on_click(lambda _: self.jam())
+        self.widget = w.VBox([self.recorder, self.prompt, self.button, self.output])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def jam(self):
+        from IPython.display import Audio, display
+
+        from ..jam import jam
+
+        self.output.clear_output()
+        with self.output:
+            data = bytes(self.recorder.audio.value or b"")
+            if not data:
+                print("record a phrase first (the round button), then stop the recording")
+                return None
+            audio, rate = decode_webm(data)
+            result = jam(self.ckpt, audio, rate, EngineConfig(mode="jam", prompt=self.prompt.value))
+            display(Audio(result.mix().T, rate=result.sample_rate))
+            return result
+
+
+def decode_webm(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode a webm/opus (or any container PyAV reads) clip into mono float32 and its sample rate.
+
+    Raises:
+        InputError: the bytes are not decodable audio.
+    """
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.audio[0]
+            rate = stream.rate or stream.codec_context.sample_rate
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            chunks = [f.to_ndarray().ravel() for frame in container.decode(stream) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().ravel() for f in resampler.resample(None)]
+    except (av.error.FFmpegError, IndexError, ValueError) as e:
+        raise InputError(f"could not decode the recording ({e})") from e
+    if not chunks:
+        raise InputError("the recording holds no audio")
+    return np.concatenate(chunks).astype(np.float32), int(rate)
+
+

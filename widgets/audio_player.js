@@ -1,0 +1,74 @@
+// Shared by the lmdm widgets: plays Float32 audio chunks sent by the kernel as binary messages, scheduled
+// back to back through a small jitter buffer, and measures the kernel websocket round trip.
+class AudioPlayer {
+  constructor(jitterSeconds = 0.15) {
+    this.jitter = jitterSeconds;
+    this.ctx = null;
+    this.gain = null;
+    this.nextTime = 0;
+    this.chunks = 0;
+    this.underruns = 0;
+    this.samples = 0;
+  }
+  ensure() {
+    if (!this.ctx) {
+      this.ctx = new AudioContext();
+      this.gain = this.ctx.createGain();
+      this.gain.connect(this.ctx.destination);
+    }
+    if (this.ctx.state === "suspended") this.ctx.resume();
+    return this.ctx;
+  }
+  play(buffer, rate) {
+    const ctx = this.ensure();
+    const data = new Float32Array(buffer.buffer ? buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength) : buffer);
+    if (data.length === 0) return;
+    const audio = ctx.createBuffer(1, data.length, rate);
+    audio.copyToChannel(data, 0);
+    const src = ctx.createBufferSource();
+    src.buffer = audio;
+    src.connect(this.gain);
+    const now = ctx.currentTime;
+    if (this.nextTime < now) {            // the buffer ran dry: start again one jitter buffer ahead
+      if (this.chunks > 0) this.underruns += 1;
+      this.nextTime = now + this.jitter;
+    }
+    src.start(this.nextTime);
+    this.nextTime += audio.duration;
+    this.chunks += 1;
+    this.samples += data.length;
+  }
+  bufferedSeconds() {
+    return this.ctx ? Math.max(0, this.nextTime - this.ctx.currentTime) : 0;
+  }
+  stop() {
+    this.nextTime = 0;
+    if (this.ctx) { this.ctx.close(); this.ctx = null; }
+  }
+}
+
+// Ping the kernel every few seconds; the median round trip is shown and reported back.
+function startPing(model, onRtt) {
+  const rtts = [];
+  const handler = (msg) => {
+    if (msg && msg.type === "pong" && typeof msg.t === "number") {
+      rtts.push(performance.now() - msg.t);
+      if (rtts.length > 21) rtts.shift();
+      const sorted = [...rtts].sort((a, b) => a - b);
+      onRtt(sorted[Math.floor(sorted.length / 2)]);
+    }
+  };
+  model.on("msg:custom", handler);
+  const timer = setInterval(() => model.send({ type: "ping", t: performance.now() }), 1000);
+  return () => { clearInterval(timer); model.off("msg:custom", handler); };
+}
+
+function el(tag, attrs = {}, children = []) {
+  const node = Object.assign(document.createElement(tag), attrs);
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function fmt(v, digits = 0, unit = "") {
+  return (v === null || v === undefined || Number.isNaN(v)) ? "–" : `${Number(v).toFixed(digits)}${unit}`;
+}

@@ -1,0 +1,100 @@
+// MicJam: the microphone through an AudioWorklet to the kernel (Float32 binary messages), the generative
+// delay's answer back through the jitter buffer; level meter, monitor volume, latency and underrun readout.
+const CAPTURE_WORKLET = `
+class LmdmCapture extends AudioWorkletProcessor {
+  constructor() { super(); this.buf = new Float32Array(2048); this.n = 0; }
+  process(inputs) {
+    const input = inputs[0];
+    if (input && input.length) {
+      const len = input[0].length;
+      for (let i = 0; i < len; i++) {
+        let v = 0;
+        for (let c = 0; c < input.length; c++) v += input[c][i];
+        this.buf[this.n++] = v / input.length;
+        if (this.n === this.buf.length) { this.port.postMessage(this.buf.slice(0)); this.n = 0; }
+      }
+    }
+    return true;
+  }
+}
+registerProcessor("lmdm-capture", LmdmCapture);
+`;
+
+export default {
+  render({ model, el: root }) {
+    const player = new AudioPlayer(0.12);
+    const prompt = el("input", { type: "text", className: "lmdm-prompt", value: model.get("prompt") });
+    const button = el("button", { className: "lmdm-mic-start", textContent: "start microphone" });
+    const meter = el("div", { className: "lmdm-meter" }, [el("div")]);
+    const monitor = el("input", { type: "range", min: 0, max: 1, step: 0.05, value: model.get("monitor_volume") });
+    const readout = el("div", { className: "lmdm-readout lmdm-stats" });
+    const heard = el("div", { className: "lmdm-readout lmdm-input-stats" });
+    const error = el("div", { className: "lmdm-error" });
+    root.append(el("div", { className: "lmdm-widget lmdm-mic-jam" }, [
+      el("div", { className: "lmdm-row" }, [el("label", {}, ["answer as ", prompt]), button]),
+      el("div", { className: "lmdm-row" }, [el("span", { textContent: "input" }), meter,
+                                            el("label", {}, ["monitor ", monitor])]),
+      readout, heard, error]));
+    let stream = null, node = null, source = null, monitorGain = null, sent = 0, rtt = NaN;
+
+    async function start() {
+      try {
+        const ctx = player.ensure();
+        stream = await navigator.mediaDevices.getUserMedia({
+          audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+        const url = URL.createObjectURL(new Blob([CAPTURE_WORKLET], { type: "application/javascript" }));
+        await ctx.audioWorklet.addModule(url);
+        source = ctx.createMediaStreamSource(stream);
+        node = new AudioWorkletNode(ctx, "lmdm-capture");
+        const mute = ctx.createGain();            // a worklet only runs when its output is connected
+        mute.gain.value = 0;
+        source.connect(node); node.connect(mute); mute.connect(ctx.destination);
+        monitorGain = ctx.createGain();
+        monitorGain.gain.value = model.get("monitor_volume");
+        source.connect(monitorGain); monitorGain.connect(ctx.destination);
+        node.port.onmessage = (e) => {
+          const chunk = e.data;
+          let sum = 0;
+          for (let i = 0; i < chunk.length; i++) sum += chunk[i] * chunk[i];
+          meter.firstChild.style.width = `${Math.min(100, 300 * Math.sqrt(sum / chunk.length))}%`;
+          model.send({ type: "audio", rate: ctx.sampleRate }, undefined, [chunk.buffer]);
+          sent += 1;
+        };
+        model.set("running", true); model.save_changes();
+      } catch (err) {
+        error.textContent = `microphone: ${err.name}: ${err.message}`;
+      }
+    }
+    function stop() {
+      if (stream) stream.getTracks().forEach((t) => t.stop());
+      if (node) node.disconnect();
+      if (source) source.disconnect();
+      stream = node = source = null;
+      model.set("running", false); model.save_changes();
+    }
+    button.addEventListener("click", () => (stream ? stop() : start()));
+    prompt.addEventListener("change", () => { model.set("prompt", prompt.value); model.save_changes(); });
+    monitor.addEventListener("input", () => {
+      const v = parseFloat(monitor.value);
+      if (monitorGain) monitorGain.gain.value = v;
+      model.set("monitor_volume", v); model.save_changes();
+    });
+    const show = () => {
+      const s = model.get("stats") || {}, i = model.get("input_stats") || {};
+      button.textContent = stream ? "stop" : "start microphone";
+      const audible = (s.delay_ms || 0) + 1000 * player.bufferedSeconds() + (Number.isNaN(rtt) ? 0 : rtt / 2);
+      readout.textContent = `delay ${fmt(s.delay_ms, 0, " ms")} · answer ready ${fmt(s.latency_ms_mean, 0, " ms")}` +
+        ` after the input · heard ≈ ${fmt(audible, 0, " ms")} later · RTF ${fmt(s.rtf, 3)}` +
+        ` · underruns ${fmt(s.underruns)} (browser ${player.underruns}) · round trip ${fmt(rtt, 1, " ms")}` +
+        ` · chunks sent ${sent}, answer chunks ${player.chunks}`;
+      heard.textContent = `kernel heard ${fmt(i.seconds, 2, " s")} · rms ${fmt(i.rms, 3)} · ${fmt(i.dominant_hz, 0, " Hz")}`;
+      error.textContent = model.get("error") || "";
+    };
+    for (const name of ["stats", "input_stats", "error", "running"]) model.on(`change:${name}`, show);
+    const onMsg = (msg, buffers) => { if (msg && msg.type === "audio" && buffers && buffers.length) { player.play(buffers[0], msg.rate); show(); } };
+    model.on("msg:custom", onMsg);
+    const stopPing = startPing(model, (v) => { rtt = v; model.send({ type: "rtt", ms: v }); show(); });
+    show();
+    return () => { stopPing(); model.off("msg:custom", onMsg); stop(); player.stop(); };
+  },
+};

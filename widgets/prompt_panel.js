@@ -1,0 +1,48 @@
+// PromptPanel: prompt, guidance, steps, seed, start/stop, live readout; plays the stream the kernel sends.
+export default {
+  render({ model, el: root }) {
+    const player = new AudioPlayer(0.2);
+    const prompt = el("input", { type: "text", className: "lmdm-prompt", value: model.get("prompt"),
+                                 placeholder: "a slow Bach chorale on church organ" });
+    const cfg = el("input", { type: "number", min: 0, max: 20, step: 0.5, value: model.get("cfg_scale"), style: "width:4em" });
+    const steps = el("input", { type: "number", min: 1, max: 64, step: 1, value: model.get("steps"), style: "width:4em" });
+    const seed = el("input", { type: "number", step: 1, value: model.get("seed"), style: "width:5em" });
+    const button = el("button", { className: "lmdm-start", textContent: "start" });
+    const readout = el("div", { className: "lmdm-readout lmdm-stats" });
+    const error = el("div", { className: "lmdm-error" });
+    let rtt = NaN;
+    const box = el("div", { className: "lmdm-widget lmdm-prompt-panel" }, [
+      el("div", { className: "lmdm-row" }, [el("label", {}, ["prompt ", prompt])]),
+      el("div", { className: "lmdm-row" }, [
+        el("label", {}, ["guidance ", cfg]), el("label", {}, ["steps ", steps]), el("label", {}, ["seed ", seed]), button]),
+      readout, error]);
+    root.append(box);
+
+    const send = () => { prompt.value !== model.get("prompt") && model.set("prompt", prompt.value); model.save_changes(); };
+    prompt.addEventListener("change", send);
+    prompt.addEventListener("keydown", (e) => { if (e.key === "Enter") send(); });
+    for (const [input, name, parse] of [[cfg, "cfg_scale", parseFloat], [steps, "steps", parseInt], [seed, "seed", parseInt]]) {
+      input.addEventListener("change", () => { const v = parse(input.value); if (!Number.isNaN(v)) { model.set(name, v); model.save_changes(); } });
+    }
+    button.addEventListener("click", () => {
+      const on = !model.get("running");
+      if (on) player.ensure(); else player.stop();
+      model.set("running", on); model.save_changes();
+    });
+    const show = () => {
+      const s = model.get("stats") || {};
+      button.textContent = model.get("running") ? "stop" : "start";
+      readout.textContent = `blocks ${fmt(s.blocks)} · RTF ${fmt(s.rtf, 3)} · underruns ${fmt(s.underruns)}` +
+        ` (browser ${player.underruns}) · buffered ${fmt(1000 * player.bufferedSeconds(), 0, " ms")}` +
+        ` · kernel round trip ${fmt(rtt, 1, " ms")}`;
+      error.textContent = model.get("error") || "";
+    };
+    model.on("change:stats", show); model.on("change:running", show); model.on("change:error", show);
+    model.on("change:prompt", () => { if (document.activeElement !== prompt) prompt.value = model.get("prompt"); });
+    const onMsg = (msg, buffers) => { if (msg && msg.type === "audio" && buffers && buffers.length) { player.play(buffers[0], msg.rate); show(); } };
+    model.on("msg:custom", onMsg);
+    const stopPing = startPing(model, (v) => { rtt = v; show(); });
+    show();
+    return () => { stopPing(); model.off("msg:custom", onMsg); player.stop(); };
+  },
+};
