@@ -89,3 +89,28 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
         opt_state.setdefault(int(idx), {})[name] = val
     optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
     return ema, state
+
+
+def export_from_run(run_dir: str | Path, out: str | Path, checkpoint: Path | None = None) -> Path:
+    """Write an inference checkpoint (EMA weights) from a run's latest (or the given) training checkpoint.
+
+    Raises:
+        FileNotFoundError: the run has no complete checkpoint.
+    """
+    from safetensors.torch import load_file
+
+    from ..checkpoint import save_checkpoint
+    from ..config import from_dict
+    from ..model.dit import DiT
+    from .config import TrainConfig
+
+    run_dir = Path(run_dir)
+    path = checkpoint or latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no complete training checkpoint to export")
+    cfg = from_dict(TrainConfig, json.loads((run_dir / "config.json").read_text()), where=str(run_dir / "config.json"))
+    model = DiT(cfg.model)
+    model.load_state_dict(load_file(str(path / "ema.safetensors")))
+    state = json.loads((path / "state.json").read_text())
+    info = {"step": state["step"], "exported_from": str(path), "history": state.get("history", [])[-3:]}
+    return save_checkpoint(out, model, cfg.codec, info)

@@ -39,9 +39,9 @@ class MicJam(anywidget.AnyWidget):
 
     def __init__(self, ckpt: Checkpoint | None = None, config: EngineConfig | None = None,
                  limits: Limits = Limits(), **kwargs):
-        super().__init__(**kwargs)
+        # plain attributes first: trait observers fire while the constructor sets traits
         self.ckpt = ckpt or load_checkpoint()
-        self.config = config or EngineConfig(mode="jam", prompt=self.prompt)
+        self.config = config or EngineConfig(mode="jam")
         self.limits = limits
         self._rate = RateLimiter(limits.max_messages_per_second)
         self.engine: LiveEngine | None = None
@@ -49,6 +49,7 @@ class MicJam(anywidget.AnyWidget):
         self.received = RingBuffer(2 * self.ckpt.codec.sample_rate)
         self.received_seconds = 0.0
         self._last_input_stats = 0.0
+        super().__init__(**kwargs)
         self.on_msg(self._on_msg)
 
     @traitlets.observe("running")

@@ -32,12 +32,13 @@ class PromptPanel(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, ckpt: Checkpoint | None = None, limits: Limits = Limits(), **kwargs):
-        super().__init__(**kwargs)
+        # plain attributes first: trait observers fire while the constructor sets traits
         self.ckpt = ckpt or load_checkpoint()
         self.limits = limits
         self.engine: LiveEngine | None = None
         self.pump: EnginePump | None = None
         self._rate = RateLimiter(limits.max_messages_per_second)
+        super().__init__(**kwargs)
         self.on_msg(self._on_msg)
 
     @traitlets.validate("steps")

@@ -40,12 +40,13 @@ class SketchPad(anywidget.AnyWidget):
     strokes_received = traitlets.Int(0).tag(sync=True)
 
     def __init__(self, ckpt: Checkpoint | None = None, limits: Limits = Limits(), **kwargs):
-        super().__init__(**kwargs)
+        # plain attributes first: trait observers fire while the constructor sets traits
         self.ckpt = ckpt or load_checkpoint()
         self.limits = limits
         self._rate = RateLimiter(limits.max_messages_per_second)
-        self.on_msg(self._on_msg)
         self.last_render = None
+        super().__init__(**kwargs)
+        self.on_msg(self._on_msg)
         self._update_contour()
 
     def sketch(self):
@@ -65,8 +66,6 @@ class SketchPad(anywidget.AnyWidget):
         self._update_contour()
 
     def _update_contour(self) -> None:
-        if not hasattr(self, "ckpt"):  # traits set by the constructor, before the checkpoint is attached
-            return
         try:
             import warnings
 

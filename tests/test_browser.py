@@ -1,0 +1,161 @@
+"""The widgets in a real browser: JupyterLab started here on 127.0.0.1, Debian's Chromium driven by Playwright,
+a WAV file as the microphone. Screenshots go to test-artifacts/browser/."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TONE_HZ, TONE_AMP = 440.0, 0.3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on 127.0.0.1 with lmdm's server config, serving a temporary copy of the widgets notebook."""
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(ROOT / "notebooks" / "07_widgets.ipynb", root / "07_widgets.ipynb")
+    port, token = free_port(), "lmdm-test-token"
+    env = {**os.environ, "LMDM_FAST": "1", "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
+           "JUPYTER_RUNTIME_DIR": str(root / ".runtime")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+         f"--config={ROOT / 'jupyter' / 'jupyter_server_config.py'}", "--allow-root",
+         "--ServerApp.open_browser=False"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("JupyterLab did not start: " + proc.stdout.read().decode()[-2000:])
+    yield url, token, root
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log = proc.stdout.read().decode()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "jupyterlab.log").write_text(log)
+
+
+@pytest.fixture(scope="module")
+def page(lab, tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "Debian's chromium is not installed (.ci/run installs it)"
+    wav = tmp_path_factory.mktemp("mic") / "tone.wav"
+    sr = 48000
+    t = np.arange(10 * sr) / sr
+    sf.write(wav, (TONE_AMP * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32), sr, subtype="PCM_16")
+    url, token, _ = lab
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--disable-quic",
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required"])
+        context = browser.new_context(viewport={"width": 1280, "height": 1600}, permissions=["microphone"])
+        pg = context.new_page()
+        pg.goto(f"{url}/lab/tree/07_widgets.ipynb?token={token}")
+        pg.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000)
+        pg.wait_for_timeout(1500)
+        pg.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        pg.wait_for_selector(".lmdm-mic-jam", timeout=180_000)
+        yield pg
+        context.close()
+        browser.close()
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_all_cells_ran_and_the_three_widgets_rendered(page):
+    for cls in (".lmdm-prompt-panel", ".lmdm-sketch-pad", ".lmdm-mic-jam"):
+        assert page.locator(cls).count() == 1
+    errors = page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
+    assert errors.count() == 0, errors.first.inner_text()
+    shot(page, "01_notebook")
+
+
+def test_prompt_panel_type_start_hear_stop(page):
+    panel = page.locator(".lmdm-prompt-panel")
+    panel.scroll_into_view_if_needed()
+    box = panel.locator("input.lmdm-prompt")
+    box.fill("a lively Irish dance tune on flute")
+    box.press("Enter")
+    panel.locator("button.lmdm-start").click()
+    page.wait_for_function(
+        "() => /blocks [1-9]/.test(document.querySelector('.lmdm-prompt-panel .lmdm-stats').textContent)",
+        timeout=60_000)
+    page.wait_for_function(  # generated audio reached the browser's player
+        "() => /buffered [1-9]/.test(document.querySelector('.lmdm-prompt-panel .lmdm-stats').textContent)"
+        " || /underruns \\d+ \\(browser [1-9]/.test(document.querySelector('.lmdm-prompt-panel .lmdm-stats').textContent)",
+        timeout=30_000)
+    shot(page, "02_prompt_panel_running")
+    panel.locator("button.lmdm-start").click()
+    page.wait_for_function("() => document.querySelector('.lmdm-prompt-panel button.lmdm-start').textContent === 'start'",
+                           timeout=10_000)
+    text = panel.locator(".lmdm-stats").inner_text()
+    assert "round trip" in text and "RTF" in text
+
+
+def test_sketch_pad_drag_reaches_the_kernel(page):
+    canvas = page.locator(".lmdm-sketch-pad canvas")
+    canvas.scroll_into_view_if_needed()
+    b = canvas.bounding_box()
+    page.mouse.move(b["x"] + 80, b["y"] + 180)
+    page.mouse.down()
+    for i in range(1, 20):
+        page.mouse.move(b["x"] + 80 + 25 * i, b["y"] + 180 - 6 * i)
+    page.mouse.up()
+    page.wait_for_function(
+        "() => /received by the kernel: 1/.test(document.querySelector('.lmdm-sketch-info').textContent)",
+        timeout=20_000)
+    shot(page, "03_sketch_pad")
+
+
+def test_microphone_reaches_the_kernel_and_the_answer_comes_back(page):
+    mic = page.locator(".lmdm-mic-jam")
+    mic.scroll_into_view_if_needed()
+    mic.locator("button.lmdm-mic-start").click()
+    page.wait_for_function(
+        "() => { const m = /heard ([0-9.]+) s/.exec(document.querySelector('.lmdm-input-stats').textContent);"
+        " return m && parseFloat(m[1]) > 3; }", timeout=60_000)
+    page.wait_for_function(
+        "() => /answer chunks [1-9]/.test(document.querySelector('.lmdm-mic-jam .lmdm-stats').textContent)",
+        timeout=60_000)
+    shot(page, "04_microphone")
+    heard = mic.locator(".lmdm-input-stats").inner_text()
+    stats = mic.locator(".lmdm-stats").inner_text()
+    rms = float(heard.split("rms ")[1].split(" ")[0])
+    hz = float(heard.split("· ")[-1].split(" Hz")[0])
+    assert abs(hz - TONE_HZ) < 15, heard
+    assert abs(rms - TONE_AMP / np.sqrt(2)) < 0.05, heard
+    (ARTIFACTS / "microphone_readout.json").write_text(json.dumps({"heard": heard, "stats": stats}, indent=1))
+    mic.locator("button.lmdm-mic-start").click()
