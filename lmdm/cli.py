@@ -197,6 +197,43 @@ def cmd_jam(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- metrics and drift -------------------------------------------------------------------------------------------
+def cmd_train_embedder(args: argparse.Namespace) -> int:
+    from .metrics.embedder import EmbedderConfig, train_embedder
+
+    m = train_embedder(args.data, args.out, EmbedderConfig(steps=args.steps), progress=not args.quiet)
+    print(f"validation accuracy: collection {m['val_collection_accuracy']:.3f} (majority class "
+          f"{m['chance_collection']:.3f}), instrument {m['val_instrument_accuracy']:.3f} (majority "
+          f"{m['chance_instrument']:.3f}) on {m['val_examples']} validation crops")
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    import json
+
+    from .audio import check_writable
+    from .metrics.report import drift_report, format_drift, plot_drift
+    from .streaming.streamer import SamplerConfig
+
+    if not args.minutes > 0 or args.minutes > 60:
+        raise UsageError(f"--minutes must be in (0, 60], got {args.minutes}")
+    if args.json:
+        check_writable(args.json)
+    sampler = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=args.seed)
+    report = drift_report(args.checkpoint, args.minutes, args.prompt, sampler, data_dir=args.data,
+                          window_s=args.window, label=args.label, progress=not args.quiet)
+    print(format_drift(report))
+    others = [json.loads(Path(p).read_text()) for p in (args.compare or [])]
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig = plot_drift([report, *others], out_dir / f"drift_{report['label']}.png")
+    print(f"plot: {fig}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmdm", description="Live Music Diffusion Models: streaming music "
                                 "generation with block-wise KV caching, on a CPU.")
@@ -279,6 +316,29 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--tracker", default="yin", choices=["yin", "pyin"])
     j.add_argument("--checkpoint", default=None)
     j.set_defaults(func=cmd_jam)
+
+    me = sub.add_parser("metrics", help="measurement tools").add_subparsers(dest="metrics_command", required=True)
+    te = me.add_parser("train-embedder", help="train the audio classifier whose embedding the drift metrics use")
+    te.add_argument("--data", default="data/music")
+    te.add_argument("--out", default=None, help="default: data/checkpoints/embedder")
+    te.add_argument("--steps", type=int, default=1500)
+    te.set_defaults(func=cmd_train_embedder)
+
+    d = sub.add_parser("drift", help="drift over a long stream: Frechet distance, loudness, flatness, ...")
+    d.add_argument("--checkpoint", default=None)
+    d.add_argument("--minutes", type=float, default=5.0)
+    d.add_argument("--prompt", default="a slow Bach chorale on church organ")
+    d.add_argument("--steps", type=int, default=8)
+    d.add_argument("--sampler", default="euler", choices=["euler", "pingpong"])
+    d.add_argument("--cfg", type=float, default=2.0)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--window", type=float, default=30.0, help="window length in seconds")
+    d.add_argument("--data", default="data/music", help="data set whose validation split is the reference")
+    d.add_argument("--label", default=None, help="name in tables and plots (default: from the checkpoint)")
+    d.add_argument("--compare", nargs="*", help="earlier drift JSON files to overlay in the plot")
+    d.add_argument("--json", default=None)
+    d.add_argument("--out-dir", default="runs/drift")
+    d.set_defaults(func=cmd_drift)
     return p
 
 

@@ -149,3 +149,24 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
     return Generation(audio=audio, latents=streamer.history[0, :frames], sample_rate=codec.cfg.sample_rate,
                       stats=streamer.stats, model_s=model_s, decode_s=decode_s,
                       block_seams=[s for s in seams[1:] if s < n])
+
+
+def stream_latents(ckpt: Checkpoint, prompt, seconds: float, sampler: SamplerConfig = SamplerConfig(),
+                   mask: str = "block_causal", progress: bool = False) -> torch.Tensor:
+    """Latent frames ``(frames, channels)`` of a stream, without decoding audio (for long-stream measurements).
+
+    Raises:
+        ValueError: bad ``seconds`` or ``mask``.
+    """
+    from tqdm.auto import tqdm
+
+    seconds = check_seconds(seconds)
+    model = ckpt.model
+    B = model.cfg.block_frames
+    frames = math.ceil(seconds * ckpt.codec.frame_rate)
+    streamer = make_streamer(model, mask, sampler)
+    streamer.set_prompt(*encode_prompts(prompt))
+    streamer.reset()
+    for _ in tqdm(range(math.ceil(frames / B)), desc="streaming", unit="block", disable=not progress):
+        streamer.next_block()
+    return streamer.history[0, :frames]

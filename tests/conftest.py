@@ -18,11 +18,11 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_data(tmp_path_factory) -> Path:
-    """Render the two test works (cropped to 12 s) into a data folder."""
+    """Render the two test works (cropped to 20 s) into a data folder."""
     from lmdm.data.build import BuildConfig, build
 
     out = tmp_path_factory.mktemp("music")
-    report = build(BuildConfig(out=str(out), work_ids=TEST_WORKS, max_seconds=12.0, jobs=1), progress=False)
+    report = build(BuildConfig(out=str(out), work_ids=TEST_WORKS, max_seconds=20.0, jobs=1), progress=False)
     assert report.built == 2 and report.failed == 0, report.failures
     return out
 

@@ -1,0 +1,1 @@
+"""Measuring streams: the embedding classifier and drift over time."""

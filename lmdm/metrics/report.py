@@ -1,0 +1,94 @@
+"""``lmdm drift``: stream for minutes, measure every window, tabulate and plot (drift metrics in ``drift.py``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import load_checkpoint
+from ..generate import stream_latents
+from ..streaming.streamer import SamplerConfig
+from .drift import METRICS, load_reference, window_metrics
+from .embedder import default_embedder_path, load_embedder
+
+LABELS = {"fd": "Fréchet distance (embedding)", "loudness_db": "loudness (dB)", "flatness": "spectral flatness",
+          "mel_distance": "mel-statistics distance", "pc_entropy": "pitch-class entropy (bits)"}
+
+
+def drift_report(checkpoint: str | None, minutes: float, prompt: str, sampler: SamplerConfig = SamplerConfig(),
+                 data_dir: str | None = None, window_s: float = 30.0, label: str | None = None,
+                 embedder_path: str | None = None, progress: bool = True) -> dict:
+    """Stream ``minutes`` of music and compute every drift metric per ``window_s`` window.
+
+    The reference (real validation music) ships with the embedder, so no data set is needed; ``data_dir`` is
+    only used by callers that want fresh reference statistics.
+
+    Returns:
+        a JSON-ready dict: label, settings, ``windows`` (one row per window), the embedder's accuracy and the
+        real-music levels, and ``summary`` (first vs last minute of the Fréchet distance).
+    """
+    ckpt = load_checkpoint(checkpoint)
+    emb_path = Path(embedder_path) if embedder_path else default_embedder_path()
+    embedder, emb_metrics = load_embedder(emb_path)
+    ref = load_reference(emb_path / "reference.npz")
+    latents = stream_latents(ckpt, prompt, minutes * 60, sampler, progress=progress)
+    rows = window_metrics(latents, ckpt.codec, embedder, ref, window_s)
+    first = [r["fd"] for r in rows if r["end_s"] <= 60 + 1e-6] or [rows[0]["fd"]]
+    last = [r["fd"] for r in rows if r["start_s"] >= minutes * 60 - 60 - 1e-6] or [rows[-1]["fd"]]
+    name = label or (Path(str(ckpt.path)).name + f"-{sampler.sampler}{sampler.steps}")
+    return {"label": name, "checkpoint": str(ckpt.path), "prompt": prompt, "minutes": minutes,
+            "sampler": {"steps": sampler.steps, "sampler": sampler.sampler, "cfg": sampler.cfg_scale, "seed": sampler.seed},
+            "window_s": window_s, "windows": rows,
+            "embedder": {k: emb_metrics.get(k) for k in ("val_collection_accuracy", "val_instrument_accuracy",
+                                                         "chance_collection", "chance_instrument")},
+            "real_music": emb_metrics.get("real_music", {}),
+            "summary": {"fd_first_minute": float(np.mean(first)), "fd_last_minute": float(np.mean(last)),
+                        "fd_last_over_first": float(np.mean(last) / max(np.mean(first), 1e-9))}}
+
+
+def format_drift(report: dict) -> str:
+    """The per-window table and the first-vs-last-minute summary as text."""
+    import pandas as pd
+
+    df = pd.DataFrame(report["windows"]).set_index("start_s")
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        table = df.drop(columns=["end_s"]).to_string()
+    s, e, real = report["summary"], report["embedder"], report.get("real_music", {}).get("fd", {})
+    lines = [f"{report['label']}: {report['minutes']:.1f} min of \"{report['prompt']}\", "
+             f"{report['sampler']['steps']} {report['sampler']['sampler']} steps, CFG {report['sampler']['cfg']}",
+             table,
+             f"Fréchet distance: first minute {s['fd_first_minute']:.3f}, last minute {s['fd_last_minute']:.3f} "
+             f"(last / first = {s['fd_last_over_first']:.2f})"]
+    if real:
+        lines.append(f"real validation music, same windows: Fréchet distance {real['mean']:.3f} ± {real['std']:.3f}")
+    if e.get("val_collection_accuracy") is not None:
+        lines.append(f"embedder validation accuracy: collection {e['val_collection_accuracy']:.2f} (majority "
+                     f"{e['chance_collection']:.2f}), instrument {e['val_instrument_accuracy']:.2f} (majority "
+                     f"{e['chance_instrument']:.2f})")
+    return "\n".join(lines)
+
+
+def plot_drift(reports: list[dict], path: str | Path) -> Path:
+    """Every metric over time for one or more reports, with the real-music level as a grey band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
+    for ax, m in zip(axes, METRICS):
+        for r in reports:
+            mids = [(w["start_s"] + w["end_s"]) / 120 for w in r["windows"]]
+            ax.plot(mids, [w[m] for w in r["windows"]], "o-", ms=3, label=r["label"])
+        real = reports[0].get("real_music", {}).get(m)
+        if real:
+            ax.axhspan(real["mean"] - real["std"], real["mean"] + real["std"], color="grey", alpha=0.2,
+                       label="real music (±1 sd)")
+        ax.set_title(LABELS[m], fontsize=9)
+        ax.set_xlabel("time in the stream (min)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
