@@ -1,5 +1,5 @@
-"""The ``lmdm`` command line: ``data build``, ``train``, ``generate``, ``bench``, ``sketch``, ``sketch-eval``,
-``jam``.
+"""The ``lmdm`` command line: ``data build``, ``data example``, ``train``, ``generate``, ``bench``, ``sketch``,
+``sketch-eval``, ``jam``, ``arc``, ``metrics train-embedder``, ``drift``.
 
 Every subcommand turns bad input into one clear ``lmdm: error: ...`` line and exit status 2, never a traceback.
 """
@@ -25,8 +25,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .text import TextEncoderError
     from .training.dataset import DataError
     from .training.trainer import TrainError
+    from .arc.trainer import ARCError
 
-    return (UsageError, AudioError, CheckpointError, ConfigError, DataError, TrainError, TextEncoderError,
+    return (UsageError, ARCError, AudioError, CheckpointError, ConfigError, DataError, TrainError, TextEncoderError,
             RenderError, InputError, SketchError, FileNotFoundError, ValueError, TypeError, KeyError)
 
 
@@ -197,6 +198,21 @@ def cmd_jam(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- ARC-Forcing -------------------------------------------------------------------------------------------------
+def cmd_arc(args: argparse.Namespace) -> int:
+    from .arc.trainer import ARCConfig, arc_train
+    from .config import load_json, replace
+
+    cfg = load_json(ARCConfig, args.config) if args.config else (None if args.resume else ARCConfig())
+    if cfg is not None and args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
+    r = arc_train(cfg, resume=args.resume, progress=not args.quiet, run_dir=args.run_dir)
+    print(f"ARC-Forcing: {r.step} iterations in {r.hours:.2f} h; discriminator {r.disc_params / 1e6:.2f}M parameters; "
+          f"last losses G {r.last.get('loss_g', float('nan')):.3f} D {r.last.get('loss_d', float('nan')):.3f} "
+          f"contrastive {r.last.get('loss_c', float('nan')):.3f}; post-trained checkpoint: {r.final_dir}")
+    return 0
+
+
 # ---- metrics and drift -------------------------------------------------------------------------------------------
 def cmd_train_embedder(args: argparse.Namespace) -> int:
     from .metrics.embedder import EmbedderConfig, train_embedder
@@ -316,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--tracker", default="yin", choices=["yin", "pyin"])
     j.add_argument("--checkpoint", default=None)
     j.set_defaults(func=cmd_jam)
+
+    a = sub.add_parser("arc", help="ARC-Forcing post-training on the model's own rollouts")
+    a.add_argument("--config", help="ARC config JSON (see configs/arc.json)")
+    a.add_argument("--resume", action="store_true")
+    a.add_argument("--run-dir", default=None)
+    a.add_argument("--steps", type=int, default=None)
+    a.set_defaults(func=cmd_arc)
 
     me = sub.add_parser("metrics", help="measurement tools").add_subparsers(dest="metrics_command", required=True)
     te = me.add_parser("train-embedder", help="train the audio classifier whose embedding the drift metrics use")

@@ -134,6 +134,22 @@ class BlockCausalKVCache:
         return self._forward(clean=pending, clean_chunk=self.next_chunk - 1, target=x_t, mods=mods,
                              controls=controls)
 
+    @torch.no_grad()
+    def write_pending(self) -> None:
+        """Write the pending clean block now, in a pass of its own (the unfused form of the first step)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self._forward(clean=pending, clean_chunk=self.next_chunk - 1)
+
+    def step_with_grad(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,
+                       controls: torch.Tensor | None = None) -> torch.Tensor:
+        """A denoising step whose output carries gradients to the model's parameters (ARC-Forcing's exit step,
+        Self-Forcing style). A pending block is first written without gradient: the cache holds constants, so
+        earlier blocks are detached. Arguments as in :meth:`step`."""
+        self.write_pending()
+        with torch.enable_grad():
+            return self._forward(target=x_t, mods=self.model.target_modulation(t, text_c), controls=controls)
+
     @property
     def is_fused_next(self) -> bool:
         """Whether the next :meth:`step` is a fused first step (a clean block is pending)."""
@@ -185,15 +201,19 @@ class BlockCausalKVCache:
                 q, k, v = blk.project(hc, mod_c, cos_c, sin_c)
                 hc = blk.attend(hc, mod_c, q, torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2), mask_c)
                 # write the finished chunk, evict the oldest (fixed shape: shift by one chunk)
-                self.k[layer] = torch.cat([self.k[layer][:, :, B:], k.to(dev_dtype)], 2)
-                self.v[layer] = torch.cat([self.v[layer][:, :, B:], v.to(dev_dtype)], 2)
+                self.k[layer] = torch.cat([self.k[layer][:, :, B:], k.detach().to(dev_dtype)], 2)
+                self.v[layer] = torch.cat([self.v[layer][:, :, B:], v.detach().to(dev_dtype)], 2)
                 self._layer_version[layer] += 1
             if target is not None:
                 mod_t = mods.layers[layer]
                 q, k, v = blk.project(ht, mod_t, cos_t, sin_t)
-                kb, vb = self._attention_buffers(layer, rows)
-                kb[:, :, self.W * B :] = k
-                vb[:, :, self.W * B :] = v
+                if torch.is_grad_enabled():  # fresh tensors: the reused buffers would break the backward pass
+                    kb = torch.cat([_repeat_rows(self.k[layer], rows), k], 2)
+                    vb = torch.cat([_repeat_rows(self.v[layer], rows), v], 2)
+                else:
+                    kb, vb = self._attention_buffers(layer, rows)
+                    kb[:, :, self.W * B :] = k
+                    vb[:, :, self.W * B :] = v
                 ht = blk.attend(ht, mod_t, q, kb, vb, mask_t)
         if write:
             self.n_valid = min(self.n_valid + 1, self.W)

@@ -237,6 +237,16 @@ class DiT(nn.Module):
 
     def forward_cond(self, tok: Tokens, text_c: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` with precomputed text vectors ``text_c`` ``(b, d)`` (see :meth:`text_cond`)."""
+        h, pick, c_seg = self._run(tok, text_c)
+        return self.head(h, pick(c_seg)).reshape(tok.noisy.shape[0], tok.noisy.shape[1], -1)
+
+    def features(self, tok: Tokens, text_c: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(b, L, d)`` after every block of this module (the ARC discriminator keeps the first
+        few blocks of a copy and reads these)."""
+        h, _, _ = self._run(tok, text_c)
+        return h.reshape(tok.noisy.shape[0], tok.noisy.shape[1], -1)
+
+    def _run(self, tok: Tokens, text_c: torch.Tensor):
         b, n, _ = tok.noisy.shape
         d, B = self.cfg.d_model, self.cfg.block_frames
         c_seg = self.segment_cond(tok.t_seg, text_c)  # (b, n_seg, d)
@@ -255,7 +265,7 @@ class DiT(nn.Module):
             pick = lambda x: torch.gather(x, 1, seg[..., None].expand(-1, -1, x.shape[-1]))
         for blk in self.blocks:
             h = blk(h, pick(blk.modulation(c_seg)), cos, sin, tok.mask)
-        return self.head(h, pick(c_seg)).reshape(b, n, -1)
+        return h, pick, c_seg
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -34,26 +34,36 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
-def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module, ema: dict[str, torch.Tensor],
-                        optimizer: torch.optim.Optimizer, generator: torch.Generator, extra: dict,
-                        keep: int = 2) -> Path:
-    """Write ``RUN/ckpt/step-XXXXXX`` atomically, point ``latest`` at it and delete all but ``keep`` newest."""
+def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module | dict[str, torch.nn.Module],
+                        ema: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer],
+                        generator: torch.Generator, extra: dict, keep: int = 2) -> Path:
+    """Write ``RUN/ckpt/step-XXXXXX`` atomically, point ``latest`` at it and delete all but ``keep`` newest.
+
+    ``model`` may be several modules ``{name: module}`` (each saved as ``name.safetensors``; a lone module is
+    "model") and ``optimizer`` several ``{name: optimizer}`` (a lone one is unnamed).
+    """
     from safetensors.torch import save_file
 
+    modules = model if isinstance(model, dict) else {"model": model}
+    optimizers = optimizer if isinstance(optimizer, dict) else {"": optimizer}
     ckpt = Path(run_dir) / "ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=ckpt))
     try:
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        for mname, module in modules.items():
+            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{mname}.safetensors"))
         save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-        osd = optimizer.state_dict()
         tensors = {"rng_state": generator.get_state()}
-        for idx, st in osd["state"].items():
-            for key, val in st.items():
-                tensors[f"{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+        state = {"step": step, **extra}
+        for oname, opt in optimizers.items():
+            osd = opt.state_dict()
+            prefix = f"{oname}." if oname else ""
+            for idx, st in osd["state"].items():
+                for key, val in st.items():
+                    tensors[f"{prefix}{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+            state["param_groups" + (f"_{oname}" if oname else "")] = osd["param_groups"]
         save_file(tensors, str(tmp / "optim.safetensors"))
-        state = {"step": step, "param_groups": osd["param_groups"], **extra}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         os.chmod(tmp, 0o777 & ~_umask())
         final = ckpt / name
@@ -73,21 +83,31 @@ def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module, 
     return ckpt / name
 
 
-def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def load_training_state(path: Path, model: torch.nn.Module | dict[str, torch.nn.Module],
+                        optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer],
                         generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore model, optimiser and RNG from a checkpoint folder; returns ``(ema, state_json)``."""
+    """Restore modules, optimisers and RNG from a checkpoint folder; returns ``(ema, state_json)``."""
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    modules = model if isinstance(model, dict) else {"model": model}
+    optimizers = optimizer if isinstance(optimizer, dict) else {"": optimizer}
+    for mname, module in modules.items():
+        module.load_state_dict(load_file(str(path / f"{mname}.safetensors")))
     ema = load_file(str(path / "ema.safetensors"))
     state = json.loads((path / "state.json").read_text())
     tensors = load_file(str(path / "optim.safetensors"))
     generator.set_state(tensors.pop("rng_state"))
-    opt_state: dict[int, dict] = {}
-    for key, val in tensors.items():
-        idx, name = key.split(".", 1)
-        opt_state.setdefault(int(idx), {})[name] = val
-    optimizer.load_state_dict({"state": opt_state, "param_groups": state["param_groups"]})
+    for oname, opt in optimizers.items():
+        prefix = f"{oname}." if oname else ""
+        opt_state: dict[int, dict] = {}
+        for key, val in tensors.items():
+            rest = key[len(prefix):] if key.startswith(prefix) else None
+            if rest is None or (not oname and not rest.split(".", 1)[0].isdigit()):
+                continue
+            idx, name = rest.split(".", 1)
+            if idx.isdigit():
+                opt_state.setdefault(int(idx), {})[name] = val
+        opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups" + (f"_{oname}" if oname else "")]})
     return ema, state
 
 
