@@ -15,7 +15,7 @@ from lmdm.model.dit import DiT
 from lmdm.training.config import TrainConfig
 from lmdm.training.dataset import load_latent_set
 from lmdm.training.state import latest_checkpoint
-from lmdm.training.trainer import TrainError, _validation_loss, train
+from lmdm.training.trainer import TrainError, validation_loss, train
 from tests.conftest import tiny_train_config
 
 
@@ -23,7 +23,7 @@ def test_loss_decreases_within_a_few_dozen_steps(real_data, tmp_path):
     cfg = tiny_train_config(real_data, tmp_path / "run", steps=40)
     data = load_latent_set(cfg.data, cfg.codec, progress=False)
     torch.manual_seed(0)
-    untrained = _validation_loss(DiT(cfg.model), data, data.valid_starts("train", cfg.crop_frames), cfg)
+    untrained = validation_loss(DiT(cfg.model), data, data.valid_starts("train", cfg.crop_frames), cfg)
     result = train(cfg, progress=False)
     assert result.step == 40
     assert result.val_loss < 0.8 * untrained, (untrained, result.val_loss)

@@ -57,8 +57,10 @@ def _reconcile(saved: TrainConfig, given: TrainConfig | None) -> TrainConfig:
     return dataclasses.replace(saved, **{k: getattr(given, k) for k in changeable})
 
 
-def _validation_loss(model: DiT, data: LatentSet, starts: torch.Tensor, cfg: TrainConfig) -> float:
-    """Block-causal loss of the given weights on fixed validation crops, noise and timesteps (no dropout)."""
+def validation_loss(model: DiT, data: LatentSet, starts: torch.Tensor, cfg: TrainConfig,
+                    mode: str = "block_causal") -> float:
+    """Loss of ``model`` in layout ``mode`` on fixed validation crops, noise and timesteps (no dropout, text on,
+    controls off): comparable across checkpoints and runs with the same ``cfg.seed``."""
     vcfg = dataclasses.replace(cfg, prompt_dropout=0.0, context_dropout=0.0, control_dropout=1.0)
     g = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     losses = []
@@ -66,7 +68,7 @@ def _validation_loss(model: DiT, data: LatentSet, starts: torch.Tensor, cfg: Tra
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
         for _ in range(cfg.val_batches):
             x0, feats, text = data.sample(starts, cfg.batch_size, cfg.crop_frames, g)
-            losses.append(training_loss(model, "block_causal", x0, feats, text, vcfg, g).item())
+            losses.append(training_loss(model, mode, x0, feats, text, vcfg, g).item())
     return float(sum(losses) / len(losses))
 
 
@@ -175,7 +177,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
             val = None
             if step % cfg.val_every == 0 or step == cfg.steps:
                 ema_model.load_state_dict(ema)
-                val = last_val = _validation_loss(ema_model, data, val_starts, cfg)
+                val = last_val = validation_loss(ema_model, data, val_starts, cfg)
                 history.append({"step": step, "train_loss": running, "val_loss": val})
             if step % cfg.log_every == 0 or val is not None:
                 now = time.time()
