@@ -18,25 +18,31 @@ LABELS = {"fd": "Fréchet distance (embedding)", "loudness_db": "loudness (dB)",
 def drift_report(checkpoint: str | None, minutes: float, prompt: str, sampler: SamplerConfig = SamplerConfig(),
                  data_dir: str | None = None, window_s: float = 30.0, label: str | None = None,
                  embedder_path: str | None = None, progress: bool = True) -> dict:
-    """Stream ``minutes`` of music and compute every drift metric per ``window_s`` window.
+    """Stream ``minutes`` of music and compute every drift metric per ``window_s`` window (see
+    :func:`measure_drift`). The reference (real validation music) ships with the embedder, so no data set is
+    needed (``data_dir`` is accepted for symmetry with the command line and unused)."""
+    ckpt = load_checkpoint(checkpoint)
+    latents = stream_latents(ckpt, prompt, minutes * 60, sampler, progress=progress)
+    name = label or (Path(str(ckpt.path)).name + f"-{sampler.sampler}{sampler.steps}")
+    return measure_drift(latents, ckpt, name, prompt, sampler, window_s, embedder_path)
 
-    The reference (real validation music) ships with the embedder, so no data set is needed; ``data_dir`` is
-    only used by callers that want fresh reference statistics.
+
+def measure_drift(latents, ckpt, label: str, prompt: str, sampler: SamplerConfig, window_s: float = 30.0,
+                  embedder_path: str | None = None) -> dict:
+    """Every drift metric per window of a stream's latent frames ``(frames, channels)``.
 
     Returns:
         a JSON-ready dict: label, settings, ``windows`` (one row per window), the embedder's accuracy and the
         real-music levels, and ``summary`` (first vs last minute of the Fréchet distance).
     """
-    ckpt = load_checkpoint(checkpoint)
     emb_path = Path(embedder_path) if embedder_path else default_embedder_path()
     embedder, emb_metrics = load_embedder(emb_path)
     ref = load_reference(emb_path / "reference.npz")
-    latents = stream_latents(ckpt, prompt, minutes * 60, sampler, progress=progress)
     rows = window_metrics(latents, ckpt.codec, embedder, ref, window_s)
+    minutes = latents.shape[0] / ckpt.codec.frame_rate / 60
     first = [r["fd"] for r in rows if r["end_s"] <= 60 + 1e-6] or [rows[0]["fd"]]
     last = [r["fd"] for r in rows if r["start_s"] >= minutes * 60 - 60 - 1e-6] or [rows[-1]["fd"]]
-    name = label or (Path(str(ckpt.path)).name + f"-{sampler.sampler}{sampler.steps}")
-    return {"label": name, "checkpoint": str(ckpt.path), "prompt": prompt, "minutes": minutes,
+    return {"label": label, "checkpoint": str(ckpt.path), "prompt": prompt, "minutes": minutes,
             "sampler": {"steps": sampler.steps, "sampler": sampler.sampler, "cfg": sampler.cfg_scale, "seed": sampler.seed},
             "window_s": window_s, "windows": rows,
             "embedder": {k: emb_metrics.get(k) for k in ("val_collection_accuracy", "val_instrument_accuracy",
