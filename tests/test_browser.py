@@ -38,7 +38,7 @@ def lab(tmp_path_factory):
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
          f"--config={ROOT / 'jupyter' / 'jupyter_server_config.py'}", "--allow-root",
-         "--ServerApp.open_browser=False"],
+         "--ServerApp.open_browser=False", "--LabApp.news_url=None"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=root)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -83,7 +83,8 @@ def page(lab, tmp_path_factory):
         pg.goto(f"{url}/lab/tree/07_widgets.ipynb?token={token}")
         pg.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000)
         pg.wait_for_timeout(1500)
-        pg.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        # start the run without awaiting its promise (it resolves only when every cell has finished)
+        pg.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
         pg.wait_for_selector(".lmdm-mic-jam", timeout=180_000)
         yield pg
         context.close()

@@ -34,7 +34,7 @@ class MicJam(anywidget.AnyWidget):
     monitor_volume = traitlets.Float(0.0).tag(sync=True)
     stats = traitlets.Dict().tag(sync=True)
     input_stats = traitlets.Dict().tag(sync=True)
-    rtt_ms = traitlets.Float(float("nan"), allow_none=True).tag(sync=True)
+    rtt_ms = traitlets.Float(None, allow_none=True).tag(sync=True)  # None until the browser measured it
     error = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, ckpt: Checkpoint | None = None, config: EngineConfig | None = None,

@@ -34,7 +34,7 @@ class SketchPad(anywidget.AnyWidget):
     prompt = traitlets.Unicode("solo flute").tag(sync=True)
     contour = traitlets.List().tag(sync=True)
     tracked = traitlets.List().tag(sync=True)
-    correlation = traitlets.Float(float("nan"), allow_none=True).tag(sync=True)
+    correlation = traitlets.Float(None, allow_none=True).tag(sync=True)  # None until a render is scored
     busy = traitlets.Bool(False).tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
     strokes_received = traitlets.Int(0).tag(sync=True)
