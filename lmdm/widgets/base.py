@@ -88,3 +88,31 @@ def dominant_frequency(audio: np.ndarray, sample_rate: int) -> float:
         return 0.0
     spec = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
     return float(np.argmax(spec[1:]) + 1) * sample_rate / len(audio)
+
+
+class EngineWidgetMixin:
+    """Start/stop of a real-time ``LiveEngine`` plus its :class:`EnginePump`, for widgets with ``ckpt``,
+    ``engine``, ``pump`` attributes and ``running``/``error`` traits."""
+
+    def _start_engine(self, cfg) -> None:
+        from ..live.engine import LiveEngine
+
+        if self.engine is not None and self.engine.running:
+            return
+        self.engine = LiveEngine(self.ckpt, cfg, realtime=True)
+        self.engine.warmup()
+        self.engine.start()
+        self.pump = EnginePump(self, self.engine).start()
+        self.error = ""
+        if not self.running:
+            self.running = True
+
+    def stop(self) -> None:
+        """Stop the stream (returns within one block)."""
+        if self.engine is not None:
+            self.engine.stop()
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+        if self.running:
+            self.running = False

@@ -14,11 +14,11 @@ import traitlets
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..live.engine import EngineConfig, InputError, LiveEngine
 from ..live.ringbuffer import RingBuffer
-from .base import EnginePump, asset, dominant_frequency
+from .base import EnginePump, EngineWidgetMixin, asset, dominant_frequency
 from .messages import Limits, MessageError, RateLimiter, audio_from_message, text_from_message
 
 
-class MicJam(anywidget.AnyWidget):
+class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
     """Play into the microphone; hear the model answer one block (plus a margin) later.
 
     Traits: ``prompt`` (the answer's timbre; applies from the next block), ``running``, ``monitor_volume``
@@ -67,25 +67,10 @@ class MicJam(anywidget.AnyWidget):
             self.engine.set_prompt(text)
 
     def start(self) -> None:
-        if self.engine is not None and self.engine.running:
-            return
+        """Start the jam engine with the current prompt (the browser then streams the microphone into it)."""
         from dataclasses import replace
 
-        self.engine = LiveEngine(self.ckpt, replace(self.config, prompt=self.prompt), realtime=True)
-        self.engine.warmup()
-        self.engine.start()
-        self.pump = EnginePump(self, self.engine).start()
-        if not self.running:
-            self.running = True
-
-    def stop(self) -> None:
-        if self.engine is not None:
-            self.engine.stop()
-        if self.pump is not None:
-            self.pump.stop()
-            self.pump = None
-        if self.running:
-            self.running = False
+        self._start_engine(replace(self.config, prompt=self.prompt))
 
     def _on_msg(self, _widget, content, buffers) -> None:
         try:

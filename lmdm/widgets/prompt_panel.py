@@ -7,11 +7,11 @@ import traitlets
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..live.engine import EngineConfig, LiveEngine
-from .base import EnginePump, asset, stats_dict
+from .base import EnginePump, EngineWidgetMixin, asset, stats_dict
 from .messages import Limits, MessageError, RateLimiter, text_from_message
 
 
-class PromptPanel(anywidget.AnyWidget):
+class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     """A live text-to-music stream in the notebook (the browser plays the blocks as they arrive).
 
     Traits (synced with the browser): ``prompt``, ``cfg_scale``, ``steps``, ``seed``, ``running``; read-only for
@@ -74,27 +74,9 @@ class PromptPanel(anywidget.AnyWidget):
 
     def start(self) -> None:
         """Start streaming with the current settings (steps, guidance and seed apply at each start)."""
-        if self.engine is not None and self.engine.running:
-            return
-        cfg = EngineConfig(mode="generate", prompt=self.prompt, steps=self.steps, cfg_scale=self.cfg_scale,
-                           seed=self.seed, crossfade_s=0.04, gl_iters=32, lookahead_blocks=2)
-        self.engine = LiveEngine(self.ckpt, cfg, realtime=True)
-        self.engine.warmup()
-        self.engine.start()
-        self.pump = EnginePump(self, self.engine).start()
-        self.error = ""
-        if not self.running:
-            self.running = True
-
-    def stop(self) -> None:
-        """Stop streaming (returns within one block)."""
-        if self.engine is not None:
-            self.engine.stop()
-        if self.pump is not None:
-            self.pump.stop()
-            self.pump = None
-        if self.running:
-            self.running = False
+        self._start_engine(EngineConfig(mode="generate", prompt=self.prompt, steps=self.steps,
+                                        cfg_scale=self.cfg_scale, seed=self.seed, crossfade_s=0.04, gl_iters=32,
+                                        lookahead_blocks=2))
 
     def _on_msg(self, _widget, content, buffers) -> None:
         try:
