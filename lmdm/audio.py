@@ -33,16 +33,17 @@ def to_mono_float(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.n
         AudioError: ``audio`` is not 1-D or 2-D, or ``sample_rate`` is not a positive number.
     """
     a = np.asarray(audio)
+    if a.ndim not in (1, 2):
+        raise AudioError(f"audio must be (samples,) or (samples, channels), got shape {a.shape}")
+    if np.issubdtype(a.dtype, np.integer):  # PCM: scale before any downmix turns it into floats
+        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+    a = a.astype(np.float32, copy=False)
     if a.ndim == 2:
         # soundfile gives (samples, channels); accept (channels, samples) when it is clearly that way round
         if a.shape[0] <= 8 and a.shape[1] > a.shape[0]:
             a = a.T
         a = a.mean(axis=1)
-    elif a.ndim != 1:
-        raise AudioError(f"audio must be (samples,) or (samples, channels), got shape {a.shape}")
-    if np.issubdtype(a.dtype, np.integer):
-        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-    a = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
     np.clip(a, -1.0, 1.0, out=a)
     if not (isinstance(sample_rate, (int, float)) and sample_rate > 0):
         raise AudioError(f"sample rate must be a positive number of Hz, got {sample_rate!r}")

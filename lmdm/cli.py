@@ -6,6 +6,7 @@ Every subcommand turns bad input into one clear ``lmdm: error: ...`` line and ex
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -61,7 +62,7 @@ def cmd_data_example(args: argparse.Namespace) -> int:
 
 # ---- train -------------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_json, replace
+    from .config import load_json
     from .training.config import TrainConfig
     from .training.trainer import train
 
@@ -69,9 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg is None and not args.resume:
         cfg = TrainConfig()
     overrides = {k: v for k, v in (("steps", args.steps), ("data", args.data), ("max_hours", args.max_hours)) if v is not None}
-    if overrides and cfg is not None:
-        cfg = replace(cfg, **overrides)
-    result = train(cfg, resume=args.resume, progress=not args.quiet, run_dir=args.run_dir)
+    result = train(cfg, resume=args.resume, progress=not args.quiet, run_dir=args.run_dir, overrides=overrides)
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
     print(f"step {result.step}: train loss {result.train_loss:.4f}, validation loss {val}, "
           f"{result.hours:.2f} h of training; inference checkpoint: {result.final_dir}")
@@ -94,7 +93,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
-    n_blocks = -(-int(round(seconds * ckpt.codec.frame_rate)) // ckpt.model.cfg.block_frames)
+    n_blocks = -(-math.ceil(seconds * ckpt.codec.frame_rate) // ckpt.model.cfg.block_frames)
     bar = tqdm(total=n_blocks, desc="generating", unit="block", disable=args.quiet)
     gen = generate(ckpt, args.prompt, seconds, sampler, mask=args.mask, on_block=lambda i, a: bar.update(1))
     bar.close()
@@ -158,6 +157,12 @@ def cmd_sketch_eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
     from .sketch_eval import evaluate
 
+    if args.json:
+        from .audio import check_writable
+
+        check_writable(args.json)
+    if args.n < 1 or not args.seconds > 0:
+        raise UsageError("--n must be at least 1 and --seconds positive")
     ckpt = load_checkpoint(args.checkpoint)
     report = evaluate(ckpt, data_dir=args.data, n=args.n, seconds=args.seconds, prompt=args.prompt,
                       progress=not args.quiet)
@@ -201,12 +206,11 @@ def cmd_jam(args: argparse.Namespace) -> int:
 # ---- ARC-Forcing -------------------------------------------------------------------------------------------------
 def cmd_arc(args: argparse.Namespace) -> int:
     from .arc.trainer import ARCConfig, arc_train
-    from .config import load_json, replace
+    from .config import load_json
 
     cfg = load_json(ARCConfig, args.config) if args.config else (None if args.resume else ARCConfig())
-    if cfg is not None and args.steps is not None:
-        cfg = replace(cfg, steps=args.steps)
-    r = arc_train(cfg, resume=args.resume, progress=not args.quiet, run_dir=args.run_dir)
+    overrides = {"steps": args.steps} if args.steps is not None else None
+    r = arc_train(cfg, resume=args.resume, progress=not args.quiet, run_dir=args.run_dir, overrides=overrides)
     print(f"ARC-Forcing: {r.step} iterations in {r.hours:.2f} h; discriminator {r.disc_params / 1e6:.2f}M parameters; "
           f"last losses G {r.last.get('loss_g', float('nan')):.3f} D {r.last.get('loss_d', float('nan')):.3f} "
           f"contrastive {r.last.get('loss_c', float('nan')):.3f}; post-trained checkpoint: {r.final_dir}")
@@ -231,17 +235,30 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from .metrics.report import drift_report, format_drift, plot_drift
     from .streaming.streamer import SamplerConfig
 
+    from .metrics.embedder import default_embedder_path, load_embedder
+
     if not args.minutes > 0 or args.minutes > 60:
         raise UsageError(f"--minutes must be in (0, 60], got {args.minutes}")
+    if not 0 < args.window <= args.minutes * 60:
+        raise UsageError(f"--window must be positive and at most the stream ({args.minutes * 60:.0f} s), got {args.window}")
     if args.json:
         check_writable(args.json)
+    load_embedder(default_embedder_path())  # fail now, not after minutes of streaming
+    others = []
+    for p in args.compare or []:
+        try:
+            others.append(json.loads(Path(p).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"--compare {p}: not a readable drift JSON file ({e})") from e
+    out_dir = Path(args.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out-dir {out_dir} ({e})") from e
     sampler = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=args.seed)
     report = drift_report(args.checkpoint, args.minutes, args.prompt, sampler, data_dir=args.data,
                           window_s=args.window, label=args.label, progress=not args.quiet)
     print(format_drift(report))
-    others = [json.loads(Path(p).read_text()) for p in (args.compare or [])]
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     fig = plot_drift([report, *others], out_dir / f"drift_{report['label']}.png")
     print(f"plot: {fig}")
     if args.json:

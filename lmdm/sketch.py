@@ -70,8 +70,10 @@ def parse_scale(scale: str | None) -> tuple[int, tuple[int, ...]] | None:
     Raises:
         SketchError: unknown tonic or mode (the message lists the accepted ones).
     """
-    if not scale:
+    if scale is None or scale == "":
         return None
+    if not isinstance(scale, str):
+        raise SketchError(f"scale must be text such as 'D dorian' (or null for continuous pitch), got {scale!r}")
     parts = scale.strip().split(maxsplit=1)
     tonic, mode = parts[0], (parts[1] if len(parts) > 1 else "major")
     if tonic not in TONICS or mode not in SCALES:
@@ -126,10 +128,12 @@ def parse_sketch(data: dict) -> Sketch:
         strokes.append(pts)
     times = [p[:, 0].max() for p in strokes]
     duration = data.get("duration", max(times, default=0.0))
-    if not isinstance(duration, (int, float)) or not math.isfinite(duration) or duration < 0 or duration > 3600:
+    if (isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration)
+            or duration < 0 or duration > 3600):
         raise SketchError(f"duration must be a number of seconds in [0, 3600], got {duration!r}")
     pr = data.get("pitch_range", (55, 79))
-    if (not isinstance(pr, (list, tuple)) or len(pr) != 2 or not all(isinstance(v, (int, float)) for v in pr)
+    if (not isinstance(pr, (list, tuple)) or len(pr) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pr)
             or not 0 <= pr[0] < pr[1] <= 127):
         raise SketchError(f"pitch_range must be [low, high] MIDI pitches with 0 <= low < high <= 127, got {pr!r}")
     scale = data.get("scale", "C major")

@@ -92,3 +92,10 @@ def test_arc_run_checkpoints_and_resumes(real_data, tmp_path):
     assert r.step == 2 and (r.final_dir / "model.safetensors").is_file() and r.disc_params > 0
     r2 = arc_train(ARCConfig(**{**cfg.__dict__, "steps": 3}), resume=True, progress=False)
     assert r2.step == 3
+    # resuming restored student, discriminator, optimisers, EMA and RNG: same weights as a straight 3-step run
+    straight = arc_train(ARCConfig(**{**cfg.__dict__, "steps": 3, "run_dir": str(tmp_path / "straight")}),
+                         progress=False)
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(r2.final_dir / "model.safetensors")), load_file(str(straight.final_dir / "model.safetensors"))
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)

@@ -55,7 +55,11 @@ def test_bad_input_is_repaired_or_refused_and_the_engine_keeps_going(tiny_ckpt):
     eng.push_input(x)
     eng.push_input(clean * 5.0)  # clipping
     eng.push_input(np.stack([clean, clean], 1))  # stereo
-    eng.push_input((clean * 20000).astype(np.int16))  # PCM
+    before = eng._input.total
+    pcm = (clean * 20000).astype(np.int16)
+    eng.push_input(np.stack([pcm, pcm], 1))  # 16-bit PCM stereo: scaled to [-1, 1], then downmixed
+    got = eng._input.read(before, before + len(pcm))
+    assert np.allclose(got, pcm / 32767.0, atol=1e-6)
     # another rate, resampled with soxr as a stream (it holds back its filter delay, then catches up)
     n = sum(eng.push_input(melody(0.5, 44100), sample_rate=44100) for _ in range(4))
     assert abs(n - 4 * 8000) < 1000
@@ -77,18 +81,18 @@ def test_bad_input_is_repaired_or_refused_and_the_engine_keeps_going(tiny_ckpt):
 
 
 class SlowStreamer(Streamer):
-    """A deliberately slow model: each block takes 4 steps of 0.4 s (slower than real time)."""
+    """A deliberately slow model: each block takes 16 steps of 0.1 s (slower than real time)."""
 
     def __init__(self, ckpt):
         super().__init__(ckpt.model)
 
     def next_block(self, controls=None, on_step=None):
-        for i in range(4):
-            time.sleep(0.4)
+        for i in range(16):
+            time.sleep(0.1)
             if on_step is not None:
                 on_step(i)
         block = torch.full((1, self.B, self.ch), -1.0)
-        self.history = torch.cat([self.history, block], 1)
+        self._blocks.append(block)
         return block
 
 
@@ -101,11 +105,12 @@ def test_under_load_underruns_are_counted_output_stays_contiguous_and_stop_is_pr
     while time.perf_counter() < deadline:
         chunks.append(eng.read_output())  # the caller is never blocked
         time.sleep(0.05)
+    thread = eng._thread
     t = time.perf_counter()
-    eng.stop()
+    finished = eng.stop(timeout=eng.block_s)
     stopped_in = time.perf_counter() - t
-    assert not eng.running
-    assert stopped_in < eng.block_s + 0.1
+    assert finished and not thread.is_alive() and not eng.running  # the thread itself is gone, not just forgotten
+    assert stopped_in < eng.block_s
     stats = eng.stats()
     assert stats.blocks >= 2 and stats.underruns >= 1 and stats.rtf > 1
     out = np.concatenate(chunks + [eng.read_output()])
@@ -137,3 +142,41 @@ def test_offline_jam_is_deterministic_and_aligned(tiny_ckpt):
     other = jam(tiny_ckpt, x, SR, EngineConfig(mode="jam", prompt="string ensemble", steps=2, seed=4))
     assert not np.array_equal(r1.output, other.output)
     assert r1.stats.latency_s and all(t["input_heard_s"] <= t["generated_s"] for t in r1.stats.timeline)
+
+
+class LoudnessEcho(Streamer):
+    """A stub model whose block is loud exactly when the block's loudness control is: the engine's timing is
+    then visible in the output."""
+
+    def next_block(self, controls=None, on_step=None):
+        loud = float(controls[0, :, 3].mean()) if controls is not None else -3.0  # the loudness feature
+        level = 1.0 if loud > -1.0 else -2.5
+        block = torch.full((1, self.B, self.ch), level)
+        self._blocks.append(block)
+        return block
+
+
+def test_jam_answers_the_input_one_delay_later(tiny_ckpt):
+    sr = SR
+    x = np.zeros(6 * sr, np.float32)
+    t = np.arange(2 * sr) / sr
+    x[2 * sr : 4 * sr] = 0.4 * np.sin(2 * np.pi * 330 * t)  # loud from 2 s to 4 s, silent elsewhere
+    from lmdm.jam import jam as run_jam
+    import lmdm.jam as jam_module
+
+    class Engine(LiveEngine):
+        def __init__(self, ckpt, cfg, realtime=False):
+            super().__init__(ckpt, cfg, streamer=LoudnessEcho(ckpt.model), realtime=realtime)
+
+    original = jam_module.LiveEngine
+    jam_module.LiveEngine = Engine
+    try:
+        r = run_jam(tiny_ckpt, x, sr, EngineConfig(mode="jam", steps=2))
+    finally:
+        jam_module.LiveEngine = original
+    rms = lambda a, b: float(np.sqrt(np.mean(r.output[int(a * sr) : int(b * sr)] ** 2)))
+    d, blk = r.stats.delay_s, 4 * 1024 / sr  # delay = one block + margin; the tiny model's blocks are 4 frames
+    assert abs(d - (blk + 0.1)) < 1e-3
+    # the input is loud from 2 s to 4 s: the answer is loud one delay later (to within a block), quiet elsewhere
+    loud = rms(2 + d + blk, 4 + d - blk)
+    assert loud > 10 * rms(0.3, 2 + d - blk) and loud > 10 * rms(4 + d + blk, 6.0)

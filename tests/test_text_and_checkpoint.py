@@ -2,6 +2,8 @@
 import json
 import os
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -71,3 +73,11 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="not an lmdm checkpoint"):
         load_checkpoint(tmp_path / "ck")
+
+
+def test_integer_stereo_pcm_is_scaled_before_the_downmix():
+    from lmdm.audio import to_mono_float
+
+    pcm = np.stack([np.full(100, 16384, np.int16), np.full(100, -16384, np.int16) // 2], 1)
+    out = to_mono_float(pcm, 16000, 16000)
+    assert out.dtype == np.float32 and np.allclose(out, (16384 - 8192) / 2 / 32767, atol=1e-6)

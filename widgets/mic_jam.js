@@ -36,14 +36,22 @@ export default {
                                             el("label", {}, ["monitor ", monitor])]),
       readout, heard, error]));
     let stream = null, node = null, source = null, monitorGain = null, sent = 0, rtt = NaN;
+    const loaded = new WeakMap();  // one worklet module per AudioContext: registering it twice throws
+
+    function loadWorklet(ctx) {
+      if (!loaded.has(ctx)) {
+        const url = URL.createObjectURL(new Blob([CAPTURE_WORKLET], { type: "application/javascript" }));
+        loaded.set(ctx, ctx.audioWorklet.addModule(url).finally(() => URL.revokeObjectURL(url)));
+      }
+      return loaded.get(ctx);
+    }
 
     async function start() {
       try {
         const ctx = player.ensure();
         stream = await navigator.mediaDevices.getUserMedia({
           audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
-        const url = URL.createObjectURL(new Blob([CAPTURE_WORKLET], { type: "application/javascript" }));
-        await ctx.audioWorklet.addModule(url);
+        await loadWorklet(ctx);
         source = ctx.createMediaStreamSource(stream);
         node = new AudioWorkletNode(ctx, "lmdm-capture");
         const mute = ctx.createGain();            // a worklet only runs when its output is connected
@@ -63,6 +71,8 @@ export default {
         model.set("running", true); model.save_changes();
       } catch (err) {
         error.textContent = `microphone: ${err.name}: ${err.message}`;
+        if (stream) stream.getTracks().forEach((t) => t.stop());  // never leave the microphone on
+        stream = null;
       }
     }
     function stop() {

@@ -140,7 +140,7 @@ def arc_iteration(student, disc, opt_g, opt_d, x0, text, cfg: ARCConfig, gen: to
 
 
 def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool = True,
-              run_dir: str | Path | None = None) -> ARCResult:
+              run_dir: str | Path | None = None, overrides: dict | None = None) -> ARCResult:
     """Run (or resume) ARC-Forcing; see the module docstring.
 
     Raises:
@@ -153,17 +153,31 @@ def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool
     existing = latest_checkpoint(run) if str(run) else None
     if existing is not None and not resume:
         raise ARCError(f"{run} already holds checkpoints ({existing.name}); pass --resume, or another run_dir")
+    changeable = {"steps", "max_hours", "log_every", "ckpt_every", "run_dir", "export_dir"}
     if resume and existing is not None:
         saved = from_dict(ARCConfig, json.loads((run / "config.json").read_text()), where=str(run / "config.json"))
-        cfg = dataclasses.replace(saved, **({"steps": cfg.steps, "max_hours": cfg.max_hours} if cfg else {}))
+        if cfg is not None:
+            a, b = to_dict(saved), to_dict(dataclasses.replace(cfg, run_dir=saved.run_dir))
+            differ = sorted(k for k in a if a[k] != b[k] and k not in changeable)
+            if differ:
+                raise ARCError(f"--resume with a config that differs from the run's in {differ}; only "
+                               f"{sorted(changeable)} may change")
+            saved = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in changeable if k != "run_dir"})
+        cfg = saved
     elif cfg is None:
         raise ARCError(f"nothing to resume in {run} and no config given")
+    if overrides:
+        bad = sorted(set(overrides) - changeable) if resume and existing is not None else []
+        if bad:
+            raise ARCError(f"cannot change {bad} when resuming; only {sorted(changeable)}")
+        cfg = dataclasses.replace(cfg, **overrides)
     cfg = dataclasses.replace(cfg, run_dir=str(run))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     base = load_checkpoint(cfg.init_from)
     student = base.model
     student.requires_grad_(True)
+    torch.manual_seed(cfg.seed)  # the discriminator head's initialisation is part of the run
     disc = Discriminator(student, cfg.disc_layers, cfg.disc_head_width)
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), weight_decay=0.0)
@@ -220,7 +234,8 @@ def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool
     finally:
         bar.close()
         log_file.close()
-    checkpoint()
+    if step % cfg.ckpt_every:  # the loop already saved this step
+        checkpoint()
     hours = (elapsed_before + time.time() - t0) / 3600
     student.load_state_dict(ema)
     info = {"arc_step": step, "arc_hours_cpu": round(hours, 3), "base": cfg.init_from,

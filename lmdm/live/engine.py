@@ -86,8 +86,16 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.margin_s < 0 or self.crossfade_s < 0:
-            raise ValueError("margin_s and crossfade_s must be >= 0")
+        if self.tracker not in ("yin", "pyin"):
+            raise ValueError(f"unknown pitch tracker {self.tracker!r}; choose 'yin' or 'pyin'")
+        checks = {"margin_s": self.margin_s >= 0, "crossfade_s": self.crossfade_s >= 0,
+                  "feature_context_s": self.feature_context_s >= 0, "input_seconds": self.input_seconds > 0,
+                  "max_chunk_seconds": self.max_chunk_seconds > 0, "gl_iters": self.gl_iters >= 1,
+                  "lookahead_blocks": self.lookahead_blocks >= 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid engine settings: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
+                             "(times and sizes must be positive, gl_iters >= 1)")
 
 
 @dataclass
@@ -144,29 +152,32 @@ class LiveEngine:
         self.xf = int(round(cfg.crossfade_s * self.sr))
         self.delay = self.block_samples + int(round(cfg.margin_s * self.sr))
         sampler = SamplerConfig(steps=cfg.steps, sampler=cfg.sampler, cfg_scale=cfg.cfg_scale, seed=cfg.seed)
-        self.streamer = streamer or BlockCausalStreamer(ckpt.model, sampler)
-        self._input = RingBuffer(int(cfg.input_seconds * self.sr))
-        self._resamplers: dict[int, object] = {}
+        self.streamer = streamer or BlockCausalStreamer(ckpt.model, sampler, keep_history=False)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
-        self._out: collections.deque[np.ndarray] = collections.deque()
         self._prompt: tuple[torch.Tensor, torch.Tensor] | None = encode_prompts(cfg.prompt)
         self._controls: tuple[np.ndarray, np.ndarray] | None = None
-        self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=4096)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reset_stream()
 
     # ---- session state ----------------------------------------------------------------------------------------
     def _reset_stream(self) -> None:
-        self.streamer.reset()
-        overlap = max(8, -(-self.xf // self.codec.cfg.hop) + 1)
-        self.decoder = StreamingDecoder(self.codec, overlap_mel_frames=overlap, crossfade_s=self.xf / self.sr,
-                                        seed=self.cfg.seed, gl_iters=self.cfg.gl_iters)
-        self.block_index = 0
-        self.t0: float | None = None
-        self.sim_now = 0.0
-        self._stats = EngineStats(delay_s=self.delay / self.sr if self.cfg.mode == "jam" else 0.0)
+        """A fresh session: stream, decoder, clock, input buffer, output queue and statistics (prompt and sketch
+        controls are kept)."""
+        with self._lock:
+            self.streamer.reset()
+            overlap = max(8, -(-self.xf // self.codec.cfg.hop) + 1)
+            self.decoder = StreamingDecoder(self.codec, overlap_mel_frames=overlap, crossfade_s=self.xf / self.sr,
+                                            seed=self.cfg.seed, gl_iters=self.cfg.gl_iters)
+            self._input = RingBuffer(int(self.cfg.input_seconds * self.sr))
+            self._resamplers: dict[int, object] = {}
+            self._out: collections.deque[np.ndarray] = collections.deque()
+            self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=4096)
+            self.block_index = 0
+            self.t0: float | None = None
+            self.sim_now = 0.0
+            self._stats = EngineStats(delay_s=self.delay / self.sr if self.cfg.mode == "jam" else 0.0)
 
     def stats(self) -> EngineStats:
         """A snapshot of the session's statistics."""
@@ -200,6 +211,8 @@ class LiveEngine:
             if f.ndim != 2 or f.shape[1] != 4:
                 raise InputError(f"control features must be (frames, 4), got shape {f.shape}")
             p = np.ones(len(GROUPS), dtype=bool) if present is None else np.asarray(present, dtype=bool)
+            if p.shape != (len(GROUPS),):
+                raise InputError(f"present must have one flag per control group {tuple(GROUPS)}, got shape {p.shape}")
             self._controls = (np.nan_to_num(f), p)
 
     # ---- input ------------------------------------------------------------------------------------------------
@@ -222,16 +235,16 @@ class LiveEngine:
             a = np.asarray(samples)
             if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
                 raise InputError(f"audio must be numbers, got dtype {a.dtype}")
+            if a.ndim not in (1, 2):
+                raise InputError(f"audio must be (samples,) or (samples, channels), got shape {a.shape}")
+            if np.issubdtype(a.dtype, np.integer):  # PCM: scale before the downmix turns it into floats
+                a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
+            a = a.astype(np.float32, copy=True)
             if a.ndim == 2:
                 if a.shape[0] <= 8 < a.shape[1]:
                     a = a.T
-                a = a.astype(np.float32).mean(axis=1)
+                a = a.mean(axis=1)
                 self._count("stereo downmixed")
-            elif a.ndim != 1:
-                raise InputError(f"audio must be (samples,) or (samples, channels), got shape {a.shape}")
-            if np.issubdtype(a.dtype, np.integer):
-                a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-            a = a.astype(np.float32, copy=True)
             rate = self.sr if sample_rate is None else sample_rate
             if not isinstance(rate, (int, np.integer)) or not 1000 <= rate <= 384_000:
                 raise InputError(f"sample rate must be an integer number of Hz from 1000 to 384000, got {rate!r}")
@@ -321,7 +334,15 @@ class LiveEngine:
                              torch.from_numpy(np.asarray(present))[None])
 
     def step(self) -> bool:
-        """Generate the next block if its input is there; returns whether a block was made."""
+        """Generate the next block if its input is there; returns whether a block was made.
+
+        A block that fails (a bug, not bad input: input is repaired on arrival) is replaced by silence, the stream
+        restarts from the next block and the error is kept in ``stats().last_error``: the timeline stays aligned
+        and the session keeps running.
+
+        Raises:
+            _Stopped: internal, when :meth:`stop` interrupts a block (caught by the session thread).
+        """
         n = self.block_index
         need = self.needed_input(n)
         if self._input.total < need:
@@ -331,15 +352,23 @@ class LiveEngine:
             prompt, self._prompt = self._prompt, None
         if prompt is not None:
             self.streamer.set_prompt(*prompt)
-        ctrl = self._block_controls(n)
 
         def check_stop(_step: int) -> None:
             if self._stop.is_set():
                 raise _Stopped()
 
-        block = self.streamer.next_block(ctrl, on_step=check_stop)
-        with self._lock:
-            audio = self.decoder.push(block[0])
+        try:
+            ctrl = self._block_controls(n)
+            block = self.streamer.next_block(ctrl, on_step=check_stop)
+            with self._lock:
+                audio = self.decoder.push(block[0])
+        except _Stopped:
+            raise
+        except Exception as e:
+            with self._lock:
+                self._stats.last_error = f"block {n} failed and was replaced by silence: {type(e).__name__}: {e}"
+                self.streamer.reset()  # the cache may hold half a block: start the stream afresh
+                audio = np.zeros(self.block_samples, dtype=np.float32)
         compute = time.perf_counter() - t_start
         self._account(n, need, t_start, compute, audio)
         return True
@@ -389,46 +418,57 @@ class LiveEngine:
 
     # ---- real time --------------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Run generation on a background thread, paced by the wall clock (returns at once)."""
+        """Run a fresh session on a background thread, paced by the wall clock (returns at once).
+
+        Raises:
+            RuntimeError: the previous session's thread has not finished yet (call :meth:`stop` and wait).
+        """
         if self._thread is not None and self._thread.is_alive():
-            return
-        self._stop.clear()
+            if not self._stop.is_set():
+                return  # already running
+            self._thread.join(2 * self.block_s)
+            if self._thread.is_alive():
+                raise RuntimeError("the previous session is still stopping; try again in a moment")
+        self._stop = threading.Event()  # a fresh event: an old thread can never be revived by clearing it
         self._reset_stream()
         self.realtime = True
         if self.cfg.mode != "jam":
             self.t0 = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, name="lmdm-live-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name="lmdm-live-engine", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 if self.cfg.mode != "jam":
                     ahead = self.block_index - self.cfg.lookahead_blocks
                     wait = (self.t0 or 0.0) + ahead * self.block_s - time.perf_counter()
                     if wait > 0:
-                        self._stop.wait(min(wait, 0.05))
+                        stop.wait(min(wait, 0.05))
                         continue
                 if not self.step():
                     with self._wake:
                         self._wake.wait(timeout=0.01)
             except _Stopped:
                 break
-            except Exception as e:  # a failing block must not kill the session silently
-                with self._lock:
-                    self._stats.last_error = f"{type(e).__name__}: {e}"
-                self._stop.wait(0.05)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop the background thread; returns within one block (a block in progress is abandoned)."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the session thread to stop and wait up to ``timeout`` seconds (default: one block); a block in
+        progress is abandoned at its next denoising step.
+
+        Returns:
+            True if the thread has finished (``running`` is then False).
+        """
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout if timeout is not None else self.block_s)
-        self._thread = None
+            if not self._thread.is_alive():
+                self._thread = None
+        return self._thread is None
 
     @property
     def running(self) -> bool:
+        """Whether the session thread is alive."""
         return self._thread is not None and self._thread.is_alive()
-

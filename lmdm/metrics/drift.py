@@ -126,7 +126,8 @@ def reference_stats(data_dir: str | Path, codec: CodecConfig, embedder: Embedder
 
 def window_metrics(latents: torch.Tensor, codec: CodecConfig, embedder: Embedder, ref: Reference,
                    window_s: float = 30.0) -> list[dict]:
-    """All metrics per window of ``window_s`` seconds of a stream's latent frames ``(frames, channels)``."""
+    """All metrics per window of ``window_s`` seconds of a stream's latent frames ``(frames, channels)``; one
+    dict per whole window (a stream shorter than one window gives ``[]``)."""
     win = max(embedder.cfg.crop_frames, int(round(window_s * codec.frame_rate)))
     rows = []
     for start in range(0, latents.shape[0] - win + 1, win):

@@ -31,6 +31,10 @@ def measure_drift(latents, ckpt, label: str, prompt: str, sampler: SamplerConfig
                   embedder_path: str | None = None) -> dict:
     """Every drift metric per window of a stream's latent frames ``(frames, channels)``.
 
+    Raises:
+        ValueError: the stream is shorter than one window.
+        FileNotFoundError: no embedder (``lmdm metrics train-embedder`` builds one).
+
     Returns:
         a JSON-ready dict: label, settings, ``windows`` (one row per window), the embedder's accuracy and the
         real-music levels, and ``summary`` (first vs last minute of the Fréchet distance).
@@ -40,6 +44,8 @@ def measure_drift(latents, ckpt, label: str, prompt: str, sampler: SamplerConfig
     ref = load_reference(emb_path / "reference.npz")
     rows = window_metrics(latents, ckpt.codec, embedder, ref, window_s)
     minutes = latents.shape[0] / ckpt.codec.frame_rate / 60
+    if not rows:
+        raise ValueError(f"the stream ({minutes * 60:.1f} s) is shorter than one window ({window_s} s)")
     first = [r["fd"] for r in rows if r["end_s"] <= 60 + 1e-6] or [rows[0]["fd"]]
     last = [r["fd"] for r in rows if r["start_s"] >= minutes * 60 - 60 - 1e-6] or [rows[-1]["fd"]]
     return {"label": label, "checkpoint": str(ckpt.path), "prompt": prompt, "minutes": minutes,

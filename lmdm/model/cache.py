@@ -50,16 +50,17 @@ class BlockCausalKVCache:
     Args:
         model: the DiT (its config gives ``B = block_frames`` and ``W = window_chunks``).
         batch: number of parallel streams ``b``.
-        dtype: storage dtype of keys/values (default: the model's dtype).
+
+    Keys and values are stored in the model's dtype.
 
     Attributes:
         next_chunk: absolute index of the chunk the next :meth:`step` generates.
         n_valid: how many of the ``W`` slots hold a chunk (0 right after an empty bootstrap).
     """
 
-    def __init__(self, model: DiT, batch: int = 1, dtype: torch.dtype | None = None):
+    def __init__(self, model: DiT, batch: int = 1):
         cfg = model.cfg
-        dtype = dtype or next(model.parameters()).dtype
+        dtype = next(model.parameters()).dtype
         self.model = model
         self.B, self.W = cfg.block_frames, cfg.window_chunks
         shape = (batch, cfg.n_heads, self.W * self.B, cfg.head_dim)
@@ -129,17 +130,18 @@ class BlockCausalKVCache:
         Returns:
             ``(r*b, B, ch)`` predicted velocity (float32).
         """
-        pending, self.pending = self.pending, None
         mods = mods or self.model.target_modulation(t, text_c)
-        return self._forward(clean=pending, clean_chunk=self.next_chunk - 1, target=x_t, mods=mods,
-                             controls=controls)
+        out = self._forward(clean=self.pending, clean_chunk=self.next_chunk - 1, target=x_t, mods=mods,
+                            controls=controls)
+        self.pending = None  # written: only now, so a failed step leaves the block pending instead of lost
+        return out
 
     @torch.no_grad()
     def write_pending(self) -> None:
         """Write the pending clean block now, in a pass of its own (the unfused form of the first step)."""
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            self._forward(clean=pending, clean_chunk=self.next_chunk - 1)
+        if self.pending is not None:
+            self._forward(clean=self.pending, clean_chunk=self.next_chunk - 1)
+            self.pending = None
 
     def step_with_grad(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,
                        controls: torch.Tensor | None = None) -> torch.Tensor:

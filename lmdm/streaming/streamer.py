@@ -83,18 +83,23 @@ class Streamer:
         model: the DiT (eval mode).
         sampler: a :class:`SamplerConfig`.
         batch: parallel streams ``b``.
+        keep_history: keep every generated block (``history``); False keeps only the last ``W`` blocks the
+            context needs, so an hours-long live session does not grow in memory.
     """
 
-    def __init__(self, model: DiT, sampler: SamplerConfig = SamplerConfig(), batch: int = 1):
+    def __init__(self, model: DiT, sampler: SamplerConfig = SamplerConfig(), batch: int = 1,
+                 keep_history: bool = True):
         self.model = model
         self.sampler = sampler
         self.batch = batch
+        self.keep_history = keep_history
         cfg = model.cfg
         self.B, self.W, self.ch = cfg.block_frames, cfg.window_chunks, cfg.latent_channels
         self.generator = torch.Generator().manual_seed(sampler.seed)
         self.stats = StreamStats()
         self.block_index = 0
-        self.history = torch.zeros(batch, 0, self.ch)
+        self._blocks: list[torch.Tensor] = []
+        self._dropped_frames = 0
         self._text_c: torch.Tensor | None = None
         self._null_c = model.text_cond(torch.zeros(batch, cfg.text_dim), torch.zeros(batch, dtype=torch.bool)).detach()
         self._has_text = torch.zeros(batch, dtype=torch.bool)
@@ -113,7 +118,8 @@ class Streamer:
         self.generator.manual_seed(self.sampler.seed)
         self.stats = StreamStats()
         self.block_index = 0
-        self.history = torch.zeros(self.batch, 0, self.ch) if context is None else context.clone()
+        self._blocks = [] if context is None else [context.clone()]
+        self._dropped_frames = 0
         t = time.perf_counter()
         self._bootstrap(context)
         self.stats.bootstrap_s = time.perf_counter() - t
@@ -135,7 +141,8 @@ class Streamer:
             ``(b, B, ch)`` clean latent frames.
         """
         t_block = time.perf_counter()
-        self._prepare_block()
+        self._prepare_block()  # per-block context work (enc-dec encodes its context here): part of step 1's latency
+        prepare_s = time.perf_counter() - t_block
         guided = self.sampler.cfg_scale != 1.0 and bool(self._has_text.any())
         text_c = torch.cat([self._text_c, self._null_c]) if guided else self._text_c
         ctrl = None if controls is None else (torch.cat([controls, controls]) if guided else controls)
@@ -157,12 +164,14 @@ class Streamer:
         noise = torch.randn(self.batch, self.B, self.ch, generator=self.generator)
         x0 = sample(velocity, noise, self.sampler.sampler, self.sampler.steps, self.generator, on_step)
         self._finish_block(x0)
-        self.history = torch.cat([self.history, x0], 1)
+        self._blocks.append(x0)
+        if not self.keep_history and len(self._blocks) > self.W + 1:
+            self._dropped_frames += self._blocks.pop(0).shape[1]
         elapsed = time.perf_counter() - t_block
         if self.block_index == 0:
             self.stats.bootstrap_s += elapsed
         else:
-            self.stats.fused_first_step_s.append(step_times[0])
+            self.stats.fused_first_step_s.append(prepare_s + step_times[0])
             self.stats.subsequent_step_s.extend(step_times[1:])
         self.stats.block_s.append(elapsed)
         self.block_index += 1
@@ -178,16 +187,35 @@ class Streamer:
     def _finish_block(self, x0: torch.Tensor) -> None:
         pass
 
+    @property
+    def history(self) -> torch.Tensor:
+        """Every kept frame of the stream ``(b, frames, ch)`` (with ``keep_history=False``, only the last blocks)."""
+        return torch.cat(self._blocks, 1) if self._blocks else torch.zeros(self.batch, 0, self.ch)
+
+    @property
+    def frames(self) -> int:
+        """Frames generated (and given as context) since ``reset``, kept or not."""
+        return self._dropped_frames + sum(b.shape[1] for b in self._blocks)
+
     def context(self) -> torch.Tensor:
-        """The last ``C = W * B`` frames of history ``(b, <=C, ch)``."""
-        return self.history[:, max(0, self.history.shape[1] - self.W * self.B) :]
+        """The last ``C = W * B`` frames ``(b, <=C, ch)``."""
+        C = self.W * self.B
+        tail, n = [], 0
+        for blk in reversed(self._blocks):
+            if n >= C:
+                break
+            tail.insert(0, blk)
+            n += blk.shape[1]
+        ctx = torch.cat(tail, 1) if tail else torch.zeros(self.batch, 0, self.ch)
+        return ctx[:, max(0, ctx.shape[1] - C) :]
 
 
 class BlockCausalStreamer(Streamer):
     """LMDM with the block-causal mask and the persistent KV cache (``BlockCausalKVCache``)."""
 
-    def __init__(self, model: DiT, sampler: SamplerConfig = SamplerConfig(), batch: int = 1):
-        super().__init__(model, sampler, batch)
+    def __init__(self, model: DiT, sampler: SamplerConfig = SamplerConfig(), batch: int = 1,
+                 keep_history: bool = True):
+        super().__init__(model, sampler, batch, keep_history)
         self.cache = BlockCausalKVCache(model, batch)
 
     def _bootstrap(self, context):
@@ -205,13 +233,14 @@ class BlockCausalStreamer(Streamer):
 class EncDecStreamer(Streamer):
     """LMDM with the enc-dec mask: the context cache is rebuilt (one pass over C frames) for every block."""
 
-    def __init__(self, model: DiT, sampler: SamplerConfig = SamplerConfig(), batch: int = 1):
-        super().__init__(model, sampler, batch)
+    def __init__(self, model: DiT, sampler: SamplerConfig = SamplerConfig(), batch: int = 1,
+                 keep_history: bool = True):
+        super().__init__(model, sampler, batch, keep_history)
         self.cache = EncDecKVCache(model, batch)
 
     def _prepare_block(self):
         ctx = self.context()
-        self.cache.bootstrap(ctx, start_frame=self.history.shape[1] - ctx.shape[1])
+        self.cache.bootstrap(ctx, start_frame=self.frames - ctx.shape[1])
 
     def _velocity(self, x_t, t, text_c, controls, mods):
         return self.cache.step(x_t, t, text_c, controls, mods)
@@ -223,9 +252,10 @@ class OutpaintingStreamer(Streamer):
     def _velocity(self, x_t, t, text_c, controls, mods):
         ctx = self.context()
         rows = x_t.shape[0]
+        eps = torch.randn(ctx.shape, generator=self.generator)  # one draw, shared by the guidance rows
+        ctx_t = add_noise(ctx.repeat(rows // self.batch, 1, 1), eps.repeat(rows // self.batch, 1, 1), t)
         ctx = ctx.repeat(rows // self.batch, 1, 1)
-        ctx_t = add_noise(ctx, torch.randn(ctx.shape, generator=self.generator), t)
-        start = self.history.shape[1] - ctx.shape[1]
+        start = self.frames - ctx.shape[1]
         tok = outpainting_tokens(ctx, ctx_t, x_t, t, controls, start_frame=start)
         return self.model.forward_cond(tok, text_c)[:, -self.B :]
 

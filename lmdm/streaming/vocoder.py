@@ -35,7 +35,9 @@ class StreamingDecoder:
         if self.xf >= self.overlap * c.hop:
             raise ValueError(f"crossfade ({self.xf} samples) must be shorter than the overlap "
                              f"({self.overlap * c.hop} samples)")
-        self.gl_iters = gl_iters or c.gl_iters
+        self.gl_iters = c.gl_iters if gl_iters is None else gl_iters
+        if self.gl_iters < 1:
+            raise ValueError(f"gl_iters must be >= 1, got {gl_iters}")
         self.generator = torch.Generator().manual_seed(seed)
         self.prev_mel: torch.Tensor | None = None  # (overlap, n_mels)
         self.prev_phase: torch.Tensor | None = None  # (bins, overlap)

@@ -25,13 +25,16 @@ from ..audio import _umask
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest complete training checkpoint of a run, or None."""
+    """The newest complete training checkpoint of a run (the one ``latest`` names, else the highest complete
+    ``step-*`` folder), or None."""
     ckpt = Path(run_dir) / "ckpt"
     pointer = ckpt / "latest"
-    if not pointer.is_file():
-        return None
-    path = ckpt / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
+    if pointer.is_file():
+        path = ckpt / pointer.read_text().strip()
+        if (path / "state.json").is_file():
+            return path
+    complete = sorted(p for p in ckpt.glob("step-*") if (p / "state.json").is_file())
+    return complete[-1] if complete else None
 
 
 def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module | dict[str, torch.nn.Module],
@@ -67,9 +70,14 @@ def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module |
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         os.chmod(tmp, 0o777 & ~_umask())
         final = ckpt / name
-        if final.exists():
-            shutil.rmtree(final)
+        old = ckpt / f".{name}.old"
+        if final.exists():  # the same step again: move the complete one aside, never delete it first
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
         os.replace(tmp, final)
+        if old.exists():
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -77,9 +85,9 @@ def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module |
     with os.fdopen(fd, "w") as f:
         f.write(name)
     os.replace(ptmp, ckpt / "latest")
-    done = sorted(p for p in ckpt.glob("step-*") if p.is_dir())
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    older = sorted(p for p in ckpt.glob("step-*") if p.is_dir() and p.name < name)  # never prune what was just written
+    for stale in older[: max(0, len(older) - (keep - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
     return ckpt / name
 
 

@@ -73,7 +73,7 @@ def validation_loss(model: DiT, data: LatentSet, starts: torch.Tensor, cfg: Trai
 
 
 def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool = True,
-          run_dir: str | Path | None = None) -> TrainResult:
+          run_dir: str | Path | None = None, overrides: dict | None = None) -> TrainResult:
     """Train (or resume) a run.
 
     Args:
@@ -81,6 +81,8 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
         resume: continue from the run's latest checkpoint (no progress is lost beyond it).
         progress: show a tqdm bar.
         run_dir: overrides ``cfg.run_dir`` (needed when resuming without a config).
+        overrides: fields to change after the config is settled (e.g. ``{"steps": 40000}`` to extend a resumed
+            run); on resume only the fields ``_reconcile`` allows.
 
     Raises:
         TrainError: a fresh run into a folder that already has checkpoints, or a resume that changes the config.
@@ -100,6 +102,9 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
         cfg = _reconcile(saved, cfg)
     elif cfg is None:
         raise TrainError(f"nothing to resume in {run} and no config given")
+    if overrides:
+        changed = dataclasses.replace(cfg, **overrides)
+        cfg = _reconcile(cfg, changed) if resume and existing is not None else changed
     if run_dir is not None:
         cfg = dataclasses.replace(cfg, run_dir=str(run))
     if cfg.threads:
@@ -112,6 +117,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
     except DataError:
         val_starts = train_starts  # tiny data sets (tests) may have no long-enough validation work
 
+    torch.manual_seed(cfg.seed)  # the initialisation is part of the run: same seed, same model
     model = DiT(cfg.model)
     if cfg.init_from:
         init = load_checkpoint(cfg.init_from)
@@ -196,7 +202,8 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
     finally:
         bar.close()
         log_file.close()
-    checkpoint()
+    if step % cfg.ckpt_every:  # the loop already saved this step
+        checkpoint()
     hours = (elapsed_before + time.time() - t0) / 3600
     ema_model.load_state_dict(ema)
     info = {"step": step, "train_hours_cpu": round(hours, 3), "val_loss": last_val, "train_loss": running,

@@ -107,6 +107,11 @@ class EngineWidgetMixin:
         if not self.running:
             self.running = True
 
+    def close(self) -> None:
+        """Closing the widget stops its engine and pump threads."""
+        self.stop()
+        super().close()
+
     def stop(self) -> None:
         """Stop the stream (returns within one block)."""
         if self.engine is not None:
