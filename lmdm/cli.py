@@ -268,6 +268,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lmdm`` argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="lmdm", description="Live Music Diffusion Models: streaming music "
                                 "generation with block-wise KV caching, on a CPU.")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -383,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _warn_line

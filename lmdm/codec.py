@@ -104,6 +104,7 @@ class MelCodec:
 
     @cached_property
     def window(self) -> torch.Tensor:
+        """``(n_fft,)`` Hann window of the STFT."""
         return torch.hann_window(self.cfg.n_fft)
 
     # ---- audio -> mel -> latent -------------------------------------------------------------------------------

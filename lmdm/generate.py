@@ -46,6 +46,7 @@ class Generation:
 
     @property
     def seconds(self) -> float:
+        """Length of ``audio`` in seconds."""
         return len(self.audio) / self.sample_rate
 
     @property

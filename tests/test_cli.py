@@ -104,3 +104,39 @@ def test_console_script_entry_point_runs(tmp_path):
     p = subprocess.run([sys.executable, "-m", "lmdm", "generate", PROMPT, "--seconds", "0"], capture_output=True,
                        text=True)
     assert p.returncode == 2 and p.stderr.startswith("lmdm: error:") and "Traceback" not in p.stderr
+
+
+def test_sketch_command_renders_and_reports_following(tmp_path, capsys):
+    from lmdm.sketch import synthetic_sketches
+
+    sk = tmp_path / "s.json"
+    sk.write_text(json.dumps(synthetic_sketches(1, 3.0)[0]))
+    rc, out, err = run(["--quiet", "sketch", str(sk), "--prompt", "solo flute", "--out", str(tmp_path / "s.wav")], capsys)
+    assert rc == 0, err
+    audio, sr = sf.read(tmp_path / "s.wav")
+    assert len(audio) == 3 * sr and "correlation" in out
+    (tmp_path / "bad.json").write_text(json.dumps({"strokes": [], "scale": 5}))
+    rc, _, err = run(["sketch", str(tmp_path / "bad.json"), "--out", str(tmp_path / "b.wav"), "--seconds", "2"], capsys)
+    assert rc == 2 and "scale must be text" in err
+
+
+def test_jam_command_writes_aligned_answer_and_mix(tmp_path, capsys):
+    from lmdm.data.example import EXAMPLE_PATH
+
+    out, mix = tmp_path / "jam.wav", tmp_path / "mix.wav"
+    rc, stdout, err = run(["--quiet", "jam", "--input", str(EXAMPLE_PATH), "--prompt", "string ensemble",
+                           "--out", str(out), "--mix", str(mix)], capsys)
+    assert rc == 0, err
+    a, sr = sf.read(out)
+    m, _ = sf.read(mix)
+    assert m.shape == (len(a), 2) and np.isfinite(a).all() and np.sqrt(np.mean(a**2)) > 0.005
+    assert "latency" in stdout and "real-time factor" in stdout and "underruns" in stdout
+    rc, _, err = run(["jam", "--input", str(tmp_path / "none.wav"), "--out", str(tmp_path / "x.wav")], capsys)
+    assert rc == 2 and "not found" in err
+
+
+def test_drift_refuses_a_window_longer_than_the_stream(tmp_path, capsys):
+    rc, _, err = run(["drift", "--minutes", "0.2", "--window", "30"], capsys)
+    assert rc == 2 and "--window" in err
+    rc, _, err = run(["drift", "--minutes", "0.5", "--window", "10", "--compare", str(tmp_path)], capsys)
+    assert rc == 2 and "--compare" in err

@@ -61,4 +61,5 @@ class Discriminator(nn.Module):
         return self.out(h.mean(-1))[:, 0]
 
     def num_params(self) -> int:
+        """Parameters of the discriminator (trunk copy and head)."""
         return sum(p.numel() for p in self.parameters())

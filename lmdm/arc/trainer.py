@@ -96,6 +96,9 @@ class ARCConfig:
 
 @dataclass
 class ARCResult:
+    """What an ARC run reports: iterations done, CPU hours, the post-trained checkpoint folder, the
+    discriminator's parameter count and the last iteration's losses and scores."""
+
     step: int
     hours: float
     final_dir: Path

@@ -159,6 +159,7 @@ class LMM(nn.Module):
         self.head = nn.Linear(d, K)
 
     def num_params(self) -> int:
+        """Parameters of the LMM (embeddings included)."""
         return sum(p.numel() for p in self.parameters())
 
     def encode(self, context: torch.Tensor, text: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,7 @@ class BuildReport:
     failures: list[dict] | None = None
 
     def summary(self) -> str:
+        """One line of counts for the end of a build."""
         return (
             f"selected {self.selected} works: built {self.built}, already there {self.skipped_existing}, "
             f"failed {self.failed}; MIDI via the notes fallback: {self.midi_fallback}; "

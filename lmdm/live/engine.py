@@ -121,6 +121,7 @@ class EngineStats:
         return self.compute_s / self.audio_s if self.audio_s else float("nan")
 
     def summary(self) -> dict:
+        """JSON-ready headline numbers: blocks, underruns, RTF, latency (ms), delay (ms), input repairs."""
         lat = self.latency_s
         return {"blocks": self.blocks, "underruns": self.underruns, "rtf": self.rtf,
                 "latency_ms_mean": 1000 * float(np.mean(lat)) if lat else float("nan"),

@@ -150,6 +150,7 @@ def compare(a: torch.Tensor, b: torch.Tensor, codec: CodecConfig, embedder: Embe
 
 
 def save_reference(path: str | Path, ref: Reference) -> None:
+    """Store reference statistics as ``.npz`` (beside the embedder they were computed with)."""
     np.savez(path, mu=ref.mu, sigma=ref.sigma, mel_mean=ref.mel_mean, mel_std=ref.mel_std)
 
 

@@ -76,12 +76,14 @@ class Embedder(nn.Module):
         return self.embed(pooled)
 
     def forward(self, x: torch.Tensor):
+        """``(b, frames, channels)`` -> ``(embedding (b, embed_dim), collection logits, instrument logits)``."""
         e = self.embedding(x)
         z = F.gelu(e)
         return e, self.collection_head(z), self.instrument_head(z)
 
 
 def default_embedder_path() -> Path:
+    """The bundled embedder: ``data/checkpoints/embedder`` of the checkout."""
     return repo_root() / "data" / "checkpoints" / "embedder"
 
 

@@ -136,6 +136,7 @@ class DiTBlock(nn.Module):
         return torch.addcmul(x, gate2, self.mlp(torch.addcmul(shift2, self.norm2(x), scale2)))
 
     def forward(self, x, mod, cos, sin, mask):
+        """:meth:`project` then :meth:`attend` over the tokens' own keys (the uncached pass)."""
         q, k, v = self.project(x, mod, cos, sin)
         return self.attend(x, mod, q, k, v, mask)
 
@@ -268,4 +269,5 @@ class DiT(nn.Module):
         return h, pick, c_seg
 
     def num_params(self) -> int:
+        """Parameters of the DiT."""
         return sum(p.numel() for p in self.parameters())

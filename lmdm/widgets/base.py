@@ -51,6 +51,7 @@ class EnginePump:
         self.samples_sent = 0
 
     def start(self) -> "EnginePump":
+        """Start forwarding; returns self."""
         self._thread.start()
         return self
 
@@ -69,6 +70,7 @@ class EnginePump:
             self._stop.wait(self.period)
 
     def stop(self) -> None:
+        """Stop forwarding and publish the final statistics."""
         self._stop.set()
         self._thread.join(timeout=1.0)
         self.widget.stats = stats_dict(self.engine)

@@ -140,6 +140,7 @@ class ClipJam:
         display(self.widget)
 
     def jam(self):
+        """Decode the recorded clip, run it through a jam-mode engine offline and play input and answer."""
         from IPython.display import Audio, display
 
         from ..jam import jam

@@ -88,6 +88,7 @@ class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
             self.error = str(e)
 
     def refresh_stats(self) -> dict:
+        """Publish the engine's current statistics to the ``stats`` trait (and return them)."""
         if self.engine is not None:
             self.stats = stats_dict(self.engine)
         return self.stats
