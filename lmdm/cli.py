@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -259,7 +260,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
     report = drift_report(args.checkpoint, args.minutes, args.prompt, sampler, data_dir=args.data,
                           window_s=args.window, label=args.label, progress=not args.quiet)
     print(format_drift(report))
-    fig = plot_drift([report, *others], out_dir / f"drift_{report['label']}.png")
+    stem = Path(args.json).stem if args.json else "drift_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", report["label"]).strip("_")
+    fig = plot_drift([report, *others], out_dir / f"{stem}.png")
     print(f"plot: {fig}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
@@ -302,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seconds", type=float, default=30.0, help="length in seconds (default 30)")
     g.add_argument("--out", default="out.wav", help="output file (.wav, .flac, .ogg)")
     g.add_argument("--steps", type=int, default=8, help="denoising steps per block (default 8)")
-    g.add_argument("--sampler", default="euler", choices=["euler", "pingpong"])
+    g.add_argument("--sampler", default="pingpong", choices=["euler", "pingpong"])
     g.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (default 2)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--mask", default="block_causal", choices=["block_causal", "enc_dec", "outpainting"],
@@ -323,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--out", default="sketch.wav")
     sk.add_argument("--seconds", type=float, default=None, help="length (default: the sketch's duration)")
     sk.add_argument("--steps", type=int, default=8)
-    sk.add_argument("--sampler", default="euler", choices=["euler", "pingpong"])
+    sk.add_argument("--sampler", default="pingpong", choices=["euler", "pingpong"])
     sk.add_argument("--cfg", type=float, default=2.0)
     sk.add_argument("--seed", type=int, default=0)
     sk.add_argument("--checkpoint", default=None)
@@ -370,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=float, default=5.0)
     d.add_argument("--prompt", default="a slow Bach chorale on church organ")
     d.add_argument("--steps", type=int, default=8)
-    d.add_argument("--sampler", default="euler", choices=["euler", "pingpong"])
+    d.add_argument("--sampler", default="pingpong", choices=["euler", "pingpong"])
     d.add_argument("--cfg", type=float, default=2.0)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--window", type=float, default=30.0, help="window length in seconds")

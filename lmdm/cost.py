@@ -62,7 +62,7 @@ def count_flops(fn: Callable[[], object]) -> int:
 def _dit_tokens(cfg: DiTConfig, n: int, keys: int, head: bool) -> int:
     """FLOPs of ``n`` tokens through embed, every layer (attending to ``keys`` keys) and optionally the head."""
     d, h, ch = cfg.d_model, cfg.mlp_hidden, cfg.latent_channels
-    embed = n * (2 * ch + 1 + cfg.control_dim) * d
+    embed = n * (2 * ch + 1 + cfg.control_dim + cfg.pitch_bins) * d
     layer = n * (4 * d * d + 2 * d * h) + 2 * n * keys * d
     out = n * d * ch if head else 0
     return 2 * (embed + cfg.n_layers * layer + out)

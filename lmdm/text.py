@@ -76,6 +76,12 @@ def _load_model():
     from sentence_transformers import SentenceTransformer
 
     logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    try:  # the "Loading weights" bar of transformers says nothing useful for a 90 MB local model
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     _MODEL = SentenceTransformer(str(folder), device="cpu")
     return _MODEL
 

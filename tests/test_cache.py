@@ -10,10 +10,10 @@ from lmdm.model.layouts import block_causal_stream_tokens, enc_dec_tokens, teach
 TOL = 1e-4
 
 
-def tiny_model(window: int, block: int = 4, seed: int = 0) -> DiT:
+def tiny_model(window: int, block: int = 4, seed: int = 0, pitch_bins: int = 0) -> DiT:
     torch.manual_seed(seed)
     cfg = DiTConfig(latent_channels=12, d_model=32, n_layers=3, n_heads=2, text_dim=8, control_dim=3,
-                    block_frames=block, window_chunks=window)
+                    block_frames=block, window_chunks=window, pitch_bins=pitch_bins, pitch_low=57)
     model = DiT(cfg).eval()
     # adaLN-Zero starts every block as the identity; randomise so that every path carries signal
     with torch.no_grad():
@@ -27,9 +27,9 @@ def conds(model, b=1):
     return text, model.text_cond(text, torch.ones(b, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("window", [1, 2, 3])
-def test_block_causal_cache_matches_uncached_across_slides(window):
-    model = tiny_model(window)
+@pytest.mark.parametrize("window,pitch_bins", [(1, 0), (2, 0), (3, 0), (2, 6)])
+def test_block_causal_cache_matches_uncached_across_slides(window, pitch_bins):
+    model = tiny_model(window, pitch_bins=pitch_bins)
     B, ch = model.cfg.block_frames, model.cfg.latent_channels
     g = torch.Generator().manual_seed(1)
     n_blocks = window + 4  # several evictions

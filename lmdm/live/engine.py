@@ -71,7 +71,7 @@ class EngineConfig:
     mode: str = "jam"
     prompt: str = ""
     steps: int = 6
-    sampler: str = "euler"
+    sampler: str = "pingpong"
     cfg_scale: float = 1.0
     seed: int = 0
     margin_s: float = 0.1

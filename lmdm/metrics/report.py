@@ -46,8 +46,9 @@ def measure_drift(latents, ckpt, label: str, prompt: str, sampler: SamplerConfig
     minutes = latents.shape[0] / ckpt.codec.frame_rate / 60
     if not rows:
         raise ValueError(f"the stream ({minutes * 60:.1f} s) is shorter than one window ({window_s} s)")
-    first = [r["fd"] for r in rows if r["end_s"] <= 60 + 1e-6] or [rows[0]["fd"]]
-    last = [r["fd"] for r in rows if r["start_s"] >= minutes * 60 - 60 - 1e-6] or [rows[-1]["fd"]]
+    # the windows that start in the first minute, and those that end in the last minute of the measured span
+    first = [r["fd"] for r in rows if r["start_s"] < 60 - 1e-6]
+    last = [r["fd"] for r in rows if r["end_s"] > rows[-1]["end_s"] - 60 + 1e-6]
     return {"label": label, "checkpoint": str(ckpt.path), "prompt": prompt, "minutes": minutes,
             "sampler": {"steps": sampler.steps, "sampler": sampler.sampler, "cfg": sampler.cfg_scale, "seed": sampler.seed},
             "window_s": window_s, "windows": rows,

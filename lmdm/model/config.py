@@ -20,6 +20,12 @@ class DiTConfig:
         window_chunks: ``W``, clean chunks of context a block sees (context ``C = W * B`` frames).
         rope_base: RoPE base.
         qk_norm: RMS-normalise queries and keys per head (stabilises bf16 training).
+        pitch_bins: if > 0, the melody control is also fed as a piano roll of this many semitones from MIDI
+            ``pitch_low`` (linear interpolation between neighbouring semitones, weighted by the voiced channel)
+            through a zero-initialised projection added to the token embedding (ControlNet's zero init, Zhang et
+            al. 2023). A scalar pitch enters the input projection linearly, so it cannot say "energy at these mel
+            bins"; a one-hot pitch can, which is what made the model follow a melody. 0 = off.
+        pitch_low: MIDI note of the piano roll's first bin (36 = C2, the pitch trackers' lower limit).
     """
 
     latent_channels: int = 512
@@ -33,10 +39,14 @@ class DiTConfig:
     window_chunks: int = 4
     rope_base: float = 10000.0
     qk_norm: bool = True
+    pitch_bins: int = 0
+    pitch_low: int = 36
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer")
+        if self.pitch_bins < 0 or (self.pitch_bins and self.control_dim < 2):
+            raise ValueError(f"pitch_bins must be >= 0 and needs the pitch and voiced controls, got {self.pitch_bins}")
         if self.block_frames < 1 or self.window_chunks < 0:
             raise ValueError(f"need block_frames >= 1 and window_chunks >= 0, got {self.block_frames}, {self.window_chunks}")
 

@@ -141,6 +141,21 @@ class DiTBlock(nn.Module):
         return self.attend(x, mod, q, k, v, mask)
 
 
+def pitch_roll(controls: torch.Tensor, bins: int, low: int) -> torch.Tensor:
+    """Piano roll of the melody control: ``(..., frames, control_dim)`` -> ``(..., frames, bins)``.
+
+    Channel 0 is the pitch feature ``(midi - 60) / 12`` and channel 1 the voiced weight (``lmdm.controls``); the
+    pitch is placed between its two neighbouring semitones of ``low .. low + bins - 1`` by linear interpolation
+    (a continuous glide stays continuous), clamped to the range, and scaled by the voiced weight (0 when the
+    melody is unvoiced or absent).
+    """
+    midi = controls[..., 0].float() * 12.0 + 60.0
+    pos = (midi - low).clamp(0, bins - 1)
+    grid = torch.arange(bins, dtype=pos.dtype, device=pos.device)
+    weights = (1.0 - (grid - pos[..., None]).abs()).clamp_min(0.0)
+    return weights * controls[..., 1:2].float()
+
+
 class DiT(nn.Module):
     """The LMDM diffusion transformer (see the module docstring). Predicts the rectified-flow velocity
     ``v = eps - x0`` for every token."""
@@ -159,6 +174,10 @@ class DiT(nn.Module):
         self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.out_proj = nn.Linear(d, ch)
         self._init_weights()
+        # created after the initialisation above so that every other weight is initialised as without it
+        self.pitch_proj = nn.Linear(cfg.pitch_bins, d, bias=False) if cfg.pitch_bins else None
+        if self.pitch_proj is not None:
+            nn.init.zeros_(self.pitch_proj.weight)
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -210,7 +229,10 @@ class DiT(nn.Module):
         elif controls.shape[-1] != self.cfg.control_dim:
             raise ValueError(f"controls have {controls.shape[-1]} channels, the model expects {self.cfg.control_dim}")
         x = torch.cat([noisy.to(dtype), clean.to(dtype), flag, controls.to(dtype)], dim=-1)
-        return self.in_proj(x)
+        h = self.in_proj(x)
+        if self.pitch_proj is not None:
+            h = h + self.pitch_proj(pitch_roll(controls, self.cfg.pitch_bins, self.cfg.pitch_low).to(dtype))
+        return h
 
     def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Final adaLN layer: ``(b, L, d)`` with per-token (or broadcast) conditioning ``c`` -> ``(b, L, ch)``

@@ -38,10 +38,16 @@ class SamplerConfig:
         sampler: "euler" or "pingpong".
         cfg_scale: classifier-free guidance scale (1 = no guidance; the unconditional pass is skipped).
         seed: seeds the initial noise and ping-pong's fresh noise.
+
+    Ping-pong is the default because on the bundled small model the deterministic Euler ODE overshoots the
+    spectral peaks: 30 s of "a slow Bach chorale on church organ" with 8 Euler steps comes out about 28 dB above
+    the training data's mel power and a quarter of its samples clip, while 8 ping-pong steps (which re-noise
+    an x0 prediction at every step) stay within a few dB of real music (measured in the closing note of the
+    ARC-Forcing issue; ``lmdm drift`` shows it in its loudness column).
     """
 
     steps: int = 8
-    sampler: str = "euler"
+    sampler: str = "pingpong"
     cfg_scale: float = 2.0
     seed: int = 0
 

@@ -121,9 +121,14 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
     model = DiT(cfg.model)
     if cfg.init_from:
         init = load_checkpoint(cfg.init_from)
-        if init.model.cfg != cfg.model:
+        # the run may add the zero-initialised melody piano roll to a model without it (a fine-tune); nothing else
+        grown = init.model.cfg.pitch_bins == 0 and cfg.model.pitch_bins > 0
+        same = dataclasses.replace(init.model.cfg, pitch_bins=cfg.model.pitch_bins, pitch_low=cfg.model.pitch_low)
+        if (same if grown else init.model.cfg) != cfg.model:
             raise TrainError(f"init_from {cfg.init_from} has model config {init.model.cfg}, this run {cfg.model}")
-        model.load_state_dict(init.model.state_dict())
+        missing, unexpected = model.load_state_dict(init.model.state_dict(), strict=False)
+        if unexpected or set(missing) - ({"pitch_proj.weight"} if grown else set()):
+            raise TrainError(f"init_from {cfg.init_from}: weights do not match (missing {missing}, unexpected {unexpected})")
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 else decay).append(p)
