@@ -169,9 +169,15 @@ def features_from_audio(audio: np.ndarray, sample_rate: int, samples_per_frame: 
     The same definitions as training's (module table); melody comes from a pitch tracker (:func:`track_pitch`)
     instead of the score, so a monophonic instrument or voice is what it reads best.
     """
+    from threadpoolctl import threadpool_limits
+
     n = -(-len(audio) // samples_per_frame)
-    f0, voiced = track_pitch(audio, sample_rate, samples_per_frame, tracker)
+    # one BLAS thread: librosa's small matrix products gain nothing from two, and OpenBLAS workers left spinning
+    # afterwards took a core from the model's next denoising steps (they ran 2x slower in the live engine)
+    with threadpool_limits(limits=1, user_api="blas"):
+        f0, voiced = track_pitch(audio, sample_rate, samples_per_frame, tracker)
+        onsets = onset_frames(audio, sample_rate, samples_per_frame, n)
     midi = hz_to_midi(f0)
     pitch = np.where(voiced, pitch_to_feature(np.maximum(midi, 1e-3)), 0.0)
-    return np.stack([pitch, voiced.astype(np.float32), onset_frames(audio, sample_rate, samples_per_frame, n),
+    return np.stack([pitch, voiced.astype(np.float32), onsets,
                      loudness_feature(audio, samples_per_frame, n)], axis=1).astype(np.float32)

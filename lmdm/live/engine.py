@@ -70,7 +70,7 @@ class EngineConfig:
 
     mode: str = "jam"
     prompt: str = ""
-    steps: int = 6
+    steps: int = 4
     sampler: str = "pingpong"
     cfg_scale: float = 1.0
     seed: int = 0
