@@ -18,7 +18,6 @@ any subset of controls or none.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
@@ -121,7 +120,6 @@ def track_pitch(audio: np.ndarray, sample_rate: int, hop: int, tracker: str = "p
     Raises:
         ValueError: unknown tracker.
     """
-    os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "lmdm", "numba"))
     import librosa
 
     n = -(-len(audio) // hop)

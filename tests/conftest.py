@@ -10,6 +10,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TEST_WORKS = ("bach__bwv286", "essenFolksong__ballad10__0006")
 
 
+def pytest_sessionstart(session):
+    """Compile librosa's numba kernels in this one process before tests start kernels and subprocesses that
+    would otherwise compile them concurrently (a race in numba's cache that segfaults; lmdm.librosa_warmup)."""
+    from lmdm.librosa_warmup import warm_up
+
+    warm_up()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Prompt embeddings go to a per-session cache folder, never the user's."""
