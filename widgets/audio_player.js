@@ -1,8 +1,14 @@
 // Shared by the lmdm widgets: plays Float32 audio chunks sent by the kernel as binary messages, scheduled
 // back to back through a small jitter buffer, and measures the kernel websocket round trip.
+// With dropBacklog (the live microphone), a chunk that would start more than half a chunk later than the jitter
+// buffer asks is dropped instead of queued: after a stall (a busy kernel, a slow start) the answer catches up
+// with the player instead of lagging by the backlog for the rest of the session.
 class AudioPlayer {
-  constructor(jitterSeconds = 0.15) {
+  constructor(jitterSeconds = 0.15, { dropBacklog = false } = {}) {
     this.jitter = jitterSeconds;
+    this.dropBacklog = dropBacklog;
+    this.dropped = 0;
+    this.lastLead = NaN;
     this.ctx = null;
     this.gain = null;
     this.nextTime = 0;
@@ -33,6 +39,12 @@ class AudioPlayer {
       if (this.chunks > 0) this.underruns += 1;
       this.nextTime = now + this.jitter;
     }
+    const lead = this.nextTime - now;     // how long this chunk waits before it is heard
+    if (this.dropBacklog && lead > this.jitter + 0.5 * audio.duration) {
+      this.dropped += 1;
+      return;
+    }
+    this.lastLead = lead;
     src.start(this.nextTime);
     this.nextTime += audio.duration;
     this.chunks += 1;

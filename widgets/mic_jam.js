@@ -22,7 +22,7 @@ registerProcessor("lmdm-capture", LmdmCapture);
 
 export default {
   render({ model, el: root }) {
-    const player = new AudioPlayer(0.12);
+    const player = new AudioPlayer(0.12, { dropBacklog: true });
     const prompt = el("input", { type: "text", className: "lmdm-prompt", value: model.get("prompt") });
     const button = el("button", { className: "lmdm-mic-start", textContent: "start microphone" });
     const meter = el("div", { className: "lmdm-meter" }, [el("div")]);
@@ -92,10 +92,13 @@ export default {
     const show = () => {
       const s = model.get("stats") || {}, i = model.get("input_stats") || {};
       button.textContent = stream ? "stop" : "start microphone";
-      const audible = (s.delay_ms || 0) + 1000 * player.bufferedSeconds() + (Number.isNaN(rtt) ? 0 : rtt / 2);
+      // input -> heard: the block's first sample plays (block + compute latency) after its input, plus the wait in
+      // the player; delay = block + margin bounds block + latency, so this is an upper estimate
+      const audible = (s.delay_ms || 0) + 1000 * (Number.isNaN(player.lastLead) ? 0 : player.lastLead) +
+        (Number.isNaN(rtt) ? 0 : rtt / 2);
       readout.textContent = `delay ${fmt(s.delay_ms, 0, " ms")} · answer ready ${fmt(s.latency_ms_mean, 0, " ms")}` +
         ` after the input · heard ≈ ${fmt(audible, 0, " ms")} later · RTF ${fmt(s.rtf, 3)}` +
-        ` · underruns ${fmt(s.underruns)} (browser ${player.underruns}) · round trip ${fmt(rtt, 1, " ms")}` +
+        ` · underruns ${fmt(s.underruns)} (browser ${player.underruns}, dropped ${player.dropped}) · round trip ${fmt(rtt, 1, " ms")}` +
         ` · chunks sent ${sent}, answer chunks ${player.chunks}`;
       heard.textContent = `kernel heard ${fmt(i.seconds, 2, " s")} · rms ${fmt(i.rms, 3)} · ${fmt(i.dominant_hz, 0, " Hz")}`;
       error.textContent = model.get("error") || "";
