@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--seconds", type=float, default=None, help="length (default: the sketch's duration)")
     sk.add_argument("--steps", type=int, default=8)
     sk.add_argument("--sampler", default="pingpong", choices=["euler", "pingpong"])
-    sk.add_argument("--cfg", type=float, default=2.0)
+    sk.add_argument("--cfg", type=float, default=5.5, help="guidance over prompt and sketch (default 5.5)")
     sk.add_argument("--seed", type=int, default=0)
     sk.add_argument("--checkpoint", default=None)
     sk.set_defaults(func=cmd_sketch)

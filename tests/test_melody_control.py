@@ -77,3 +77,24 @@ def test_fine_tune_may_add_the_roll_to_a_checkpoint_without_it(real_data, tmp_pa
     with pytest.raises(TrainError, match="model config"):
         train(tiny_train_config(real_data, tmp_path / "run2", model=wider, init_from=str(tmp_path / "base")),
               progress=False)
+
+
+def test_guidance_over_controls_drops_them_in_the_unconditional_branch():
+    from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig
+
+    torch.manual_seed(0)
+    model = DiT(small_cfg(control_dim=7)).eval()
+    with torch.no_grad():  # adaLN-Zero starts as the identity: give every path signal
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    ctrl = controls_for([60.0, 67.0], [1, 1])
+
+    def block(**kw):
+        s = BlockCausalStreamer(model, SamplerConfig(steps=2, sampler="euler", seed=3, **kw))
+        s.set_prompt(torch.zeros(1, 4), torch.zeros(1, dtype=torch.bool))  # no prompt: only controls can guide
+        s.reset()
+        return s.next_block(ctrl)
+
+    unguided = block(cfg_scale=1.0)
+    assert torch.equal(block(cfg_scale=3.0, guide_controls=False), unguided)  # nothing to guide towards
+    assert not torch.allclose(block(cfg_scale=3.0), unguided)  # guidance towards following the controls
