@@ -2,7 +2,8 @@
 
 Starts JupyterLab twice on 127.0.0.1 (once with lmdm's server config, which turns TCP_NODELAY on for kernel
 websockets, once without), opens notebooks/07_widgets.ipynb in Debian's Chromium through Playwright, runs it,
-and reads the median ping round trip the prompt panel shows (a ping every second, median of the last 21).
+and reads the median ping round trip the prompt panel shows (every second two pings sent back to back, the
+second answer timed, as streamed messages would be; median of the last 21 pairs).
 
     .venv/bin/python scripts/measure_rtt.py [--seconds 25]
 """

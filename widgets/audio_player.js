@@ -59,11 +59,17 @@ class AudioPlayer {
   }
 }
 
-// Ping the kernel every few seconds; the median round trip is shown and reported back.
+// Ping the kernel every second with two small messages sent back to back and time the *second* answer: the
+// pattern of streamed audio and control messages. A lone ping never waits for Nagle's algorithm; the second of a
+// pair does, when the server leaves TCP_NODELAY off (its answer waits for the ACK of the first). The median of
+// the last 21 pairs is shown and reported back.
 function startPing(model, onRtt) {
   const rtts = [];
+  const firstSeen = new Set();
   const handler = (msg) => {
     if (msg && msg.type === "pong" && typeof msg.t === "number") {
+      if (!firstSeen.has(msg.t)) { firstSeen.add(msg.t); return; }
+      firstSeen.delete(msg.t);
       rtts.push(performance.now() - msg.t);
       if (rtts.length > 21) rtts.shift();
       const sorted = [...rtts].sort((a, b) => a - b);
@@ -71,7 +77,12 @@ function startPing(model, onRtt) {
     }
   };
   model.on("msg:custom", handler);
-  const timer = setInterval(() => model.send({ type: "ping", t: performance.now() }), 1000);
+  const timer = setInterval(() => {
+    const t = performance.now();
+    model.send({ type: "ping", t });
+    model.send({ type: "ping", t });
+    if (firstSeen.size > 50) firstSeen.clear();  // answers lost with a restarted kernel: forget them
+  }, 1000);
   return () => { clearInterval(timer); model.off("msg:custom", handler); };
 }
 
