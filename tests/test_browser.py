@@ -1,63 +1,29 @@
 """The widgets in a real browser: JupyterLab started here on 127.0.0.1, Debian's Chromium driven by Playwright,
 a WAV file as the microphone. Screenshots go to test-artifacts/browser/."""
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from lmdm.widgets.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = chromium_path()
 TONE_HZ, TONE_AMP = 440.0, 0.3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab on 127.0.0.1 with lmdm's server config, serving a temporary copy of the widgets notebook."""
-    root = tmp_path_factory.mktemp("lab")
-    shutil.copy(ROOT / "notebooks" / "07_widgets.ipynb", root / "07_widgets.ipynb")
-    port, token = free_port(), "lmdm-test-token"
-    env = {**os.environ, "LMDM_FAST": "1", "JUPYTER_CONFIG_DIR": str(root / ".jupyter"),
-           "JUPYTER_RUNTIME_DIR": str(root / ".runtime")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
-         f"--config={ROOT / 'jupyter' / 'jupyter_server_config.py'}", "--allow-root",
-         "--ServerApp.open_browser=False", "--LabApp.news_url=None"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("JupyterLab did not start: " + proc.stdout.read().decode()[-2000:])
-    yield url, token, root
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log = proc.stdout.read().decode()
+        running = start_lab(tmp_path_factory.mktemp("lab"))
+    except RuntimeError as e:
+        pytest.fail(str(e))
+    yield running
+    log = running.stop()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "jupyterlab.log").write_text(log)
 
@@ -71,20 +37,13 @@ def page(lab, tmp_path_factory):
     sr = 48000
     t = np.arange(10 * sr) / sr
     sf.write(wav, (TONE_AMP * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32), sr, subtype="PCM_16")
-    url, token, _ = lab
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--disable-quic",
-            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            *CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
             f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required"])
         context = browser.new_context(viewport={"width": 1280, "height": 1600}, permissions=["microphone"])
         pg = context.new_page()
-        pg.goto(f"{url}/lab/tree/07_widgets.ipynb?token={token}")
-        pg.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000)
-        pg.wait_for_timeout(1500)
-        # start the run without awaiting its promise (it resolves only when every cell has finished)
-        pg.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        open_and_run(pg, lab)
         pg.wait_for_selector(".lmdm-mic-jam", timeout=180_000)
         yield pg
         context.close()
