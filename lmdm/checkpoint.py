@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .codec import CodecConfig
-from .config import ConfigError, from_dict, to_dict
-from .model.config import DiTConfig
-from .model.dit import DiT
-from .audio import _umask
-from .text import ENCODER_ID
+from lmdm.audio.codec import CodecConfig
+from lmdm.config import ConfigError, from_dict, to_dict
+from lmdm.model.config import DiTConfig
+from lmdm.model.dit import DiT
+from lmdm.audio.io import _umask
+from lmdm.text import ENCODER_ID
 
 FORMAT = "lmdm-checkpoint"
 VERSION = 1

@@ -18,16 +18,16 @@ class UsageError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from .audio import AudioError
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data.render import RenderError
-    from .live.engine import InputError
-    from .sketch import SketchError
-    from .text import TextEncoderError
-    from .training.dataset import DataError
-    from .training.trainer import TrainError
-    from .arc.trainer import ARCError
+    from lmdm.audio.io import AudioError
+    from lmdm.checkpoint import CheckpointError
+    from lmdm.config import ConfigError
+    from lmdm.data.render import RenderError
+    from lmdm.live.engine import InputError
+    from lmdm.control.sketch import SketchError
+    from lmdm.text import TextEncoderError
+    from lmdm.train.dataset import DataError
+    from lmdm.train.pretrain import TrainError
+    from lmdm.train.arc.trainer import ARCError
 
     return (UsageError, ARCError, AudioError, CheckpointError, ConfigError, DataError, TrainError, TextEncoderError,
             RenderError, InputError, SketchError, FileNotFoundError, ValueError, TypeError, KeyError)
@@ -39,7 +39,7 @@ def _warn_line(message, category, filename, lineno, file=None, line=None):
 
 # ---- data build --------------------------------------------------------------------------------------------------
 def cmd_data_build(args: argparse.Namespace) -> int:
-    from .data.build import BuildConfig, build
+    from lmdm.data.build import BuildConfig, build
 
     if not args.hours > 0:
         raise UsageError(f"--hours must be positive, got {args.hours}")
@@ -54,7 +54,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
 
 
 def cmd_data_example(args: argparse.Namespace) -> int:
-    from .data.example import build_example
+    from lmdm.data.example import build_example
 
     path = build_example(args.out)
     print(f"wrote {path}")
@@ -63,9 +63,9 @@ def cmd_data_example(args: argparse.Namespace) -> int:
 
 # ---- train -------------------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_json
-    from .training.config import TrainConfig
-    from .training.trainer import train
+    from lmdm.config import load_json
+    from lmdm.train.config import TrainConfig
+    from lmdm.train.pretrain import train
 
     cfg = load_json(TrainConfig, args.config) if args.config else None
     if cfg is None and not args.resume:
@@ -80,9 +80,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---- generate ----------------------------------------------------------------------------------------------------
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .audio import check_writable, save_audio
-    from .generate import check_seconds, generate
-    from .streaming.streamer import SamplerConfig
+    from lmdm.audio.io import check_writable, save_audio
+    from lmdm.streaming.generate import check_seconds, generate
+    from lmdm.streaming.streamer import SamplerConfig
 
     seconds = check_seconds(args.seconds)
     sampler = SamplerConfig(steps=args.steps, sampler=args.sampler, cfg_scale=args.cfg, seed=args.seed)
@@ -91,7 +91,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must end in .wav, .flac or .ogg, got {out.name}")
     from tqdm.auto import tqdm
 
-    from .checkpoint import load_checkpoint
+    from lmdm.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     n_blocks = -(-math.ceil(seconds * ckpt.codec.frame_rate) // ckpt.model.cfg.block_frames)
@@ -114,11 +114,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from .bench import BenchConfig, format_report, run_bench
+    from lmdm.bench.run import BenchConfig, format_report, run_bench
 
     cfg = BenchConfig.quick(checkpoint=args.checkpoint) if args.quick else BenchConfig(checkpoint=args.checkpoint)
     if args.json:
-        from .audio import check_writable
+        from lmdm.audio.io import check_writable
 
         check_writable(args.json)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -132,12 +132,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ---- sketch ------------------------------------------------------------------------------------------------------
 def cmd_sketch(args: argparse.Namespace) -> int:
-    from .audio import check_writable, save_audio
-    from .checkpoint import load_checkpoint
-    from .generate import check_seconds
-    from .sketch import load_sketch
-    from .sketch_eval import render_sketch
-    from .streaming.streamer import SamplerConfig
+    from lmdm.audio.io import check_writable, save_audio
+    from lmdm.checkpoint import load_checkpoint
+    from lmdm.streaming.generate import check_seconds
+    from lmdm.control.sketch import load_sketch
+    from lmdm.control.evaluate import render_sketch
+    from lmdm.streaming.streamer import SamplerConfig
 
     sketch = load_sketch(args.sketch)
     seconds = check_seconds(args.seconds if args.seconds is not None else (sketch.duration or 0.0))
@@ -155,11 +155,11 @@ def cmd_sketch(args: argparse.Namespace) -> int:
 def cmd_sketch_eval(args: argparse.Namespace) -> int:
     import json
 
-    from .checkpoint import load_checkpoint
-    from .sketch_eval import evaluate
+    from lmdm.checkpoint import load_checkpoint
+    from lmdm.control.evaluate import evaluate
 
     if args.json:
-        from .audio import check_writable
+        from lmdm.audio.io import check_writable
 
         check_writable(args.json)
     if args.n < 1 or not args.seconds > 0:
@@ -177,10 +177,10 @@ def cmd_sketch_eval(args: argparse.Namespace) -> int:
 
 # ---- jam ---------------------------------------------------------------------------------------------------------
 def cmd_jam(args: argparse.Namespace) -> int:
-    from .audio import check_writable, load_audio, save_audio
-    from .checkpoint import load_checkpoint
-    from .jam import jam
-    from .live.engine import EngineConfig
+    from lmdm.audio.io import check_writable, load_audio, save_audio
+    from lmdm.checkpoint import load_checkpoint
+    from lmdm.live.jam import jam
+    from lmdm.live.engine import EngineConfig
 
     out = check_writable(args.out)
     mix = check_writable(args.mix) if args.mix else None
@@ -206,8 +206,8 @@ def cmd_jam(args: argparse.Namespace) -> int:
 
 # ---- ARC-Forcing -------------------------------------------------------------------------------------------------
 def cmd_arc(args: argparse.Namespace) -> int:
-    from .arc.trainer import ARCConfig, arc_train
-    from .config import load_json
+    from lmdm.train.arc.trainer import ARCConfig, arc_train
+    from lmdm.config import load_json
 
     cfg = load_json(ARCConfig, args.config) if args.config else (None if args.resume else ARCConfig())
     overrides = {"steps": args.steps} if args.steps is not None else None
@@ -220,7 +220,7 @@ def cmd_arc(args: argparse.Namespace) -> int:
 
 # ---- metrics and drift -------------------------------------------------------------------------------------------
 def cmd_train_embedder(args: argparse.Namespace) -> int:
-    from .metrics.embedder import EmbedderConfig, train_embedder
+    from lmdm.metrics.embedder import EmbedderConfig, train_embedder
 
     m = train_embedder(args.data, args.out, EmbedderConfig(steps=args.steps), progress=not args.quiet)
     print(f"validation accuracy: collection {m['val_collection_accuracy']:.3f} (majority class "
@@ -232,11 +232,11 @@ def cmd_train_embedder(args: argparse.Namespace) -> int:
 def cmd_drift(args: argparse.Namespace) -> int:
     import json
 
-    from .audio import check_writable
-    from .metrics.report import drift_report, format_drift, plot_drift
-    from .streaming.streamer import SamplerConfig
+    from lmdm.audio.io import check_writable
+    from lmdm.metrics.report import drift_report, format_drift, plot_drift
+    from lmdm.streaming.streamer import SamplerConfig
 
-    from .metrics.embedder import default_embedder_path, load_embedder
+    from lmdm.metrics.embedder import default_embedder_path, load_embedder
 
     if not args.minutes > 0 or args.minutes > 60:
         raise UsageError(f"--minutes must be in (0, 60], got {args.minutes}")

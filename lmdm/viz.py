@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .codec import CodecConfig
+from lmdm.audio.codec import CodecConfig
 
 
 def _axes(ax, figsize=(4, 4)):

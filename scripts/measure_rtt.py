@@ -16,7 +16,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from lmdm.widgets.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: tests/ is not installed
+from tests.support.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab
 
 
 def measure(nodelay: bool, seconds: float) -> float:

@@ -32,5 +32,5 @@ echo "== installing $TORCH_SPEC"
 echo "== installing lmdm and its dependencies"
 .venv/bin/python -m pip install -q -e ".[dev]"
 .venv/bin/python -c "import torch, lmdm; print('lmdm', lmdm.__version__, '| torch', torch.__version__)"
-.venv/bin/python -m lmdm.librosa_warmup  # compile librosa's numba kernels once, before anything runs them in parallel
+.venv/bin/python scripts/librosa_warmup.py  # compile librosa's numba kernels once, before anything runs them in parallel
 echo "== done. Try: .venv/bin/lmdm generate \"a slow Bach chorale on church organ\" --seconds 30 --out chorale.wav"

@@ -12,8 +12,11 @@ TEST_WORKS = ("bach__bwv286", "essenFolksong__ballad10__0006")
 
 def pytest_sessionstart(session):
     """Compile librosa's numba kernels in this one process before tests start kernels and subprocesses that
-    would otherwise compile them concurrently (a race in numba's cache that segfaults; lmdm.librosa_warmup)."""
-    from lmdm.librosa_warmup import warm_up
+    would otherwise compile them concurrently (a race in numba's cache that segfaults; librosa_warmup)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from librosa_warmup import warm_up
 
     warm_up()
 
@@ -36,9 +39,9 @@ def real_data(tmp_path_factory) -> Path:
 
 
 def tiny_train_config(data: Path, run_dir: Path, **overrides):
-    from lmdm.codec import CodecConfig
+    from lmdm.audio.codec import CodecConfig
     from lmdm.model.config import DiTConfig
-    from lmdm.training.config import TrainConfig
+    from lmdm.train.config import TrainConfig
 
     base = dict(
         data=str(data), run_dir=str(run_dir),

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from lmdm.arc.discriminator import Discriminator
-from lmdm.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
-from lmdm.arc.rollout import rollout
-from lmdm.arc.trainer import ARCConfig, arc_iteration, arc_train
+from lmdm.train.arc.discriminator import Discriminator
+from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
+from lmdm.train.arc.rollout import rollout
+from lmdm.train.arc.trainer import ARCConfig, arc_iteration, arc_train
 from lmdm.checkpoint import save_checkpoint
-from lmdm.codec import CodecConfig
+from lmdm.audio.codec import CodecConfig
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 

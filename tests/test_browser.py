@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lmdm.widgets.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab
+from tests.support.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"

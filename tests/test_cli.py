@@ -107,7 +107,7 @@ def test_console_script_entry_point_runs(tmp_path):
 
 
 def test_sketch_command_renders_and_reports_following(tmp_path, capsys):
-    from lmdm.sketch import synthetic_sketches
+    from lmdm.control.sketch import synthetic_sketches
 
     sk = tmp_path / "s.json"
     sk.write_text(json.dumps(synthetic_sketches(1, 3.0)[0]))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm.codec import CodecConfig, MelCodec
+from lmdm.audio.codec import CodecConfig, MelCodec
 from tests.test_seams import tone
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm.audio import load_audio
-from lmdm.codec import CodecConfig, MelCodec
+from lmdm.audio.io import load_audio
+from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.metrics.drift import compare, frechet_distance, gaussian, window_metrics, Reference
 from lmdm.metrics.embedder import Embedder, EmbedderConfig
 

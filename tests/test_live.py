@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lmdm.checkpoint import Checkpoint
-from lmdm.codec import CodecConfig
-from lmdm.jam import jam
+from lmdm.audio.codec import CodecConfig
+from lmdm.live.jam import jam
 from lmdm.live.engine import EngineConfig, InputError, LiveEngine
 from lmdm.live.ringbuffer import RingBuffer
 from lmdm.model.config import DiTConfig
@@ -161,8 +161,8 @@ def test_jam_answers_the_input_one_delay_later(tiny_ckpt):
     x = np.zeros(6 * sr, np.float32)
     t = np.arange(2 * sr) / sr
     x[2 * sr : 4 * sr] = 0.4 * np.sin(2 * np.pi * 330 * t)  # loud from 2 s to 4 s, silent elsewhere
-    from lmdm.jam import jam as run_jam
-    import lmdm.jam as jam_module
+    from lmdm.live.jam import jam as run_jam
+    import lmdm.live.jam as jam_module
 
     class Engine(LiveEngine):
         def __init__(self, ckpt, cfg, realtime=False):

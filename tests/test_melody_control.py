@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lmdm.controls import control_input, pitch_to_feature
+from lmdm.control.features import control_input, pitch_to_feature
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT, pitch_roll
 from lmdm.model.layouts import enc_dec_tokens
@@ -62,8 +62,8 @@ def test_fine_tune_may_add_the_roll_to_a_checkpoint_without_it(real_data, tmp_pa
     import dataclasses
 
     from lmdm.checkpoint import save_checkpoint
-    from lmdm.codec import CodecConfig
-    from lmdm.training.trainer import TrainError, train
+    from lmdm.audio.codec import CodecConfig
+    from lmdm.train.pretrain import TrainError, train
     from tests.conftest import tiny_train_config
 
     base = tiny_train_config(real_data, tmp_path / "unused")

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm.codec import MelCodec
-from lmdm.streaming.seams import crossfade, equal_power_ramps, seam_click_ratio
-from lmdm.streaming.vocoder import StreamingDecoder
+from lmdm.audio.codec import MelCodec
+from lmdm.audio.seams import crossfade, equal_power_ramps, seam_click_ratio
+from lmdm.audio.decoder import StreamingDecoder
 
 SR = 16000
 

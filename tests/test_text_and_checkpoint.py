@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lmdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from lmdm.codec import CodecConfig
+from lmdm.audio.codec import CodecConfig
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.text import MAX_PROMPT_CHARS, cache_dir, encode_prompts
@@ -76,7 +76,7 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_integer_stereo_pcm_is_scaled_before_the_downmix():
-    from lmdm.audio import to_mono_float
+    from lmdm.audio.io import to_mono_float
 
     pcm = np.stack([np.full(100, 16384, np.int16), np.full(100, -16384, np.int16) // 2], 1)
     out = to_mono_float(pcm, 16000, 16000)

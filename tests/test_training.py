@@ -12,10 +12,10 @@ import torch
 
 from lmdm.config import ConfigError, load_json, to_dict
 from lmdm.model.dit import DiT
-from lmdm.training.config import TrainConfig
-from lmdm.training.dataset import load_latent_set
-from lmdm.training.state import latest_checkpoint
-from lmdm.training.trainer import TrainError, validation_loss, train
+from lmdm.train.config import TrainConfig
+from lmdm.train.dataset import load_latent_set
+from lmdm.train.state import latest_checkpoint
+from lmdm.train.pretrain import TrainError, validation_loss, train
 from tests.conftest import tiny_train_config
 
 

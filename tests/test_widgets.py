@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmdm.checkpoint import Checkpoint
-from lmdm.codec import CodecConfig
+from lmdm.audio.codec import CodecConfig
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.widgets import MicJam, PromptPanel, SketchPad

@@ -19,10 +19,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..audio import _umask, save_audio
-from .captions import caption, tempo_word
-from .corpus import COLLECTIONS, Work, corpus_works, planned_bpm, select_works, split_of, stable_unit
-from .instruments import INSTRUMENTS
+from lmdm.audio.io import _umask, save_audio
+from lmdm.data.captions import caption, tempo_word
+from lmdm.data.corpus import COLLECTIONS, Work, corpus_works, planned_bpm, select_works, split_of, stable_unit
+from lmdm.data.instruments import INSTRUMENTS
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def build_one(work: Work, cfg: BuildConfig, soundfont: str) -> dict:
     """Render one work; returns its manifest row. Raises on failure (the caller records the stage)."""
     import pretty_midi  # noqa: F401  (fail early in the worker if missing)
 
-    from .render import finish_audio, key_name, parse_work, prepare_midi, render_midi, score_to_midi
+    from lmdm.data.render import finish_audio, key_name, parse_work, prepare_midi, render_midi, score_to_midi
 
     out = Path(cfg.out)
     inst = instrument_for(work.work_id, cfg.seed)
@@ -178,7 +178,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> BuildReport:
     """
     from tqdm.auto import tqdm
 
-    from .render import find_fluidsynth, find_soundfont
+    from lmdm.data.render import find_fluidsynth, find_soundfont
 
     find_fluidsynth()
     soundfont = str(find_soundfont(cfg.soundfont))

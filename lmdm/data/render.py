@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import to_mono_float
-from .corpus import Work
+from lmdm.audio.io import to_mono_float
+from lmdm.data.corpus import Work
 
 # SoundFonts tried in order when none is given: Debian's fluid-soundfont-gm (FluidR3, 145 MB, the better one),
 # Debian's timgm6mb-soundfont, then the TimGM6mb copy inside pretty_midi's wheel.

@@ -5,7 +5,7 @@ background thread). Modes:
 
 * ``"generate"`` — text to music, paced by the wall clock in real time;
 * ``"jam"`` — the **generative delay** (LMDM, arXiv 2605.22717, section 5; DESIGN.md section 5): control features
-  of the input (pitch, voicing, onsets, loudness; ``lmdm.controls``) condition the output, delayed by a fixed
+  of the input (pitch, voicing, onsets, loudness; ``lmdm.control.features``) condition the output, delayed by a fixed
   *latency horizon* of one block plus a compute margin. The output at time ``t`` answers what the musician played
   at ``t - delay``, re-rendered in the prompted timbre;
 * ``"sketch"`` — controls from a drawn sketch (``set_controls``).
@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..checkpoint import Checkpoint
-from ..codec import MelCodec
-from ..controls import GROUPS, control_input, features_from_audio
-from ..streaming.streamer import BlockCausalStreamer, SamplerConfig, Streamer
-from ..streaming.vocoder import StreamingDecoder
-from ..text import encode_prompts
-from .ringbuffer import RingBuffer
+from lmdm.checkpoint import Checkpoint
+from lmdm.audio.codec import MelCodec
+from lmdm.control.features import GROUPS, control_input, features_from_audio
+from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig, Streamer
+from lmdm.audio.decoder import StreamingDecoder
+from lmdm.text import encode_prompts
+from lmdm.live.ringbuffer import RingBuffer
 
 MODES = ("generate", "jam", "sketch")
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..codec import CodecConfig, MelCodec
-from .embedder import Embedder
+from lmdm.audio.codec import CodecConfig, MelCodec
+from lmdm.metrics.embedder import Embedder
 
 METRICS = ("fd", "loudness_db", "flatness", "mel_distance", "pc_entropy")
 
@@ -100,7 +100,7 @@ def mel_distance(latents: torch.Tensor, codec: CodecConfig, ref_mean: np.ndarray
 
 def reference_stats(data_dir: str | Path, codec: CodecConfig, embedder: Embedder, split: str = "val") -> Reference:
     """Reference statistics of a data set split (cached in ``DATA/cache/reference-<hash>.npz``)."""
-    from ..training.dataset import load_latent_set
+    from lmdm.train.dataset import load_latent_set
 
     data = load_latent_set(data_dir, codec, progress=False)
     key = hashlib.sha256(json.dumps([data.work_ids, split, [p.sum().item() for p in embedder.parameters()]],
@@ -164,7 +164,7 @@ def real_music_levels(data_dir: str | Path, codec: CodecConfig, embedder: Embedd
                       window_s: float = 30.0, split: str = "val") -> dict:
     """Mean and standard deviation of every metric over windows of real validation music: the level a stream
     that does not drift should stay at."""
-    from ..training.dataset import load_latent_set
+    from lmdm.train.dataset import load_latent_set
 
     data = load_latent_set(data_dir, codec, progress=False)
     rows = []

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import repo_root
-from ..codec import CodecConfig
-from ..config import from_dict
+from lmdm.checkpoint import repo_root
+from lmdm.audio.codec import CodecConfig
+from lmdm.config import from_dict
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def train_embedder(data_dir: str | Path, out: str | Path | None = None, cfg: Emb
 
     from tqdm.auto import tqdm
 
-    from ..training.dataset import load_latent_set, read_manifest
+    from lmdm.train.dataset import load_latent_set, read_manifest
 
     rows = read_manifest(data_dir)
     data = load_latent_set(data_dir, codec, progress=progress)
@@ -183,7 +183,7 @@ def train_embedder(data_dir: str | Path, out: str | Path | None = None, cfg: Emb
                "chance_instrument": max(sum(r["instrument"] == i for r in val_rows) for i in insts) / len(val_rows),
                "val_examples": total, "train_steps": cfg.steps}
     path = save_embedder(out or default_embedder_path(), model, codec, metrics)
-    from .drift import real_music_levels, reference_stats, save_reference
+    from lmdm.metrics.drift import real_music_levels, reference_stats, save_reference
 
     ref = reference_stats(data_dir, codec, model)
     save_reference(path / "reference.npz", ref)

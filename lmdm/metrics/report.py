@@ -5,11 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import load_checkpoint
-from ..generate import stream_latents
-from ..streaming.streamer import SamplerConfig
-from .drift import METRICS, load_reference, window_metrics
-from .embedder import default_embedder_path, load_embedder
+from lmdm.checkpoint import load_checkpoint
+from lmdm.streaming.generate import stream_latents
+from lmdm.streaming.streamer import SamplerConfig
+from lmdm.metrics.drift import METRICS, load_reference, window_metrics
+from lmdm.metrics.embedder import default_embedder_path, load_embedder
 
 LABELS = {"fd": "Fréchet distance (embedding)", "loudness_db": "loudness (dB)", "flatness": "spectral flatness",
           "mel_distance": "mel-statistics distance", "pc_entropy": "pitch-class entropy (bits)"}

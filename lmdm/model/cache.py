@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from .dit import DiT, TargetMod
+from lmdm.model.dit import DiT, TargetMod
 
 
 def _repeat_rows(x: torch.Tensor, rows: int) -> torch.Tensor:

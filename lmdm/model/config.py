@@ -15,7 +15,7 @@ class DiTConfig:
         n_heads: attention heads (``d_model / n_heads`` must be even, for RoPE).
         mlp_ratio: MLP hidden width as a multiple of ``d_model``.
         text_dim: prompt embedding size (MiniLM: 384).
-        control_dim: control input channels per frame (``lmdm.controls``: 4 features + 3 group flags); 0 = none.
+        control_dim: control input channels per frame (``lmdm.control.features``: 4 features + 3 group flags); 0 = none.
         block_frames: ``B``, frames per block/chunk (16 frames = 1.02 s at 15.625 frames/s).
         window_chunks: ``W``, clean chunks of context a block sees (context ``C = W * B`` frames).
         rope_base: RoPE base.

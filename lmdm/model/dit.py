@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DiTConfig
-from .rope import apply_rope, rope_angles
+from lmdm.model.config import DiTConfig
+from lmdm.model.rope import apply_rope, rope_angles
 
 
 @dataclass
@@ -144,7 +144,7 @@ class DiTBlock(nn.Module):
 def pitch_roll(controls: torch.Tensor, bins: int, low: int) -> torch.Tensor:
     """Piano roll of the melody control: ``(..., frames, control_dim)`` -> ``(..., frames, bins)``.
 
-    Channel 0 is the pitch feature ``(midi - 60) / 12`` and channel 1 the voiced weight (``lmdm.controls``); the
+    Channel 0 is the pitch feature ``(midi - 60) / 12`` and channel 1 the voiced weight (``lmdm.control.features``); the
     pitch is placed between its two neighbouring semitones of ``low .. low + bins - 1`` by linear interpolation
     (a continuous glide stays continuous), clamped to the range, and scaled by the voiced weight (0 when the
     melody is unvoiced or absent).

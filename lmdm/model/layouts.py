@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from .dit import Tokens
-from .masks import bidirectional_mask, block_causal_mask, chunk_layout, enc_dec_mask
+from lmdm.model.dit import Tokens
+from lmdm.model.masks import bidirectional_mask, block_causal_mask, chunk_layout, enc_dec_mask
 
 NAN = float("nan")
 

@@ -1,1 +1,1 @@
-"""Streaming generation: streamers over one DiT, seam-free audio decoding, timing."""
+"""Streaming generation: streamers over one DiT (outpainting, enc-dec, block-causal with KV cache), the generate job, timing."""

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..diffusion import SAMPLERS, add_noise, cfg_combine, sample
-from ..model.cache import BlockCausalKVCache, EncDecKVCache
-from ..model.dit import DiT
-from ..model.layouts import block_causal_stream_tokens, outpainting_tokens
+from lmdm.diffusion import SAMPLERS, add_noise, cfg_combine, sample
+from lmdm.model.cache import BlockCausalKVCache, EncDecKVCache
+from lmdm.model.dit import DiT
+from lmdm.model.layouts import block_causal_stream_tokens, outpainting_tokens
 
 MASKS = ("block_causal", "enc_dec", "outpainting")
 
@@ -42,7 +42,7 @@ class SamplerConfig:
             as well as the prompt (joint guidance over text and controls, as in multi-condition CFG), so a scale
             above 1 also pushes the block towards its melody, rhythm and dynamics. On the bundled checkpoint this
             is what makes sketches followed: contour correlation 0.26 without it (scale 2) and 0.59 with it
-            at scale 4 or 5.5 (12 tuning sketches; ``lmdm.sketch_eval.SKETCH_SAMPLER``). False = guidance over the prompt only.
+            at scale 4 or 5.5 (12 tuning sketches; ``lmdm.control.evaluate.SKETCH_SAMPLER``). False = guidance over the prompt only.
 
     Ping-pong is the default because on the bundled small model the deterministic Euler ODE overshoots the
     spectral peaks: 30 s of "a slow Bach chorale on church organ" with 8 Euler steps comes out about 28 dB above

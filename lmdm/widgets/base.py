@@ -1,28 +1,30 @@
-"""What the widgets share: their browser half (``widgets/*.js`` at the top of the repository), sending audio to
-the browser as binary messages, and the pump that forwards a live engine's output and statistics."""
+"""What the widgets share: their browser half (``lmdm/widgets/static/*.js``, package data loaded with
+``importlib.resources``, so a plain ``pip install`` works from any folder), sending audio to the browser as binary
+messages, and the pump that forwards a live engine's output and statistics."""
 from __future__ import annotations
 
 import threading
 import time
+from importlib import resources
+
 import numpy as np
 
-from ..checkpoint import repo_root
-
-WIDGET_DIR = repo_root() / "widgets"
+STATIC = resources.files("lmdm.widgets") / "static"
 
 
 def asset(*names: str) -> str:
-    """The browser half of a widget: the named files of ``widgets/`` concatenated into one ES module.
+    """The browser half of a widget: the named files of ``lmdm/widgets/static/`` concatenated into one ES module.
 
     Raises:
-        FileNotFoundError: a file is missing (lmdm must run from its source checkout, e.g. ``pip install -e .``).
+        FileNotFoundError: a file is missing from the installed package (a broken install: reinstall lmdm).
     """
     parts = []
     for name in names:
-        path = WIDGET_DIR / name
+        path = STATIC / name
         if not path.is_file():
-            raise FileNotFoundError(f"widget asset {path} is missing; install lmdm from its checkout (pip install -e .)")
-        parts.append(path.read_text())
+            raise FileNotFoundError(f"widget asset {name} is missing from the installed lmdm package ({STATIC}); "
+                                    "reinstall lmdm")
+        parts.append(path.read_text(encoding="utf-8"))
     return "\n".join(parts)
 
 
@@ -97,7 +99,7 @@ class EngineWidgetMixin:
     ``engine``, ``pump`` attributes and ``running``/``error`` traits."""
 
     def _start_engine(self, cfg) -> None:
-        from ..live.engine import LiveEngine
+        from lmdm.live.engine import LiveEngine
 
         if self.engine is not None and self.engine.running:
             return

@@ -11,11 +11,11 @@ import anywidget
 import numpy as np
 import traitlets
 
-from ..checkpoint import Checkpoint, load_checkpoint
-from ..live.engine import EngineConfig, InputError, LiveEngine
-from ..live.ringbuffer import RingBuffer
-from .base import EnginePump, EngineWidgetMixin, asset, dominant_frequency
-from .messages import Limits, MessageError, RateLimiter, audio_from_message, text_from_message
+from lmdm.checkpoint import Checkpoint, load_checkpoint
+from lmdm.live.engine import EngineConfig, InputError, LiveEngine
+from lmdm.live.ringbuffer import RingBuffer
+from lmdm.widgets.base import EnginePump, EngineWidgetMixin, asset, dominant_frequency
+from lmdm.widgets.messages import Limits, MessageError, RateLimiter, audio_from_message, text_from_message
 
 
 class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
@@ -143,7 +143,7 @@ class ClipJam:
         """Decode the recorded clip, run it through a jam-mode engine offline and play input and answer."""
         from IPython.display import Audio, display
 
-        from ..jam import jam
+        from lmdm.live.jam import jam
 
         self.output.clear_output()
         with self.output:

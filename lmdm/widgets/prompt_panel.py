@@ -5,10 +5,10 @@ from __future__ import annotations
 import anywidget
 import traitlets
 
-from ..checkpoint import Checkpoint, load_checkpoint
-from ..live.engine import EngineConfig, LiveEngine
-from .base import EnginePump, EngineWidgetMixin, asset, stats_dict
-from .messages import Limits, MessageError, RateLimiter, text_from_message
+from lmdm.checkpoint import Checkpoint, load_checkpoint
+from lmdm.live.engine import EngineConfig, LiveEngine
+from lmdm.widgets.base import EnginePump, EngineWidgetMixin, asset, stats_dict
+from lmdm.widgets.messages import Limits, MessageError, RateLimiter, text_from_message
 
 
 class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):

@@ -9,11 +9,11 @@ import anywidget
 import numpy as np
 import traitlets
 
-from ..checkpoint import Checkpoint, load_checkpoint
-from ..sketch import SketchError, parse_sketch, sketch_pitch
-from ..sketch_eval import render_sketch
-from .base import asset, send_audio
-from .messages import Limits, MessageError, RateLimiter, strokes_from_message, text_from_message
+from lmdm.checkpoint import Checkpoint, load_checkpoint
+from lmdm.control.sketch import SketchError, parse_sketch, sketch_pitch
+from lmdm.control.evaluate import render_sketch
+from lmdm.widgets.base import asset, send_audio
+from lmdm.widgets.messages import Limits, MessageError, RateLimiter, strokes_from_message, text_from_message
 
 
 class SketchPad(anywidget.AnyWidget):
@@ -50,7 +50,7 @@ class SketchPad(anywidget.AnyWidget):
         self._update_contour()
 
     def sketch(self):
-        """The current drawing as a :class:`lmdm.sketch.Sketch`."""
+        """The current drawing as a :class:`lmdm.control.sketch.Sketch`."""
         return parse_sketch({"strokes": self.strokes, "duration": self.duration,
                              "pitch_range": list(self.pitch_range), "scale": self.scale})
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 
 def _jupyter_server_extension_points():
-    return [{"module": "lmdm.jupyter_nodelay"}]
+    return [{"module": "lmdm_nodelay"}]
 
 
 def _load_jupyter_server_extension(serverapp) -> None:

@@ -3,7 +3,7 @@
 A sketch is what a drawing widget sends: strokes of ``(time_seconds, height)`` points, height in [0, 1] from the
 bottom of the canvas to the top. :func:`sketch_features` resamples it to the latent frame rate, maps height to a
 MIDI pitch range and optionally snaps it to a scale. The result feeds the same control pathway as jamming
-(``lmdm.controls``): melody (pitch + voiced) and rhythm (an onset where a stroke starts or the snapped pitch
+(``lmdm.control.features``): melody (pitch + voiced) and rhythm (an onset where a stroke starts or the snapped pitch
 changes) are present, dynamics are left to the model.
 
 JSON form (``lmdm sketch SKETCH.json``)::
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .controls import pitch_to_feature
+from lmdm.control.features import pitch_to_feature
 
 SCALES = {
     "chromatic": (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
@@ -274,7 +274,7 @@ def heldout_melody_sketches(data_dir: str | Path, n: int, duration: float, seed:
     """Sketches traced from the melodies (top voice) of validation-split works, which training never saw."""
     import pandas as pd
 
-    from .controls import midi_notes
+    from lmdm.control.features import midi_notes
 
     df = pd.read_csv(Path(data_dir) / "manifest.csv", keep_default_na=False)
     val = df[df.split == "val"].sample(frac=1.0, random_state=seed)

@@ -3,16 +3,16 @@
 Each block is decoded with Griffin-Lim over ``[last overlap mel frames of the previous block | the new block]``,
 with the overlap frames' phase initialised from the previous block's output, so both decodes agree where they
 overlap. The last ``crossfade`` seconds of every chunk are held back and equal-power cross-faded with the next
-decode (``lmdm.streaming.seams``). The added latency is the crossfade length (40 ms by default).
+decode (``lmdm.audio.seams``). The added latency is the crossfade length (40 ms by default).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..codec import MelCodec
-from ..griffinlim import griffin_lim, stft
-from .seams import crossfade
+from lmdm.audio.codec import MelCodec
+from lmdm.audio.griffinlim import griffin_lim, stft
+from lmdm.audio.seams import crossfade
 
 
 class StreamingDecoder:

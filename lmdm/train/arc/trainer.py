@@ -1,8 +1,8 @@
 """``lmdm arc``: ARC-Forcing post-training (LMDM, arXiv 2605.22717, section 4; DESIGN.md sections 1 and 5).
 
 No reinforcement learning and no reward model: the student is rolled out on its *own* cached streaming
-generations for ``N`` blocks (``lmdm.arc.rollout``) and trained against a discriminator with the ARC losses
-(``lmdm.arc.losses``). One iteration:
+generations for ``N`` blocks (``lmdm.train.arc.rollout``) and trained against a discriminator with the ARC losses
+(``lmdm.train.arc.losses``). One iteration:
 
 1. sample real crops ``[context (W*B) | continuation (N*B)]`` and their captions;
 2. **generator step**: roll out ``N`` blocks after the real context (gradient only through each block's exit
@@ -23,15 +23,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import from_dict, to_dict
-from ..diffusion import add_noise
-from ..training.dataset import DataError, load_latent_set
-from ..training.objective import logit_normal
-from ..training.state import latest_checkpoint, load_training_state, save_training_state
-from .discriminator import Discriminator
-from .losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
-from .rollout import rollout
+from lmdm.checkpoint import load_checkpoint, save_checkpoint
+from lmdm.config import from_dict, to_dict
+from lmdm.diffusion import add_noise
+from lmdm.train.dataset import DataError, load_latent_set
+from lmdm.train.objective import logit_normal
+from lmdm.train.state import latest_checkpoint, load_training_state, save_training_state
+from lmdm.train.arc.discriminator import Discriminator
+from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
+from lmdm.train.arc.rollout import rollout
 
 
 class ARCError(RuntimeError):

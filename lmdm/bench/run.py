@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from .baselines.lmm import LMM, LMMStreamer, ResidualQuantizer, matched_config
-from .checkpoint import Checkpoint, load_checkpoint
-from .codec import MelCodec
-from .cost import count_flops, dit_block_flops, lmm_block_flops, per_audio_second
-from .model.dit import DiT
-from .streaming.streamer import SamplerConfig, make_streamer
-from .streaming.vocoder import StreamingDecoder
+from lmdm.bench.lmm import LMM, LMMStreamer, ResidualQuantizer, matched_config
+from lmdm.checkpoint import Checkpoint, load_checkpoint
+from lmdm.audio.codec import MelCodec
+from lmdm.bench.cost import count_flops, dit_block_flops, lmm_block_flops, per_audio_second
+from lmdm.model.dit import DiT
+from lmdm.streaming.streamer import SamplerConfig, make_streamer
+from lmdm.audio.decoder import StreamingDecoder
 
 STREAMERS = ("outpainting", "enc_dec", "block_causal", "lmm")
 
@@ -166,7 +166,7 @@ def peak_memory_mb(name: str, checkpoint: str | None, cfg: BenchConfig) -> float
     before. Where that is unavailable it falls back to ``ru_maxrss``, which then reads 0 when loading peaked higher.
     """
     code = (
-        "import json,resource,sys;from lmdm.bench import *;from lmdm.checkpoint import load_checkpoint;"
+        "import json,resource,sys;from lmdm.bench.run import *;from lmdm.checkpoint import load_checkpoint;"
         f"cfg=BenchConfig(**json.loads(sys.argv[1]));ck=load_checkpoint({checkpoint!r});"
         f"s=build_streamers(ck,cfg)[{name!r}];import gc;gc.collect()\n"
         "def kb(key):\n"

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..codec import CodecConfig
-from ..model.config import DiTConfig
+from lmdm.audio.codec import CodecConfig
+from lmdm.model.config import DiTConfig
 
 MODES = ("block_causal", "enc_dec", "outpainting")
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import from_dict, to_dict
-from ..model.dit import DiT
-from .config import TrainConfig
-from .dataset import DataError, LatentSet, load_latent_set
-from .objective import training_loss
-from .state import latest_checkpoint, load_training_state, save_training_state
+from lmdm.checkpoint import load_checkpoint, save_checkpoint
+from lmdm.config import from_dict, to_dict
+from lmdm.model.dit import DiT
+from lmdm.train.config import TrainConfig
+from lmdm.train.dataset import DataError, LatentSet, load_latent_set
+from lmdm.train.objective import training_loss
+from lmdm.train.state import latest_checkpoint, load_training_state, save_training_state
 
 
 class TrainError(RuntimeError):

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..diffusion import pingpong_schedule, pingpong_step, x0_from_velocity
-from ..model.cache import BlockCausalKVCache
-from ..model.dit import DiT
+from lmdm.diffusion import pingpong_schedule, pingpong_step, x0_from_velocity
+from lmdm.model.cache import BlockCausalKVCache
+from lmdm.model.dit import DiT
 
 
 @dataclass

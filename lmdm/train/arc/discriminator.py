@@ -12,8 +12,8 @@ import copy
 import torch
 from torch import nn
 
-from ..model.dit import DiT, Tokens
-from ..model.masks import bidirectional_mask
+from lmdm.model.dit import DiT, Tokens
+from lmdm.model.masks import bidirectional_mask
 
 
 class Discriminator(nn.Module):

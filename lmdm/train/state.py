@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..audio import _umask
+from lmdm.audio.io import _umask
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -127,10 +127,10 @@ def export_from_run(run_dir: str | Path, out: str | Path, checkpoint: Path | Non
     """
     from safetensors.torch import load_file
 
-    from ..checkpoint import save_checkpoint
-    from ..config import from_dict
-    from ..model.dit import DiT
-    from .config import TrainConfig
+    from lmdm.checkpoint import save_checkpoint
+    from lmdm.config import from_dict
+    from lmdm.model.dit import DiT
+    from lmdm.train.config import TrainConfig
 
     run_dir = Path(run_dir)
     path = checkpoint or latest_checkpoint(run_dir)

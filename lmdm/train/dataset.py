@@ -1,7 +1,7 @@
 """Training crops from a built data set: latents, control features and caption embeddings, all in memory.
 
 The first use of a data folder with a given codec computes every work's latent frames (``MelCodec.encode``),
-control features (``lmdm.controls``: melody and onsets from the rendered MIDI, loudness from the audio) and the
+control features (``lmdm.control.features``: melody and onsets from the rendered MIDI, loudness from the audio) and the
 embeddings of its caption variants, and stores them in ``DATA/cache/latents-<hash>.safetensors``; later runs load
 that file in seconds. The hash covers the codec config and the manifest rows, so a changed codec or a grown
 data set is recomputed rather than silently mixed.
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..audio import load_audio
-from ..codec import CodecConfig, MelCodec
-from ..config import to_dict
-from ..controls import loudness_feature, midi_notes, notes_features
-from ..data.captions import caption_variants
+from lmdm.audio.io import load_audio
+from lmdm.audio.codec import CodecConfig, MelCodec
+from lmdm.config import to_dict
+from lmdm.control.features import loudness_feature, midi_notes, notes_features
+from lmdm.data.captions import caption_variants
 
 
 class DataError(RuntimeError):
@@ -121,7 +121,7 @@ def load_latent_set(data_dir: str | Path, codec_cfg: CodecConfig, progress: bool
                          work_start=t["work_start"], work_frames=t["work_frames"], captions=t["captions"],
                          caption_start=t["caption_start"], caption_count=t["caption_count"],
                          work_ids=meta["work_ids"], splits=meta["splits"], texts=meta["texts"])
-    from ..text import embed_texts
+    from lmdm.text import embed_texts
 
     codec = MelCodec(codec_cfg)
     lat, feats, texts, cap_start, cap_count, starts, lengths = [], [], [], [], [], [], []

@@ -15,11 +15,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..controls import GROUPS, control_input
-from ..diffusion import add_noise, velocity_target
-from ..model.dit import DiT
-from ..model.layouts import enc_dec_tokens, outpainting_tokens, teacher_forcing_tokens
-from .config import TrainConfig
+from lmdm.control.features import GROUPS, control_input
+from lmdm.diffusion import add_noise, velocity_target
+from lmdm.model.dit import DiT
+from lmdm.model.layouts import enc_dec_tokens, outpainting_tokens, teacher_forcing_tokens
+from lmdm.train.config import TrainConfig
 
 
 def logit_normal(shape: tuple[int, ...], mean: float, std: float, generator: torch.Generator) -> torch.Tensor:

@@ -16,7 +16,7 @@ latent channels        512
 
 A latent is visible: reshape it to ``(frames * patch, n_mels)`` and it is a spectrogram (``latent_to_mel``).
 Decoding maps mel magnitudes back to linear STFT magnitudes with the filterbank's pseudo-inverse (clamped at 0)
-and recovers phase with Griffin-Lim (``lmdm.griffinlim``).
+and recovers phase with Griffin-Lim (``lmdm.audio.griffinlim``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from .griffinlim import griffin_lim, stft
+from lmdm.audio.griffinlim import griffin_lim, stft
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import to_mono_float
-from .checkpoint import Checkpoint
-from .live.engine import EngineConfig, EngineStats, LiveEngine
+from lmdm.audio.io import to_mono_float
+from lmdm.checkpoint import Checkpoint
+from lmdm.live.engine import EngineConfig, EngineStats, LiveEngine
 
 
 @dataclass

@@ -26,8 +26,8 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
-from .baselines.lmm import LMMConfig
-from .model.config import DiTConfig
+from lmdm.bench.lmm import LMMConfig
+from lmdm.model.config import DiTConfig
 
 _registered = False
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint
-from .controls import control_input, hz_to_midi, track_pitch
-from .generate import generate
-from .sketch import Sketch, contour_correlation, heldout_melody_sketches, parse_sketch, sketch_features, sketch_pitch, synthetic_sketches
-from .streaming.streamer import SamplerConfig
+from lmdm.checkpoint import Checkpoint
+from lmdm.control.features import control_input, hz_to_midi, track_pitch
+from lmdm.streaming.generate import generate
+from lmdm.control.sketch import Sketch, contour_correlation, heldout_melody_sketches, parse_sketch, sketch_features, sketch_pitch, synthetic_sketches
+from lmdm.streaming.streamer import SamplerConfig
 
 
 SKETCH_SAMPLER = SamplerConfig(steps=8, sampler="pingpong", cfg_scale=5.5)

@@ -14,11 +14,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint
-from .codec import MelCodec
-from .streaming.streamer import MASKS, SamplerConfig, StreamStats, make_streamer
-from .streaming.vocoder import StreamingDecoder
-from .text import encode_prompts
+from lmdm.checkpoint import Checkpoint
+from lmdm.audio.codec import MelCodec
+from lmdm.streaming.streamer import MASKS, SamplerConfig, StreamStats, make_streamer
+from lmdm.audio.decoder import StreamingDecoder
+from lmdm.text import encode_prompts
 
 MAX_SECONDS = 3600.0
 
@@ -94,7 +94,7 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
         seconds: length of the result in seconds (0 < seconds <= 3600).
         sampler: steps, sampler, CFG scale, seed.
         mask: "block_causal" (LMDM with persistent KV cache), "enc_dec" or "outpainting" (the baseline).
-        controls: ``(frames, control_dim)`` control channels for the whole stream (``lmdm.controls``), or None.
+        controls: ``(frames, control_dim)`` control channels for the whole stream (``lmdm.control.features``), or None.
         on_block: called after each block with ``(block_index, audio_chunk)`` (live playback, progress).
 
     Raises:

@@ -6,7 +6,7 @@ compiling the same kernel at once can leave a mismatched pair, and the next proc
 segmentation fault (numba issue #10128; librosa issue #1998). Our test suite and notebooks run several processes
 at once (kernels, the CLI, JupyterLab), so ``scripts/setup.sh`` and the test session run this first:
 
-    python -m lmdm.librosa_warmup
+    python scripts/librosa_warmup.py
 
 It exercises every librosa path lmdm uses (YIN, pYIN, onsets, chroma) on a second of a test tone; it takes a few
 seconds when the cache is cold and well under one when it is warm.
@@ -20,7 +20,7 @@ def warm_up(sample_rate: int = 16000) -> None:
     """Run lmdm's librosa paths once so that their numba kernels are compiled and cached (see module docstring)."""
     import librosa
 
-    from .controls import features_from_audio
+    from lmdm.control.features import features_from_audio
 
     t = np.arange(sample_rate) / sample_rate
     tone = (0.3 * np.sin(2 * np.pi * 220.0 * t)).astype(np.float32)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.rope import apply_rope, rope_angles
+from lmdm.model.rope import apply_rope, rope_angles
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,0 @@
-"""Baselines the LMDM is measured against."""

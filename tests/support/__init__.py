@@ -1,0 +1,1 @@
+"""Test support code (the real-browser JupyterLab driver)."""
