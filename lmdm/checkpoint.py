@@ -9,25 +9,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from lmdm.atomic import atomic_folder
 from lmdm.audio.codec import CodecConfig
 from lmdm.config import ConfigError, from_dict, to_dict
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
-from lmdm.audio.io import _umask
 from lmdm.text import ENCODER_ID
+from lmdm.errors import LmdmError
 
 FORMAT = "lmdm-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(LmdmError, RuntimeError):
     """A checkpoint that is missing, incomplete, corrupt or for another model; the message says which file."""
 
 
@@ -66,27 +65,13 @@ def save_checkpoint(path: str | Path, model: DiT, codec: CodecConfig, info: dict
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
-                 for k, v in model.state_dict().items()}
+    state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "version": VERSION, "model": to_dict(model.cfg), "codec": to_dict(codec),
+            "text_encoder": ENCODER_ID, "info": info or {}}
+    with atomic_folder(path) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        meta = {"format": FORMAT, "version": VERSION, "model": to_dict(model.cfg), "codec": to_dict(codec),
-                "text_encoder": ENCODER_ID, "info": info or {}}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes folders private; give the usual permissions
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return path
 
 

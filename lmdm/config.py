@@ -11,11 +11,12 @@ import json
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+from lmdm.errors import LmdmError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(LmdmError, ValueError):
     """A config file or dict that does not describe a valid config (unknown key, wrong type, bad value)."""
 
 

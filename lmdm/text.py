@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lmdm.atomic import atomic_file
+from lmdm.errors import LmdmError
 
 EMBED_DIM = 384
 MAX_PROMPT_CHARS = 1000
@@ -30,7 +32,7 @@ _MEMORY: dict[str, np.ndarray] = {}
 _MODEL = None
 
 
-class TextEncoderError(RuntimeError):
+class TextEncoderError(LmdmError, RuntimeError):
     """The bundled text encoder is missing or does not match the expected weights."""
 
 
@@ -121,9 +123,8 @@ def embed_texts(prompts: list[str], use_disk_cache: bool = True) -> np.ndarray:
             if use_disk_cache:
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
-                    tmp = folder / f".{k}.{os.getpid()}.npy"
-                    np.save(tmp, _MEMORY[k])
-                    os.replace(tmp, folder / f"{k}.npy")
+                    with atomic_file(folder / f"{k}.npy") as tmp:
+                        np.save(tmp, _MEMORY[k])
                 except OSError as err:  # a read-only home is no reason to fail
                     log.debug("prompt cache not written: %s", err)
     return out

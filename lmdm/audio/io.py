@@ -11,9 +11,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from lmdm.errors import LmdmError
 
 
-class AudioError(ValueError):
+class AudioError(LmdmError, ValueError):
     """Audio that cannot be read, written or repaired; the message says what was wrong and what is accepted."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from lmdm.control.features import pitch_to_feature
+from lmdm.errors import LmdmError
 
 SCALES = {
     "chromatic": (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
@@ -42,7 +43,7 @@ TONICS = {"C": 0, "C#": 1, "Db": 1, "D": 2, "D#": 3, "Eb": 3, "E": 4, "F": 5, "F
           "Ab": 8, "A": 9, "A#": 10, "Bb": 10, "B": 11}
 
 
-class SketchError(ValueError):
+class SketchError(LmdmError, ValueError):
     """A sketch that cannot be read; the message says what was wrong and what is accepted."""
 
 

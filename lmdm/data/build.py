@@ -13,13 +13,12 @@ Re-running skips works whose meta file exists (resumable); the split is by work 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmdm.audio.io import _umask, save_audio
+from lmdm.atomic import atomic_file, write_text
+from lmdm.audio.io import save_audio
 from lmdm.data.captions import caption, tempo_word
 from lmdm.data.corpus import COLLECTIONS, Work, corpus_works, planned_bpm, select_works, split_of, stable_unit
 from lmdm.data.instruments import INSTRUMENTS
@@ -75,14 +74,6 @@ class BuildReport:
         )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
 def instrument_for(work_id: str, seed: int):
     """The instrument a work is rendered with (seeded, uniform over ``INSTRUMENTS``)."""
     return INSTRUMENTS[int(stable_unit(seed, "instrument", work_id) * len(INSTRUMENTS))]
@@ -111,9 +102,8 @@ def build_one(work: Work, cfg: BuildConfig, soundfont: str) -> dict:
     pm, route = score_to_midi(score, bpm, has_own_tempo=work.tempo_bpm is not None)
     pm, end = prepare_midi(pm, inst.program, cfg.max_seconds)
     midi_path = out / "midi" / f"{work.work_id}.mid"
-    tmp_mid = midi_path.with_name(f".{work.work_id}.{os.getpid()}.tmp.mid")
-    pm.write(str(tmp_mid))
-    os.replace(tmp_mid, midi_path)
+    with atomic_file(midi_path) as tmp_mid:
+        pm.write(str(tmp_mid))
     audio = finish_audio(render_midi(midi_path, soundfont, cfg.sample_rate), cfg.sample_rate, end)
     audio_path = out / "audio" / f"{work.work_id}.flac"
     save_audio(audio_path, audio, cfg.sample_rate)
@@ -143,7 +133,7 @@ def build_one(work: Work, cfg: BuildConfig, soundfont: str) -> dict:
         "seed": cfg.seed,
     }
     row["caption"] = caption(row)
-    _atomic_write_text(out / "meta" / f"{work.work_id}.json", json.dumps(row, indent=1))
+    write_text(out / "meta" / f"{work.work_id}.json", json.dumps(row, indent=1))
     return row
 
 
@@ -163,9 +153,8 @@ def write_manifest(out: Path) -> "pandas.DataFrame":  # noqa: F821
     df = pd.DataFrame(rows)
     if "number" in df:
         df["number"] = df["number"].astype("Int64")
-    tmp = out / ".manifest.csv.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, out / "manifest.csv")
+    with atomic_file(out / "manifest.csv") as tmp:
+        df.to_csv(tmp, index=False)
     return df
 
 

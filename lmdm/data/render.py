@@ -15,6 +15,7 @@ import numpy as np
 
 from lmdm.audio.io import to_mono_float
 from lmdm.data.corpus import Work
+from lmdm.errors import LmdmError
 
 # SoundFonts tried in order when none is given: Debian's fluid-soundfont-gm (FluidR3, 145 MB, the better one),
 # Debian's timgm6mb-soundfont, then the TimGM6mb copy inside pretty_midi's wheel.
@@ -25,7 +26,7 @@ SOUNDFONT_CANDIDATES = (
 )
 
 
-class RenderError(RuntimeError):
+class RenderError(LmdmError, RuntimeError):
     """A work that could not be turned into audio; the message names the stage (parse, midi, synth)."""
 
 

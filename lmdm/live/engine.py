@@ -38,11 +38,12 @@ from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig, Streamer
 from lmdm.audio.decoder import StreamingDecoder
 from lmdm.text import encode_prompts
 from lmdm.live.ringbuffer import RingBuffer
+from lmdm.errors import LmdmError
 
 MODES = ("generate", "jam", "sketch")
 
 
-class InputError(ValueError):
+class InputError(LmdmError, ValueError):
     """An input chunk the engine refused (the session keeps running); the message says what is accepted."""
 
 

@@ -22,9 +22,10 @@ from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.config import to_dict
 from lmdm.control.features import loudness_feature, midi_notes, notes_features
 from lmdm.data.captions import caption_variants
+from lmdm.errors import LmdmError
 
 
-class DataError(RuntimeError):
+class DataError(LmdmError, RuntimeError):
     """A data folder that cannot be used for training; the message says what to run."""
 
 

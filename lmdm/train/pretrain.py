@@ -18,9 +18,10 @@ from lmdm.train.config import TrainConfig
 from lmdm.train.dataset import DataError, LatentSet, load_latent_set
 from lmdm.train.objective import training_loss
 from lmdm.train.state import latest_checkpoint, load_training_state, save_training_state
+from lmdm.errors import LmdmError
 
 
-class TrainError(RuntimeError):
+class TrainError(LmdmError, RuntimeError):
     """A training run that cannot start or resume as asked; the message says what to do."""
 
 

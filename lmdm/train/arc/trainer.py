@@ -32,9 +32,10 @@ from lmdm.train.state import latest_checkpoint, load_training_state, save_traini
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
 from lmdm.train.arc.rollout import rollout
+from lmdm.errors import LmdmError
 
 
-class ARCError(RuntimeError):
+class ARCError(LmdmError, RuntimeError):
     """An ARC run that cannot start or resume as asked."""
 
 
