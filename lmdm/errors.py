@@ -11,3 +11,7 @@ from __future__ import annotations
 
 class LmdmError(Exception):
     """Base of every error whose message tells the user what was wrong and what is accepted."""
+
+
+class UsageError(LmdmError, ValueError):
+    """A value given to a command or a public function is outside what it accepts (the message says what is)."""
