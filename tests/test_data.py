@@ -62,3 +62,31 @@ def test_caption_variants_include_the_short_prompt_form():
 def test_meta_rows_are_json_with_the_manifest_fields(real_data):
     rows = [json.loads(p.read_text()) for p in (real_data / "meta").glob("*.json")]
     assert {"work_id", "split", "caption", "instrument", "midi_route", "soundfont"} <= set(rows[0])
+
+
+def test_prevailing_meter_ignores_one_beat_pickup_signatures():
+    """Essen tunes open with 2/4 and switch to 1/4 for short bars; the corpus metadata calls them "1/4" (or "1/8")."""
+    from music21 import meter, note, stream
+
+    from lmdm.data.render import prevailing_meter
+
+    def measure(sig):
+        m = stream.Measure()
+        if sig:
+            m.timeSignature = meter.TimeSignature(sig)
+        m.append(note.Note("C4", quarterLength=1.0))
+        return m
+
+    part = stream.Part([measure("2/4"), measure(None), measure("1/4"), measure("2/4"), measure(None), measure("6/8")])
+    assert prevailing_meter(stream.Score([part])) == "2/4"
+    only_pickups = stream.Part([measure("1/8"), measure(None)])
+    assert prevailing_meter(stream.Score([only_pickups])) == "1/8"
+    assert prevailing_meter(stream.Score([stream.Part([stream.Measure()])])) is None
+
+
+def test_real_tune_whose_metadata_says_one_beat_gets_its_real_metre():
+    from lmdm.data.render import parse_work, prevailing_meter
+
+    work = next(w for w in corpus_works() if w.work_id == "essenFolksong__dva0__0118")
+    assert work.meter == "1/4"  # what the corpus metadata says (and what captions used to print)
+    assert prevailing_meter(parse_work(work)) == "2/4"

@@ -89,7 +89,8 @@ def build_one(work: Work, cfg: BuildConfig, soundfont: str) -> dict:
     """Render one work; returns its manifest row. Raises on failure (the caller records the stage)."""
     import pretty_midi  # noqa: F401  (fail early in the worker if missing)
 
-    from lmdm.data.render import finish_audio, key_name, parse_work, prepare_midi, render_midi, score_to_midi
+    from lmdm.data.render import (finish_audio, key_name, parse_work, prepare_midi, prevailing_meter, render_midi,
+                                  score_to_midi)
 
     out = Path(cfg.out)
     inst = instrument_for(work.work_id, cfg.seed)
@@ -118,7 +119,7 @@ def build_one(work: Work, cfg: BuildConfig, soundfont: str) -> dict:
         "label": _label(work),
         "form": coll.form,
         "key": key,
-        "meter": work.meter,
+        "meter": prevailing_meter(score),
         "bpm": bpm,
         "tempo_word": tempo_word(bpm),
         "instrument": inst.name,

@@ -84,6 +84,29 @@ def key_name(score) -> str | None:
     return f"{tonic} {k.mode}"
 
 
+def prevailing_meter(score) -> str | None:
+    """The time signature that governs the most measures of ``score``'s first part, e.g. "2/4"; None without one.
+
+    The corpus metadata's first time signature is not the piece's metre for many Essen and O'Neill tunes: their
+    encodings open with (or alternate into) one-beat signatures such as 1/4 or 1/8 for pickups and short bars,
+    which made captions say "1/8 time". Signatures with numerator 1 count only when nothing else occurs.
+    """
+    parts = getattr(score, "parts", None)
+    part = parts[0] if parts else score
+    counts: dict[str, int] = {}
+    current = None
+    for m in part.getElementsByClass("Measure"):
+        if m.timeSignature is not None:
+            current = m.timeSignature.ratioString
+        if current is not None:
+            counts[current] = counts.get(current, 0) + 1
+    if not counts:
+        found = list(score.recurse().getElementsByClass("TimeSignature"))
+        return found[0].ratioString if found else None
+    usual = {k: v for k, v in counts.items() if not k.startswith("1/")} or counts
+    return max(usual, key=lambda k: (usual[k], k))
+
+
 def _notes_route(score, bpm: float):
     """pretty_midi built from the score's notes, one instrument per part, quarter notes at ``bpm``.
 
