@@ -8,12 +8,18 @@
   ``x0_hat``, draw fresh noise and re-noise to the next timestep: ``x <- (1 - t_next) x0_hat + t_next eps``.
   Schedule: logSNR evenly spaced from -6 to 2, ``t = sigmoid(-logSNR)``, with ``t[0] = 1`` and ``t[-1] = 0``.
 * Classifier-free guidance (Ho & Salimans 2022): ``v = v_uncond + s (v_cond - v_uncond)``.
+* Exit step (Self-Forcing, Huang et al. 2025, section 3.2; ARC-Forcing): :func:`sample` can stop at step ``k``
+  and return that step's x0 prediction, the only step computed with gradient. Streamers and ARC rollouts share
+  this one sampler loop.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
+
+from lmdm.errors import UsageError
 
 SAMPLERS = ("euler", "pingpong")
 
@@ -58,13 +64,13 @@ def schedule(sampler: str, steps: int) -> torch.Tensor:
     """The schedule of ``sampler`` ("euler" or "pingpong").
 
     Raises:
-        ValueError: unknown sampler or ``steps`` < 1.
+        UsageError: unknown sampler or ``steps`` < 1.
     """
     if sampler == "euler":
         return euler_schedule(steps)
     if sampler == "pingpong":
         return pingpong_schedule(steps)
-    raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+    raise UsageError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
 
 
 def euler_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
@@ -84,8 +90,8 @@ def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> t
 
 def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: torch.Tensor, sampler: str,
            steps: int, generator: torch.Generator | None = None,
-           on_step: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Integrate from ``noise`` (t = 1) to a clean sample (t = 0).
+           on_step: Callable[[int], None] | None = None, exit_step: int | None = None) -> torch.Tensor:
+    """Integrate from ``noise`` (t = 1) to a clean sample (t = 0), or stop early at an exit step.
 
     Args:
         velocity: ``velocity(x_t, t, step_index) -> v`` with the shape of ``x_t``.
@@ -94,21 +100,34 @@ def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: 
         steps: denoising steps ``S``.
         generator: RNG for ping-pong's fresh noise.
         on_step: called with the step index after each step (timing hooks).
+        exit_step: ``k`` in ``[1, S]``: run steps ``0 .. k-2`` without gradient and return the x0 prediction of
+            step ``k-1``, computed with gradient (the exit step of ARC-Forcing's rollouts; Self-Forcing, Huang et
+            al. 2025, section 3.2). None runs all ``S`` steps as they come (no grad mode is changed).
 
     Returns:
-        the clean sample, same shape as ``noise``.
+        the clean sample (or the exit step's x0 prediction), same shape as ``noise``.
+
+    Raises:
+        UsageError: unknown sampler, ``steps`` < 1, or ``exit_step`` outside ``[1, steps]``.
     """
     ts = schedule(sampler, steps)
+    if exit_step is not None and not (isinstance(exit_step, int) and 1 <= exit_step <= steps):
+        raise UsageError(f"exit_step must be an integer in [1, {steps}], got {exit_step!r}")
     x = noise
-    for i in range(steps):
+    for i in range(steps if exit_step is None else exit_step):
         t, t_next = float(ts[i]), float(ts[i + 1])
-        v = velocity(x, t, i)
-        if sampler == "euler":
-            x = euler_step(x, v, t, t_next)
-        elif t_next > 0:
-            x = pingpong_step(x, v, t, t_next, torch.randn(x.shape, generator=generator, dtype=x.dtype))
+        if exit_step is not None and i == exit_step - 1:
+            with torch.enable_grad():
+                x = x0_from_velocity(x, velocity(x, t, i), torch.tensor(t))
         else:
-            x = x0_from_velocity(x, v, torch.tensor(t))
+            with torch.no_grad() if exit_step is not None else contextlib.nullcontext():
+                v = velocity(x, t, i)
+                if sampler == "euler":
+                    x = euler_step(x, v, t, t_next)
+                elif t_next > 0:
+                    x = pingpong_step(x, v, t, t_next, torch.randn(x.shape, generator=generator, dtype=x.dtype))
+                else:
+                    x = x0_from_velocity(x, v, torch.tensor(t))
         if on_step is not None:
             on_step(i)
     return x
@@ -116,4 +135,4 @@ def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: 
 
 def _check_steps(steps: int) -> None:
     if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+        raise UsageError(f"steps must be a positive integer, got {steps!r}")

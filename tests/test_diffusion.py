@@ -55,3 +55,46 @@ def test_cfg_combine():
 def test_bad_steps():
     with pytest.raises(ValueError, match="positive integer"):
         euler_schedule(0)
+
+
+def _recording_velocity(w, calls):
+    """``v = w x``; records ``(x, t, grad enabled)`` of every call."""
+    def velocity(x, t, i):
+        calls.append((x.detach().clone(), t, torch.is_grad_enabled()))
+        return w * x
+    return velocity
+
+
+@pytest.mark.parametrize("sampler", ["euler", "pingpong"])
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_exit_step_returns_that_steps_x0_prediction_with_gradient_only_through_it(sampler, k):
+    """``sample(..., exit_step=k)`` follows the full sampler's path for k-1 steps (same noise draws), then
+    returns ``x - t v`` of step k-1; its gradient is that of the exit step alone, from a constant input."""
+    noise = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
+    w = torch.tensor(0.7, requires_grad=True)
+    full_calls, exit_calls = [], []
+    sample(_recording_velocity(w.detach(), full_calls), noise, sampler, 5, torch.Generator().manual_seed(1))
+    out = sample(_recording_velocity(w, exit_calls), noise, sampler, 5, torch.Generator().manual_seed(1),
+                 exit_step=k)
+    assert len(exit_calls) == k
+    for (xa, ta, _), (xb, tb, _) in zip(full_calls[:k], exit_calls):
+        assert ta == tb and torch.allclose(xa, xb)
+    x_k, t_k, _ = exit_calls[-1]
+    assert torch.allclose(out, x_k - t_k * 0.7 * x_k, atol=1e-6)
+    (grad,) = torch.autograd.grad(out.sum(), w)
+    assert torch.allclose(grad, -t_k * x_k.sum(), rtol=1e-5)  # d/dw of x_k - t w x_k with x_k constant
+    assert [g for _, _, g in exit_calls] == [False] * (k - 1) + [True]
+
+
+def test_sample_without_exit_step_keeps_the_callers_grad_mode():
+    w = torch.tensor(0.5, requires_grad=True)
+    out = sample(lambda x, t, i: w * x, torch.ones(1, 2, 1), "euler", 3)
+    assert out.requires_grad  # the whole chain is differentiable when the caller asks for it
+    with torch.no_grad():
+        assert not sample(lambda x, t, i: w * x, torch.ones(1, 2, 1), "euler", 3).requires_grad
+
+
+def test_bad_exit_step():
+    for k in (0, 6, 2.0):
+        with pytest.raises(ValueError, match="exit_step"):
+            sample(lambda x, t, i: x, torch.zeros(1, 1, 1), "pingpong", 5, exit_step=k)

@@ -1,1 +1,2 @@
-"""Training: config, data crops, the LMDM objective, the loop with checkpoints and resume."""
+"""Training: the config (``config``), data crops (``dataset``), the LMDM objective (``objective``), the one training
+loop (``loop``) with its checkpoints (``state``), pretraining (``pretrain``) and ARC-Forcing (``arc``) on it."""

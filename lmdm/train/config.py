@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lmdm.audio.codec import CodecConfig
+from lmdm.config import ConfigError
 from lmdm.model.config import DiTConfig
 
 MODES = ("block_causal", "enc_dec", "outpainting")
@@ -11,7 +12,7 @@ MODES = ("block_causal", "enc_dec", "outpainting")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``lmdm train`` needs.
+    """Everything ``lmdm train`` needs. Invalid combinations raise :class:`lmdm.config.ConfigError`.
 
     Attributes:
         data: folder built by ``lmdm data build`` (manifest.csv, audio/, midi/).
@@ -80,18 +81,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.mode_mix) - set(MODES))
         if unknown:
-            raise ValueError(f"mode_mix has unknown mode(s) {unknown}; valid modes are: {', '.join(MODES)}")
+            raise ConfigError(f"mode_mix has unknown mode(s) {unknown}; valid modes are: {', '.join(MODES)}")
         if not self.mode_mix or min(self.mode_mix.values()) < 0 or sum(self.mode_mix.values()) <= 0:
-            raise ValueError(f"mode_mix needs non-negative weights with a positive sum, got {self.mode_mix}")
+            raise ConfigError(f"mode_mix needs non-negative weights with a positive sum, got {self.mode_mix}")
         if self.model.latent_channels != self.codec.channels:
-            raise ValueError(f"model.latent_channels ({self.model.latent_channels}) must equal the codec's "
+            raise ConfigError(f"model.latent_channels ({self.model.latent_channels}) must equal the codec's "
                              f"patch * n_mels ({self.codec.channels})")
         if self.train_chunks < self.model.window_chunks + 1:
-            raise ValueError(f"train_chunks ({self.train_chunks}) must be at least window_chunks + 1 "
+            raise ConfigError(f"train_chunks ({self.train_chunks}) must be at least window_chunks + 1 "
                              f"({self.model.window_chunks + 1})")
         for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def crop_frames(self) -> int:

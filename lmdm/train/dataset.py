@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lmdm.atomic import atomic_file, write_text
 from lmdm.audio.io import load_audio
 from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.config import to_dict
@@ -108,7 +108,14 @@ def read_manifest(data_dir: str | Path) -> list[dict]:
 
 
 def load_latent_set(data_dir: str | Path, codec_cfg: CodecConfig, progress: bool = True) -> LatentSet:
-    """Load (computing and caching on first use) the :class:`LatentSet` of a data folder."""
+    """Load (computing and caching on first use) the :class:`LatentSet` of a data folder.
+
+    The cache ``DATA/cache/latents-<hash>.safetensors`` (and its ``.json`` of names and captions) is written
+    atomically (``lmdm.atomic``), so an interrupted first run leaves no half-written cache.
+
+    Raises:
+        DataError: the folder has no manifest, or it lists no works.
+    """
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
@@ -153,9 +160,8 @@ def load_latent_set(data_dir: str | Path, codec_cfg: CodecConfig, progress: bool
         "caption_start": torch.tensor(cap_start), "caption_count": torch.tensor(cap_count),
     }
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-    save_file(tensors, str(tmp))
     meta = {"work_ids": [r["work_id"] for r in rows], "splits": [r["split"] for r in rows], "texts": texts}
-    cache.with_suffix(".json").write_text(json.dumps(meta))
-    os.replace(tmp, cache)
+    write_text(cache.with_suffix(".json"), json.dumps(meta))  # first: the tensors file marks the cache complete
+    with atomic_file(cache) as tmp:
+        save_file(tensors, str(tmp))
     return LatentSet(**tensors, work_ids=meta["work_ids"], splits=meta["splits"], texts=texts)

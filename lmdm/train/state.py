@@ -1,27 +1,29 @@
-"""Training checkpoints: model, EMA, optimiser and RNG state in safetensors, the rest in JSON; written atomically.
+"""Training checkpoints: modules, EMA, optimiser and RNG state in safetensors, the rest in JSON; written atomically.
 
 Layout under ``RUN/ckpt/``::
 
-    step-000500/model.safetensors   trained weights (float32)
+    step-000500/model.safetensors   trained weights, one file per module (``disc.safetensors`` for ARC's
+                                    discriminator ...)
     step-000500/ema.safetensors     EMA weights (float32)
-    step-000500/optim.safetensors   AdamW moments per parameter index, plus the RNG state
-    step-000500/state.json          step, optimiser hyper-parameters, log of validation losses
+    step-000500/optim.safetensors   optimiser moments per parameter index (prefixed ``NAME.`` for named
+                                    optimisers), plus the RNG state
+    step-000500/state.json          step, optimiser hyper-parameters, LR-scheduler and EMA counters, metrics
     latest                          the name of the newest complete checkpoint
 
-A checkpoint folder is written under a temporary name and renamed when complete; ``latest`` is replaced
-atomically afterwards. A run killed at any moment resumes from the last complete checkpoint.
+Nothing is pickled. A checkpoint folder is written with :func:`lmdm.atomic.atomic_folder` (a temporary folder
+renamed into place when complete) and ``latest`` with :func:`lmdm.atomic.write_text`, so a run killed at any
+moment (or an exception while saving) leaves the previous checkpoint complete and loadable.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from lmdm.audio.io import _umask
+from lmdm.atomic import atomic_folder, write_text
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -37,68 +39,69 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def save_training_state(run_dir: str | Path, step: int, model: torch.nn.Module | dict[str, torch.nn.Module],
-                        ema: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer],
+def _optim_key(name: str) -> tuple[str, str]:
+    """Tensor prefix and JSON key of an optimiser; the unnamed one (``""``) keeps the plain names."""
+    return (f"{name}." if name else ""), ("param_groups" + (f"_{name}" if name else ""))
+
+
+def save_training_state(run_dir: str | Path, step: int, modules: dict[str, torch.nn.Module],
+                        ema: dict[str, torch.Tensor], optimizers: dict[str, torch.optim.Optimizer],
                         generator: torch.Generator, extra: dict, keep: int = 2) -> Path:
     """Write ``RUN/ckpt/step-XXXXXX`` atomically, point ``latest`` at it and delete all but ``keep`` newest.
 
-    ``model`` may be several modules ``{name: module}`` (each saved as ``name.safetensors``; a lone module is
-    "model") and ``optimizer`` several ``{name: optimizer}`` (a lone one is unnamed).
-    """
-    from safetensors.torch import save_file
+    Args:
+        run_dir: the run folder.
+        step: optimiser steps done (names the folder).
+        modules: ``{name: module}``, each saved as ``name.safetensors``.
+        ema: EMA state dict (``ema.safetensors``).
+        optimizers: ``{name: optimizer}``; tensors go to ``optim.safetensors``, hyper-parameters to JSON.
+        generator: the run's RNG (its state is saved with the optimiser tensors).
+        extra: JSON-serialisable extras stored in ``state.json`` beside ``step``.
+        keep: complete checkpoints kept (the one just written included).
 
-    modules = model if isinstance(model, dict) else {"model": model}
-    optimizers = optimizer if isinstance(optimizer, dict) else {"": optimizer}
+    Returns:
+        the checkpoint folder.
+    """
     ckpt = Path(run_dir) / "ckpt"
-    ckpt.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=ckpt))
-    try:
+    tensors = {"rng_state": generator.get_state()}
+    state = {"step": step, **extra}
+    for oname, opt in optimizers.items():
+        prefix, key = _optim_key(oname)
+        osd = opt.state_dict()
+        for idx, st in osd["state"].items():
+            for k, val in st.items():
+                tensors[f"{prefix}{idx}.{k}"] = val if torch.is_tensor(val) else torch.tensor(val)
+        state[key] = osd["param_groups"]
+    with atomic_folder(ckpt / name) as tmp:
         for mname, module in modules.items():
-            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{mname}.safetensors"))
-        save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-        tensors = {"rng_state": generator.get_state()}
-        state = {"step": step, **extra}
-        for oname, opt in optimizers.items():
-            osd = opt.state_dict()
-            prefix = f"{oname}." if oname else ""
-            for idx, st in osd["state"].items():
-                for key, val in st.items():
-                    tensors[f"{prefix}{idx}.{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
-            state["param_groups" + (f"_{oname}" if oname else "")] = osd["param_groups"]
+            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
+                      str(tmp / f"{mname}.safetensors"))
+        save_file({k: v.detach().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
         save_file(tensors, str(tmp / "optim.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
-        os.chmod(tmp, 0o777 & ~_umask())
-        final = ckpt / name
-        old = ckpt / f".{name}.old"
-        if final.exists():  # the same step again: move the complete one aside, never delete it first
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    fd, ptmp = tempfile.mkstemp(prefix=".latest-", dir=ckpt)
-    with os.fdopen(fd, "w") as f:
-        f.write(name)
-    os.replace(ptmp, ckpt / "latest")
+    write_text(ckpt / "latest", name)
     older = sorted(p for p in ckpt.glob("step-*") if p.is_dir() and p.name < name)  # never prune what was just written
     for stale in older[: max(0, len(older) - (keep - 1))]:
         shutil.rmtree(stale, ignore_errors=True)
+    for leftover in ckpt.glob(".step-*.tmp-*"):  # half-written folders of a killed process
+        shutil.rmtree(leftover, ignore_errors=True)
     return ckpt / name
 
 
-def load_training_state(path: Path, model: torch.nn.Module | dict[str, torch.nn.Module],
-                        optimizer: torch.optim.Optimizer | dict[str, torch.optim.Optimizer],
+def load_training_state(path: str | Path, modules: dict[str, torch.nn.Module],
+                        optimizers: dict[str, torch.optim.Optimizer],
                         generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict]:
-    """Restore modules, optimisers and RNG from a checkpoint folder; returns ``(ema, state_json)``."""
-    from safetensors.torch import load_file
+    """Restore modules, optimisers and RNG from a checkpoint folder written by :func:`save_training_state`.
 
-    modules = model if isinstance(model, dict) else {"model": model}
-    optimizers = optimizer if isinstance(optimizer, dict) else {"": optimizer}
+    Returns:
+        ``(ema_state_dict, state_json)``.
+
+    Raises:
+        FileNotFoundError: a file of the checkpoint is missing.
+        RuntimeError: the weights do not fit the modules (``load_state_dict``'s error).
+    """
+    path = Path(path)
     for mname, module in modules.items():
         module.load_state_dict(load_file(str(path / f"{mname}.safetensors")))
     ema = load_file(str(path / "ema.safetensors"))
@@ -106,39 +109,13 @@ def load_training_state(path: Path, model: torch.nn.Module | dict[str, torch.nn.
     tensors = load_file(str(path / "optim.safetensors"))
     generator.set_state(tensors.pop("rng_state"))
     for oname, opt in optimizers.items():
-        prefix = f"{oname}." if oname else ""
+        prefix, key = _optim_key(oname)
         opt_state: dict[int, dict] = {}
-        for key, val in tensors.items():
-            rest = key[len(prefix):] if key.startswith(prefix) else None
-            if rest is None or (not oname and not rest.split(".", 1)[0].isdigit()):
+        for tname, val in tensors.items():
+            if not tname.startswith(prefix):
                 continue
-            idx, name = rest.split(".", 1)
-            if idx.isdigit():
-                opt_state.setdefault(int(idx), {})[name] = val
-        opt.load_state_dict({"state": opt_state, "param_groups": state["param_groups" + (f"_{oname}" if oname else "")]})
+            idx, _, field = tname[len(prefix):].partition(".")
+            if idx.isdigit():  # the unnamed optimiser's prefix "" also matches "g.0.step": skip those
+                opt_state.setdefault(int(idx), {})[field] = val
+        opt.load_state_dict({"state": opt_state, "param_groups": state[key]})
     return ema, state
-
-
-def export_from_run(run_dir: str | Path, out: str | Path, checkpoint: Path | None = None) -> Path:
-    """Write an inference checkpoint (EMA weights) from a run's latest (or the given) training checkpoint.
-
-    Raises:
-        FileNotFoundError: the run has no complete checkpoint.
-    """
-    from safetensors.torch import load_file
-
-    from lmdm.checkpoint import save_checkpoint
-    from lmdm.config import from_dict
-    from lmdm.model.dit import DiT
-    from lmdm.train.config import TrainConfig
-
-    run_dir = Path(run_dir)
-    path = checkpoint or latest_checkpoint(run_dir)
-    if path is None:
-        raise FileNotFoundError(f"{run_dir} has no complete training checkpoint to export")
-    cfg = from_dict(TrainConfig, json.loads((run_dir / "config.json").read_text()), where=str(run_dir / "config.json"))
-    model = DiT(cfg.model)
-    model.load_state_dict(load_file(str(path / "ema.safetensors")))
-    state = json.loads((path / "state.json").read_text())
-    info = {"step": state["step"], "exported_from": str(path), "history": state.get("history", [])[-3:]}
-    return save_checkpoint(out, model, cfg.codec, info)

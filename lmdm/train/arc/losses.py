@@ -30,7 +30,8 @@ def contrastive_loss(d_matched: torch.Tensor, d_mismatched: torch.Tensor) -> tor
 
 
 def roll_prompts(text: torch.Tensor, has_text: torch.Tensor | None = None):
-    """Each item gets the next item's prompt, on copies (the inputs are untouched).
+    """Each item gets another item's prompt (item ``i`` that of item ``i - 1``), on copies (the inputs are
+    untouched).
 
     Args:
         text: ``(b, dim)`` prompt embeddings, ``b >= 2``.
@@ -40,12 +41,9 @@ def roll_prompts(text: torch.Tensor, has_text: torch.Tensor | None = None):
         ``(rolled_text, rolled_has_text)`` (the second None if ``has_text`` is None).
 
     Raises:
-        ValueError: a batch of one (no other prompt exists), or an item that would keep its own prompt.
+        ValueError: a batch of one (no other prompt exists).
     """
     if text.shape[0] < 2:
         raise ValueError("the contrastive loss needs a batch of at least 2 (a negative prompt for every item)")
-    rolled = torch.roll(text.clone(), shifts=1, dims=0)
-    index = torch.roll(torch.arange(text.shape[0]), shifts=1)
-    if bool((index == torch.arange(text.shape[0])).any()):
-        raise ValueError("prompt roll left an item its own prompt")
-    return rolled, (None if has_text is None else torch.roll(has_text.clone(), shifts=1, dims=0))
+    # torch.roll returns a new tensor: item i gets item i-1's prompt, and for b >= 2 that is never item i
+    return torch.roll(text, 1, 0), (None if has_text is None else torch.roll(has_text, 1, 0))

@@ -9,30 +9,30 @@ generations for ``N`` blocks (``lmdm.train.arc.rollout``) and trained against a 
    step); re-noise ``[context | rollout]`` and ``[context | real continuation]`` with the *same* noise and
    timestep; ``L_G = softplus(D(real) - D(fake))`` on the rollout region; the discriminator is frozen;
 3. **discriminator step**: ``L_D = softplus(-(D(real) - D(fake)))`` plus the contrastive loss (real audio with
-   its own caption must outscore it with the next item's caption, rolled on a copy);
-4. EMA of the generator; checkpoints and resume as in ``lmdm train``.
+   its own caption must outscore it with another item's caption, rolled on a copy);
+4. EMA of the generator, LR, checkpoints, resume, log and export: the one loop of ``lmdm.train.loop``.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lmdm.checkpoint import load_checkpoint, save_checkpoint
-from lmdm.config import from_dict, to_dict
+from lmdm.config import ConfigError, to_dict
 from lmdm.diffusion import add_noise
-from lmdm.train.dataset import DataError, load_latent_set
-from lmdm.train.objective import logit_normal
-from lmdm.train.state import latest_checkpoint, load_training_state, save_training_state
+from lmdm.errors import LmdmError
+from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
 from lmdm.train.arc.rollout import rollout
-from lmdm.errors import LmdmError
+from lmdm.train.dataset import load_latent_set
+from lmdm.train.loop import LoopSettings, LoopState, Task, run_loop, settle_config, write_config
+from lmdm.train.objective import logit_normal
+
+# what ``--resume`` may change: the length, intervals and output folders
+CHANGEABLE = {"steps", "max_hours", "log_every", "ckpt_every", "run_dir", "export_dir"}
 
 
 class ARCError(LmdmError, RuntimeError):
@@ -88,11 +88,12 @@ class ARCConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2: the contrastive loss needs another item's prompt")
+            raise ConfigError("batch_size must be >= 2: the contrastive loss needs another item's prompt")
         if self.student_steps < 2:
-            raise ValueError("student_steps must be >= 2 (the exit step is drawn from [1, S-1])")
-        if self.rollout_blocks < 1 or self.steps < 1:
-            raise ValueError("rollout_blocks and steps must be >= 1")
+            raise ConfigError("student_steps must be >= 2 (the exit step is drawn from [1, S-1])")
+        for name in ("rollout_blocks", "steps", "log_every", "ckpt_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -107,10 +108,23 @@ class ARCResult:
     last: dict
 
 
-def arc_iteration(student, disc, opt_g, opt_d, x0, text, cfg: ARCConfig, gen: torch.Generator) -> dict:
-    """One generator step and one discriminator step on a batch of real crops ``x0`` ``(b, (W+N)*B, ch)``."""
+def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+                  x0: torch.Tensor, text: torch.Tensor, cfg: ARCConfig, gen: torch.Generator) -> dict:
+    """One generator step and one discriminator step (steps 2 and 3 of the module docstring; ARC, arXiv
+    2505.08175, section 3).
+
+    Args:
+        student, disc: the two players (updated in place by ``opt_g`` and ``opt_d``).
+        x0: ``(b, (W + N) * B, ch)`` real crops: ``W`` context chunks, then ``N = cfg.rollout_blocks`` blocks.
+        text: ``(b, text_dim)`` their caption embeddings (``b >= 2``; not modified).
+        cfg: losses, rollout length, student steps, gradient clipping.
+        gen: the run's RNG (timesteps, noise, exit steps).
+
+    Returns:
+        ``loss_g``, ``loss_d``, ``loss_c``, mean ``d_real`` and ``d_fake`` (floats) and the ``exit_steps`` drawn.
+    """
     C = student.cfg.context_frames
-    ctx, real = x0[:, :C], x0[:, C:]
+    ctx = x0[:, :C]
     b = x0.shape[0]
     has = torch.ones(b, dtype=torch.bool)
     t = logit_normal((b,), cfg.t_logit_mean, cfg.t_logit_std, gen)
@@ -145,37 +159,27 @@ def arc_iteration(student, disc, opt_g, opt_d, x0, text, cfg: ARCConfig, gen: to
 
 def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool = True,
               run_dir: str | Path | None = None, overrides: dict | None = None) -> ARCResult:
-    """Run (or resume) ARC-Forcing; see the module docstring.
+    """Run (or resume) ARC-Forcing (see the module docstring) on the loop of ``lmdm.train.loop``.
+
+    Args:
+        cfg: the config; with ``resume`` it may be None (the run's saved config is used).
+        resume: continue from the run's latest checkpoint; without one, start.
+        progress: show a tqdm bar.
+        run_dir: overrides ``cfg.run_dir`` (needed when resuming without a config).
+        overrides: fields to change after the config is settled; on resume only those in ``CHANGEABLE``.
+
+    Returns:
+        an :class:`ARCResult`; the EMA student is in ``RUN/final`` (and ``export_dir``).
 
     Raises:
-        ARCError: fresh run into a folder with checkpoints, or nothing to resume.
-        CheckpointError, DataError: missing pretrained checkpoint or data.
+        ARCError: fresh run into a folder with checkpoints, a resume that changes the config, or nothing to
+            resume.
+        CheckpointError, DataError: missing pretrained checkpoint, or data without crops of
+            ``(W + rollout_blocks) * B`` frames.
+        ConfigError: an override names an unknown field.
     """
-    from tqdm.auto import tqdm
-
-    run = Path(run_dir or (cfg.run_dir if cfg else ""))
-    existing = latest_checkpoint(run) if str(run) else None
-    if existing is not None and not resume:
-        raise ARCError(f"{run} already holds checkpoints ({existing.name}); pass --resume, or another run_dir")
-    changeable = {"steps", "max_hours", "log_every", "ckpt_every", "run_dir", "export_dir"}
-    if resume and existing is not None:
-        saved = from_dict(ARCConfig, json.loads((run / "config.json").read_text()), where=str(run / "config.json"))
-        if cfg is not None:
-            a, b = to_dict(saved), to_dict(dataclasses.replace(cfg, run_dir=saved.run_dir))
-            differ = sorted(k for k in a if a[k] != b[k] and k not in changeable)
-            if differ:
-                raise ARCError(f"--resume with a config that differs from the run's in {differ}; only "
-                               f"{sorted(changeable)} may change")
-            saved = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in changeable if k != "run_dir"})
-        cfg = saved
-    elif cfg is None:
-        raise ARCError(f"nothing to resume in {run} and no config given")
-    if overrides:
-        bad = sorted(set(overrides) - changeable) if resume and existing is not None else []
-        if bad:
-            raise ARCError(f"cannot change {bad} when resuming; only {sorted(changeable)}")
-        cfg = dataclasses.replace(cfg, **overrides)
-    cfg = dataclasses.replace(cfg, run_dir=str(run))
+    cfg, run, existing = settle_config(ARCConfig, cfg, resume=resume, run_dir=run_dir, overrides=overrides,
+                                       changeable=CHANGEABLE, error=ARCError)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     base = load_checkpoint(cfg.init_from)
@@ -186,67 +190,29 @@ def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
-    ema = {k: v.detach().clone().float() for k, v in student.state_dict().items()}
-    step, elapsed_before = 0, 0.0
-    if resume and existing is not None:
-        ema, st = load_training_state(existing, {"model": student, "disc": disc}, {"g": opt_g, "d": opt_d}, gen)
-        step, elapsed_before = st["step"], st.get("elapsed_s", 0.0)
     data = load_latent_set(cfg.data, base.codec, progress=progress)
     crop = (student.cfg.window_chunks + cfg.rollout_blocks) * student.cfg.block_frames
-    try:
-        starts = data.valid_starts("train", crop)
-    except DataError as e:
-        raise ARCError(str(e)) from e
-    run.mkdir(parents=True, exist_ok=True)
-    (run / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    log_path = run / "log.csv"
-    new_log = not log_path.exists()
-    log_file = open(log_path, "a", newline="")
-    log = csv.writer(log_file)
-    if new_log:
-        log.writerow(["step", "loss_g", "loss_d", "loss_c", "d_real", "d_fake", "elapsed_s"])
-    t0 = time.time()
-    last: dict = {}
+    starts = data.valid_starts("train", crop)
 
-    def checkpoint():
-        save_training_state(run, step, {"model": student, "disc": disc}, ema, {"g": opt_g, "d": opt_d}, gen,
-                            {"elapsed_s": elapsed_before + time.time() - t0, "last": last},
-                            keep=cfg.keep_checkpoints)
+    def train_step(state: LoopState) -> dict:
+        x0, _, text = data.sample(starts, cfg.batch_size, crop, gen)
+        return arc_iteration(student, disc, opt_g, opt_d, x0, text, cfg, gen)
 
-    bar = tqdm(total=cfg.steps, initial=step, desc="ARC-Forcing", unit="it", disable=not progress)
-    try:
-        while step < cfg.steps:
-            if cfg.max_hours and (elapsed_before + time.time() - t0) / 3600 >= cfg.max_hours:
-                break
-            x0, _, text = data.sample(starts, cfg.batch_size, crop, gen)
-            last = arc_iteration(student, disc, opt_g, opt_d, x0, text, cfg, gen)
-            step += 1
-            with torch.no_grad():
-                for k, v in student.state_dict().items():
-                    ema[k].mul_(cfg.ema_decay).add_(v.float(), alpha=1 - cfg.ema_decay)
-            if step % cfg.log_every == 0:
-                log.writerow([step] + [f"{last[k]:.5f}" for k in ("loss_g", "loss_d", "loss_c", "d_real", "d_fake")]
-                             + [f"{elapsed_before + time.time() - t0:.1f}"])
-                log_file.flush()
-            if step % cfg.ckpt_every == 0:
-                checkpoint()
-            bar.update(1)
-            bar.set_postfix(g=f"{last['loss_g']:.3f}", d=f"{last['loss_d']:.3f}", c=f"{last['loss_c']:.3f}")
-    except KeyboardInterrupt:
-        checkpoint()
-        raise
-    finally:
-        bar.close()
-        log_file.close()
-    if step % cfg.ckpt_every:  # the loop already saved this step
-        checkpoint()
-    hours = (elapsed_before + time.time() - t0) / 3600
-    student.load_state_dict(ema)
-    info = {"arc_step": step, "arc_hours_cpu": round(hours, 3), "base": cfg.init_from,
-            "discriminator_params": disc.num_params(), "sampler": {"sampler": "pingpong", "steps": cfg.student_steps,
-                                                                   "cfg_scale": 1.0},
-            "arc_config": to_dict(cfg), "base_info": {k: base.info.get(k) for k in ("step", "val_loss")}}
-    final = save_checkpoint(run / "final", student, base.codec, info)
-    if cfg.export_dir:
-        save_checkpoint(cfg.export_dir, student, base.codec, info)
-    return ARCResult(step=step, hours=hours, final_dir=final, disc_params=disc.num_params(), last=last)
+    def export_info(state: LoopState) -> dict:
+        return {"arc_step": state.step, "arc_hours_cpu": round(state.elapsed_s / 3600, 3), "base": cfg.init_from,
+                "discriminator_params": disc.num_params(),
+                "sampler": {"sampler": "pingpong", "steps": cfg.student_steps, "cfg_scale": 1.0},
+                "arc_config": to_dict(cfg), "base_info": {k: base.info.get(k) for k in ("step", "val_loss")}}
+
+    task = Task(modules={"model": student, "disc": disc}, optimizers={"g": opt_g, "d": opt_d}, generator=gen,
+                train_step=train_step, save_model=lambda path, m, info: save_checkpoint(path, m, base.codec, info),
+                export_info=export_info, ema_decay=lambda n: cfg.ema_decay)
+    settings = LoopSettings(run_dir=run, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
+                            keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
+                            columns=tuple((k, ".5f") for k in ("loss_g", "loss_d", "loss_c", "d_real", "d_fake")),
+                            postfix=(("g", "loss_g"), ("d", "loss_d"), ("c", "loss_c")),
+                            desc="ARC-Forcing", unit="it", progress=progress)
+    write_config(run, cfg)
+    out = run_loop(settings, task, resume_from=existing)
+    return ARCResult(step=out.state.step, hours=out.hours, final_dir=out.final_dir, disc_params=disc.num_params(),
+                     last=out.state.last)
