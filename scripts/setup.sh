@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up of lmdm: a virtual environment in .venv with the CPU build of torch, lmdm (editable) and
-# its test tools. As root on Debian/Ubuntu it also installs FluidSynth and a General MIDI SoundFont (needed only
-# to build training data, not to generate).
+# its test tools. As root on Debian/Ubuntu it also installs, where missing, FluidSynth and a General MIDI SoundFont
+# (needed to build training data and by the data tests) and Chromium (the browser tests drive the widgets in it),
+# so that the README's test command `.venv/bin/python -m pytest` passes on a fresh machine.
 #
 #   bash scripts/setup.sh            # then: .venv/bin/lmdm generate "a slow Bach chorale on church organ"
 #
@@ -12,15 +13,20 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-if ! command -v fluidsynth >/dev/null 2>&1; then
+missing=()
+command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth fluid-soundfont-gm)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "== installing FluidSynth and the FluidR3 General MIDI SoundFont (apt)"
+    echo "== installing ${missing[*]} (apt)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends fluidsynth fluid-soundfont-gm >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+      || echo "note: apt-get could not install ${missing[*]}; the tests that need them will say so"
   else
-    echo "note: FluidSynth is not installed; it is needed only for 'lmdm data build'."
-    echo "      Debian/Ubuntu: sudo apt-get install fluidsynth fluid-soundfont-gm; macOS: brew install fluid-synth"
+    echo "note: not installed: ${missing[*]}. FluidSynth is needed for 'lmdm data build' and the data tests,"
+    echo "      Chromium for the browser tests (skipped without it). Debian/Ubuntu:"
+    echo "      sudo apt-get install ${missing[*]}   (or run this script as root); macOS: brew install fluid-synth"
   fi
 fi
 

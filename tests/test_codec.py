@@ -1,5 +1,4 @@
 """The mel codec: shapes, frame rate, and reconstruction after decode -> re-encode."""
-import numpy as np
 import pytest
 import torch
 

@@ -1,24 +1,43 @@
-"""The widgets' Python half without a browser: message validation, state traits, stroke -> contour, audio in."""
+"""The widgets' Python half without a browser: message validation, state traits, stroke -> contour, audio in, and
+a prompt change during a live session taking effect from the next block."""
 import math
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from lmdm.checkpoint import Checkpoint
 from lmdm.audio.codec import CodecConfig
+from lmdm.audio.sanitize import sanitize
+from lmdm.checkpoint import Checkpoint
+from lmdm.live.engine import LiveEngine
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
+from lmdm.streaming.streamer import SamplerConfig
+from lmdm.text import encode_prompts
 from lmdm.widgets import MicJam, PromptPanel, SketchPad
-from lmdm.widgets.messages import (Limits, MessageError, RateLimiter, audio_from_message, strokes_from_message,
+from lmdm.widgets.messages import (MessageError, RateLimiter, audio_from_message, strokes_from_message,
                                    text_from_message)
 
 
 @pytest.fixture(scope="module")
 def tiny_ckpt():
+    """A tiny DiT with random, non-zero weights everywhere: a freshly built DiT zero-initialises its output layers
+    (its velocity is 0 whatever the prompt), which would let a prompt that never arrives pass unnoticed."""
     torch.manual_seed(0)
     model = DiT(DiTConfig(d_model=32, n_layers=2, n_heads=2, block_frames=4, window_chunks=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     return Checkpoint(model=model.requires_grad_(False), codec=CodecConfig())
+
+
+def wait_for(condition, timeout=120.0, what="condition"):
+    """Wait until ``condition()`` is true (polling every 10 ms); fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.01)
 
 
 def f32(x):
@@ -98,27 +117,109 @@ def test_mic_jam_takes_audio_messages_and_survives_bad_ones(tiny_ckpt):
     assert s["seconds"] == pytest.approx(0.5, abs=0.01)
     assert s["rms"] == pytest.approx(0.2 / math.sqrt(2), rel=0.1)
     assert s["dominant_hz"] == pytest.approx(440, abs=10)
+    # chunks are resampled as one stream: what was kept equals resampling the whole tone at once (no clicks)
+    kept = jam.received.read(0, jam.received.total)
+    whole = sanitize(tone, sr, 16000).audio
+    assert 7000 < len(kept) <= len(whole)
+    np.testing.assert_allclose(kept, whole[: len(kept)], atol=1e-6)
     jam._on_msg(jam, {"type": "audio", "rate": sr}, [b"xyz"])
     assert "multiple of 4" in jam.error
     jam._on_msg(jam, "hostile", [])
     assert "unexpected message" in jam.error
     jam._on_msg(jam, {"type": "ping", "t": 5.0}, [])
     assert sent[-1] == {"type": "pong", "t": 5.0}
+    jam._on_msg(jam, {"type": "rtt", "ms": 12.5}, [])
+    assert jam.rtt_ms == 12.5
 
 
-def test_prompt_panel_starts_streams_and_stops(tiny_ckpt):
+def test_mic_jam_feeds_its_engine_while_running(tiny_ckpt):
+    jam = MicJam(tiny_ckpt)
+    jam.send = lambda content, buffers=None: None
+    jam.running = True  # what the start button does
+    try:
+        assert jam.engine.running and jam.error == ""
+        sr = 48000
+        tone = (0.3 * np.sin(2 * np.pi * 330 * np.arange(sr) / sr)).astype(np.float32)
+        for i in range(0, len(tone), 4800):
+            jam._on_msg(jam, {"type": "audio", "rate": sr}, [f32(tone[i : i + 4800])])
+        stats = jam.engine.stats()
+        assert stats.input_s == pytest.approx(1.0, abs=0.05) and stats.repairs["resampled from 48000 Hz"] == 10
+        jam._on_msg(jam, {"type": "audio", "rate": sr}, [f32([np.nan] * 480)])
+        assert jam.error == "" and jam.engine.stats().repairs["non-finite samples zeroed"] == 1
+    finally:
+        jam.running = False
+    wait_for(lambda: not jam.engine.running, what="the engine thread to end")
+    assert jam.pump is None and not jam.running
+
+
+def test_prompt_panel_ranges_are_the_sampler_configs(tiny_ckpt):
     panel = PromptPanel(tiny_ckpt, steps=2, cfg_scale=1.0)
-    chunks = []
-    panel.send = lambda content, buffers=None: chunks.append(content)
-    panel.running = True  # what the start button does
-    import time
+    panel.steps = 100  # beyond the panel's old private limit of 64; SamplerConfig takes up to 1000
+    assert panel.steps == 100 and panel.error == ""
+    for name, value, field in [("steps", 1001, "steps"), ("steps", 0, "steps"), ("cfg_scale", 60.0, "cfg_scale")]:
+        with pytest.raises(ValueError) as refused:
+            SamplerConfig(**{"steps": 100, "cfg_scale": 1.0, field: value})
+        setattr(panel, name, value)
+        assert getattr(panel, name) == {"steps": 100, "cfg_scale": 1.0}[name]  # refused: the old value stays
+        assert panel.error == str(refused.value)  # SamplerConfig's own message, shown in the widget
+    panel.cfg_scale = 3.0
+    assert panel.cfg_scale == 3.0 and panel.error == ""  # a valid value clears the settings error
+    assert panel.sampler == SamplerConfig(steps=100, sampler="pingpong", cfg_scale=3.0, seed=0)
+    assert panel.engine_config().sampler == panel.sampler
+    panel._on_msg(panel, {"type": "audio"}, [])
+    assert "unexpected message" in panel.error
 
-    deadline = time.time() + 20
-    while time.time() < deadline and not any(c.get("type") == "audio" for c in chunks):
-        time.sleep(0.05)
+
+def test_prompt_panel_prompt_change_takes_effect_from_the_next_block(tiny_ckpt):
+    """A live session: the prompt changes while blocks stream; the blocks before the change are exactly those of
+    the old prompt, and from the block after the change on the stream is exactly an offline session that switched
+    prompt there (so the new prompt reached the model, and nothing else changed)."""
+    for text in ("solo flute", "church organ"):
+        encode_prompts(text)  # embed once (cached), so the change itself is quick
+    panel = PromptPanel(tiny_ckpt, prompt="solo flute", steps=2, cfg_scale=1.0, seed=5)
+    audio = []
+    panel.send = lambda content, buffers=None: audio.append(np.frombuffer(buffers[0], "<f4").copy()) \
+        if content.get("type") == "audio" else None
+    panel.running = True  # what the start button does
+    engine, pump = panel.engine, panel.pump
+    wait_for(lambda: engine.stats().blocks >= 2, what="two blocks")
+    before = engine.block_index
     panel.prompt = "church organ"  # applies from the next block
+    after = engine.block_index
+    wait_for(lambda: any(t["prompt"] == "church organ" for t in engine.stats().timeline[1:-1]),
+             what="two blocks with the new prompt")
     panel.running = False
-    assert any(c.get("type") == "audio" for c in chunks)
-    assert not panel.engine.running and panel.stats["blocks"] >= 1
-    panel.steps = 1000
-    assert panel.steps == 2 and "steps" in panel.error
+    wait_for(lambda: not engine.running and not pump._thread.is_alive(), what="the session to stop")
+    out = np.concatenate(audio + [engine.read_output()])
+    prompts = [t["prompt"] for t in engine.stats().timeline]
+    m = prompts.index("church organ")
+    assert prompts == ["solo flute"] * m + ["church organ"] * (len(prompts) - m)
+    assert before <= m <= after + 1  # the block in progress keeps the old prompt; the next one has the new
+    assert len(out) == len(prompts) * engine.block_samples - engine.xf  # every block reached the browser, in order
+
+    def offline(switch_at):
+        eng = LiveEngine(tiny_ckpt, engine.cfg)  # the session's settings, started with the old prompt
+        for n in range(len(prompts)):
+            if n == switch_at:
+                eng.set_prompt("church organ")
+            eng.step()
+        return eng.read_output()
+
+    same_prompt, switched = offline(None), offline(m)
+    seam = m * engine.block_samples - engine.xf  # audio before this was emitted before block m was made
+    np.testing.assert_allclose(out, switched, atol=1e-5)
+    np.testing.assert_allclose(out[:seam], same_prompt[:seam], atol=1e-5)
+    assert np.abs(out[seam:] - same_prompt[seam:]).max() > 1e-3  # the new prompt changed what was generated
+
+
+def test_a_session_that_cannot_start_shows_why_and_stays_stopped(tiny_ckpt, monkeypatch):
+    from lmdm.config import ConfigError
+
+    panel = PromptPanel(tiny_ckpt)
+
+    def refuse():
+        raise ConfigError("invalid engine settings: margin_s=-1")
+
+    monkeypatch.setattr(panel, "engine_config", refuse)
+    panel.running = True  # what the start button does
+    assert not panel.running and panel.error == "invalid engine settings: margin_s=-1" and panel.pump is None

@@ -1,58 +1,40 @@
-"""Audio I/O and sanitising, on well-kept libraries: soundfile for files, soxr for resampling.
+"""Audio files, on well-kept libraries: soundfile for reading and writing, soxr (through the sanitiser) for
+resampling.
 
-Arrays here are float32 numpy, shape ``(samples,)`` for mono. Everything that enters the model path goes through
-:func:`to_mono_float` so that stereo, integer PCM, NaN/inf samples and other sample rates are repaired in one
-documented place.
+Arrays here are float32 numpy, shape ``(samples,)`` for mono. Everything read goes through
+:func:`to_mono_float` and everything written through the same sanitiser (:mod:`lmdm.audio.sanitize`), so stereo,
+integer PCM, NaN/inf samples and other sample rates are repaired by one set of documented rules.
 """
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from lmdm.errors import LmdmError
 
+from lmdm.atomic import atomic_file
+from lmdm.audio.sanitize import AudioError, sanitize
 
-class AudioError(LmdmError, ValueError):
-    """Audio that cannot be read, written or repaired; the message says what was wrong and what is accepted."""
+__all__ = ["AudioError", "check_writable", "load_audio", "save_audio", "to_mono_float"]
 
 
 def to_mono_float(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
-    """Repair ``audio`` into finite mono float32 at ``target_rate``.
+    """Repair ``audio`` into finite mono float32 at ``target_rate`` (the rules of :mod:`lmdm.audio.sanitize`).
 
     Args:
-        audio: ``(samples,)`` or ``(samples, channels)`` (soundfile's layout) of any numeric dtype; integer PCM is
-            scaled to [-1, 1].
+        audio: ``(samples,)`` or ``(samples, channels)`` (soundfile's layout; ``(channels, samples)`` is recognised
+            for up to 8 channels) of any real dtype; integer PCM is scaled to [-1, 1] before the downmix.
         sample_rate: rate of ``audio`` in Hz.
-        target_rate: wanted rate in Hz; other rates are resampled with soxr (high quality).
+        target_rate: wanted rate in Hz; other rates are resampled with soxr (high quality, one shot).
 
     Returns:
         ``(samples',)`` float32; NaN and inf samples are replaced by 0, values are clipped to [-1, 1].
 
     Raises:
-        AudioError: ``audio`` is not 1-D or 2-D, or ``sample_rate`` is not a positive number.
+        AudioError: ``audio`` is not real numbers, not 1-D or 2-D, or a rate is not an integer number of Hz in
+            1000..384000.
     """
-    a = np.asarray(audio)
-    if a.ndim not in (1, 2):
-        raise AudioError(f"audio must be (samples,) or (samples, channels), got shape {a.shape}")
-    if np.issubdtype(a.dtype, np.integer):  # PCM: scale before any downmix turns it into floats
-        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-    a = a.astype(np.float32, copy=False)
-    if a.ndim == 2:
-        # soundfile gives (samples, channels); accept (channels, samples) when it is clearly that way round
-        if a.shape[0] <= 8 and a.shape[1] > a.shape[0]:
-            a = a.T
-        a = a.mean(axis=1)
-    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-    np.clip(a, -1.0, 1.0, out=a)
-    if not (isinstance(sample_rate, (int, float)) and sample_rate > 0):
-        raise AudioError(f"sample rate must be a positive number of Hz, got {sample_rate!r}")
-    if int(sample_rate) != int(target_rate) and a.size:
-        import soxr
-
-        a = soxr.resample(a, int(sample_rate), int(target_rate), quality="HQ").astype(np.float32)
-    return a
+    return sanitize(audio, sample_rate, target_rate).audio
 
 
 def load_audio(path: str | Path, target_rate: int) -> np.ndarray:
@@ -90,20 +72,18 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     """Write ``audio`` (``(samples,)`` or ``(samples, channels)``, float in [-1, 1]) atomically.
+
+    The samples pass the sanitiser's rules without the downmix (:func:`lmdm.audio.sanitize.sanitize` with
+    ``mono=False``): NaN/inf become 0, values are clipped to [-1, 1], integer PCM is scaled.
 
     The format follows the suffix (.wav, .flac, .ogg); wav is 16-bit PCM. The file appears only when complete,
     so an interrupted write never leaves a truncated file under the final name.
 
     Raises:
-        AudioError: the folder is not writable or the suffix is not a known format.
+        AudioError: the folder is not writable, the suffix is not a known format, or ``audio`` / ``sample_rate``
+            break the sanitiser's rules (not real numbers, a bad shape, a rate outside 1000..384000 Hz).
     """
     import soundfile as sf
 
@@ -112,14 +92,7 @@ def save_audio(path: str | Path, audio: np.ndarray, sample_rate: int) -> Path:
     if fmt is None:
         raise AudioError(f"unknown audio format {path.suffix!r} for {path}; use .wav, .flac or .ogg")
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS"}[fmt]
-    a = np.clip(np.nan_to_num(np.asarray(audio, dtype=np.float32)), -1.0, 1.0)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, a, int(sample_rate), format=fmt, subtype=subtype)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    a = sanitize(audio, sample_rate, mono=False).audio  # finite, in [-1, 1]; channels kept
+    with atomic_file(path) as tmp:
+        sf.write(str(tmp), a, int(sample_rate), format=fmt, subtype=subtype)
     return path

@@ -17,13 +17,15 @@ starts playing. A block finished after that is an **underrun**: counted, never w
 contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the last input sample a
 block depends on to that block being available; the answer is *heard* ``delay`` seconds after the input.
 
-Bad input never stops the engine: :meth:`LiveEngine.push_input` repairs what it can (NaN/inf, clipping, stereo,
-other sample rates via soxr, chunks of any size) and raises a clear ``InputError`` for what it cannot (non-numeric
-data, chunks over ``max_chunk_seconds``), leaving the session running.
+Bad input never stops the engine: :meth:`LiveEngine.push_input` repairs what it can with the one audio sanitiser
+(``lmdm.audio.sanitize``: NaN/inf, clipping, stereo, integer PCM, other sample rates via a stateful soxr stream,
+chunks of any size), counts the repairs, and raises a clear ``InputError`` for what it cannot (non-numeric data,
+chunks over ``max_chunk_seconds``), leaving the session running.
 """
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,20 +33,25 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lmdm.checkpoint import Checkpoint
 from lmdm.audio.codec import MelCodec
+from lmdm.audio.sanitize import AudioError, StreamSanitizer
+from lmdm.checkpoint import Checkpoint
+from lmdm.config import ConfigError
 from lmdm.control.features import GROUPS, control_input, features_from_audio
 from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig, Streamer
 from lmdm.audio.decoder import StreamingDecoder
 from lmdm.text import encode_prompts
 from lmdm.live.ringbuffer import RingBuffer
-from lmdm.errors import LmdmError
 
 MODES = ("generate", "jam", "sketch")
+#: The engine's denoising defaults: few steps and no guidance keep jam latency low.
+ENGINE_SAMPLER = SamplerConfig(steps=4, sampler="pingpong", cfg_scale=1.0, seed=0)
 
 
-class InputError(LmdmError, ValueError):
-    """An input chunk the engine refused (the session keeps running); the message says what is accepted."""
+class InputError(AudioError):
+    """An input chunk the engine refused (the session keeps running); the message says what is accepted.
+
+    An :class:`lmdm.audio.sanitize.AudioError`, hence an ``LmdmError`` and a ``ValueError``."""
 
 
 class _Stopped(Exception):
@@ -58,7 +65,9 @@ class EngineConfig:
     Attributes:
         mode: "generate", "jam" or "sketch".
         prompt: text prompt ("" = unconditional); changeable at any time with ``set_prompt``.
-        steps, sampler, cfg_scale, seed: denoising per block (few steps and no guidance keep jam latency low).
+        sampler: denoising per block, a :class:`lmdm.streaming.streamer.SamplerConfig` (its ranges apply); the
+            default (:data:`ENGINE_SAMPLER`: 4 ping-pong steps, no guidance) keeps jam latency low. Its seed also
+            seeds the Griffin-Lim phases.
         margin_s: jam compute budget per block; the input delay is one block plus this.
         crossfade_s: seam crossfade length (also output held back until the next block).
         gl_iters: Griffin-Lim iterations per block.
@@ -71,10 +80,7 @@ class EngineConfig:
 
     mode: str = "jam"
     prompt: str = ""
-    steps: int = 4
-    sampler: str = "pingpong"
-    cfg_scale: float = 1.0
-    seed: int = 0
+    sampler: SamplerConfig = ENGINE_SAMPLER
     margin_s: float = 0.1
     crossfade_s: float = 0.02
     gl_iters: int = 16
@@ -85,18 +91,32 @@ class EngineConfig:
     lookahead_blocks: int = 1
 
     def __post_init__(self) -> None:
+        """Raises ConfigError: an unknown mode or tracker, a sampler that is not a SamplerConfig, a prompt that
+        is not text, or a time or size out of range."""
         if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+            raise ConfigError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
         if self.tracker not in ("yin", "pyin"):
-            raise ValueError(f"unknown pitch tracker {self.tracker!r}; choose 'yin' or 'pyin'")
+            raise ConfigError(f"unknown pitch tracker {self.tracker!r}; choose 'yin' or 'pyin'")
+        if not isinstance(self.sampler, SamplerConfig):
+            raise ConfigError(f"sampler must be a SamplerConfig (steps, sampler, cfg_scale, seed), got "
+                              f"{type(self.sampler).__name__}")
+        if not isinstance(self.prompt, str):
+            raise ConfigError(f"prompt must be text, got {type(self.prompt).__name__}")
+        numbers = ("margin_s", "crossfade_s", "gl_iters", "feature_context_s", "input_seconds", "max_chunk_seconds",
+                   "lookahead_blocks")
+        wrong = [k for k in numbers if isinstance(getattr(self, k), bool)
+                 or not isinstance(getattr(self, k), (int, float)) or not math.isfinite(getattr(self, k))]
+        if wrong:
+            raise ConfigError(f"invalid engine settings: {', '.join(f'{k}={getattr(self, k)!r}' for k in wrong)} "
+                              "(finite numbers expected)")
         checks = {"margin_s": self.margin_s >= 0, "crossfade_s": self.crossfade_s >= 0,
                   "feature_context_s": self.feature_context_s >= 0, "input_seconds": self.input_seconds > 0,
                   "max_chunk_seconds": self.max_chunk_seconds > 0, "gl_iters": self.gl_iters >= 1,
                   "lookahead_blocks": self.lookahead_blocks >= 0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid engine settings: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
-                             "(times and sizes must be positive, gl_iters >= 1)")
+            raise ConfigError(f"invalid engine settings: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
+                              "(times and sizes must be positive, gl_iters >= 1)")
 
 
 @dataclass
@@ -140,6 +160,10 @@ class LiveEngine:
         streamer: a streamer to use instead of the block-causal LMDM one (tests pass a slow stub).
         realtime: pace by the wall clock (True) or simulate the clock from measured compute times (False, used
             by ``lmdm jam`` and tests; the audio is the same either way).
+
+    Attributes:
+        prompt_text: the prompt of the latest generated block (each ``stats().timeline`` entry records the prompt
+            its block was generated with, so a prompt change can be traced to the block it applied from).
     """
 
     def __init__(self, ckpt: Checkpoint, cfg: EngineConfig = EngineConfig(), streamer: Streamer | None = None,
@@ -153,11 +177,13 @@ class LiveEngine:
         self.block_s = self.block_samples / self.sr
         self.xf = int(round(cfg.crossfade_s * self.sr))
         self.delay = self.block_samples + int(round(cfg.margin_s * self.sr))
-        sampler = SamplerConfig(steps=cfg.steps, sampler=cfg.sampler, cfg_scale=cfg.cfg_scale, seed=cfg.seed)
-        self.streamer = streamer or BlockCausalStreamer(ckpt.model, sampler, keep_history=False)
+        self.streamer = streamer or BlockCausalStreamer(ckpt.model, cfg.sampler, keep_history=False)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
-        self._prompt: tuple[torch.Tensor, torch.Tensor] | None = encode_prompts(cfg.prompt)
+        self._input_lock = threading.Lock()  # one input chunk at a time through the stateful sanitiser
+        # a prompt waiting to be applied at the next block: (text, (embedding, has_text))
+        self._prompt: tuple[str, tuple[torch.Tensor, torch.Tensor]] | None = (cfg.prompt, encode_prompts(cfg.prompt))
+        self.prompt_text = cfg.prompt  # the prompt of the latest block
         self._controls: tuple[np.ndarray, np.ndarray] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,9 +197,9 @@ class LiveEngine:
             self.streamer.reset()
             overlap = max(8, -(-self.xf // self.codec.cfg.hop) + 1)
             self.decoder = StreamingDecoder(self.codec, overlap_mel_frames=overlap, crossfade_s=self.xf / self.sr,
-                                            seed=self.cfg.seed, gl_iters=self.cfg.gl_iters)
+                                            seed=self.cfg.sampler.seed, gl_iters=self.cfg.gl_iters)
             self._input = RingBuffer(int(self.cfg.input_seconds * self.sr))
-            self._resamplers: dict[int, object] = {}
+            self._sanitizer = StreamSanitizer(self.sr, max_seconds=self.cfg.max_chunk_seconds)
             self._out: collections.deque[np.ndarray] = collections.deque()
             self._arrivals: collections.deque[tuple[int, float]] = collections.deque(maxlen=4096)
             self.block_index = 0
@@ -200,7 +226,7 @@ class LiveEngine:
             raise InputError(f"a prompt must be text, got {type(prompt).__name__}")
         embedded = encode_prompts(prompt)
         with self._lock:
-            self._prompt = embedded
+            self._prompt = (prompt, embedded)
 
     def set_controls(self, features: np.ndarray | None, present: np.ndarray | None = None) -> None:
         """Controls for sketch mode: ``features (frames, 4)`` for the whole stream from its start and the group
@@ -221,55 +247,33 @@ class LiveEngine:
     def push_input(self, samples, sample_rate: int | None = None) -> int:
         """Feed an input chunk of any size; never blocks on generation.
 
+        The chunk passes the one audio sanitiser (``lmdm.audio.sanitize.StreamSanitizer``): integer PCM is
+        scaled, channels downmixed, NaN/inf zeroed, values clipped, other rates resampled with soxr statefully (chunk
+        boundaries leave no trace). Each repair is counted in ``stats().repairs``.
+
         Args:
-            samples: ``(n,)`` or ``(n, channels)`` numbers (any numeric dtype; integers are PCM).
-            sample_rate: Hz of ``samples`` (default: the engine's). Other rates are resampled with soxr,
-                statefully, so chunk boundaries leave no trace.
+            samples: ``(n,)`` or ``(n, channels)`` numbers (any real dtype; integers are PCM).
+            sample_rate: Hz of ``samples`` (default: the engine's), an integer from 1000 to 384000.
 
         Returns:
             the number of (resampled) samples appended.
 
         Raises:
             InputError: non-numeric data, bad shape or rate, or a chunk over ``max_chunk_seconds`` (counted in
-                ``stats().rejected``; the session keeps running).
+                ``stats().rejected``; the session keeps running and the resampler's state is unchanged).
         """
         try:
-            a = np.asarray(samples)
-            if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-                raise InputError(f"audio must be numbers, got dtype {a.dtype}")
-            if a.ndim not in (1, 2):
-                raise InputError(f"audio must be (samples,) or (samples, channels), got shape {a.shape}")
-            if np.issubdtype(a.dtype, np.integer):  # PCM: scale before the downmix turns it into floats
-                a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-            a = a.astype(np.float32, copy=True)
-            if a.ndim == 2:
-                if a.shape[0] <= 8 < a.shape[1]:
-                    a = a.T
-                a = a.mean(axis=1)
-                self._count("stereo downmixed")
-            rate = self.sr if sample_rate is None else sample_rate
-            if not isinstance(rate, (int, np.integer)) or not 1000 <= rate <= 384_000:
-                raise InputError(f"sample rate must be an integer number of Hz from 1000 to 384000, got {rate!r}")
-            if len(a) > self.cfg.max_chunk_seconds * rate:
-                raise InputError(f"chunk of {len(a) / rate:.1f} s is over the {self.cfg.max_chunk_seconds:.0f} s "
-                                 "limit; send shorter chunks")
-            bad = ~np.isfinite(a)
-            if bad.any():
-                a[bad] = 0.0
-                self._count("non-finite samples zeroed")
-            if np.abs(a).max(initial=0.0) > 1.0:
-                np.clip(a, -1.0, 1.0, out=a)
-                self._count("clipped to [-1, 1]")
-            if rate != self.sr:
-                a = self._resample(a, int(rate))
-                self._count(f"resampled from {rate} Hz")
-        except InputError as e:
+            with self._input_lock:  # the sanitiser's resampler is stream state: one chunk at a time
+                clean = self._sanitizer(samples, self.sr if sample_rate is None else sample_rate)
+        except AudioError as e:
             with self._lock:
                 self._stats.rejected += 1
                 self._stats.last_error = str(e)
-            raise
+            raise InputError(str(e)) from None
+        a = clean.audio
         now = time.perf_counter()
         with self._wake:
+            self._stats.repairs.update(clean.repairs)
             if self.t0 is None and len(a):
                 self.t0 = now - len(a) / self.sr if self.realtime else 0.0
             self._input.write(a)
@@ -277,17 +281,6 @@ class LiveEngine:
             self._stats.input_s = self._input.total / self.sr
             self._wake.notify_all()
         return len(a)
-
-    def _resample(self, a: np.ndarray, rate: int) -> np.ndarray:
-        import soxr
-
-        if rate not in self._resamplers:
-            self._resamplers = {rate: soxr.ResampleStream(rate, self.sr, 1, dtype="float32")}
-        return self._resamplers[rate].resample_chunk(a)
-
-    def _count(self, what: str) -> None:
-        with self._lock:
-            self._stats.repairs[what] += 1
 
     # ---- output -----------------------------------------------------------------------------------------------
     def read_output(self) -> np.ndarray:
@@ -353,7 +346,8 @@ class LiveEngine:
         with self._lock:
             prompt, self._prompt = self._prompt, None
         if prompt is not None:
-            self.streamer.set_prompt(*prompt)
+            self.prompt_text = prompt[0]
+            self.streamer.set_prompt(*prompt[1])
 
         def check_stop(_step: int) -> None:
             if self._stop.is_set():
@@ -399,7 +393,8 @@ class LiveEngine:
             if need:
                 s.latency_s.append(done - heard)
             s.timeline.append({"block": n, "input_heard_s": heard - t0, "generated_s": done - t0,
-                               "plays_s": due - t0, "late_s": late, "compute_s": compute})
+                               "plays_s": due - t0, "late_s": late, "compute_s": compute,
+                               "prompt": self.prompt_text})
             self._out.append(audio)
             self.block_index += 1
 

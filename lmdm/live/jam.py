@@ -12,6 +12,7 @@ import numpy as np
 
 from lmdm.audio.io import to_mono_float
 from lmdm.checkpoint import Checkpoint
+from lmdm.errors import UsageError
 from lmdm.live.engine import EngineConfig, EngineStats, LiveEngine
 
 
@@ -37,20 +38,27 @@ class JamResult:
         return np.stack([self.input * input_gain, self.output * output_gain], axis=1)
 
 
-def jam(ckpt: Checkpoint, audio: np.ndarray, sample_rate: int, cfg: EngineConfig = EngineConfig(),
+def jam(ckpt: Checkpoint, audio: np.ndarray, sample_rate: int, cfg: EngineConfig = EngineConfig(mode="jam"),
         chunk_seconds: float = 0.1) -> JamResult:
     """Run ``audio`` through a jam-mode engine in chunks of ``chunk_seconds``.
 
     After the input ends, silence is fed for one more delay so the answer to the last notes is included.
 
+    Args:
+        ckpt: the loaded checkpoint.
+        audio: ``(samples,)`` or ``(samples, channels)`` (any real dtype; see ``lmdm.audio.sanitize``).
+        sample_rate: Hz of ``audio``; resampled to the model's rate.
+        cfg: a jam-mode engine config (``EngineConfig(mode="jam", prompt=..., sampler=SamplerConfig(...))``).
+        chunk_seconds: size of the chunks fed to the engine.
+
     Raises:
-        ValueError: ``cfg.mode`` is not "jam", or ``chunk_seconds`` is not positive.
-        InputError: the audio cannot be used (see ``LiveEngine.push_input``).
+        UsageError: ``cfg.mode`` is not "jam", or ``chunk_seconds`` is not positive.
+        AudioError: the audio cannot be used (see ``lmdm.audio.sanitize``).
     """
     if cfg.mode != "jam":
-        raise ValueError(f"jam needs an engine in jam mode, got {cfg.mode!r}")
+        raise UsageError(f"jam needs an engine in jam mode, got {cfg.mode!r}")
     if not chunk_seconds > 0:
-        raise ValueError(f"chunk_seconds must be positive, got {chunk_seconds}")
+        raise UsageError(f"chunk_seconds must be positive, got {chunk_seconds}")
     engine = LiveEngine(ckpt, cfg, realtime=False)
     engine.warmup()
     x = to_mono_float(audio, sample_rate, engine.sr)

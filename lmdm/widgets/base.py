@@ -8,6 +8,10 @@ import time
 from importlib import resources
 
 import numpy as np
+import traitlets
+
+from lmdm.errors import LmdmError
+from lmdm.widgets.messages import MessageError, RateLimiter, text_from_message
 
 STATIC = resources.files("lmdm.widgets") / "static"
 
@@ -94,30 +98,70 @@ def dominant_frequency(audio: np.ndarray, sample_rate: int) -> float:
     return float(np.argmax(spec[1:]) + 1) * sample_rate / len(audio)
 
 
-class EngineWidgetMixin:
-    """Start/stop of a real-time ``LiveEngine`` plus its :class:`EnginePump`, for widgets with ``ckpt``,
-    ``engine``, ``pump`` attributes and ``running``/``error`` traits."""
+class EngineWidgetMixin(traitlets.HasTraits):
+    """What the live-engine widgets (``PromptPanel``, ``MicJam``) share: the ``prompt``, ``running``, ``stats`` and
+    ``error`` traits, start/stop of a real-time ``LiveEngine`` and its :class:`EnginePump`, the prompt observer
+    (a change applies from the next block), and the message loop (rate limit, ping -> pong, errors shown in
+    ``error``; nothing a browser sends can raise into the kernel).
 
-    def _start_engine(self, cfg) -> None:
+    A subclass calls :meth:`_init_engine_widget` before ``super().__init__``, defines :meth:`engine_config`, and
+    overrides :meth:`_on_message` for message types other than ``ping``.
+    """
+
+    prompt = traitlets.Unicode("").tag(sync=True)
+    running = traitlets.Bool(False).tag(sync=True)
+    stats = traitlets.Dict().tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+
+    def _init_engine_widget(self, ckpt, limits) -> None:
+        """Plain attributes, set before the traits (observers fire while the constructor sets traits)."""
+        from lmdm.checkpoint import load_checkpoint
+
+        self.ckpt = ckpt or load_checkpoint()
+        self.limits = limits
+        self._rate = RateLimiter(limits.max_messages_per_second)
+        self.engine = None
+        self.pump: EnginePump | None = None
+
+    def engine_config(self):
+        """The ``EngineConfig`` a start uses (subclasses define it from their traits)."""
+        raise NotImplementedError
+
+    @traitlets.observe("running")
+    def _running_changed(self, change) -> None:
+        self.start() if change["new"] else self.stop()
+
+    @traitlets.observe("prompt")
+    def _prompt_changed(self, change) -> None:
+        try:
+            text = text_from_message(change["new"], self.limits)
+            if self.engine is not None:
+                self.engine.set_prompt(text)  # applies from the next block
+        except (MessageError, LmdmError) as e:
+            self.error = str(e)
+
+    def start(self) -> None:
+        """Start a real-time engine with :meth:`engine_config` (returns at once; the browser plays the blocks).
+        A config or checkpoint the engine refuses is shown in ``error`` and ``running`` goes back to False."""
         from lmdm.live.engine import LiveEngine
 
         if self.engine is not None and self.engine.running:
             return
-        self.engine = LiveEngine(self.ckpt, cfg, realtime=True)
-        self.engine.warmup()
-        self.engine.start()
+        try:
+            self.engine = LiveEngine(self.ckpt, self.engine_config(), realtime=True)
+            self.engine.warmup()
+            self.engine.start()
+        except (LmdmError, RuntimeError) as e:  # RuntimeError: the previous session is still stopping
+            self.error = str(e)
+            self.running = False
+            return
         self.pump = EnginePump(self, self.engine).start()
         self.error = ""
         if not self.running:
             self.running = True
 
-    def close(self) -> None:
-        """Closing the widget stops its engine and pump threads."""
-        self.stop()
-        super().close()
-
     def stop(self) -> None:
-        """Stop the stream (returns within one block)."""
+        """Stop the stream (returns within one block) and publish the final statistics."""
         if self.engine is not None:
             self.engine.stop()
         if self.pump is not None:
@@ -125,3 +169,33 @@ class EngineWidgetMixin:
             self.pump = None
         if self.running:
             self.running = False
+
+    def close(self) -> None:
+        """Closing the widget stops its engine and pump threads."""
+        self.stop()
+        super().close()
+
+    def refresh_stats(self) -> dict:
+        """Publish the engine's current statistics to the ``stats`` trait (and return them)."""
+        if self.engine is not None:
+            self.stats = stats_dict(self.engine)
+        return self.stats
+
+    def _on_msg(self, _widget, content, buffers) -> None:
+        try:
+            self._rate.check()
+            kind = content.get("type") if isinstance(content, dict) else None
+            if kind == "ping":
+                self.send({"type": "pong", "t": content.get("t")})
+            else:
+                self._on_message(kind, content, buffers)
+        except (MessageError, LmdmError) as e:
+            self.error = str(e)
+
+    def _on_message(self, kind, content, buffers) -> None:
+        """Handle a message other than ``ping`` (already rate-limited).
+
+        Raises:
+            MessageError: a message this widget does not take (shown in ``error``).
+        """
+        raise MessageError(f"unexpected message {str(content)[:80]!r}")

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lmdm.errors import LmdmError
 
-class MessageError(ValueError):
+
+class MessageError(LmdmError, ValueError):
     """A browser message the kernel refused; the text is shown in the widget."""
 
 

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import replace
 
 import anywidget
 import numpy as np
 import traitlets
 
+from lmdm.audio.sanitize import StreamSanitizer
 from lmdm.checkpoint import Checkpoint, load_checkpoint
-from lmdm.live.engine import EngineConfig, InputError, LiveEngine
+from lmdm.live.engine import EngineConfig, InputError
 from lmdm.live.ringbuffer import RingBuffer
-from lmdm.widgets.base import EnginePump, EngineWidgetMixin, asset, dominant_frequency
-from lmdm.widgets.messages import Limits, MessageError, RateLimiter, audio_from_message, text_from_message
+from lmdm.widgets.base import EngineWidgetMixin, asset, dominant_frequency
+from lmdm.widgets.messages import Limits, MessageError, audio_from_message
 
 
 class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
@@ -25,80 +27,59 @@ class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
     (browser-side), ``stats`` (engine: latency, RTF, underruns), ``input_stats`` (what the kernel received:
     seconds, RMS, dominant frequency of the last 2 s), ``rtt_ms`` (kernel websocket round trip, measured by the
     browser), ``error``.
+
+    Args:
+        ckpt: a loaded checkpoint (default: the bundled one).
+        config: the jam engine's settings (its prompt is replaced by the ``prompt`` trait at each start).
+        limits: what the kernel accepts from the browser.
     """
 
     _esm = asset("audio_player.js", "mic_jam.js")
     _css = asset("widgets.css")
     prompt = traitlets.Unicode("string ensemble").tag(sync=True)
-    running = traitlets.Bool(False).tag(sync=True)
     monitor_volume = traitlets.Float(0.0).tag(sync=True)
-    stats = traitlets.Dict().tag(sync=True)
     input_stats = traitlets.Dict().tag(sync=True)
     rtt_ms = traitlets.Float(None, allow_none=True).tag(sync=True)  # None until the browser measured it
-    error = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, ckpt: Checkpoint | None = None, config: EngineConfig | None = None,
                  limits: Limits = Limits(), **kwargs):
-        # plain attributes first: trait observers fire while the constructor sets traits
-        self.ckpt = ckpt or load_checkpoint()
+        self._init_engine_widget(ckpt, limits)
         self.config = config or EngineConfig(mode="jam")
-        self.limits = limits
-        self._rate = RateLimiter(limits.max_messages_per_second)
-        self.engine: LiveEngine | None = None
-        self.pump: EnginePump | None = None
-        self.received = RingBuffer(2 * self.ckpt.codec.sample_rate)
+        sr = self.ckpt.codec.sample_rate
+        # what the kernel received, at the model rate: the same sanitiser as the engine's, resampling statefully
+        self._sanitizer = StreamSanitizer(sr, max_seconds=limits.max_audio_seconds)
+        self.received = RingBuffer(2 * sr)
         self.received_seconds = 0.0
         self._last_input_stats = 0.0
         super().__init__(**kwargs)
         self.on_msg(self._on_msg)
 
-    @traitlets.observe("running")
-    def _running_changed(self, change) -> None:
-        self.start() if change["new"] else self.stop()
+    def engine_config(self) -> EngineConfig:
+        """The jam engine's settings with the current prompt."""
+        return replace(self.config, prompt=self.prompt)
 
-    @traitlets.observe("prompt")
-    def _prompt_changed(self, change) -> None:
-        try:
-            text = text_from_message(change["new"], self.limits)
-        except MessageError as e:
-            self.error = str(e)
-            return
-        if self.engine is not None:
-            self.engine.set_prompt(text)
-
-    def start(self) -> None:
-        """Start the jam engine with the current prompt (the browser then streams the microphone into it)."""
-        from dataclasses import replace
-
-        self._start_engine(replace(self.config, prompt=self.prompt))
-
-    def _on_msg(self, _widget, content, buffers) -> None:
-        try:
-            self._rate.check()
-            kind = content.get("type") if isinstance(content, dict) else None
-            if kind == "audio":
-                audio, rate = audio_from_message(content, buffers, self.limits)
-                self._received(audio, rate)
-                if self.engine is not None and self.engine.running:
-                    self.engine.push_input(audio, rate)
-            elif kind == "ping":
-                self.send({"type": "pong", "t": content.get("t")})
-            elif kind == "rtt":
-                value = content.get("ms")
-                if isinstance(value, (int, float)) and 0 <= value < 60_000:
-                    self.rtt_ms = float(value)
-            else:
-                raise MessageError(f"unexpected message {str(content)[:80]!r}")
-        except (MessageError, InputError) as e:
-            self.error = str(e)
+    def _on_message(self, kind, content, buffers) -> None:
+        if kind == "audio":
+            audio, rate = audio_from_message(content, buffers, self.limits)
+            self._received(audio, rate)
+            if self.engine is not None and self.engine.running:
+                self.engine.push_input(audio, rate)
+        elif kind == "rtt":
+            value = content.get("ms")
+            if isinstance(value, (int, float)) and 0 <= value < 60_000:
+                self.rtt_ms = float(value)
+        else:
+            raise MessageError(f"unexpected message {str(content)[:80]!r}")
 
     def _received(self, audio: np.ndarray, rate: int) -> None:
-        import soxr
+        """Keep the last 2 s of what arrived (sanitised, at the model rate) and publish ``input_stats`` at most
+        four times a second.
 
+        Raises:
+            AudioError: audio the sanitiser refuses (shown in ``error``; nothing is kept).
+        """
         sr = self.ckpt.codec.sample_rate
-        x = np.nan_to_num(audio)
-        if rate != sr:
-            x = soxr.resample(x, rate, sr)
+        x = self._sanitizer(audio, rate).audio
         self.received.write(x)
         self.received_seconds += len(audio) / rate
         now = time.monotonic()

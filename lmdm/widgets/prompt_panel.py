@@ -5,20 +5,24 @@ from __future__ import annotations
 import anywidget
 import traitlets
 
-from lmdm.checkpoint import Checkpoint, load_checkpoint
-from lmdm.live.engine import EngineConfig, LiveEngine
-from lmdm.widgets.base import EnginePump, EngineWidgetMixin, asset, stats_dict
-from lmdm.widgets.messages import Limits, MessageError, RateLimiter, text_from_message
+from lmdm.checkpoint import Checkpoint
+from lmdm.live.engine import EngineConfig
+from lmdm.streaming.streamer import SamplerConfig
+from lmdm.widgets.base import EngineWidgetMixin, asset
+from lmdm.widgets.messages import Limits
 
 
 class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     """A live text-to-music stream in the notebook (the browser plays the blocks as they arrive).
 
     Traits (synced with the browser): ``prompt``, ``cfg_scale``, ``steps``, ``seed``, ``running``; read-only for
-    the browser: ``stats`` (engine statistics), ``error`` (last refused input).
+    the browser: ``stats`` (engine statistics), ``error`` (last refused input or setting). ``steps``,
+    ``cfg_scale`` and ``seed`` are checked by building a :class:`lmdm.streaming.streamer.SamplerConfig`, so its
+    ranges are the only ones: a value it refuses keeps the previous one and shows the reason in ``error``.
 
     Args:
         ckpt: a loaded checkpoint (default: the bundled one).
+        limits: what the kernel accepts from the browser.
     """
 
     _esm = asset("audio_player.js", "prompt_panel.js")
@@ -27,68 +31,32 @@ class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     cfg_scale = traitlets.Float(2.0).tag(sync=True)
     steps = traitlets.Int(8).tag(sync=True)
     seed = traitlets.Int(0).tag(sync=True)
-    running = traitlets.Bool(False).tag(sync=True)
-    stats = traitlets.Dict().tag(sync=True)
-    error = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, ckpt: Checkpoint | None = None, limits: Limits = Limits(), **kwargs):
-        # plain attributes first: trait observers fire while the constructor sets traits
-        self.ckpt = ckpt or load_checkpoint()
-        self.limits = limits
-        self.engine: LiveEngine | None = None
-        self.pump: EnginePump | None = None
-        self._rate = RateLimiter(limits.max_messages_per_second)
+        self._init_engine_widget(ckpt, limits)
+        self._sampler_error = None
         super().__init__(**kwargs)
         self.on_msg(self._on_msg)
 
-    @traitlets.validate("steps")
-    def _valid_steps(self, proposal):
-        if not 1 <= proposal["value"] <= 64:
-            self.error = f"steps must be 1..64, got {proposal['value']}"
-            return self.steps
-        return proposal["value"]
+    @property
+    def sampler(self) -> SamplerConfig:
+        """The denoising settings of the next start (ping-pong sampling)."""
+        return SamplerConfig(steps=self.steps, sampler="pingpong", cfg_scale=self.cfg_scale, seed=self.seed)
 
-    @traitlets.validate("cfg_scale")
-    def _valid_cfg(self, proposal):
-        if not 0 <= proposal["value"] <= 20:
-            self.error = f"guidance must be 0..20, got {proposal['value']}"
-            return self.cfg_scale
-        return proposal["value"]
-
-    @traitlets.observe("prompt")
-    def _prompt_changed(self, change) -> None:
+    @traitlets.validate("steps", "cfg_scale", "seed")
+    def _valid_sampler(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        settings = {"steps": self.steps, "cfg_scale": self.cfg_scale, "seed": self.seed, name: value}
         try:
-            text = text_from_message(change["new"], self.limits)
-        except MessageError as e:
-            self.error = str(e)
-            return
-        if self.engine is not None:
-            self.engine.set_prompt(text)  # applies from the next block
+            SamplerConfig(sampler="pingpong", **settings)
+        except ValueError as e:  # SamplerConfig's ConfigError (a ValueError): its message names the range
+            self._sampler_error = self.error = str(e)
+            return getattr(self, name)
+        if self.error and self.error == self._sampler_error:
+            self.error = ""
+        return value
 
-    @traitlets.observe("running")
-    def _running_changed(self, change) -> None:
-        if change["new"]:
-            self.start()
-        else:
-            self.stop()
-
-    def start(self) -> None:
-        """Start streaming with the current settings (steps, guidance and seed apply at each start)."""
-        self._start_engine(EngineConfig(mode="generate", prompt=self.prompt, steps=self.steps,
-                                        cfg_scale=self.cfg_scale, seed=self.seed, crossfade_s=0.04, gl_iters=32,
-                                        lookahead_blocks=2))
-
-    def _on_msg(self, _widget, content, buffers) -> None:
-        try:
-            self._rate.check()
-            if not isinstance(content, dict) or content.get("type") not in ("ping",):
-                raise MessageError(f"unexpected message {str(content)[:80]!r}")
-            self.send({"type": "pong", "t": content.get("t")})
-        except MessageError as e:
-            self.error = str(e)
-
-    def refresh_stats(self) -> dict:
-        """Publish the engine's current statistics to the ``stats`` trait (and return them)."""
-        if self.engine is not None:
-            self.stats = stats_dict(self.engine)
-        return self.stats
+    def engine_config(self) -> EngineConfig:
+        """The engine's settings: the current prompt and sampler (steps, guidance and seed apply at each start)."""
+        return EngineConfig(mode="generate", prompt=self.prompt, sampler=self.sampler, crossfade_s=0.04, gl_iters=32,
+                            lookahead_blocks=2)

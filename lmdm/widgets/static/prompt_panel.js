@@ -4,8 +4,9 @@ export default {
     const player = new AudioPlayer(0.2);
     const prompt = el("input", { type: "text", className: "lmdm-prompt", value: model.get("prompt"),
                                  placeholder: "a slow Bach chorale on church organ" });
-    const cfg = el("input", { type: "number", min: 0, max: 20, step: 0.5, value: model.get("cfg_scale"), style: "width:4em" });
-    const steps = el("input", { type: "number", min: 1, max: 64, step: 1, value: model.get("steps"), style: "width:4em" });
+    // no min/max here: the kernel checks the values with SamplerConfig (one set of ranges) and shows its error
+    const cfg = el("input", { type: "number", step: 0.5, value: model.get("cfg_scale"), style: "width:4em" });
+    const steps = el("input", { type: "number", step: 1, value: model.get("steps"), style: "width:4em" });
     const seed = el("input", { type: "number", step: 1, value: model.get("seed"), style: "width:5em" });
     const button = el("button", { className: "lmdm-start", textContent: "start" });
     const readout = el("div", { className: "lmdm-readout lmdm-stats" });
@@ -23,6 +24,7 @@ export default {
     prompt.addEventListener("keydown", (e) => { if (e.key === "Enter") send(); });
     for (const [input, name, parse] of [[cfg, "cfg_scale", parseFloat], [steps, "steps", parseInt], [seed, "seed", parseInt]]) {
       input.addEventListener("change", () => { const v = parse(input.value); if (!Number.isNaN(v)) { model.set(name, v); model.save_changes(); } });
+      model.on(`change:${name}`, () => { input.value = model.get(name); });  // a value the kernel refused goes back
     }
     button.addEventListener("click", () => {
       const on = !model.get("running");
