@@ -1,7 +1,7 @@
 """The family of errors a user can fix: bad input, a missing file, a config that does not describe a valid run.
 
 Every check of user input raises a subclass of :class:`LmdmError`, defined next to the concept it checks
-(``ConfigError`` in ``lmdm.config``, ``AudioError`` in ``lmdm.audio.io``, ``CheckpointError`` in
+(``ConfigError`` in ``lmdm.config``, ``AudioError`` in ``lmdm.audio.sanitize``, ``CheckpointError`` in
 ``lmdm.checkpoint`` ...). The command line prints these as one ``lmdm: error: ...`` line (exit status 2);
 anything else is a bug and keeps its traceback. Subclasses also derive from the builtin that fits (``ValueError``
 for a bad value, ``RuntimeError`` for a state that cannot proceed), so library callers can catch either.
