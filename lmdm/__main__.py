@@ -1,3 +1,4 @@
+"""``python -m lmdm``: the command line (``lmdm.cli.main``)."""
 import sys
 
 from lmdm.cli import main

@@ -1,8 +1,12 @@
 """Strict loading of frozen dataclass configs from JSON.
 
 Every component of lmdm has one frozen dataclass config (STYLE.md habit 1). This module turns a JSON object
-into such a dataclass and rejects unknown keys with the list of valid ones, so a typo never silently falls back
-to a default (the failure mode STYLE.md notes in stable-audio-tools).
+into such a dataclass with `dacite <https://github.com/konradhalas/dacite>`_ in strict mode: unknown keys are
+rejected with the list of valid ones (so a typo never silently falls back to a default, the failure mode STYLE.md
+notes in stable-audio-tools), every value is type-checked, and a JSON list becomes a tuple only if it has the
+tuple's length. The few JSON-specific rules dacite leaves open are type hooks below: a JSON integer is
+accepted for a ``float`` field (and stored as a float), ``true``/``false`` are not numbers, and a tuple or dict
+field takes only a JSON list or object.
 """
 from __future__ import annotations
 
@@ -11,6 +15,9 @@ import json
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+import dacite
+
 from lmdm.errors import LmdmError
 
 T = TypeVar("T")
@@ -20,72 +27,89 @@ class ConfigError(LmdmError, ValueError):
     """A config file or dict that does not describe a valid config (unknown key, wrong type, bad value)."""
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
-    """Build the frozen dataclass ``cls`` from ``data``.
+def _number(tp: type) -> typing.Callable[[Any], Any]:
+    def hook(value: Any) -> Any:
+        if isinstance(value, bool):  # bool is an int subclass in Python, but ``true`` is not a number in JSON
+            raise dacite.WrongTypeError(field_type=tp, value=value)
+        if tp is float and isinstance(value, int):
+            return float(value)
+        return value
 
-    Nested dataclass fields are built recursively; tuples are converted from JSON lists.
+    return hook
+
+
+def _json_container(tp: Any) -> typing.Callable[[Any], Any]:
+    """A ``tuple[...]`` field takes a JSON list (of the tuple's length, unless ``tuple[X, ...]``), a ``dict[...]``
+    field a JSON object; dacite alone would turn a string into a tuple of characters."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+
+    def hook(value: Any) -> Any:
+        if origin is dict and not isinstance(value, dict):
+            raise dacite.WrongTypeError(field_type=tp, value=value)
+        if origin is tuple:
+            fixed = not (len(args) == 2 and args[1] is Ellipsis)
+            if not isinstance(value, (list, tuple)) or (fixed and len(value) != len(args)):
+                raise dacite.WrongTypeError(field_type=tp, value=value)
+        return value
+
+    return hook
+
+
+def _dacite_config(hints: dict[str, Any]) -> dacite.Config:
+    containers = {tp: _json_container(tp) for tp in hints.values() if typing.get_origin(tp) in (tuple, dict)}
+    return dacite.Config(strict=True, cast=[tuple],
+                         type_hooks={float: _number(float), int: _number(int), **containers})
+
+
+def _nested_dataclass(tp: Any) -> type | None:
+    """The dataclass a field holds (``X`` or ``X | None``), else None."""
+    candidates = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    return candidates[0] if len(candidates) == 1 and dataclasses.is_dataclass(candidates[0]) else None
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build the frozen dataclass ``cls`` from the JSON object ``data``.
+
+    Args:
+        cls: a dataclass whose fields are JSON-typed (``int``, ``float``, ``bool``, ``str``, ``X | None``,
+            ``tuple[...]``, ``dict[str, ...]``) or nested dataclasses (built recursively, errors named
+            ``where.field``).
+        data: the parsed JSON object; keys not given keep the dataclass defaults.
+        where: what to call ``data`` in error messages (a file path, ``path:model`` ...).
+
+    Returns:
+        the ``cls`` instance. JSON lists become tuples, JSON integers in ``float`` fields become floats.
 
     Raises:
-        ConfigError: ``data`` is not a dict, has keys that ``cls`` does not define (the message lists the valid
-            keys), or a value cannot be converted to the field's type.
+        ConfigError: ``data`` is not a dict; it has keys ``cls`` does not define (the message lists the valid
+            keys); a value has the wrong type (the message names the field), including a list whose length
+            differs from a fixed-length tuple's; or ``cls.__post_init__`` rejects the values (ValueError).
     """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a JSON object for {cls.__name__}, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys are: {', '.join(sorted(fields))}"
-        )
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        kwargs[name] = _convert(hints[name], value, f"{where}.{name}")
+    data = dict(data)
+    for name, value in data.items():  # nested configs first, so that their errors name their own keys
+        sub = _nested_dataclass(hints.get(name))
+        if sub is not None and value is not None:
+            data[name] = from_dict(sub, value, f"{where}.{name}")
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
+        return dacite.from_dict(cls, data, config=_dacite_config(hints))
+    except dacite.UnexpectedDataError as e:
+        valid = ", ".join(f.name for f in dataclasses.fields(cls) if f.init)  # type: ignore[arg-type]
+        raise ConfigError(f"{where}: unknown key(s) {sorted(e.keys)} for {cls.__name__}; valid keys are: "
+                          f"{valid}") from None
+    except dacite.WrongTypeError as e:
+        got = list(e.value) if isinstance(e.value, tuple) else e.value  # shown as the JSON list it came from
+        raise ConfigError(f"{where}.{e.field_path}: expected {_type_name(e.field_type)}, got {got!r}") from None
+    except dacite.DaciteError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except ValueError as e:  # __post_init__ checks (ConfigError included: they gain the place)
         raise ConfigError(f"{where}: {e}") from e
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin is typing.Union or str(origin) == "types.UnionType":
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, where) for v in value)
-        return tuple(_convert(a, v, where) for a, v in zip(args, value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected an object, got {value!r}")
-        _, vt = typing.get_args(tp)
-        return {k: _convert(vt, v, where) for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp).replace("typing.", "")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -97,7 +121,7 @@ def load_json(cls: type[T], path: str | Path) -> T:
     """Load ``cls`` from a JSON file.
 
     Raises:
-        ConfigError: the file is missing, is not valid JSON, or does not describe ``cls``.
+        ConfigError: the file is missing, is not valid JSON, or does not describe ``cls`` (see :func:`from_dict`).
     """
     path = Path(path)
     if not path.is_file():
@@ -110,9 +134,13 @@ def load_json(cls: type[T], path: str | Path) -> T:
 
 
 def replace(cfg: T, **changes: Any) -> T:
-    """``dataclasses.replace`` that rejects unknown field names with the list of valid ones."""
-    fields = {f.name for f in dataclasses.fields(cfg)}  # type: ignore[arg-type]
-    unknown = sorted(set(changes) - fields)
+    """``dataclasses.replace`` that rejects unknown field names with the list of valid ones.
+
+    Raises:
+        ConfigError: a name in ``changes`` is not a field of ``cfg``.
+    """
+    fields = [f.name for f in dataclasses.fields(cfg)]  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} for {type(cfg).__name__}; valid keys are: {', '.join(sorted(fields))}")
+        raise ConfigError(f"unknown key(s) {unknown} for {type(cfg).__name__}; valid keys are: {', '.join(fields)}")
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

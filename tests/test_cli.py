@@ -1,23 +1,40 @@
-"""`lmdm generate` on the bundled checkpoint, and clear errors (not tracebacks) for bad input."""
+"""The ``lmdm`` command line: commands on the bundled checkpoint, the sampler options declared once, and the
+error contract (user errors: one line, status 2; bugs: traceback, a line saying so, status 1)."""
+import ast
 import json
+import math
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+import lmdm.cli
 from lmdm.checkpoint import default_checkpoint
-from lmdm.cli import main
+from lmdm.cli import BUG_LINE, build_parser, main
+from lmdm.cli.options import FLAGS, sampler_config
+from lmdm.errors import UsageError
+from lmdm.streaming.streamer import SamplerConfig
 
 PROMPT = "a slow Bach chorale on church organ"
+CLI = Path(lmdm.cli.__file__).parent
 
 
 def run(args, capsys):
     rc = main(args)
     out = capsys.readouterr()
     return rc, out.out, out.err
+
+
+def one_error_line(err: str) -> str:
+    """The message of the single ``lmdm: error:`` line ``err`` must consist of."""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lmdm: error: "), err
+    return lines[0].removeprefix("lmdm: error: ")
 
 
 def generate(tmp_path, capsys, name, *extra, prompt=PROMPT, seconds="3"):
@@ -28,13 +45,18 @@ def generate(tmp_path, capsys, name, *extra, prompt=PROMPT, seconds="3"):
     return audio, sr, stdout, stderr
 
 
+# ---- commands ----------------------------------------------------------------------------------------------------
 def test_generate_writes_finite_non_silent_audio_of_the_requested_length(tmp_path, capsys):
-    audio, sr, stdout, _ = generate(tmp_path, capsys, "a.wav", seconds="3.5")
+    audio, sr, stdout, _ = generate(tmp_path, capsys, "a.wav", "--steps", "3", "--sampler", "euler", "--cfg", "1.5",
+                                    seconds="3.5")
     assert sr == 16000 and audio.ndim == 1 and len(audio) == 56000
     assert np.isfinite(audio).all()
     assert np.sqrt(np.mean(audio**2)) > 0.01
-    assert "real-time factor" in stdout and "bootstrap" in stdout and "fused first step" in stdout
-    assert "subsequent steps" in stdout
+    assert "(3.50 s, 16000 Hz) with the block_causal streamer, 3 euler steps, CFG 1.5, seed 0" in stdout
+    rtf = float(re.search(r"real-time factor ([0-9.]+)", stdout).group(1))
+    latencies = re.search(r"bootstrap ([0-9.]+) ms, fused first step ([0-9.]+) ms, subsequent steps ([0-9.]+) ms",
+                          stdout)
+    assert rtf > 0 and latencies and all(float(v) > 0 for v in latencies.groups())
 
 
 def test_same_seed_same_audio_and_prompts_differ(tmp_path, capsys):
@@ -49,75 +71,28 @@ def test_same_seed_same_audio_and_prompts_differ(tmp_path, capsys):
 
 def test_long_prompt_is_truncated_with_a_warning(tmp_path, capsys):
     _, _, _, stderr = generate(tmp_path, capsys, "long.wav", prompt="organ " * 1700, seconds="1")
-    assert "truncated" in stderr
+    assert re.search(r"^lmdm: warning: .*truncated", stderr, re.M)
 
 
-@pytest.mark.parametrize("seconds", ["0", "-2", "nan"])
-def test_bad_seconds(tmp_path, capsys, seconds):
-    rc, _, err = run(["generate", PROMPT, "--seconds", seconds, "--out", str(tmp_path / "x.wav")], capsys)
-    assert rc == 2 and "seconds must be a positive number" in err
-
-
-def test_unwritable_output(tmp_path, capsys):
-    rc, _, err = run(["generate", PROMPT, "--seconds", "1", "--out", str(tmp_path / "no" / "such" / "x.wav")], capsys)
-    assert rc == 2 and "does not exist" in err
-    rc, _, err = run(["generate", PROMPT, "--seconds", "1", "--out", str(tmp_path)], capsys)
-    assert rc == 2 and "is a folder" in err
-
-
-def test_missing_checkpoint(tmp_path, capsys):
-    rc, _, err = run(["generate", PROMPT, "--out", str(tmp_path / "x.wav"), "--checkpoint", str(tmp_path / "nope")],
-                     capsys)
-    assert rc == 2 and "checkpoint not found" in err
-
-
-def test_corrupt_checkpoint(tmp_path, capsys):
-    bad = tmp_path / "bad"
-    shutil.copytree(default_checkpoint(), bad)
-    (bad / "model.safetensors").write_bytes(b"\x00garbage" * 100)
-    rc, _, err = run(["generate", PROMPT, "--out", str(tmp_path / "x.wav"), "--checkpoint", str(bad)], capsys)
-    assert rc == 2 and "corrupt" in err
-    (bad / "config.json").write_text("{not json")
-    rc, _, err = run(["generate", PROMPT, "--out", str(tmp_path / "x.wav"), "--checkpoint", str(bad)], capsys)
-    assert rc == 2 and "not valid JSON" in err
-
-
-def test_checkpoint_config_with_unknown_keys(tmp_path, capsys):
-    bad = tmp_path / "bad"
-    shutil.copytree(default_checkpoint(), bad)
-    meta = json.loads((bad / "config.json").read_text())
-    meta["model"]["n_layerz"] = 3
-    (bad / "config.json").write_text(json.dumps(meta))
-    rc, _, err = run(["generate", PROMPT, "--out", str(tmp_path / "x.wav"), "--checkpoint", str(bad)], capsys)
-    assert rc == 2 and "n_layerz" in err and "valid keys are" in err
-
-
-def test_train_config_with_unknown_keys(tmp_path, capsys):
-    cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"batchsize": 4}))
-    rc, _, err = run(["train", "--config", str(cfg)], capsys)
-    assert rc == 2 and "batchsize" in err and "batch_size" in err
-
-
-def test_console_script_entry_point_runs(tmp_path):
-    """The installed command itself answers bad input with one line and status 2."""
-    p = subprocess.run([sys.executable, "-m", "lmdm", "generate", PROMPT, "--seconds", "0"], capture_output=True,
-                       text=True)
-    assert p.returncode == 2 and p.stderr.startswith("lmdm: error:") and "Traceback" not in p.stderr
-
-
-def test_sketch_command_renders_and_reports_following(tmp_path, capsys):
-    from lmdm.control.sketch import synthetic_sketches
+def test_sketch_command_prints_the_correlation_the_library_measures(tmp_path, capsys):
+    from lmdm.checkpoint import load_checkpoint
+    from lmdm.control.evaluate import SKETCH_SAMPLER, render_sketch
+    from lmdm.control.sketch import load_sketch, synthetic_sketches
 
     sk = tmp_path / "s.json"
     sk.write_text(json.dumps(synthetic_sketches(1, 3.0)[0]))
     rc, out, err = run(["--quiet", "sketch", str(sk), "--prompt", "solo flute", "--out", str(tmp_path / "s.wav")], capsys)
     assert rc == 0, err
     audio, sr = sf.read(tmp_path / "s.wav")
-    assert len(audio) == 3 * sr and "correlation" in out
+    assert len(audio) == 3 * sr
+    printed = float(re.search(r"correlation (-?[0-9.]+)", out).group(1))
+    assert math.isfinite(printed) and -1 <= printed <= 1
+    expected = render_sketch(load_checkpoint(None), load_sketch(sk), "solo flute", 3.0, SKETCH_SAMPLER)
+    assert printed == pytest.approx(expected.correlation, abs=5e-4)
+    assert np.abs(audio - np.clip(expected.audio, -1, 1)).max() < 1e-3  # the command used the sketch's sampler
     (tmp_path / "bad.json").write_text(json.dumps({"strokes": [], "scale": 5}))
     rc, _, err = run(["sketch", str(tmp_path / "bad.json"), "--out", str(tmp_path / "b.wav"), "--seconds", "2"], capsys)
-    assert rc == 2 and "scale must be text" in err
+    assert rc == 2 and "scale must be text" in one_error_line(err)
 
 
 def test_jam_command_writes_aligned_answer_and_mix(tmp_path, capsys):
@@ -130,13 +105,187 @@ def test_jam_command_writes_aligned_answer_and_mix(tmp_path, capsys):
     a, sr = sf.read(out)
     m, _ = sf.read(mix)
     assert m.shape == (len(a), 2) and np.isfinite(a).all() and np.sqrt(np.mean(a**2)) > 0.005
-    assert "latency" in stdout and "real-time factor" in stdout and "underruns" in stdout
+    assert np.corrcoef(m[:, 1], a)[0, 1] > 0.99  # the answer on the right
+    delay = float(re.search(r"generative delay ([0-9]+) ms", stdout).group(1))
+    assert 1000 < delay < 1300  # one 1.02 s block + the 100 ms margin
+    assert re.search(r"underruns [0-9]+ of [1-9][0-9]* blocks", stdout)
     rc, _, err = run(["jam", "--input", str(tmp_path / "none.wav"), "--out", str(tmp_path / "x.wav")], capsys)
-    assert rc == 2 and "not found" in err
+    assert rc == 2 and "not found" in one_error_line(err)
 
 
-def test_drift_refuses_a_window_longer_than_the_stream(tmp_path, capsys):
+# ---- user errors: one line, status 2 ------------------------------------------------------------------------------
+@pytest.mark.parametrize("seconds", ["0", "-2", "nan"])
+def test_bad_seconds(tmp_path, capsys, seconds):
+    rc, _, err = run(["generate", PROMPT, "--seconds", seconds, "--out", str(tmp_path / "x.wav")], capsys)
+    assert rc == 2 and "seconds must be a positive number" in one_error_line(err)
+
+
+def test_unwritable_output(tmp_path, capsys):
+    rc, _, err = run(["generate", PROMPT, "--seconds", "1", "--out", str(tmp_path / "no" / "such" / "x.wav")], capsys)
+    assert rc == 2 and "does not exist" in one_error_line(err)
+    rc, _, err = run(["generate", PROMPT, "--seconds", "1", "--out", str(tmp_path)], capsys)
+    assert rc == 2 and "is a folder" in one_error_line(err)
+    rc, _, err = run(["generate", PROMPT, "--seconds", "1", "--out", str(tmp_path / "x.mp4")], capsys)
+    assert rc == 2 and one_error_line(err) == "--out must end in .wav, .flac or .ogg, got x.mp4"
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    rc, _, err = run(["generate", PROMPT, "--out", str(tmp_path / "x.wav"), "--checkpoint", str(tmp_path / "nope")],
+                     capsys)
+    assert rc == 2 and "checkpoint not found" in one_error_line(err)
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(default_checkpoint(), bad)
+    (bad / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    rc, _, err = run(["generate", PROMPT, "--out", str(tmp_path / "x.wav"), "--checkpoint", str(bad)], capsys)
+    assert rc == 2 and "corrupt" in one_error_line(err)
+    (bad / "config.json").write_text("{not json")
+    rc, _, err = run(["generate", PROMPT, "--out", str(tmp_path / "x.wav"), "--checkpoint", str(bad)], capsys)
+    assert rc == 2 and "not valid JSON" in one_error_line(err)
+
+
+def test_checkpoint_config_with_unknown_keys(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(default_checkpoint(), bad)
+    meta = json.loads((bad / "config.json").read_text())
+    meta["model"]["n_layerz"] = 3
+    (bad / "config.json").write_text(json.dumps(meta))
+    rc, _, err = run(["generate", PROMPT, "--out", str(tmp_path / "x.wav"), "--checkpoint", str(bad)], capsys)
+    msg = one_error_line(err)
+    assert rc == 2 and "n_layerz" in msg and "valid keys are" in msg and "n_layers" in msg
+
+
+def test_train_config_with_unknown_keys_or_a_wrong_tuple(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"batchsize": 4}))
+    rc, _, err = run(["train", "--config", str(cfg)], capsys)
+    msg = one_error_line(err)
+    assert rc == 2 and "batchsize" in msg and "batch_size" in msg
+    cfg.write_text(json.dumps({"betas": [0.9, 0.99, 0.5]}))
+    rc, _, err = run(["train", "--config", str(cfg)], capsys)
+    assert rc == 2 and f"{cfg}.betas: expected tuple[float, float]" in one_error_line(err)
+
+
+def test_drift_refuses_bad_arguments_before_streaming(tmp_path, capsys):
     rc, _, err = run(["drift", "--minutes", "0.2", "--window", "30"], capsys)
-    assert rc == 2 and "--window" in err
+    assert rc == 2 and one_error_line(err).startswith("--window must be positive")
     rc, _, err = run(["drift", "--minutes", "0.5", "--window", "10", "--compare", str(tmp_path)], capsys)
-    assert rc == 2 and "--compare" in err
+    assert rc == 2 and one_error_line(err).startswith(f"--compare {tmp_path}")
+    rc, _, err = run(["drift", "--minutes", "0.5", "--window", "10", "--data", str(tmp_path / "none")], capsys)
+    assert rc == 2 and one_error_line(err).startswith(f"--data {tmp_path / 'none'}: no such folder")
+
+
+def test_a_multi_line_user_error_is_printed_on_one_line(monkeypatch, capsys):
+    def fail(args):
+        raise UsageError("first line\n  second line")
+
+    monkeypatch.setattr("lmdm.cli.generate.run", fail)
+    rc, out, err = run(["generate", PROMPT], capsys)
+    assert (rc, out, err) == (2, "", "lmdm: error: first line second line\n")
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", PROMPT, "--steps", "two"])
+    assert e.value.code == 2 and "invalid int value: 'two'" in capsys.readouterr().err
+
+
+def test_console_script_entry_point_runs(tmp_path):
+    """The installed command itself answers bad input with one line and status 2."""
+    p = subprocess.run([sys.executable, "-m", "lmdm", "drift", "--minutes", "0"], capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr == "lmdm: error: --minutes must be in (0, 60], got 0.0\n"
+
+
+# ---- bugs: traceback, one line saying so, status 1 ---------------------------------------------------------------
+@pytest.mark.parametrize("exc", [ZeroDivisionError("division by zero"), ValueError("bad shape"),
+                                 TypeError("not a tensor"), KeyError("missing"), FileNotFoundError("gone")])
+def test_any_other_exception_is_reported_as_a_bug(monkeypatch, capsys, exc):
+    def buggy(args):
+        raise exc
+
+    monkeypatch.setattr("lmdm.cli.generate.run", buggy)
+    rc, _, err = run(["generate", PROMPT], capsys)
+    lines = err.splitlines()
+    assert rc == 1
+    assert lines[0] == "Traceback (most recent call last):" and "in buggy" in err
+    assert lines[-2].startswith(type(exc).__name__) and lines[-1] == BUG_LINE
+    assert "lmdm: error" not in err
+
+
+def test_a_bug_in_a_subprocess_keeps_its_traceback(tmp_path):
+    code = ("import sys, lmdm.cli.generate as g\n"
+            "def boom(args): return 1 / 0\n"
+            "g.run = boom\n"
+            "from lmdm.cli import main\n"
+            "sys.exit(main(['generate', 'x']))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 1 and "ZeroDivisionError" in p.stderr and p.stderr.rstrip().endswith(BUG_LINE)
+
+
+def test_interrupt(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("lmdm.cli.jam.run", interrupted)
+    rc, _, err = run(["jam", "--input", "x.wav"], capsys)
+    assert (rc, err) == (130, "lmdm: interrupted\n")
+
+
+# ---- sampler options: declared once, per-command defaults ----------------------------------------------------------
+SAMPLER_COMMANDS = {
+    "generate": (["generate", PROMPT], SamplerConfig(steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)),
+    "sketch": (["sketch", "s.json"], SamplerConfig(steps=8, sampler="pingpong", cfg_scale=5.5, seed=0)),
+    "jam": (["jam", "--input", "x.wav"], SamplerConfig(steps=4, sampler="pingpong", cfg_scale=1.0, seed=0)),
+    "drift": (["drift"], SamplerConfig(steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)),
+}
+
+
+@pytest.mark.parametrize("command", SAMPLER_COMMANDS)
+def test_sampler_options_have_per_command_defaults_and_reach_the_config(command):
+    argv, default = SAMPLER_COMMANDS[command]
+    assert sampler_config(build_parser().parse_args(argv)) == default
+    given = build_parser().parse_args([*argv, "--steps", "3", "--sampler", "euler", "--cfg", "0.5", "--seed", "9"])
+    assert sampler_config(given) == SamplerConfig(steps=3, sampler="euler", cfg_scale=0.5, seed=9)
+
+
+def test_command_defaults_match_the_library_defaults():
+    from lmdm.control.evaluate import SKETCH_SAMPLER
+
+    assert SAMPLER_COMMANDS["sketch"][1] == SKETCH_SAMPLER
+    assert SAMPLER_COMMANDS["generate"][1] == SamplerConfig()
+
+
+def _flags_declared(path: Path) -> set[str]:
+    """String literals passed as the first argument of ``add_argument`` in a module."""
+    tree = ast.parse(path.read_text())
+    return {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "attr", "") ==
+            "add_argument" and c.args and isinstance(c.args[0], ast.Constant)}
+
+
+def test_sampler_options_are_declared_once():
+    assert set(FLAGS) == {"steps", "sampler", "cfg_scale", "seed"}
+    flags = {flag for flag, _ in FLAGS.values()}
+    for command in SAMPLER_COMMANDS:
+        module = CLI / f"{command}.py"
+        assert not _flags_declared(module) & flags, f"{module.name} declares sampler options itself"
+        assert "add_sampler_options" in module.read_text()
+    assert "--sampler" not in "".join(p.read_text() for p in CLI.glob("*.py") if p.name != "options.py")
+
+
+def test_sampler_ranges_are_checked_by_the_sampler_config_only(tmp_path, capsys):
+    """argparse accepts any integer; SamplerConfig refuses 0 steps as a user error (one line, status 2)."""
+    assert build_parser().parse_args(["generate", PROMPT, "--steps", "0"]).steps == 0
+    rc, _, err = run(["generate", PROMPT, "--steps", "0", "--out", str(tmp_path / "x.wav")], capsys)
+    assert rc == 2 and "steps must be" in one_error_line(err)
+    rc, _, err = run(["generate", PROMPT, "--sampler", "heun", "--out", str(tmp_path / "x.wav")], capsys)
+    assert rc == 2 and "heun" in one_error_line(err)
+
+
+def test_every_command_module_is_registered():
+    modules = {p.stem for p in CLI.glob("*.py")} - {"__init__", "options"}
+    assert modules == {m.__name__.rsplit(".", 1)[1] for m in lmdm.cli.COMMANDS}
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {"data", "train", "generate", "bench", "sketch", "sketch-eval", "jam", "arc",
+                                "metrics", "drift"}

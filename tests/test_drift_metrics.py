@@ -1,12 +1,27 @@
-"""Drift metrics are near zero between two halves of one real recording and large against noise."""
+"""Drift metrics are near zero between two halves of one real recording and large against noise; the reference
+comes from the data set given; the embedder is saved atomically; the metrics modules have no import cycle."""
+import ast
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from lmdm.audio.io import load_audio
 from lmdm.audio.codec import CodecConfig, MelCodec
-from lmdm.metrics.drift import compare, frechet_distance, gaussian, window_metrics, Reference
-from lmdm.metrics.embedder import Embedder, EmbedderConfig
+from lmdm.audio.io import load_audio
+from lmdm.config import ConfigError
+from lmdm.errors import UsageError
+from lmdm.metrics.drift import compare, crop_embeddings, frechet_distance, gaussian, mel_frames, window_metrics
+from lmdm.metrics.embedder import Embedder, EmbedderConfig, EmbedderError, load_embedder, save_embedder
+from lmdm.metrics.reference import Reference
+from lmdm.metrics.report import format_drift, measure_drift
+from lmdm.streaming.streamer import SamplerConfig
+from lmdm.train.dataset import DataError
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +64,192 @@ def test_window_metrics_cover_the_stream(recording):
     assert len(rows) == lat.shape[0] // int(round(5 * codec.frame_rate))
     assert {"fd", "loudness_db", "flatness", "mel_distance", "pc_entropy", "start_s"} <= set(rows[0])
     assert all(0 <= r["pc_entropy"] <= np.log2(12) + 1e-6 for r in rows)
+
+
+# ---- the reference: from the data set given, else the one bundled with the embedder -------------------------------
+@pytest.fixture(scope="module")
+def val_data(real_data, tmp_path_factory):
+    """A copy of the test data set whose folk ballad is the validation split (the Bach chorale stays in train)."""
+    import pandas as pd
+
+    out = tmp_path_factory.mktemp("drift") / "music"
+    shutil.copytree(real_data, out, ignore=shutil.ignore_patterns("cache"))
+    df = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    df["split"] = np.where(df.collection == "bach", "train", "val")
+    df.to_csv(out / "manifest.csv", index=False)
+    return out
+
+
+def _val_latents(data_dir, codec):
+    from lmdm.train.dataset import load_latent_set
+
+    data = load_latent_set(data_dir, codec, progress=False)
+    i = data.splits.index("val")
+    s, n = int(data.work_start[i]), int(data.work_frames[i])
+    return data.latents[s : s + n].float()
+
+
+def test_measure_drift_compares_against_the_validation_split_of_the_given_data(recording, val_data):
+    lat, codec = recording
+    embedder, _ = load_embedder()
+    val = _val_latents(val_data, codec)
+    mu, sigma = gaussian(crop_embeddings(val, embedder, hop=8))
+    mel = mel_frames(val, codec)
+    by_hand = Reference(mu, sigma, mel.mean(0), mel.std(0))
+    expected = window_metrics(lat, codec, embedder, by_hand, window_s=5.0)
+    ckpt = SimpleNamespace(codec=codec, path="ckpt")
+
+    report = measure_drift(lat, ckpt, "x", "p", SamplerConfig(), window_s=5.0, data_dir=str(val_data))
+    bundled = measure_drift(lat, ckpt, "x", "p", SamplerConfig(), window_s=5.0)
+    for k in ("fd", "mel_distance"):
+        assert [r[k] for r in report["windows"]] == pytest.approx([r[k] for r in expected], rel=1e-5)
+        assert [r[k] for r in bundled["windows"]] != pytest.approx([r[k] for r in expected], rel=1e-2)
+    assert report["real_music"]["fd"]["windows"] == len(window_metrics(val, codec, embedder, by_hand, 5.0))
+    assert report["reference"]["data"] == str(val_data) and bundled["reference"]["data"] is None
+    assert f"reference (real music): the validation split of {val_data}" in format_drift(report)
+    assert "reference (real music): the reference bundled with the embedder" in format_drift(bundled)
+    again = measure_drift(lat, ckpt, "x", "p", SamplerConfig(), window_s=5.0, data_dir=str(val_data))  # cached
+    assert again["windows"] == report["windows"] and again["real_music"] == report["real_music"]
+
+
+def test_a_data_set_without_validation_works_is_a_user_error(recording, real_data):
+    lat, codec = recording
+    with pytest.raises(DataError, match="no 'val' works"):
+        measure_drift(lat, SimpleNamespace(codec=codec, path="c"), "x", "p", SamplerConfig(), 5.0,
+                      data_dir=str(real_data))
+
+
+@pytest.fixture
+def fake_stream(recording, monkeypatch):
+    """``lmdm drift`` streams the real recording instead of generating (the measuring is what is tested)."""
+    lat, codec = recording
+    monkeypatch.setattr("lmdm.metrics.report.stream_latents",
+                        lambda ckpt, prompt, seconds, sampler, progress=False: lat[: round(seconds * codec.frame_rate)])
+
+
+def _drift(tmp_path, capsys, name, *extra):
+    from lmdm.cli import main
+
+    out = tmp_path / f"{name}.json"
+    rc = main(["--quiet", "drift", "--minutes", "0.3", "--window", "5", "--json", str(out),
+               "--out-dir", str(tmp_path), *extra])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    return json.loads(out.read_text()), captured.out
+
+
+def test_drift_command_data_option_chooses_the_reference(tmp_path, capsys, monkeypatch, fake_stream, val_data):
+    monkeypatch.chdir(tmp_path)  # no data/music here
+    bundled, out = _drift(tmp_path, capsys, "bundled")
+    assert "no data set at data/music: measuring against the reference bundled with the embedder" in out
+    assert bundled["reference"]["data"] is None
+
+    given, out = _drift(tmp_path, capsys, "given", "--data", str(val_data))
+    assert given["reference"]["data"] == str(val_data) and "no data set" not in out
+    assert f"the validation split of {val_data}" in out
+    assert [w["fd"] for w in given["windows"]] != pytest.approx([w["fd"] for w in bundled["windows"]], rel=1e-2)
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "music").symlink_to(val_data, target_is_directory=True)
+    default, out = _drift(tmp_path, capsys, "default")
+    assert default["reference"]["data"] == "data/music" and "no data set" not in out
+    assert [w["fd"] for w in default["windows"]] == pytest.approx([w["fd"] for w in given["windows"]])
+
+
+def test_reference_data_choice(tmp_path, monkeypatch):
+    from lmdm.cli.drift import reference_data
+
+    monkeypatch.chdir(tmp_path)
+    assert reference_data(None) is None
+    (tmp_path / "data" / "music").mkdir(parents=True)
+    assert reference_data(None) is None  # a folder without a built data set is not a reference
+    (tmp_path / "data" / "music" / "manifest.csv").write_text("work_id\n")
+    assert reference_data(None) == "data/music"
+    assert reference_data(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(UsageError, match="no such folder"):
+        reference_data(str(tmp_path / "none"))
+
+
+# ---- the embedder folder is written atomically --------------------------------------------------------------------
+def _weights_equal(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("fail_at", ["weights", "reference"])
+def test_a_failed_save_leaves_the_previous_embedder_loadable(tmp_path, monkeypatch, fail_at):
+    import safetensors.torch
+
+    codec, cfg = CodecConfig(), EmbedderConfig(collections=("a",), instruments=("x",))
+    torch.manual_seed(0)
+    old = Embedder(cfg)
+    path = save_embedder(tmp_path / "emb", old, codec, {"val_collection_accuracy": 0.5},
+                         reference=Reference(np.zeros(64), np.eye(64), np.zeros(128), np.ones(128)))
+    torch.manual_seed(1)
+    new = Embedder(cfg)
+    ref = Reference(np.ones(64), 2 * np.eye(64), np.ones(128), np.ones(128))
+    if fail_at == "weights":
+        def half_written(tensors, filename):
+            Path(filename).write_bytes(b"\x00partial")
+            raise OSError("disk full")
+
+        monkeypatch.setattr(safetensors.torch, "save_file", half_written)
+    else:
+        monkeypatch.setattr(Reference, "save", lambda self, p: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_embedder(path, new, codec, {"val_collection_accuracy": 0.9}, reference=ref)
+    monkeypatch.undo()
+
+    loaded, metrics = load_embedder(path)
+    assert metrics == {"val_collection_accuracy": 0.5} and _weights_equal(loaded, old)
+    assert np.array_equal(Reference.load(path / "reference.npz").sigma, np.eye(64))
+    assert [p.name for p in tmp_path.iterdir()] == ["emb"]  # no temporary folder left beside it
+
+    save_embedder(path, new, codec, {"val_collection_accuracy": 0.9}, reference=ref)
+    loaded, metrics = load_embedder(path)
+    assert metrics == {"val_collection_accuracy": 0.9} and _weights_equal(loaded, new)
+    assert np.array_equal(Reference.load(path / "reference.npz").sigma, 2 * np.eye(64))
+
+
+def test_missing_embedder_and_bad_settings_are_user_errors(tmp_path):
+    with pytest.raises(EmbedderError, match="lmdm metrics train-embedder"):
+        load_embedder(tmp_path)
+    with pytest.raises(ConfigError, match="width=12"):
+        EmbedderConfig(width=12)
+
+
+# ---- one concept per module, no import cycle ---------------------------------------------------------------------
+def _runtime_imports(path: Path) -> set[str]:
+    """``lmdm.metrics`` modules that ``path`` imports at run time (at the top or inside functions; imports under
+    ``if TYPE_CHECKING:`` only serve annotations)."""
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return {m.removeprefix("lmdm.metrics.") for m in found if m.startswith("lmdm.metrics.")}
+
+
+def test_metrics_modules_import_each_other_without_a_cycle():
+    import graphlib
+
+    import lmdm.metrics
+
+    folder = Path(lmdm.metrics.__file__).parent
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__"}
+    graph = {m: _runtime_imports(folder / f"{m}.py") & modules for m in modules}
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    assert graph["embedder"] == set() and "embedder_training" not in graph["drift"] | graph["reference"]
+    assert order.index("embedder") < order.index("drift") < order.index("reference") < order.index("report")
+
+
+def test_importing_drift_does_not_import_training_or_the_reference():
+    code = ("import sys, lmdm.metrics.drift\n"
+            "print(sorted(m for m in sys.modules if m.startswith('lmdm.metrics')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.split("\n")[0] == "['lmdm.metrics', 'lmdm.metrics.drift', 'lmdm.metrics.embedder']"

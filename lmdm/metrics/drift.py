@@ -14,13 +14,12 @@ Per time window of a stream's latent frames:
   each frame normalised to its maximum and raised to the 4th power (so the dominant pitch classes count, not the
   smear of a mel spectrum), summed over the window. Music in a key is well below the maximum (2.3-2.9 on the
   data set), noise is at it.
+
+The reference statistics these are measured against are in ``lmdm.metrics.reference``.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,17 +27,10 @@ import torch
 from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.metrics.embedder import Embedder
 
+if TYPE_CHECKING:
+    from lmdm.metrics.reference import Reference
+
 METRICS = ("fd", "loudness_db", "flatness", "mel_distance", "pc_entropy")
-
-
-@dataclass
-class Reference:
-    """Statistics of real music (the validation split) that windows are compared against."""
-
-    mu: np.ndarray
-    sigma: np.ndarray
-    mel_mean: np.ndarray
-    mel_std: np.ndarray
 
 
 def crop_embeddings(latents: torch.Tensor, embedder: Embedder, hop: int = 4) -> np.ndarray:
@@ -69,15 +61,16 @@ def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.nd
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean))
 
 
-def _mel(latents: torch.Tensor, codec: CodecConfig) -> np.ndarray:
-    return MelCodec(codec).latent_to_mel(latents[None].float())[0].numpy()  # (mel_frames, n_mels), normalised
+def mel_frames(latents: torch.Tensor, codec: CodecConfig) -> np.ndarray:
+    """Normalised log-mel frames ``(mel_frames, n_mels)`` of latent frames ``(frames, channels)``."""
+    return MelCodec(codec).latent_to_mel(latents[None].float())[0].numpy()
 
 
 def spectral_stats(latents: torch.Tensor, codec: CodecConfig) -> dict:
     """Loudness (dB), flatness and pitch-class entropy (bits) of latent frames ``(frames, channels)``."""
     import librosa
 
-    z = _mel(latents, codec)
+    z = mel_frames(latents, codec)
     mag = np.exp(z * codec.std + codec.mean)  # mel magnitudes
     power = (mag**2).mean(1)
     loud = float(10 * np.log10(power.mean() + 1e-12))
@@ -93,35 +86,9 @@ def spectral_stats(latents: torch.Tensor, codec: CodecConfig) -> dict:
 def mel_distance(latents: torch.Tensor, codec: CodecConfig, ref_mean: np.ndarray, ref_std: np.ndarray) -> float:
     """Mean over mel bands of |window mean - reference mean| + |window spread - reference spread|, in reference
     standard deviations."""
-    z = _mel(latents, codec)
+    z = mel_frames(latents, codec)
     s = np.maximum(ref_std, 1e-3)
     return float(np.mean(np.abs(z.mean(0) - ref_mean) / s + np.abs(z.std(0) - ref_std) / s))
-
-
-def reference_stats(data_dir: str | Path, codec: CodecConfig, embedder: Embedder, split: str = "val") -> Reference:
-    """Reference statistics of a data set split (cached in ``DATA/cache/reference-<hash>.npz``)."""
-    from lmdm.train.dataset import load_latent_set
-
-    data = load_latent_set(data_dir, codec, progress=False)
-    key = hashlib.sha256(json.dumps([data.work_ids, split, [p.sum().item() for p in embedder.parameters()]],
-                                    sort_keys=True).encode()).hexdigest()[:16]
-    cache = Path(data_dir) / "cache" / f"reference-{key}.npz"
-    if cache.is_file():
-        z = np.load(cache)
-        return Reference(z["mu"], z["sigma"], z["mel_mean"], z["mel_std"])
-    embs, mels = [], []
-    for s, n, sp in zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits):
-        if sp != split:
-            continue
-        lat = data.latents[s : s + n].float()
-        embs.append(crop_embeddings(lat, embedder, hop=8))
-        mels.append(_mel(lat, codec))
-    mu, sigma = gaussian(np.concatenate(embs))
-    allmel = np.concatenate(mels)
-    ref = Reference(mu, sigma, allmel.mean(0), allmel.std(0))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, mu=ref.mu, sigma=ref.sigma, mel_mean=ref.mel_mean, mel_std=ref.mel_std)
-    return ref
 
 
 def window_metrics(latents: torch.Tensor, codec: CodecConfig, embedder: Embedder, ref: Reference,
@@ -144,32 +111,6 @@ def compare(a: torch.Tensor, b: torch.Tensor, codec: CodecConfig, embedder: Embe
     of one recording are close, a recording and noise are far)."""
     ga, gb = gaussian(crop_embeddings(a, embedder)), gaussian(crop_embeddings(b, embedder))
     sa, sb = spectral_stats(a, codec), spectral_stats(b, codec)
-    za = _mel(a, codec)  # ``a`` is the reference
+    za = mel_frames(a, codec)  # ``a`` is the reference
     return {"fd": frechet_distance(*ga, *gb), "mel_distance": mel_distance(b, codec, za.mean(0), za.std(0)),
             **{k: abs(sa[k] - sb[k]) for k in sa}}
-
-
-def save_reference(path: str | Path, ref: Reference) -> None:
-    """Store reference statistics as ``.npz`` (beside the embedder they were computed with)."""
-    np.savez(path, mu=ref.mu, sigma=ref.sigma, mel_mean=ref.mel_mean, mel_std=ref.mel_std)
-
-
-def load_reference(path: str | Path) -> Reference:
-    """Reference statistics saved beside an embedder."""
-    z = np.load(path)
-    return Reference(z["mu"], z["sigma"], z["mel_mean"], z["mel_std"])
-
-
-def real_music_levels(data_dir: str | Path, codec: CodecConfig, embedder: Embedder, ref: Reference,
-                      window_s: float = 30.0, split: str = "val") -> dict:
-    """Mean and standard deviation of every metric over windows of real validation music: the level a stream
-    that does not drift should stay at."""
-    from lmdm.train.dataset import load_latent_set
-
-    data = load_latent_set(data_dir, codec, progress=False)
-    rows = []
-    for s, n, sp in zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits):
-        if sp == split:
-            rows += window_metrics(data.latents[s : s + n].float(), codec, embedder, ref, window_s)
-    return {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows])),
-                "windows": len(rows)} for k in METRICS}

@@ -1,0 +1,94 @@
+"""``lmdm drift``: error accumulation over a long stream, measured per window against real music, with a plot."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from lmdm.cli.options import add_sampler_options, sampler_config
+from lmdm.errors import UsageError
+
+#: The data set whose validation split is the reference when ``--data`` is not given (if it has been built).
+DEFAULT_DATA = "data/music"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``drift`` (sampler defaults: 8 ping-pong steps, CFG 2, as ``generate``)."""
+    d = sub.add_parser("drift", help="drift over a long stream: Frechet distance, loudness, flatness, ...")
+    d.add_argument("--checkpoint", default=None)
+    d.add_argument("--minutes", type=float, default=5.0)
+    d.add_argument("--prompt", default="a slow Bach chorale on church organ")
+    add_sampler_options(d, steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)
+    d.add_argument("--window", type=float, default=30.0, help="window length in seconds")
+    d.add_argument("--data", default=None,
+                   help=f"data set whose validation split is the reference (default {DEFAULT_DATA} if it has been "
+                        "built, else the reference bundled with the embedder)")
+    d.add_argument("--label", default=None, help="name in tables and plots (default: from the checkpoint)")
+    d.add_argument("--compare", nargs="*", help="earlier drift JSON files to overlay in the plot")
+    d.add_argument("--json", default=None)
+    d.add_argument("--out-dir", default="runs/drift")
+    d.set_defaults(func=run)
+
+
+def reference_data(data: str | None) -> str | None:
+    """The data folder whose validation split is the reference: ``data`` if given; else :data:`DEFAULT_DATA` if it
+    holds a built data set; else None (the reference bundled with the embedder).
+
+    Raises:
+        UsageError: ``data`` is given and is not a folder.
+    """
+    if data is not None:
+        if not Path(data).is_dir():
+            raise UsageError(f"--data {data}: no such folder; build a data set with `lmdm data build --out {data}` "
+                             "or leave --data out to use the reference bundled with the embedder")
+        return data
+    return DEFAULT_DATA if (Path(DEFAULT_DATA) / "manifest.csv").is_file() else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Stream ``--minutes``, print the per-window table and summary, plot it, and write ``--json`` if given.
+
+    Raises:
+        UsageError: ``--minutes`` outside (0, 60], ``--window`` not in (0, stream], ``--data`` not a folder,
+            an unreadable ``--compare`` file, or an ``--out-dir`` that cannot be created.
+        EmbedderError: no embedder (``lmdm metrics train-embedder``).
+        DataError: ``--data`` is not a built data set.
+    """
+    from lmdm.atomic import write_text
+    from lmdm.audio.io import check_writable
+    from lmdm.metrics.embedder import default_embedder_path, load_embedder
+    from lmdm.metrics.report import drift_report, format_drift, plot_drift
+
+    if not args.minutes > 0 or args.minutes > 60:
+        raise UsageError(f"--minutes must be in (0, 60], got {args.minutes}")
+    if not 0 < args.window <= args.minutes * 60:
+        raise UsageError(f"--window must be positive and at most the stream ({args.minutes * 60:.0f} s), got {args.window}")
+    if args.json:
+        check_writable(args.json)
+    sampler = sampler_config(args)
+    data = reference_data(args.data)
+    load_embedder(default_embedder_path())  # fail now, not after minutes of streaming
+    others = []
+    for p in args.compare or []:
+        try:
+            others.append(json.loads(Path(p).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"--compare {p}: not a readable drift JSON file ({e})") from e
+    out_dir = Path(args.out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out-dir {out_dir} ({e})") from e
+    if data is None:
+        print(f"no data set at {DEFAULT_DATA}: measuring against the reference bundled with the embedder")
+    report = drift_report(args.checkpoint, args.minutes, args.prompt, sampler, data_dir=data,
+                          window_s=args.window, label=args.label, progress=not args.quiet)
+    print(format_drift(report))
+    stem = Path(args.json).stem if args.json else "drift_" + re.sub(r"[^A-Za-z0-9_.-]+", "_", report["label"]).strip("_")
+    fig = plot_drift([report, *others], out_dir / f"{stem}.png")
+    print(f"plot: {fig}")
+    if args.json:
+        write_text(args.json, json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    return 0

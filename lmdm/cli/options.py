@@ -1,0 +1,62 @@
+"""The sampler options (``--steps``, ``--sampler``, ``--cfg``, ``--seed``), declared once for every command that
+denoises, from :class:`lmdm.streaming.streamer.SamplerConfig`.
+
+Each option is a field of ``SamplerConfig``: its type and default come from the dataclass, a command may give its
+own defaults (``jam`` uses 4 steps and no guidance), and the values are checked only by
+``SamplerConfig.__post_init__`` when :func:`sampler_config` builds the config, never by argparse.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+from lmdm.diffusion import SAMPLERS
+from lmdm.streaming.streamer import SamplerConfig
+
+#: SamplerConfig field -> (command-line flag, help). The parsed value is stored under the field's name.
+FLAGS: dict[str, tuple[str, str]] = {
+    "steps": ("--steps", "denoising steps per block (default %(default)s)"),
+    "sampler": ("--sampler", "sampler: " + " or ".join(SAMPLERS) + " (default %(default)s)"),
+    "cfg_scale": ("--cfg", "classifier-free guidance scale; 1 = none (default %(default)s)"),
+    "seed": ("--seed", "seeds the noise (default %(default)s)"),
+}
+
+
+def add_sampler_options(parser: argparse.ArgumentParser, help: dict[str, str] | None = None,
+                        **defaults: Any) -> argparse.ArgumentParser:
+    """Add ``--steps``, ``--sampler``, ``--cfg`` and ``--seed`` to ``parser``.
+
+    Args:
+        parser: a (sub)command parser.
+        help: per-field help texts replacing the standard ones (``%(default)s`` is filled in).
+        **defaults: per-command defaults by ``SamplerConfig`` field name (``steps=4, cfg_scale=1.0``); fields not
+            given keep the dataclass default.
+
+    Returns:
+        ``parser``.
+
+    Raises:
+        TypeError: a name in ``defaults`` or ``help`` is not a sampler option (a programming error).
+    """
+    unknown = sorted((set(defaults) | set(help or {})) - set(FLAGS))
+    if unknown:
+        raise TypeError(f"not sampler options: {unknown}; the options are {', '.join(FLAGS)}")
+    hints = typing.get_type_hints(SamplerConfig)
+    fields = {f.name: f for f in dataclasses.fields(SamplerConfig)}
+    for name, (flag, text) in FLAGS.items():
+        default = defaults.get(name, fields[name].default)
+        parser.add_argument(flag, dest=name, type=hints[name], default=default,
+                            metavar="{" + ",".join(SAMPLERS) + "}" if name == "sampler" else flag[2:].upper(),
+                            help=(help or {}).get(name, text))
+    return parser
+
+
+def sampler_config(args: argparse.Namespace) -> SamplerConfig:
+    """The ``SamplerConfig`` of parsed arguments (other fields keep their defaults).
+
+    Raises:
+        ConfigError: a value is out of range (``SamplerConfig.__post_init__`` says which and what is accepted).
+    """
+    return SamplerConfig(**{name: getattr(args, name) for name in FLAGS})
