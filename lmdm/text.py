@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lmdm.atomic import atomic_file
-from lmdm.errors import LmdmError
+from lmdm.errors import LmdmError, UsageError
 
 EMBED_DIM = 384
 MAX_PROMPT_CHARS = 1000
@@ -45,10 +45,10 @@ def clean_prompt(prompt: str) -> str:
     """Strip whitespace; truncate prompts longer than ``MAX_PROMPT_CHARS`` with a warning.
 
     Raises:
-        TypeError: ``prompt`` is not a string.
+        UsageError: ``prompt`` is not a string.
     """
     if not isinstance(prompt, str):
-        raise TypeError(f"a prompt must be a string, got {type(prompt).__name__}")
+        raise UsageError(f"a prompt must be a string, got {type(prompt).__name__}")
     p = " ".join(prompt.split())
     if len(p) > MAX_PROMPT_CHARS:
         warnings.warn(f"prompt of {len(p)} characters truncated to {MAX_PROMPT_CHARS}", stacklevel=3)
@@ -160,12 +160,12 @@ def blend_prompts(prompts: list[str], weights: list[float]) -> torch.Tensor:
     weights ``(1 - a, a)`` walks the text space from one to the other.
 
     Raises:
-        ValueError: lengths differ, no weight is positive, or a prompt is empty.
+        UsageError: lengths differ, no weight is positive, or a prompt is empty.
     """
     if len(prompts) != len(weights) or not any(w > 0 for w in weights):
-        raise ValueError("give one weight per prompt, at least one positive")
+        raise UsageError("give one weight per prompt, at least one positive")
     if any(not clean_prompt(p) for p in prompts):
-        raise ValueError("prompts to blend must not be empty")
+        raise UsageError("prompts to blend must not be empty")
     emb, _ = encode_prompts(prompts)
     mixed = (torch.tensor(weights, dtype=torch.float32)[:, None] * emb).sum(0)
     return mixed / mixed.norm().clamp_min(1e-8)

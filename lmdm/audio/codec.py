@@ -26,6 +26,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from lmdm.config import ConfigError
 from lmdm.audio.griffinlim import griffin_lim, stft
 
 
@@ -61,10 +62,14 @@ class CodecConfig:
     gl_momentum: float = 0.99
 
     def __post_init__(self) -> None:
-        if self.hop <= 0 or self.n_fft < self.hop or self.patch <= 0 or self.n_mels <= 0:
-            raise ValueError(f"invalid codec settings: {self}")
+        if self.sample_rate <= 0 or self.hop <= 0 or self.n_fft < self.hop or self.patch <= 0 or self.n_mels <= 0:
+            raise ConfigError(f"invalid codec settings (need sample_rate, hop, patch, n_mels > 0 and n_fft >= hop): {self}")
         if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
-            raise ValueError(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin} fmax={self.fmax}")
+            raise ConfigError(f"need 0 <= fmin < fmax <= sample_rate/2, got fmin={self.fmin} fmax={self.fmax}")
+        if self.gl_iters < 1 or not 0 <= self.gl_momentum < 1 or not self.std > 0 or not self.log_floor > 0:
+            raise ConfigError(f"need gl_iters >= 1, 0 <= gl_momentum < 1, std > 0 and log_floor > 0, got "
+                              f"gl_iters={self.gl_iters}, gl_momentum={self.gl_momentum}, std={self.std}, "
+                              f"log_floor={self.log_floor}")
 
     @property
     def samples_per_frame(self) -> int:

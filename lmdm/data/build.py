@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmdm.atomic import atomic_file, write_text
+from lmdm.errors import UsageError
 from lmdm.audio.io import save_audio
 from lmdm.data.captions import caption, tempo_word
 from lmdm.data.corpus import COLLECTIONS, Work, corpus_works, planned_bpm, select_works, split_of, stable_unit
@@ -180,7 +181,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> BuildReport:
         by_id = {w.work_id: w for w in works}
         missing = [i for i in cfg.work_ids if i not in by_id]
         if missing:
-            raise ValueError(f"unknown work id(s) {missing}; ids look like 'bach__bwv101.7' (see manifest.csv)")
+            raise UsageError(f"unknown work id(s) {missing}; ids look like 'bach__bwv101.7' (see manifest.csv)")
         selected = [by_id[i] for i in cfg.work_ids]
     else:
         selected = select_works(works, cfg.hours, cfg.seed, cfg.max_seconds, cfg.min_seconds)

@@ -11,6 +11,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from lmdm.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Collection:
@@ -142,10 +144,10 @@ def select_works(works: list[Work], hours: float, seed: int, max_seconds: float,
     for fewer. Works estimated shorter than ``min_seconds`` are skipped (too short for a training window).
 
     Raises:
-        ValueError: ``hours`` is not positive.
+        UsageError: ``hours`` is not positive.
     """
     if not hours > 0:
-        raise ValueError(f"--hours must be positive, got {hours}")
+        raise UsageError(f"--hours must be positive, got {hours}")
     by_coll: dict[str, list[Work]] = {}
     for w in works:
         by_coll.setdefault(w.collection, []).append(w)

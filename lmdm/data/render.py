@@ -35,12 +35,12 @@ def find_soundfont(path: str | Path | None = None) -> Path:
     ``SOUNDFONT_CANDIDATES`` that exists, else pretty_midi's bundled TimGM6mb.
 
     Raises:
-        FileNotFoundError: ``path`` was given and does not exist.
+        RenderError: ``path`` was given and does not exist.
     """
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"SoundFont not found: {p}")
+            raise RenderError(f"SoundFont not found: {p}; give an existing .sf2/.sf3 file or leave --soundfont out")
         return p
     for c in SOUNDFONT_CANDIDATES:
         if Path(c).is_file():
@@ -54,11 +54,11 @@ def find_fluidsynth() -> str:
     """Path of the ``fluidsynth`` executable.
 
     Raises:
-        FileNotFoundError: FluidSynth is not installed; the message says how to install it.
+        RenderError: FluidSynth is not installed; the message says how to install it.
     """
     exe = shutil.which("fluidsynth")
     if exe is None:
-        raise FileNotFoundError(
+        raise RenderError(
             "FluidSynth is not installed. Install it with `sudo apt-get install fluidsynth fluid-soundfont-gm` "
             "(Debian/Ubuntu), `brew install fluid-synth` (macOS) or `conda install -c conda-forge fluidsynth`."
         )

@@ -186,6 +186,9 @@ def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool
     student = base.model
     student.requires_grad_(True)
     torch.manual_seed(cfg.seed)  # the discriminator head's initialisation is part of the run
+    if not 1 <= cfg.disc_layers <= student.cfg.n_layers:
+        raise ConfigError(f"disc_layers must be 1..{student.cfg.n_layers} (the layers of {cfg.init_from}), "
+                          f"got {cfg.disc_layers}")
     disc = Discriminator(student, cfg.disc_layers, cfg.disc_head_width)
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), weight_decay=0.0)
