@@ -148,3 +148,100 @@ def test_streamed_generation_equals_uncached_generation(sampler, cfg_scale):
         s.set_prompt(text, torch.ones(1, dtype=torch.bool))
     diffs = block_differences(a, b, 6)
     assert max(diffs) < TOL, diffs
+
+
+def layer0_keys(model: DiT, clean: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Keys of a clean chunk at the first layer, computed from scratch: they depend only on the chunk's own latents
+    and its absolute positions (attention mixes chunks only from the first layer's output on)."""
+    B = model.cfg.block_frames
+    h = model.embed(torch.zeros_like(clean), clean, torch.ones(B, dtype=torch.bool), None)
+    blk = model.blocks[0]
+    cos, sin = model.rope(torch.arange(chunk * B, (chunk + 1) * B))
+    return blk.project(h, blk.modulation(model.clean_cond[None, None]), cos, sin)[1]
+
+
+@torch.no_grad()
+def test_cached_chunks_names_what_the_slots_hold_across_slides():
+    window = 2
+    model = tiny_model(window)
+    B, ch = model.cfg.block_frames, model.cfg.latent_channels
+    g = torch.Generator().manual_seed(2)
+    blocks = {}  # absolute chunk index -> clean latents
+    x_t, t = torch.randn(1, B, ch, generator=g), torch.rand(1, generator=g)
+    _, text_c = conds(model)
+    cache = BlockCausalKVCache(model)
+
+    def holds(chunks):
+        assert cache.cached_chunks() == chunks
+        assert cache.n_valid == len(chunks)
+        WB = window * B
+        for slot, c in enumerate(chunks):  # valid slots are the last n_valid, oldest first
+            start = WB - len(chunks) * B + slot * B
+            assert (cache.k[0][:, :, start : start + B] - layer0_keys(model, blocks[c], c)).abs().max() < TOL, (slot, c)
+
+    cache.bootstrap()
+    holds([])
+    assert (cache.next_chunk, cache.pending, cache.writes) == (0, None, 0)
+    cache.step(x_t, t, text_c)
+    holds([])
+    # (advance chunk n, then a step writes it): the window of W = 2 slides after the second write
+    expected = [[0], [0, 1], [1, 2], [2, 3], [3, 4]]
+    for n, want in enumerate(expected):
+        blocks[n] = torch.randn(1, B, ch, generator=g)
+        cache.advance(blocks[n])
+        assert cache.next_chunk == n + 1 and cache.pending is blocks[n]
+        holds(expected[n - 1] if n else [])  # pending: not in the cache yet
+        cache.step(x_t, t, text_c)
+        assert cache.pending is None and cache.writes == n + 1
+        holds(want)
+    cache.step(x_t, t, text_c)  # a later step of the same block writes nothing
+    holds([3, 4])
+    # a bootstrap with context far into a stream: three chunks from chunk 10, of which the last two stay
+    ctx = torch.randn(1, 3 * B, ch, generator=g)
+    blocks.update({10 + i: ctx[:, i * B : (i + 1) * B] for i in range(3)})
+    cache.bootstrap(ctx, start_chunk=10)
+    assert cache.next_chunk == 13 and cache.writes == 3
+    holds([11, 12])
+    blocks[13] = torch.randn(1, B, ch, generator=g)
+    cache.advance(blocks[13])
+    cache.write_pending()
+    holds([12, 13])
+    cache.bootstrap(start_chunk=7)
+    holds([])
+
+
+@pytest.mark.parametrize("mask", ["block_causal", "enc_dec", "outpainting"])
+def test_a_streamer_follows_weights_changed_after_it_was_built(mask):
+    """Conditioning cached per prompt (text vectors, the unconditional vector, per-step modulations) and the block-
+    causal cache are recomputed when the weights change in place: the next block equals a fresh streamer's."""
+    from lmdm.streaming.streamer import SamplerConfig, make_streamer
+
+    model = tiny_model(2)
+    sc = SamplerConfig(steps=2, sampler="pingpong", cfg_scale=2.0, seed=3)
+    prompt = (torch.randn(1, model.cfg.text_dim), torch.ones(1, dtype=torch.bool))
+
+    def fresh(context=None, generator_state=None):
+        s = make_streamer(model, mask, sc)
+        s.set_prompt(*prompt)
+        s.reset(context)
+        if generator_state is not None:
+            s.generator.set_state(generator_state)
+        return s
+
+    old = fresh()
+    for _ in range(3):  # conditioning, modulations and cache all computed with the first weights
+        old.next_block()
+    history, state = old.history.clone(), old.generator.get_state()
+    with torch.no_grad():  # e.g. an ARC post-training step, or a notebook loading other weights
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    got = old.next_block()
+    want = fresh(history, state).next_block()
+    assert (got - want).abs().max() < TOL
+    old.reset()  # after a reset too
+    assert (old.next_block() - fresh().next_block()).abs().max() < TOL
+    # parameters replaced rather than modified (load_state_dict(assign=True))
+    model.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}, assign=True)
+    model.requires_grad_(False)
+    old.reset()
+    assert (old.next_block() - fresh().next_block()).abs().max() < TOL

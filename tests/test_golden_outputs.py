@@ -40,3 +40,20 @@ def test_same_seed_same_output_as_recorded(checkpoint, case):
     np.testing.assert_allclose(lat.reshape(-1)[::997], want["latents_sample"], atol=2e-4)
     scale = max(1.0, want["audio_rms"])
     np.testing.assert_allclose(g.audio[::1499], want["audio_sample"], atol=2e-3 * scale)
+
+
+def test_bad_requests_are_usage_errors_before_any_generation():
+    import torch
+
+    from lmdm.errors import UsageError
+    from lmdm.streaming.generate import check_seconds
+
+    for seconds in (0, -1.0, float("nan"), float("inf"), "3", 3600.5):
+        with pytest.raises(UsageError, match="seconds must be"):
+            check_seconds(seconds)
+    assert check_seconds(3600) == 3600.0 and check_seconds(0.5) == 0.5
+    ckpt = load_checkpoint(repo_root() / "data" / "checkpoints" / "lmdm-small")
+    with pytest.raises(UsageError, match="unknown mask 'causal'"):
+        generate(ckpt, "", 1.0, mask="causal")
+    with pytest.raises(UsageError, match="controls must be"):
+        generate(ckpt, "", 1.0, controls=torch.zeros(4, 3))  # the model takes 7 control channels

@@ -32,8 +32,49 @@ def test_enc_dec_mask(C, B):
     assert torch.equal(enc_dec_mask(C, B), dense_enc_dec(C, B))
 
 
-def test_bidirectional_mask():
-    assert bool(bidirectional_mask(5).all())
+@pytest.mark.parametrize("C,B", [(0, 3), (4, 2), (8, 4)])
+def test_bidirectional_mask_is_enc_dec_plus_context_seeing_the_target(C, B):
+    n = C + B
+    m = bidirectional_mask(n)
+    assert m.shape == (n, n) and m.dtype == torch.bool
+    assert torch.equal(m, enc_dec_mask(0, n))  # no context: the enc-dec target sees everything
+    # it differs from the enc-dec mask exactly where context queries meet target keys
+    extra = torch.zeros(n, n, dtype=torch.bool)
+    for q in range(C):
+        for k in range(C, n):
+            extra[q, k] = True
+    assert torch.equal(m & ~enc_dec_mask(C, B), extra)
+    assert torch.equal(m, enc_dec_mask(C, B) | extra)
+
+
+def test_the_outpainting_layout_attends_bidirectionally_and_enc_dec_does_not():
+    """Through the model: with the outpainting layout's mask a context frame's output depends on the target;
+    with the enc-dec mask it does not, while the target depends on the context in both."""
+    from lmdm.model.config import DiTConfig
+    from lmdm.model.dit import DiT
+    from lmdm.model.layouts import enc_dec_tokens, outpainting_tokens
+
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(latent_channels=6, d_model=16, n_layers=2, n_heads=2, text_dim=4, control_dim=0,
+                          block_frames=2, window_chunks=2)).eval()
+    with torch.no_grad():  # adaLN-Zero starts every block as the identity: give every path signal
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    C, B = 4, 2
+    ctx, x_t, t = torch.randn(1, C, 6), torch.randn(1, B, 6), torch.tensor([0.5])
+    x_t2 = x_t.clone()
+    x_t2[0, -1] += 1.0  # change the last target frame only
+    ctx2 = ctx.clone()
+    ctx2[0, 0] += 1.0  # change the first context frame only
+    text, has = torch.zeros(1, 4), torch.zeros(1, dtype=torch.bool)
+    out = lambda tok: model(tok, text, has)[0]
+    tok = outpainting_tokens(ctx, ctx, x_t, t)
+    assert torch.equal(tok.mask, bidirectional_mask(C + B))
+    assert (out(outpainting_tokens(ctx, ctx, x_t2, t))[:C] - out(tok)[:C]).abs().max() > 1e-3
+    enc = out(enc_dec_tokens(ctx, x_t, t))
+    assert torch.equal(out(enc_dec_tokens(ctx, x_t2, t))[:C], enc[:C])  # context never sees the target
+    assert (out(enc_dec_tokens(ctx2, x_t, t))[C:] - enc[C:]).abs().max() > 1e-3
+    assert (out(outpainting_tokens(ctx2, ctx2, x_t, t))[C:] - out(tok)[C:]).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("N,B,W", [(1, 2, 0), (4, 2, 1), (5, 3, 2), (6, 2, 4)])

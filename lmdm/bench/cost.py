@@ -27,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from lmdm.bench.lmm import LMMConfig
+from lmdm.errors import UsageError
 from lmdm.model.config import DiTConfig
 
 _registered = False
@@ -87,13 +88,16 @@ def dit_block_flops(cfg: DiTConfig, mask: str, steps: int, guided: bool = True, 
         context_frames: override ``C`` (must be ``W * B`` for block_causal).
 
     Raises:
-        ValueError: unknown mask.
+        UsageError: unknown mask.
     """
     B = cfg.block_frames
     C = cfg.context_frames if context_frames is None else context_frames
     rows = 2 if guided else 1
     if mask == "outpainting":
-        per_step = rows * _dit_tokens(cfg, C + B, C + B, head=True) + _dit_cond(cfg, rows, head=True, t_embed=True)
+        # the final adaLN runs once per chunk of B tokens (once per token if C + B is not a whole number of chunks)
+        head_vectors = (C + B) // B if (C + B) % B == 0 else C + B
+        per_step = (rows * _dit_tokens(cfg, C + B, C + B, head=True) + _dit_cond(cfg, rows, t_embed=True)
+                    + _dit_cond(cfg, rows * head_vectors, layers=False, head=True))
         return steps * per_step
     target_step = rows * _dit_tokens(cfg, B, C + B, head=True) + _dit_cond(cfg, rows, layers=False, head=True)
     if mask == "enc_dec":
@@ -101,7 +105,7 @@ def dit_block_flops(cfg: DiTConfig, mask: str, steps: int, guided: bool = True, 
     if mask == "block_causal":
         clean = _dit_tokens(cfg, B, C + B, head=False) + _dit_cond(cfg, 1)
         return clean + steps * target_step
-    raise ValueError(f"unknown mask {mask!r}; choose outpainting, enc_dec or block_causal")
+    raise UsageError(f"unknown mask {mask!r}; choose outpainting, enc_dec or block_causal")
 
 
 # ---- the LMM --------------------------------------------------------------------------------------------------

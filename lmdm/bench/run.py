@@ -22,6 +22,7 @@ import torch
 
 from lmdm.bench.lmm import LMM, LMMStreamer, ResidualQuantizer, matched_config
 from lmdm.checkpoint import Checkpoint, load_checkpoint
+from lmdm.config import ConfigError
 from lmdm.audio.codec import MelCodec
 from lmdm.bench.cost import count_flops, dit_block_flops, lmm_block_flops, per_audio_second
 from lmdm.model.dit import DiT
@@ -60,6 +61,18 @@ class BenchConfig:
     sweep_blocks: int = 3
     memory: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Raises ConfigError: a step count or guidance scale that ``SamplerConfig`` rejects (its ranges, its
+        messages), or a count that is not a positive integer."""
+        for steps in (self.steps, *self.sweep_steps):
+            SamplerConfig(steps=steps, cfg_scale=self.cfg_scale, seed=self.seed)
+        counts = {"rounds": self.rounds, "blocks_per_round": self.blocks_per_round, "lmm_depth": self.lmm_depth,
+                  "sweep_blocks": self.sweep_blocks}
+        counts.update({f"sweep_context_chunks[{i}]": w for i, w in enumerate(self.sweep_context_chunks)})
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
     @classmethod
     def quick(cls, **kw) -> "BenchConfig":

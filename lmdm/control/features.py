@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lmdm.errors import UsageError
+
 FEATURES = ("pitch", "voiced", "onset", "loudness")
 GROUPS = {"melody": (0, 1), "rhythm": (2,), "dynamics": (3,)}
 CONTROL_DIM = len(FEATURES) + len(GROUPS)
@@ -90,9 +92,12 @@ def control_input(features: torch.Tensor, present: torch.Tensor) -> torch.Tensor
 
     Returns:
         ``(..., frames, 7)``: features with absent groups zeroed, then the three presence flags.
+
+    Raises:
+        UsageError: ``features`` do not have 4 channels.
     """
     if features.shape[-1] != len(FEATURES):
-        raise ValueError(f"features must have {len(FEATURES)} channels ({', '.join(FEATURES)}), got {features.shape[-1]}")
+        raise UsageError(f"features must have {len(FEATURES)} channels ({', '.join(FEATURES)}), got {features.shape[-1]}")
     p = present.to(features.dtype)
     keep = torch.stack([p[..., 0], p[..., 0], p[..., 1], p[..., 2]], dim=-1)[..., None, :]
     flags = p[..., None, :].expand(*features.shape[:-1], len(GROUPS))
@@ -118,7 +123,7 @@ def track_pitch(audio: np.ndarray, sample_rate: int, hop: int, tracker: str = "p
         middle of latent frame ``i``); f0 is 0 where unvoiced.
 
     Raises:
-        ValueError: unknown tracker.
+        UsageError: unknown tracker.
     """
     import librosa
 
@@ -137,7 +142,7 @@ def track_pitch(audio: np.ndarray, sample_rate: int, hop: int, tracker: str = "p
         rms = librosa.feature.rms(y=a, frame_length=frame, hop_length=hop, center=True)[0][:n]
         voiced = 20 * np.log10(rms + 1e-9) > -45.0
     else:
-        raise ValueError(f"unknown pitch tracker {tracker!r}; choose 'pyin' or 'yin'")
+        raise UsageError(f"unknown pitch tracker {tracker!r}; choose 'pyin' or 'yin'")
     return np.where(voiced, f0, 0.0).astype(np.float32), voiced
 
 

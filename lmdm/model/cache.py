@@ -9,9 +9,13 @@ Two caches over the same :class:`~lmdm.model.dit.DiT`:
   - :meth:`~BlockCausalKVCache.bootstrap` — first fill: reset, then prefill any given clean context chunk by chunk;
   - :meth:`~BlockCausalKVCache.advance` — queue the block just generated (clean) as *pending*;
   - :meth:`~BlockCausalKVCache.step` — one denoising step of the target block. The first step after
-    ``advance`` is the *fused first step*: in the same pass it runs the pending clean chunk through every layer
+    ``advance`` is the *fused first step*: in the same call it runs the pending clean chunk through every layer
     (attending to the old cache and itself), writes its keys/values, evicts the oldest chunk, and then lets the
     target attend to the updated cache. Later steps only run the target.
+  - :meth:`~BlockCausalKVCache.cached_chunks` — which absolute chunks the slots hold (for plots and tests).
+
+  Both passes (the clean chunk's and the target's) are ``DiT.run_blocks``, the model's one layer loop, with a
+  hook that puts the cached keys in front of the tokens' own (and, for the clean chunk, stores them).
 
   **Positions.** Keys are stored after rotary embedding at their *absolute* frame index (chunk ``n`` covers
   frames ``n*B .. n*B + B - 1``) and queries are rotated at theirs. RoPE scores depend only on the distance
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from lmdm.errors import UsageError
 from lmdm.model.dit import DiT, TargetMod
 
 
@@ -53,9 +58,14 @@ class BlockCausalKVCache:
 
     Keys and values are stored in the model's dtype.
 
-    Attributes:
+    Attributes (read them; the verbs change them):
         next_chunk: absolute index of the chunk the next :meth:`step` generates.
         n_valid: how many of the ``W`` slots hold a chunk (0 right after an empty bootstrap).
+        pending: the finished clean block ``(b, B, ch)`` queued by :meth:`advance` (absolute chunk
+            ``next_chunk - 1``) and not yet written, or None.
+        writes: chunks written since the last :meth:`bootstrap` (prefilled context chunks included).
+        k, v: per layer, the stored keys and values ``(b, H, W * B, hd)``, oldest chunk first; the valid
+            chunks are the last ``n_valid`` (see :meth:`cached_chunks`).
     """
 
     def __init__(self, model: DiT, batch: int = 1):
@@ -70,7 +80,8 @@ class BlockCausalKVCache:
         self.n_valid = 0
         self.next_chunk = 0
         self.pending: torch.Tensor | None = None
-        self.writes = 0  # chunks written so far (for inspection and tests)
+        self.writes = 0
+        self._newest = -1  # absolute index of the newest written chunk
         # Attention buffers per target row count: [cache (repeated over CFG rows) | target slot]. Refreshed once
         # per written chunk, so a denoising step copies only its own B keys instead of concatenating the cache.
         self._buffers: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {}
@@ -86,7 +97,7 @@ class BlockCausalKVCache:
             start_chunk: absolute chunk index of the first context chunk (positions start at ``start_chunk * B``).
 
         Raises:
-            ValueError: the context's shape does not match the cache.
+            UsageError: the context's shape does not match the cache.
         """
         for t in self.k + self.v:
             t.zero_()
@@ -94,22 +105,24 @@ class BlockCausalKVCache:
         self._buffers.clear()
         self._layer_version = [v + 1 for v in self._layer_version]
         self.next_chunk = start_chunk
+        self._newest = start_chunk - 1
         if context is None or context.shape[1] == 0:
             return
         if context.dim() != 3 or context.shape[0] != self.batch or context.shape[1] % self.B:
-            raise ValueError(f"context must be (batch={self.batch}, m*{self.B}, channels), got {tuple(context.shape)}")
+            raise UsageError(f"context must be (batch={self.batch}, m*{self.B}, channels), got {tuple(context.shape)}")
         for i in range(context.shape[1] // self.B):
-            self._forward(clean=context[:, i * self.B : (i + 1) * self.B], clean_chunk=self.next_chunk)
+            self._write(context[:, i * self.B : (i + 1) * self.B], self.next_chunk)
             self.next_chunk += 1
 
     def advance(self, block: torch.Tensor) -> None:
         """Queue the finished clean ``block`` ``(b, B, ch)``; it is written at the next step (fused first step).
 
         Raises:
-            ValueError: wrong shape, or a previous block is still pending (no step ran in between).
+            UsageError: wrong shape.
+            ValueError: a previous block is still pending (no step ran in between).
         """
         if block.shape[:2] != (self.batch, self.B):
-            raise ValueError(f"block must be (batch={self.batch}, {self.B}, channels), got {tuple(block.shape)}")
+            raise UsageError(f"block must be (batch={self.batch}, {self.B}, channels), got {tuple(block.shape)}")
         if self.pending is not None:
             raise ValueError("advance() called twice without a step(): the previous block was never written")
         self.pending = block
@@ -118,7 +131,8 @@ class BlockCausalKVCache:
     @torch.no_grad()
     def step(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,
              controls: torch.Tensor | None = None, mods: TargetMod | None = None) -> torch.Tensor:
-        """One denoising step of target chunk ``next_chunk``.
+        """One denoising step of target chunk ``next_chunk``; the first after :meth:`advance` is the fused first
+        step (it writes the pending block first, in the same call).
 
         Args:
             x_t: ``(r*b, B, ch)`` noisy target latents.
@@ -131,17 +145,15 @@ class BlockCausalKVCache:
             ``(r*b, B, ch)`` predicted velocity (float32).
         """
         mods = mods or self.model.target_modulation(t, text_c)
-        out = self._forward(clean=self.pending, clean_chunk=self.next_chunk - 1, target=x_t, mods=mods,
-                            controls=controls)
-        self.pending = None  # written: only now, so a failed step leaves the block pending instead of lost
-        return out
+        self.write_pending()
+        return self._target(x_t, mods, controls)
 
     @torch.no_grad()
     def write_pending(self) -> None:
-        """Write the pending clean block now, in a pass of its own (the unfused form of the first step)."""
+        """Write the pending clean block now (what the fused first step does before the target's pass)."""
         if self.pending is not None:
-            self._forward(clean=self.pending, clean_chunk=self.next_chunk - 1)
-            self.pending = None
+            self._write(self.pending, self.next_chunk - 1)
+            self.pending = None  # only once written, so a failed write leaves the block pending instead of lost
 
     def step_with_grad(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,
                        controls: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,12 +162,16 @@ class BlockCausalKVCache:
         earlier blocks are detached. Arguments as in :meth:`step`."""
         self.write_pending()
         with torch.enable_grad():
-            return self._forward(target=x_t, mods=self.model.target_modulation(t, text_c), controls=controls)
+            return self._target(x_t, self.model.target_modulation(t, text_c), controls)
 
-    @property
-    def is_fused_next(self) -> bool:
-        """Whether the next :meth:`step` is a fused first step (a clean block is pending)."""
-        return self.pending is not None
+    # ---- inspection -------------------------------------------------------------------------------------------
+    def cached_chunks(self) -> list[int]:
+        """Absolute indices of the chunks whose keys/values the cache holds now, oldest first (slot order).
+
+        Empty right after an empty :meth:`bootstrap`; a pending block (queued by :meth:`advance`, written by the
+        next :meth:`step`) is not included. At most ``W`` entries; chunk ``n`` covers frames ``n*B .. n*B+B-1``.
+        """
+        return list(range(self._newest - self.n_valid + 1, self._newest + 1))
 
     # ---- the computation --------------------------------------------------------------------------------------
     def _attention_buffers(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,56 +189,52 @@ class BlockCausalKVCache:
             version[layer] = self._layer_version[layer]
         return kb[layer], vb[layer]
 
-    def _slot_mask(self, n_valid: int) -> torch.Tensor:
-        """``(W*B,)`` bool: which cache slots hold a chunk (valid chunks are right-aligned, newest last)."""
+    def _mask(self) -> torch.Tensor:
+        """``(B, W*B + B)`` bool mask of a chunk's queries over ``[cache slots | own chunk]``: the valid slots
+        (right-aligned, newest last) and the chunk itself."""
         slots = torch.arange(self.W * self.B) // self.B
-        return slots >= self.W - n_valid
+        return torch.cat([slots >= self.W - self.n_valid, torch.ones(self.B, dtype=torch.bool)])[None].expand(self.B, -1)
 
-    def _forward(self, clean=None, clean_chunk=0, target=None, mods=None, controls=None):
-        m, B = self.model, self.B
-        dev_dtype = self.k[0].dtype if self.k else torch.float32
-        write = clean is not None and self.W > 0
-        hc = ht = None
-        if write:
-            pos_c = torch.arange(clean_chunk * B, (clean_chunk + 1) * B)
-            cos_c, sin_c = m.rope(pos_c)
-            c_clean = m.clean_cond.to(dev_dtype)[None, None]
-            zeros = torch.zeros_like(clean)
-            hc = m.embed(zeros, clean.to(dev_dtype), torch.ones(B, dtype=torch.bool), None)
-            mask_c = torch.cat([self._slot_mask(self.n_valid), torch.ones(B, dtype=torch.bool)])[None].expand(B, -1)
-        if target is not None:
-            n_after = min(self.n_valid + 1, self.W) if write else self.n_valid
-            pos_t = torch.arange(self.next_chunk * B, (self.next_chunk + 1) * B)
-            cos_t, sin_t = m.rope(pos_t)
-            ht = m.embed(target, torch.zeros_like(target), torch.zeros(B, dtype=torch.bool), controls)
-            mask_t = torch.cat([self._slot_mask(n_after), torch.ones(B, dtype=torch.bool)])[None].expand(B, -1)
-            rows = target.shape[0]
-        for layer, blk in enumerate(m.blocks):
-            if write:
-                mod_c = blk.modulation(c_clean)
-                q, k, v = blk.project(hc, mod_c, cos_c, sin_c)
-                hc = blk.attend(hc, mod_c, q, torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2), mask_c)
-                # write the finished chunk, evict the oldest (fixed shape: shift by one chunk)
-                self.k[layer] = torch.cat([self.k[layer][:, :, B:], k.detach().to(dev_dtype)], 2)
-                self.v[layer] = torch.cat([self.v[layer][:, :, B:], v.detach().to(dev_dtype)], 2)
-                self._layer_version[layer] += 1
-            if target is not None:
-                mod_t = mods.layers[layer]
-                q, k, v = blk.project(ht, mod_t, cos_t, sin_t)
-                if torch.is_grad_enabled():  # fresh tensors: the reused buffers would break the backward pass
-                    kb = torch.cat([_repeat_rows(self.k[layer], rows), k], 2)
-                    vb = torch.cat([_repeat_rows(self.v[layer], rows), v], 2)
-                else:
-                    kb, vb = self._attention_buffers(layer, rows)
-                    kb[:, :, self.W * B :] = k
-                    vb[:, :, self.W * B :] = v
-                ht = blk.attend(ht, mod_t, q, kb, vb, mask_t)
-        if write:
-            self.n_valid = min(self.n_valid + 1, self.W)
-            self.writes += 1
-        if target is None:
-            return None
-        return m.head(ht, mods.head)
+    def _write(self, clean: torch.Tensor, chunk: int) -> None:
+        """Run clean chunk ``chunk`` ``(b, B, ch)`` through every layer (attending to the cache and itself), write
+        its keys/values and evict the oldest chunk (fixed shape: a shift by one chunk)."""
+        if self.W == 0:
+            return
+        m, B, dtype = self.model, self.B, self.k[0].dtype
+        cos, sin = m.rope(torch.arange(chunk * B, (chunk + 1) * B))
+        c_clean = m.clean_cond.to(dtype)[None, None]
+        h = m.embed(torch.zeros_like(clean), clean.to(dtype), torch.ones(B, dtype=torch.bool), None)
+
+        def attend_and_store(layer: int, k: torch.Tensor, v: torch.Tensor):
+            keys, values = torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
+            self.k[layer] = torch.cat([self.k[layer][:, :, B:], k.detach().to(dtype)], 2)
+            self.v[layer] = torch.cat([self.v[layer][:, :, B:], v.detach().to(dtype)], 2)
+            self._layer_version[layer] += 1
+            return keys, values
+
+        m.run_blocks(h, lambda layer: m.blocks[layer].modulation(c_clean), cos, sin, self._mask(), attend_and_store)
+        self.n_valid = min(self.n_valid + 1, self.W)
+        self.writes += 1
+        self._newest = chunk
+
+    def _target(self, x_t: torch.Tensor, mods: TargetMod, controls: torch.Tensor | None) -> torch.Tensor:
+        """Velocity ``(rows, B, ch)`` of the target chunk ``next_chunk`` attending to ``[cache | itself]``."""
+        m, B, rows = self.model, self.B, x_t.shape[0]
+        cos, sin = m.rope(torch.arange(self.next_chunk * B, (self.next_chunk + 1) * B))
+        h = m.embed(x_t, torch.zeros_like(x_t), torch.zeros(B, dtype=torch.bool), controls)
+        WB = self.W * B
+        if torch.is_grad_enabled():  # fresh tensors: the reused buffers would break the backward pass
+            def keys(layer: int, k: torch.Tensor, v: torch.Tensor):
+                return (torch.cat([_repeat_rows(self.k[layer], rows), k], 2),
+                        torch.cat([_repeat_rows(self.v[layer], rows), v], 2))
+        else:
+            def keys(layer: int, k: torch.Tensor, v: torch.Tensor):
+                kb, vb = self._attention_buffers(layer, rows)
+                kb[:, :, WB:] = k
+                vb[:, :, WB:] = v
+                return kb, vb
+        h = m.run_blocks(h, mods.layers.__getitem__, cos, sin, self._mask(), keys)
+        return m.head(h, mods.head)
 
 
 class EncDecKVCache:
@@ -231,6 +243,11 @@ class EncDecKVCache:
     Args:
         model: the DiT.
         batch: parallel streams ``b``.
+
+    Attributes:
+        k, v: per layer, the context's keys and values ``(b, H, C', hd)`` (empty lists before a bootstrap or for
+            an empty context).
+        target_start: absolute frame index of the target's first frame (right after the context).
     """
 
     def __init__(self, model: DiT, batch: int = 1):
@@ -255,12 +272,13 @@ class EncDecKVCache:
         cos, sin = m.rope(torch.arange(start_frame, start_frame + n))
         mod_in = m.clean_cond[None, None]
         h = m.embed(torch.zeros_like(context), context, torch.ones(n, dtype=torch.bool), None)
-        for blk in m.blocks:
-            mod = blk.modulation(mod_in)
-            q, k, v = blk.project(h, mod, cos, sin)
+
+        def store(layer: int, k: torch.Tensor, v: torch.Tensor):
             self.k.append(k)
             self.v.append(v)
-            h = blk.attend(h, mod, q, k, v, None)
+            return k, v
+
+        m.run_blocks(h, lambda layer: m.blocks[layer].modulation(mod_in), cos, sin, None, store)
 
     @torch.no_grad()
     def step(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,
@@ -272,11 +290,10 @@ class EncDecKVCache:
         mods = mods or m.target_modulation(t, text_c)
         cos, sin = m.rope(torch.arange(self.target_start, self.target_start + n))
         h = m.embed(x_t, torch.zeros_like(x_t), torch.zeros(n, dtype=torch.bool), controls)
-        for layer, blk in enumerate(m.blocks):
-            mod = mods.layers[layer]
-            q, k, v = blk.project(h, mod, cos, sin)
-            if self.k:
-                k = torch.cat([_repeat_rows(self.k[layer], rows), k], 2)
-                v = torch.cat([_repeat_rows(self.v[layer], rows), v], 2)
-            h = blk.attend(h, mod, q, k, v, None)
+
+        def with_context(layer: int, k: torch.Tensor, v: torch.Tensor):
+            return (torch.cat([_repeat_rows(self.k[layer], rows), k], 2),
+                    torch.cat([_repeat_rows(self.v[layer], rows), v], 2))
+
+        h = m.run_blocks(h, mods.layers.__getitem__, cos, sin, None, with_context if self.k else None)
         return m.head(h, mods.head)

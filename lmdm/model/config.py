@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lmdm.config import ConfigError
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -43,12 +45,14 @@ class DiTConfig:
     pitch_low: int = 36
 
     def __post_init__(self) -> None:
+        """Raises ConfigError: a head width that is not an even integer, a piano roll without pitch controls, or
+        a block/window out of range."""
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer")
+            raise ConfigError(f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer")
         if self.pitch_bins < 0 or (self.pitch_bins and self.control_dim < 2):
-            raise ValueError(f"pitch_bins must be >= 0 and needs the pitch and voiced controls, got {self.pitch_bins}")
+            raise ConfigError(f"pitch_bins must be >= 0 and needs the pitch and voiced controls, got {self.pitch_bins}")
         if self.block_frames < 1 or self.window_chunks < 0:
-            raise ValueError(f"need block_frames >= 1 and window_chunks >= 0, got {self.block_frames}, {self.window_chunks}")
+            raise ConfigError(f"need block_frames >= 1 and window_chunks >= 0, got {self.block_frames}, {self.window_chunks}")
 
     @property
     def head_dim(self) -> int:

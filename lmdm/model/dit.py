@@ -21,13 +21,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmdm.errors import UsageError
 from lmdm.model.config import DiTConfig
 from lmdm.model.rope import apply_rope, rope_angles
+
+
+KeyValueHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``kv(layer, k, v) -> (keys, values)``: what a layer's tokens attend over, given their own keys and values
+(see :meth:`DiT.run_blocks`)."""
 
 
 @dataclass
@@ -82,7 +89,8 @@ class DiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero modulation, QK-RMSNorm and RoPE.
 
     Split into :meth:`project` (queries/keys/values of the tokens) and :meth:`attend` (attention over any keys,
-    then the MLP) so that the KV cache can attend over stored keys without a separate code path.
+    then the MLP) so that the KV cache can attend over stored keys without a separate code path; the layer loop
+    over both is :meth:`DiT.run_blocks`.
     """
 
     def __init__(self, cfg: DiTConfig):
@@ -134,11 +142,6 @@ class DiTBlock(nn.Module):
         gate1, shift2, scale2, gate2 = mod[..., 2 * d : 3 * d], mod[..., 3 * d : 4 * d], mod[..., 4 * d : 5 * d], mod[..., 5 * d :]
         x = torch.addcmul(x, gate1, self.proj(a))
         return torch.addcmul(x, gate2, self.mlp(torch.addcmul(shift2, self.norm2(x), scale2)))
-
-    def forward(self, x, mod, cos, sin, mask):
-        """:meth:`project` then :meth:`attend` over the tokens' own keys (the uncached pass)."""
-        q, k, v = self.project(x, mod, cos, sin)
-        return self.attend(x, mod, q, k, v, mask)
 
 
 def pitch_roll(controls: torch.Tensor, bins: int, low: int) -> torch.Tensor:
@@ -220,14 +223,18 @@ class DiT(nn.Module):
     # ---- token embedding and head -----------------------------------------------------------------------------
     def embed(self, noisy: torch.Tensor, clean: torch.Tensor, is_ctx: torch.Tensor,
               controls: torch.Tensor | None) -> torch.Tensor:
-        """Input projection of ``[noisy | clean | flag | controls]`` -> ``(b, L, d)``."""
+        """Input projection of ``[noisy | clean | flag | controls]`` -> ``(b, L, d)``.
+
+        Raises:
+            UsageError: ``controls`` do not have ``control_dim`` channels.
+        """
         b, n, _ = noisy.shape
         dtype = self.in_proj.weight.dtype
         flag = is_ctx.to(dtype).expand(b, n)[..., None]
         if controls is None:
             controls = noisy.new_zeros(b, n, self.cfg.control_dim, dtype=dtype)
         elif controls.shape[-1] != self.cfg.control_dim:
-            raise ValueError(f"controls have {controls.shape[-1]} channels, the model expects {self.cfg.control_dim}")
+            raise UsageError(f"controls have {controls.shape[-1]} channels, the model expects {self.cfg.control_dim}")
         x = torch.cat([noisy.to(dtype), clean.to(dtype), flag, controls.to(dtype)], dim=-1)
         h = self.in_proj(x)
         if self.pitch_proj is not None:
@@ -286,9 +293,34 @@ class DiT(nn.Module):
         else:
             h = h.reshape(b, n, d)
             pick = lambda x: torch.gather(x, 1, seg[..., None].expand(-1, -1, x.shape[-1]))
-        for blk in self.blocks:
-            h = blk(h, pick(blk.modulation(c_seg)), cos, sin, tok.mask)
+        h = self.run_blocks(h, lambda layer: pick(self.blocks[layer].modulation(c_seg)), cos, sin, tok.mask)
         return h, pick, c_seg
+
+    def run_blocks(self, h: torch.Tensor, mod: Callable[[int], torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
+                   mask: torch.Tensor | None = None, kv: KeyValueHook | None = None) -> torch.Tensor:
+        """Run tokens through every block: project queries/keys/values, attend over ``[prefix keys | own keys]``,
+        then the MLP. The one layer loop of the model: the uncached forward pass and both KV caches
+        (``lmdm.model.cache``) call it.
+
+        Args:
+            h: ``(b, L, d)`` embedded tokens, or chunked ``(b, L/B, B, d)`` (see :meth:`DiTBlock.project`).
+            mod: ``mod(layer)`` -> the layer's adaLN modulation, broadcastable to ``h`` with width ``6d``.
+            cos, sin: RoPE tables of the tokens' positions (:meth:`rope`).
+            mask: attention mask ``(L, Lk)`` or ``(b, L, Lk)`` over the keys attended to, or None (all visible).
+            kv: ``kv(layer, k, v)`` gets the tokens' own rotated keys and values ``(b, H, L, hd)`` and returns the
+                keys and values to attend over ``(b, H, Lk, hd)`` (a cache puts its stored keys in front, and may
+                store ``k, v``); None attends over the tokens' own keys (``Lk = L``).
+
+        Returns:
+            The hidden states after the last block (shape of ``h``).
+        """
+        for layer, blk in enumerate(self.blocks):
+            m = mod(layer)
+            q, k, v = blk.project(h, m, cos, sin)
+            if kv is not None:
+                k, v = kv(layer, k, v)
+            h = blk.attend(h, m, q, k, v, mask)
+        return h
 
     def num_params(self) -> int:
         """Parameters of the DiT."""

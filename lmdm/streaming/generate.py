@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
 from lmdm.checkpoint import Checkpoint
+from lmdm.errors import UsageError
 from lmdm.audio.codec import MelCodec
 from lmdm.streaming.streamer import MASKS, SamplerConfig, StreamStats, make_streamer
 from lmdm.audio.decoder import StreamingDecoder
@@ -33,7 +34,6 @@ class Generation:
         sample_rate: Hz.
         stats: model timings (bootstrap, fused first step, subsequent steps, per block).
         model_s: seconds spent in the model; decode_s: seconds spent decoding audio.
-        block_seams: sample indices where blocks meet in ``audio``.
     """
 
     audio: np.ndarray
@@ -42,7 +42,6 @@ class Generation:
     stats: StreamStats
     model_s: float
     decode_s: float
-    block_seams: list[int] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -59,12 +58,12 @@ def check_seconds(seconds: float) -> float:
     """Validate a requested duration.
 
     Raises:
-        ValueError: not a finite number in (0, 3600] seconds.
+        UsageError: not a finite number in (0, 3600] seconds.
     """
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
+        raise UsageError(f"seconds must be a positive number, got {seconds!r}")
     if seconds > MAX_SECONDS:
-        raise ValueError(f"seconds must be at most {MAX_SECONDS:.0f} (one hour) per call, got {seconds}")
+        raise UsageError(f"seconds must be at most {MAX_SECONDS:.0f} (one hour) per call, got {seconds}")
     return float(seconds)
 
 
@@ -98,17 +97,17 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
         on_block: called after each block with ``(block_index, audio_chunk)`` (live playback, progress).
 
     Raises:
-        ValueError: bad ``seconds``, ``mask`` or ``controls`` shape.
+        UsageError: bad ``seconds``, ``mask``, ``controls`` shape or prompt embedding shape.
     """
     seconds = check_seconds(seconds)
     if mask not in MASKS:
-        raise ValueError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
+        raise UsageError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
     model, codec = ckpt.model, MelCodec(ckpt.codec)
     B = model.cfg.block_frames
     frames = math.ceil(seconds * codec.cfg.frame_rate)
     n_blocks = math.ceil(frames / B)
     if controls is not None and (controls.dim() != 2 or controls.shape[1] != model.cfg.control_dim):
-        raise ValueError(f"controls must be (frames, {model.cfg.control_dim}), got {tuple(controls.shape)}")
+        raise UsageError(f"controls must be (frames, {model.cfg.control_dim}), got {tuple(controls.shape)}")
     sched = prompt_schedule(prompt)
     texts = sorted({p for _, p in sched if isinstance(p, str)})
     emb, has = encode_prompts(texts) if texts else (None, None)
@@ -116,12 +115,12 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
     for _, p in sched:
         if isinstance(p, torch.Tensor):
             if p.shape != (model.cfg.text_dim,):
-                raise ValueError(f"a prompt embedding must have shape ({model.cfg.text_dim},), got {tuple(p.shape)}")
+                raise UsageError(f"a prompt embedding must have shape ({model.cfg.text_dim},), got {tuple(p.shape)}")
             by_text[id(p)] = (p[None].float(), torch.ones(1, dtype=torch.bool))
     streamer = make_streamer(model, mask, sampler)
     decoder = StreamingDecoder(codec, seed=sampler.seed)
     streamer.reset()
-    chunks, seams, current = [], [], None
+    chunks, current = [], None
     model_s = decode_s = 0.0
     spb = B / codec.cfg.frame_rate
     for i in range(n_blocks):
@@ -141,15 +140,13 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
         decode_s += time.perf_counter() - t1
         model_s += t1 - t0
         chunks.append(audio)
-        seams.append(i * B * codec.cfg.samples_per_frame)
         if on_block is not None:
             on_block(i, audio)
     chunks.append(decoder.flush())
     n = int(round(seconds * codec.cfg.sample_rate))
     audio = np.concatenate(chunks)[:n]
     return Generation(audio=audio, latents=streamer.history[0, :frames], sample_rate=codec.cfg.sample_rate,
-                      stats=streamer.stats, model_s=model_s, decode_s=decode_s,
-                      block_seams=[s for s in seams[1:] if s < n])
+                      stats=streamer.stats, model_s=model_s, decode_s=decode_s)
 
 
 def stream_latents(ckpt: Checkpoint, prompt, seconds: float, sampler: SamplerConfig = SamplerConfig(),
@@ -157,7 +154,7 @@ def stream_latents(ckpt: Checkpoint, prompt, seconds: float, sampler: SamplerCon
     """Latent frames ``(frames, channels)`` of a stream, without decoding audio (for long-stream measurements).
 
     Raises:
-        ValueError: bad ``seconds`` or ``mask``.
+        UsageError: bad ``seconds`` or ``mask``.
     """
     from tqdm.auto import tqdm
 
