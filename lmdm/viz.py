@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 from lmdm.audio.codec import CodecConfig
+from lmdm.model.cache import BlockCausalKVCache
+from lmdm.model.config import DiTConfig
+from lmdm.model.dit import DiT
 
 
 def _axes(ax, figsize=(4, 4)):
@@ -43,22 +46,38 @@ def plot_mask(mask: torch.Tensor, title: str = "", ax=None, block: int | None = 
 
 
 def cache_timeline(window: int, n_blocks: int) -> np.ndarray:
-    """What the block-causal cache holds while generating each block.
+    """What a real :class:`~lmdm.model.cache.BlockCausalKVCache` holds while generating each block.
+
+    Drives the cache of a tiny random DiT (one frame per chunk, window ``W = window``) through a stream: an empty
+    ``bootstrap``, then per block one ``step`` (the fused first step: it writes the pending block and evicts the
+    oldest chunk) and ``advance``. Before and after each block's first step it reads ``cache.cached_chunks()``;
+    the codes are what the cache reports, not a model of it.
 
     Returns:
         ``(n_blocks, n_blocks)`` codes: row = block being generated, column = chunk index;
         0 = not involved, 1 = in the cache (attended), 2 = written into the cache during this block's fused first
         step (the previous block), 3 = the target being denoised, 4 = evicted at this block.
     """
+    cfg = DiTConfig(latent_channels=2, d_model=8, n_layers=1, n_heads=1, text_dim=2, control_dim=0,
+                    block_frames=1, window_chunks=window)
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
+        model = DiT(cfg).eval()
+    cache = BlockCausalKVCache(model)
+    text_c = model.text_cond(torch.zeros(1, cfg.text_dim), torch.zeros(1, dtype=torch.bool))
+    x_t, t = torch.zeros(1, 1, cfg.latent_channels), torch.ones(1)
     grid = np.zeros((n_blocks, n_blocks), dtype=np.int64)
+    cache.bootstrap()
     for n in range(n_blocks):
-        for c in range(max(0, n - window), n):
-            grid[n, c] = 1
-        if n >= 1:
-            grid[n, n - 1] = 2
-        if n - window - 1 >= 0:
-            grid[n, n - window - 1] = 4
-        grid[n, n] = 3
+        target = cache.next_chunk
+        before = cache.cached_chunks()
+        cache.step(x_t, t, text_c)  # the fused first step (from block 1 on): write the pending block, evict
+        after = cache.cached_chunks()
+        row = grid[n]
+        row[after] = 1
+        row[sorted(set(after) - set(before))] = 2
+        row[sorted(set(before) - set(after))] = 4
+        row[target] = 3
+        cache.advance(torch.zeros(1, 1, cfg.latent_channels))
     return grid
 
 
