@@ -117,20 +117,28 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def read_json(path: str | Path, error: type[Exception] = ConfigError, what: str = "config file") -> Any:
+    """The parsed content of a JSON file a user gave.
+
+    Raises:
+        error: the file is missing or is not valid JSON (the message names ``what`` and the path).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e})") from e
+
+
 def load_json(cls: type[T], path: str | Path) -> T:
     """Load ``cls`` from a JSON file.
 
     Raises:
         ConfigError: the file is missing, is not valid JSON, or does not describe ``cls`` (see :func:`from_dict`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from e
-    return from_dict(cls, data, where=str(path))
+    return from_dict(cls, read_json(path), where=str(path))
 
 
 def replace(cfg: T, **changes: Any) -> T:

@@ -51,3 +51,23 @@ def tiny_train_config(data: Path, run_dir: Path, **overrides):
     )
     base.update(overrides)
     return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt():
+    """A tiny DiT (2 layers, width 32, 4-frame blocks, window 2) with random, non-zero weights everywhere, as an
+    inference checkpoint: a freshly built DiT zero-initialises its output layers (its velocity is 0 whatever the
+    prompt), which would let a prompt that never arrives pass unnoticed."""
+    import torch
+
+    from lmdm.audio.codec import CodecConfig
+    from lmdm.checkpoint import Checkpoint
+    from lmdm.model.config import DiTConfig
+    from lmdm.model.dit import DiT
+
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(d_model=32, n_layers=2, n_heads=2, block_frames=4, window_chunks=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return Checkpoint(model=model.requires_grad_(False), codec=CodecConfig())

@@ -10,29 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm.audio.codec import CodecConfig
 from lmdm.audio.sanitize import sanitize
-from lmdm.checkpoint import Checkpoint
 from lmdm.config import ConfigError
 from lmdm.errors import LmdmError
 from lmdm.live.engine import ENGINE_SAMPLER, EngineConfig, InputError, LiveEngine
 from lmdm.live.jam import jam
 from lmdm.live.ringbuffer import RingBuffer
-from lmdm.model.config import DiTConfig
-from lmdm.model.dit import DiT
 from lmdm.streaming.streamer import SamplerConfig, Streamer
 
 SR = 16000
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt():
-    torch.manual_seed(0)
-    model = DiT(DiTConfig(d_model=32, n_layers=2, n_heads=2, block_frames=4, window_chunks=2)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return Checkpoint(model=model.requires_grad_(False), codec=CodecConfig())
 
 
 def sampler(steps=2, seed=0):

@@ -5,31 +5,14 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
-from lmdm.audio.codec import CodecConfig
 from lmdm.audio.sanitize import sanitize
-from lmdm.checkpoint import Checkpoint
 from lmdm.live.engine import LiveEngine
-from lmdm.model.config import DiTConfig
-from lmdm.model.dit import DiT
 from lmdm.streaming.streamer import SamplerConfig
 from lmdm.text import encode_prompts
 from lmdm.widgets import MicJam, PromptPanel, SketchPad
 from lmdm.widgets.messages import (MessageError, RateLimiter, audio_from_message, strokes_from_message,
                                    text_from_message)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt():
-    """A tiny DiT with random, non-zero weights everywhere: a freshly built DiT zero-initialises its output layers
-    (its velocity is 0 whatever the prompt), which would let a prompt that never arrives pass unnoticed."""
-    torch.manual_seed(0)
-    model = DiT(DiTConfig(d_model=32, n_layers=2, n_heads=2, block_frames=4, window_chunks=2)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return Checkpoint(model=model.requires_grad_(False), codec=CodecConfig())
 
 
 def wait_for(condition, timeout=120.0, what="condition"):

@@ -18,7 +18,6 @@ the later stroke wins.
 """
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmdm.config import read_json
 from lmdm.control.features import pitch_to_feature
 from lmdm.errors import LmdmError
 
@@ -158,14 +158,7 @@ def load_sketch(path: str | Path) -> Sketch:
     Raises:
         SketchError: missing file, invalid JSON or an invalid sketch.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SketchError(f"sketch file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SketchError(f"{path} is not valid JSON ({e})") from e
-    return parse_sketch(data)
+    return parse_sketch(read_json(path, SketchError, "sketch file"))
 
 
 def sketch_pitch(sketch: Sketch, frames: int, frame_rate: float) -> np.ndarray:
