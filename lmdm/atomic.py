@@ -18,7 +18,16 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask. Linux reports it in /proc; elsewhere it is read by setting and restoring it (which
+    briefly changes it for other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 

@@ -16,11 +16,11 @@ import torch
 
 from lmdm.atomic import atomic_folder
 from lmdm.audio.codec import CodecConfig
-from lmdm.config import ConfigError, from_dict, to_dict
+from lmdm.config import ConfigError, from_dict, read_json, to_dict
+from lmdm.errors import LmdmError
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.text import ENCODER_ID
-from lmdm.errors import LmdmError
 
 FORMAT = "lmdm-checkpoint"
 VERSION = 1
@@ -87,10 +87,7 @@ def read_config(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     if not cfg_file.is_file():
         raise CheckpointError(f"{path} is not an lmdm checkpoint: {cfg_file.name} is missing")
-    try:
-        meta = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{cfg_file} is corrupt (not valid JSON: {e})") from e
+    meta = read_json(cfg_file, CheckpointError, "checkpoint config")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_file} is not an lmdm checkpoint config (format must be {FORMAT!r})")
     valid = {"format", "version", "model", "codec", "text_encoder", "info"}

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from lmdm.atomic import atomic_file
 from lmdm.errors import LmdmError, UsageError
 

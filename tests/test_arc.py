@@ -8,18 +8,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmdm.audio.codec import CodecConfig
+from lmdm.checkpoint import save_checkpoint
+from lmdm.diffusion import x0_from_velocity
+from lmdm.model.cache import BlockCausalKVCache
+from lmdm.model.config import DiTConfig
+from lmdm.model.dit import DiT
+from lmdm.model.layouts import block_causal_stream_tokens
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
 from lmdm.train.arc.rollout import rollout
 from lmdm.train.arc.trainer import ARCConfig, ARCError, arc_iteration, arc_train
 from lmdm.train.state import latest_checkpoint
-from lmdm.checkpoint import save_checkpoint
-from lmdm.audio.codec import CodecConfig
-from lmdm.model.config import DiTConfig
-from lmdm.diffusion import x0_from_velocity
-from lmdm.model.cache import BlockCausalKVCache
-from lmdm.model.dit import DiT
-from lmdm.model.layouts import block_causal_stream_tokens
 
 softplus = lambda x: math.log1p(math.exp(x))
 

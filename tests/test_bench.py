@@ -1,6 +1,8 @@
 """`lmdm bench --quick` runs end to end on the bundled checkpoint (no timing assertions: CI machines vary)."""
 import json
 
+import pytest
+
 from lmdm.cli import main
 
 
@@ -53,3 +55,13 @@ def test_sampler_ranges_live_in_sampler_config_and_bench_config_uses_them():
     with pytest.raises(ConfigError, match=r"^sweep_context_chunks\[1\] must be a positive integer, got 0$"):
         BenchConfig(sweep_context_chunks=(1, 0))
     BenchConfig(), BenchConfig.quick()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 1.5, True])
+def test_sampler_config_refuses_seeds_torch_cannot_take(seed):
+    """torch.Generator.manual_seed overflows past 2**64 with a plain ValueError: SamplerConfig must refuse first."""
+    from lmdm.config import ConfigError
+    from lmdm.streaming.streamer import SamplerConfig
+
+    with pytest.raises(ConfigError, match="^seed must be an integer"):
+        SamplerConfig(seed=seed)

@@ -138,7 +138,12 @@ def test_per_token_modulation_path_matches_the_cache():
 @pytest.mark.parametrize("sampler,cfg_scale", [("euler", 2.0), ("pingpong", 1.0)])
 def test_streamed_generation_equals_uncached_generation(sampler, cfg_scale):
     """End to end: the cached streamer and the uncached reference generate the same stream (same seed)."""
-    from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig, UncachedBlockCausalStreamer, block_differences
+    from lmdm.streaming.streamer import (
+        BlockCausalStreamer,
+        SamplerConfig,
+        UncachedBlockCausalStreamer,
+        block_differences,
+    )
 
     model = tiny_model(2)
     sc = SamplerConfig(steps=3, sampler=sampler, cfg_scale=cfg_scale, seed=5)
@@ -238,6 +243,13 @@ def test_a_streamer_follows_weights_changed_after_it_was_built(mask):
     got = old.next_block()
     want = fresh(history, state).next_block()
     assert (got - want).abs().max() < TOL
+    # a prompt set between the weight change and the next block (the live engine's order) must not hide it
+    history, state = old.history.clone(), old.generator.get_state()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    old.set_prompt(*prompt)
+    assert (old.next_block() - fresh(history, state).next_block()).abs().max() < TOL
     old.reset()  # after a reset too
     assert (old.next_block() - fresh().next_block()).abs().max() < TOL
     # parameters replaced rather than modified (load_state_dict(assign=True))
@@ -245,3 +257,28 @@ def test_a_streamer_follows_weights_changed_after_it_was_built(mask):
     model.requires_grad_(False)
     old.reset()
     assert (old.next_block() - fresh().next_block()).abs().max() < TOL
+
+
+def test_a_streamer_runs_a_model_loaded_under_inference_mode():
+    """Inference tensors keep no version counter; the streamer's weight check must not need one."""
+    from lmdm.streaming.streamer import SamplerConfig, make_streamer
+
+    with torch.inference_mode():
+        model = tiny_model(2)
+        s = make_streamer(model, "block_causal", SamplerConfig(steps=2, sampler="pingpong", cfg_scale=1.0, seed=0))
+        s.reset()
+        assert torch.isfinite(s.next_block()).all()
+
+
+def test_a_refused_bootstrap_leaves_the_cache_as_it_was():
+    from lmdm.errors import UsageError
+
+    model = tiny_model(2)
+    cache = BlockCausalKVCache(model)
+    good = torch.randn(1, 2 * model.cfg.block_frames, model.cfg.latent_channels)
+    cache.bootstrap(good)
+    before = [k.clone() for k in cache.k], cache.cached_chunks()
+    with pytest.raises(UsageError, match="context must be"):
+        cache.bootstrap(torch.randn(1, model.cfg.block_frames + 1, model.cfg.latent_channels))
+    assert cache.cached_chunks() == before[1] == [0, 1]
+    assert all(torch.equal(a, b) for a, b in zip(before[0], cache.k))

@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from lmdm.bench.lmm import LMM, LMMConfig, LMMStreamer, ResidualQuantizer, count_params, matched_config
 from lmdm.bench.cost import count_flops, dit_block_flops, lmm_block_flops
+from lmdm.bench.lmm import LMM, LMMConfig, LMMStreamer, ResidualQuantizer, count_params, matched_config
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.streaming.streamer import SamplerConfig, make_streamer

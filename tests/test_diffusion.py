@@ -4,8 +4,16 @@ import math
 import pytest
 import torch
 
-from lmdm.diffusion import (add_noise, cfg_combine, euler_schedule, euler_step, pingpong_schedule, pingpong_step,
-                            sample, x0_from_velocity)
+from lmdm.diffusion import (
+    add_noise,
+    cfg_combine,
+    euler_schedule,
+    euler_step,
+    pingpong_schedule,
+    pingpong_step,
+    sample,
+    x0_from_velocity,
+)
 
 
 def test_pingpong_schedule_matches_formula():

@@ -253,3 +253,14 @@ def test_importing_drift_does_not_import_training_or_the_reference():
             "print(sorted(m for m in sys.modules if m.startswith('lmdm.metrics')))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert p.stdout.split("\n")[0] == "['lmdm.metrics', 'lmdm.metrics.drift', 'lmdm.metrics.embedder']"
+
+
+def test_a_missing_or_corrupt_reference_or_embedder_is_a_user_error(tmp_path):
+    with pytest.raises(EmbedderError, match="no readable reference statistics"):
+        Reference.load(tmp_path / "reference.npz")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(EmbedderError, match="not valid JSON"):
+        load_embedder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"embedder": {}}))
+    with pytest.raises(EmbedderError, match="model.safetensors cannot be loaded"):
+        load_embedder(tmp_path)

@@ -210,8 +210,8 @@ def test_jam_answers_the_input_one_delay_later(tiny_ckpt):
     x = np.zeros(6 * sr, np.float32)
     t = np.arange(2 * sr) / sr
     x[2 * sr : 4 * sr] = 0.4 * np.sin(2 * np.pi * 330 * t)  # loud from 2 s to 4 s, silent elsewhere
-    from lmdm.live.jam import jam as run_jam
     import lmdm.live.jam as jam_module
+    from lmdm.live.jam import jam as run_jam
 
     class Engine(LiveEngine):
         def __init__(self, ckpt, cfg, realtime=False):

@@ -61,8 +61,8 @@ def test_the_roll_starts_as_a_no_op_and_leaves_other_weights_as_without_it():
 def test_fine_tune_may_add_the_roll_to_a_checkpoint_without_it(real_data, tmp_path):
     import dataclasses
 
-    from lmdm.checkpoint import save_checkpoint
     from lmdm.audio.codec import CodecConfig
+    from lmdm.checkpoint import save_checkpoint
     from lmdm.train.pretrain import TrainError, train
     from tests.conftest import tiny_train_config
 

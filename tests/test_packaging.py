@@ -2,8 +2,9 @@
 command, and a non-editable install works from outside the checkout (the widgets' JS/CSS are package data)."""
 import os
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

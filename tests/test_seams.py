@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lmdm.audio.codec import MelCodec
-from lmdm.audio.seams import crossfade, equal_power_ramps, seam_click_ratio
 from lmdm.audio.decoder import StreamingDecoder
+from lmdm.audio.seams import crossfade, equal_power_ramps, seam_click_ratio
 
 SR = 16000
 

@@ -5,8 +5,17 @@ import numpy as np
 import pytest
 
 from lmdm.control.features import feature_to_pitch
-from lmdm.control.sketch import (SketchError, contour_correlation, load_sketch, parse_sketch, quantize, sketch_features,
-                         sketch_from_notes, sketch_pitch, synthetic_sketches)
+from lmdm.control.sketch import (
+    SketchError,
+    contour_correlation,
+    load_sketch,
+    parse_sketch,
+    quantize,
+    sketch_features,
+    sketch_from_notes,
+    sketch_pitch,
+    synthetic_sketches,
+)
 
 FR = 15.625
 

@@ -3,12 +3,11 @@ import json
 import os
 
 import numpy as np
-
 import pytest
 import torch
 
-from lmdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lmdm.audio.codec import CodecConfig
+from lmdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.text import MAX_PROMPT_CHARS, cache_dir, encode_prompts

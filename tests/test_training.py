@@ -21,10 +21,9 @@ from lmdm.train import state as train_state
 from lmdm.train.config import TrainConfig
 from lmdm.train.dataset import load_latent_set
 from lmdm.train.loop import LoopSettings, Task, run_loop, warmup_cosine
-from lmdm.train.pretrain import TrainError, ema_decay_at, lr_at, validation_loss, train
+from lmdm.train.pretrain import TrainError, ema_decay_at, lr_at, train, validation_loss
 from lmdm.train.state import latest_checkpoint, load_training_state, save_training_state
 from tests.conftest import tiny_train_config
-
 
 # ---- the loop on a toy task: known answers, exact resume ------------------------------------------------------
 TOY_STEPS, TOY_LR = 12, 0.1

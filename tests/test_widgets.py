@@ -11,8 +11,7 @@ from lmdm.live.engine import LiveEngine
 from lmdm.streaming.streamer import SamplerConfig
 from lmdm.text import encode_prompts
 from lmdm.widgets import MicJam, PromptPanel, SketchPad
-from lmdm.widgets.messages import (MessageError, RateLimiter, audio_from_message, strokes_from_message,
-                                   text_from_message)
+from lmdm.widgets.messages import MessageError, RateLimiter, audio_from_message, strokes_from_message, text_from_message
 
 
 def wait_for(condition, timeout=120.0, what="condition"):

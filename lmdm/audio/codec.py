@@ -26,8 +26,8 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from lmdm.config import ConfigError
 from lmdm.audio.griffinlim import griffin_lim, stft
+from lmdm.config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
+from lmdm.audio.codec import MelCodec
+from lmdm.audio.decoder import StreamingDecoder
+from lmdm.bench.cost import count_flops, dit_block_flops, lmm_block_flops, per_audio_second
 from lmdm.bench.lmm import LMM, LMMStreamer, ResidualQuantizer, matched_config
 from lmdm.checkpoint import Checkpoint, load_checkpoint
 from lmdm.config import ConfigError
-from lmdm.audio.codec import MelCodec
-from lmdm.bench.cost import count_flops, dit_block_flops, lmm_block_flops, per_audio_second
 from lmdm.model.dit import DiT
 from lmdm.streaming.streamer import SamplerConfig, make_streamer
-from lmdm.audio.decoder import StreamingDecoder
 
 STREAMERS = ("outpainting", "enc_dec", "block_causal", "lmm")
 

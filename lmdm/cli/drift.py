@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from lmdm.cli.options import add_sampler_options, sampler_config
+from lmdm.config import read_json
 from lmdm.errors import UsageError
 
 #: The data set whose validation split is the reference when ``--data`` is not given (if it has been built).
@@ -71,10 +72,7 @@ def run(args: argparse.Namespace) -> int:
     load_embedder(default_embedder_path())  # fail now, not after minutes of streaming
     others = []
     for p in args.compare or []:
-        try:
-            others.append(json.loads(Path(p).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise UsageError(f"--compare {p}: not a readable drift JSON file ({e})") from e
+        others.append(read_json(p, UsageError, "--compare drift JSON file"))
     out_dir = Path(args.out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

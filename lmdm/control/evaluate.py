@@ -16,10 +16,17 @@ import torch
 
 from lmdm.checkpoint import Checkpoint
 from lmdm.control.features import control_input, hz_to_midi, track_pitch
+from lmdm.control.sketch import (
+    Sketch,
+    contour_correlation,
+    heldout_melody_sketches,
+    parse_sketch,
+    sketch_features,
+    sketch_pitch,
+    synthetic_sketches,
+)
 from lmdm.streaming.generate import generate
-from lmdm.control.sketch import Sketch, contour_correlation, heldout_melody_sketches, parse_sketch, sketch_features, sketch_pitch, synthetic_sketches
 from lmdm.streaming.streamer import SamplerConfig
-
 
 SKETCH_SAMPLER = SamplerConfig(steps=8, sampler="pingpong", cfg_scale=5.5)
 """Sampling for sketches: guidance 5.5 over prompt and controls (``SamplerConfig.guide_controls``). Chosen on a

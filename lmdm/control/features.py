@@ -18,7 +18,6 @@ any subset of controls or none.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmdm.atomic import atomic_file, write_text
-from lmdm.errors import UsageError
 from lmdm.audio.io import save_audio
 from lmdm.data.captions import caption, tempo_word
 from lmdm.data.corpus import COLLECTIONS, Work, corpus_works, planned_bpm, select_works, split_of, stable_unit
 from lmdm.data.instruments import INSTRUMENTS
+from lmdm.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,15 @@ def build_one(work: Work, cfg: BuildConfig, soundfont: str) -> dict:
     """Render one work; returns its manifest row. Raises on failure (the caller records the stage)."""
     import pretty_midi  # noqa: F401  (fail early in the worker if missing)
 
-    from lmdm.data.render import (finish_audio, key_name, parse_work, prepare_midi, prevailing_meter, render_midi,
-                                  score_to_midi)
+    from lmdm.data.render import (
+        finish_audio,
+        key_name,
+        parse_work,
+        prepare_midi,
+        prevailing_meter,
+        render_midi,
+        score_to_midi,
+    )
 
     out = Path(cfg.out)
     inst = instrument_for(work.work_id, cfg.seed)
@@ -205,9 +212,8 @@ def build(cfg: BuildConfig, progress: bool = True) -> BuildReport:
     report.hours_total = float(df["seconds"].sum() / 3600) if len(df) else 0.0
     import pandas as pd
 
-    pd.DataFrame(report.failures, columns=["work_id", "source_path", "number", "error"]).to_csv(
-        out / "failures.csv", index=False
-    )
+    with atomic_file(out / "failures.csv") as tmp:
+        pd.DataFrame(report.failures, columns=["work_id", "source_path", "number", "error"]).to_csv(tmp, index=False)
     return report
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from lmdm.audio.io import save_audio
 from lmdm.data.corpus import corpus_works
 from lmdm.data.instruments import instrument
-from lmdm.data.render import finish_audio, find_soundfont, parse_work, prepare_midi, render_midi, score_to_midi
+from lmdm.data.render import find_soundfont, finish_audio, parse_work, prepare_midi, render_midi, score_to_midi
 
 EXAMPLE_WORK = "airdsAirs__book1__0003"
 EXAMPLE_PATH = Path(__file__).resolve().parents[2] / "data" / "examples" / "violin_air.flac"

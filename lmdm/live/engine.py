@@ -34,18 +34,23 @@ import numpy as np
 import torch
 
 from lmdm.audio.codec import MelCodec
+from lmdm.audio.decoder import StreamingDecoder
 from lmdm.audio.sanitize import AudioError, StreamSanitizer
 from lmdm.checkpoint import Checkpoint
 from lmdm.config import ConfigError
 from lmdm.control.features import GROUPS, control_input, features_from_audio
-from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig, Streamer
-from lmdm.audio.decoder import StreamingDecoder
-from lmdm.text import encode_prompts
+from lmdm.errors import LmdmError
 from lmdm.live.ringbuffer import RingBuffer
+from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig, Streamer
+from lmdm.text import encode_prompts
 
 MODES = ("generate", "jam", "sketch")
 #: The engine's denoising defaults: few steps and no guidance keep jam latency low.
 ENGINE_SAMPLER = SamplerConfig(steps=4, sampler="pingpong", cfg_scale=1.0, seed=0)
+
+
+class EngineBusy(LmdmError, RuntimeError):
+    """A session was started while the previous one is still stopping; try again in a moment."""
 
 
 class InputError(AudioError):
@@ -113,10 +118,11 @@ class EngineConfig:
                   "feature_context_s": self.feature_context_s >= 0, "input_seconds": self.input_seconds > 0,
                   "max_chunk_seconds": self.max_chunk_seconds > 0, "gl_iters": self.gl_iters >= 1,
                   "lookahead_blocks": self.lookahead_blocks >= 0}
+        checks.update({k: checks[k] and isinstance(getattr(self, k), int) for k in ("gl_iters", "lookahead_blocks")})
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid engine settings: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
-                              "(times and sizes must be positive, gl_iters >= 1)")
+                              "(times and sizes must be positive; gl_iters >= 1 and lookahead_blocks >= 0 whole numbers)")
 
 
 @dataclass
@@ -418,14 +424,14 @@ class LiveEngine:
         """Run a fresh session on a background thread, paced by the wall clock (returns at once).
 
         Raises:
-            RuntimeError: the previous session's thread has not finished yet (call :meth:`stop` and wait).
+            EngineBusy: the previous session's thread has not finished yet (call :meth:`stop` and wait).
         """
         if self._thread is not None and self._thread.is_alive():
             if not self._stop.is_set():
                 return  # already running
             self._thread.join(2 * self.block_s)
             if self._thread.is_alive():
-                raise RuntimeError("the previous session is still stopping; try again in a moment")
+                raise EngineBusy("the previous session is still stopping; try again in a moment")
         self._stop = threading.Event()  # a fresh event: an old thread can never be revived by clearing it
         self._reset_stream()
         self.realtime = True

@@ -22,7 +22,7 @@ from torch import nn
 from lmdm.atomic import atomic_folder
 from lmdm.audio.codec import CodecConfig
 from lmdm.checkpoint import repo_root
-from lmdm.config import ConfigError, from_dict
+from lmdm.config import ConfigError, from_dict, read_json
 from lmdm.errors import LmdmError
 
 if TYPE_CHECKING:
@@ -145,7 +145,13 @@ def load_embedder(path: str | Path | None = None) -> tuple[Embedder, dict]:
     path = Path(path) if path is not None else default_embedder_path()
     if not (path / "config.json").is_file():
         raise EmbedderError(f"no embedder at {path}; train one with `lmdm metrics train-embedder`")
-    meta = json.loads((path / "config.json").read_text())
+    meta = read_json(path / "config.json", EmbedderError, "embedder config")
+    if not isinstance(meta, dict) or "embedder" not in meta:
+        raise EmbedderError(f"{path / 'config.json'} is not an embedder config (no 'embedder' entry)")
     model = Embedder(from_dict(EmbedderConfig, meta["embedder"], where=str(path / "config.json")))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    try:
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+    except (OSError, RuntimeError, ValueError) as e:  # missing, corrupt, or for another embedder
+        raise EmbedderError(f"{path / 'model.safetensors'} cannot be loaded ({str(e)[:300]}); retrain with "
+                            "`lmdm metrics train-embedder`") from e
     return model.eval().requires_grad_(False), meta.get("metrics", {})

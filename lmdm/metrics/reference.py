@@ -18,7 +18,7 @@ import numpy as np
 from lmdm.atomic import atomic_file, write_text
 from lmdm.audio.codec import CodecConfig
 from lmdm.metrics.drift import METRICS, crop_embeddings, gaussian, mel_frames, window_metrics
-from lmdm.metrics.embedder import Embedder
+from lmdm.metrics.embedder import Embedder, EmbedderError
 from lmdm.train.dataset import DataError, LatentSet, load_latent_set
 
 
@@ -47,9 +47,13 @@ class Reference:
         """Read a reference written by :meth:`save` (e.g. ``reference.npz`` beside an embedder).
 
         Raises:
-            FileNotFoundError: no file at ``path``.
+            EmbedderError: no readable reference at ``path`` (retrain with ``lmdm metrics train-embedder``).
         """
-        z = np.load(path)
+        try:
+            z = np.load(path)
+        except (OSError, ValueError) as e:
+            raise EmbedderError(f"no readable reference statistics at {path} ({e}); rebuild them with "
+                                "`lmdm metrics train-embedder`") from e
         return cls(z["mu"], z["sigma"], z["mel_mean"], z["mel_std"])
 
 

@@ -99,6 +99,9 @@ class BlockCausalKVCache:
         Raises:
             UsageError: the context's shape does not match the cache.
         """
+        if context is not None and (context.dim() != 3 or context.shape[0] != self.batch
+                                    or context.shape[1] % self.B):
+            raise UsageError(f"context must be (batch={self.batch}, m*{self.B}, channels), got {tuple(context.shape)}")
         for t in self.k + self.v:
             t.zero_()
         self.n_valid, self.pending, self.writes = 0, None, 0
@@ -108,8 +111,6 @@ class BlockCausalKVCache:
         self._newest = start_chunk - 1
         if context is None or context.shape[1] == 0:
             return
-        if context.dim() != 3 or context.shape[0] != self.batch or context.shape[1] % self.B:
-            raise UsageError(f"context must be (batch={self.batch}, m*{self.B}, channels), got {tuple(context.shape)}")
         for i in range(context.shape[1] // self.B):
             self._write(context[:, i * self.B : (i + 1) * self.B], self.next_chunk)
             self.next_chunk += 1

@@ -31,7 +31,6 @@ from lmdm.errors import UsageError
 from lmdm.model.config import DiTConfig
 from lmdm.model.rope import apply_rope, rope_angles
 
-
 KeyValueHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``kv(layer, k, v) -> (keys, values)``: what a layer's tokens attend over, given their own keys and values
 (see :meth:`DiT.run_blocks`)."""

@@ -14,11 +14,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from lmdm.audio.codec import MelCodec
+from lmdm.audio.decoder import StreamingDecoder
 from lmdm.checkpoint import Checkpoint
 from lmdm.errors import UsageError
-from lmdm.audio.codec import MelCodec
 from lmdm.streaming.streamer import MASKS, SamplerConfig, StreamStats, make_streamer
-from lmdm.audio.decoder import StreamingDecoder
 from lmdm.text import encode_prompts
 
 MAX_SECONDS = 3600.0

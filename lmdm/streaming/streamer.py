@@ -64,7 +64,8 @@ class SamplerConfig:
         """The one place that checks sampler ranges (the CLI, the live engine and the widgets rely on it).
 
         Raises:
-            ConfigError: steps not an integer in [1, 1000], unknown sampler, or cfg scale not in [0, 50].
+            ConfigError: steps not an integer in [1, 1000], unknown sampler, cfg scale not in [0, 50], seed not an
+                integer in [0, 2**63), or guide_controls not a bool.
         """
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise ConfigError(f"steps must be an integer from 1 to 1000, got {self.steps!r}")
@@ -73,6 +74,10 @@ class SamplerConfig:
         if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, numbers.Real) \
                 or not 0 <= self.cfg_scale <= 50:
             raise ConfigError(f"cfg scale must be between 0 and 50, got {self.cfg_scale}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
+        if not isinstance(self.guide_controls, bool):
+            raise ConfigError(f"guide_controls must be true or false, got {self.guide_controls!r}")
 
 
 @dataclass
@@ -131,7 +136,8 @@ class Streamer:
         # (module, name) of every parameter: the weights' key reads them without walking the module tree
         self._param_slots = [(mod._parameters, name) for mod in model.modules() for name, p in mod._parameters.items()
                              if p is not None]
-        self._weights: tuple | None = None  # the weights' key that the conditioning below was computed with
+        self._cond_weights: tuple | None = None  # the weights' key the conditioning below was computed with
+        self._stream_weights: tuple | None = None  # the weights' key the stream's cached context was computed with
         self.set_prompt(torch.zeros(batch, cfg.text_dim), torch.zeros(batch, dtype=torch.bool))
 
     # ---- controls of the stream -------------------------------------------------------------------------------
@@ -146,7 +152,7 @@ class Streamer:
     def _condition(self) -> None:
         """(Re)compute the prompt's and the unconditional text vectors with the current weights, and forget the
         target modulations computed with earlier ones."""
-        self._weights = self._weights_key()
+        self._cond_weights = self._weights_key()
         self._text_c = self.model.text_cond(*self._prompt)
         self._null_c = self.model.text_cond(torch.zeros(self.batch, self.model.cfg.text_dim),
                                             torch.zeros(self.batch, dtype=torch.bool))
@@ -155,14 +161,19 @@ class Streamer:
     def _weights_key(self) -> tuple:
         """Changes whenever a parameter is modified in place (optimizer step, ``load_state_dict``, ``copy_``) or
         replaced (``load_state_dict(assign=True)``, ``.data =``)."""
-        return tuple([(p._version, p.data_ptr()) for p in [params[name] for params, name in self._param_slots]])
+        params = [params[name] for params, name in self._param_slots]
+        # inference tensors (a model loaded under torch.inference_mode) keep no version counter: storage only
+        return tuple([(0 if p.is_inference() else p._version, p.data_ptr()) for p in params])
 
     def _sync_weights(self) -> bool:
-        """Recompute the conditioning if the weights changed since it was computed; True if they did."""
-        if self._weights_key() == self._weights:
-            return False
-        self._condition()
-        return True
+        """Bring the conditioning up to date with the weights; True if the stream's cached context was computed
+        with other weights (the caller then re-encodes it or restarts the stream)."""
+        key = self._weights_key()
+        if key != self._cond_weights:
+            self._condition()
+        stale = self._stream_weights is not None and key != self._stream_weights
+        self._stream_weights = key
+        return stale
 
     def reset(self, context: torch.Tensor | None = None) -> None:
         """Start a new stream, optionally continuing ``context`` ``(b, m*B, ch)`` clean latents."""

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from lmdm.atomic import atomic_file, write_text
-from lmdm.audio.io import load_audio
 from lmdm.audio.codec import CodecConfig, MelCodec
+from lmdm.audio.io import load_audio
 from lmdm.config import to_dict
 from lmdm.control.features import loudness_feature, midi_notes, notes_features
 from lmdm.data.captions import caption_variants

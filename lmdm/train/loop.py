@@ -28,7 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 
 from lmdm.atomic import write_text
-from lmdm.config import from_dict, replace, to_dict
+from lmdm.config import load_json, replace, to_dict
 from lmdm.errors import LmdmError
 from lmdm.train.state import latest_checkpoint, load_training_state, save_training_state
 
@@ -68,7 +68,7 @@ def settle_config(cls: type, cfg: Any | None, *, resume: bool, run_dir: str | Pa
         saved_file = run / "config.json"
         if not saved_file.is_file():
             raise error(f"{run} holds checkpoints but no config.json; it cannot be resumed")
-        saved = from_dict(cls, json.loads(saved_file.read_text()), where=str(saved_file))
+        saved = load_json(cls, saved_file)
         given = replace(saved if cfg is None else cfg, **(overrides or {}))
         a, b = to_dict(saved), to_dict(given)
         differ = sorted(k for k in a if a[k] != b[k] and k not in changeable)
@@ -224,7 +224,8 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
 
     run = Path(settings.run_dir)
     schedulers = {name: LambdaLR(task.optimizers[name], f) for name, f in task.lr_factor.items()}
-    ema = AveragedModel(task.modules[task.ema_of], multi_avg_fn=ema_multi_avg_fn(task.ema_decay))
+    ema = AveragedModel(task.modules[task.ema_of], multi_avg_fn=ema_multi_avg_fn(task.ema_decay),
+                        use_buffers=True)
     ema.update_parameters(task.modules[task.ema_of])  # update 0 copies the initial weights
     state = LoopState(ema=ema.module)
     if resume_from is not None:

@@ -145,13 +145,13 @@ class EngineWidgetMixin(traitlets.HasTraits):
         A config or checkpoint the engine refuses is shown in ``error`` and ``running`` goes back to False."""
         from lmdm.live.engine import LiveEngine
 
-        if self.engine is not None and self.engine.running:
+        if self.pump is not None:  # a session is running (one that is only stopping is left to finish on its own)
             return
         try:
             self.engine = LiveEngine(self.ckpt, self.engine_config(), realtime=True)
             self.engine.warmup()
             self.engine.start()
-        except (LmdmError, RuntimeError) as e:  # RuntimeError: the previous session is still stopping
+        except LmdmError as e:
             self.error = str(e)
             self.running = False
             return

@@ -2,15 +2,20 @@
 underruns. A prompt change applies from the next block."""
 from __future__ import annotations
 
+import dataclasses
+
 import anywidget
 import traitlets
 
 from lmdm.checkpoint import Checkpoint
+from lmdm.config import ConfigError
 from lmdm.live.engine import EngineConfig
 from lmdm.streaming.streamer import SamplerConfig
 from lmdm.widgets.base import EngineWidgetMixin, asset
 from lmdm.widgets.messages import Limits
 
+#: The panel's starting sampler: the ``lmdm generate`` defaults (8 ping-pong steps, guidance 2, seed 0).
+PANEL_SAMPLER = SamplerConfig()
 
 class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     """A live text-to-music stream in the notebook (the browser plays the blocks as they arrive).
@@ -28,9 +33,9 @@ class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     _esm = asset("audio_player.js", "prompt_panel.js")
     _css = asset("widgets.css")
     prompt = traitlets.Unicode("a slow Bach chorale on church organ").tag(sync=True)
-    cfg_scale = traitlets.Float(2.0).tag(sync=True)
-    steps = traitlets.Int(8).tag(sync=True)
-    seed = traitlets.Int(0).tag(sync=True)
+    cfg_scale = traitlets.Float(PANEL_SAMPLER.cfg_scale).tag(sync=True)
+    steps = traitlets.Int(PANEL_SAMPLER.steps).tag(sync=True)
+    seed = traitlets.Int(PANEL_SAMPLER.seed).tag(sync=True)
 
     def __init__(self, ckpt: Checkpoint | None = None, limits: Limits = Limits(), **kwargs):
         self._init_engine_widget(ckpt, limits)
@@ -41,15 +46,15 @@ class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     @property
     def sampler(self) -> SamplerConfig:
         """The denoising settings of the next start (ping-pong sampling)."""
-        return SamplerConfig(steps=self.steps, sampler="pingpong", cfg_scale=self.cfg_scale, seed=self.seed)
+        return dataclasses.replace(PANEL_SAMPLER, steps=self.steps, cfg_scale=self.cfg_scale, seed=self.seed)
 
     @traitlets.validate("steps", "cfg_scale", "seed")
     def _valid_sampler(self, proposal):
         name, value = proposal["trait"].name, proposal["value"]
         settings = {"steps": self.steps, "cfg_scale": self.cfg_scale, "seed": self.seed, name: value}
         try:
-            SamplerConfig(sampler="pingpong", **settings)
-        except ValueError as e:  # SamplerConfig's ConfigError (a ValueError): its message names the range
+            dataclasses.replace(PANEL_SAMPLER, **settings)
+        except ConfigError as e:  # SamplerConfig's ConfigError (a ValueError): its message names the range
             self._sampler_error = self.error = str(e)
             return getattr(self, name)
         if self.error and self.error == self._sampler_error:

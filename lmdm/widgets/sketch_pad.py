@@ -10,8 +10,8 @@ import numpy as np
 import traitlets
 
 from lmdm.checkpoint import Checkpoint, load_checkpoint
-from lmdm.control.sketch import SketchError, parse_sketch, sketch_pitch
 from lmdm.control.evaluate import render_sketch
+from lmdm.control.sketch import SketchError, parse_sketch, sketch_pitch
 from lmdm.widgets.base import asset, send_audio
 from lmdm.widgets.messages import Limits, MessageError, RateLimiter, strokes_from_message, text_from_message
 
