@@ -13,10 +13,9 @@ import argparse
 import json
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-
-import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: tests/ is not installed
 from tests.support.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab
