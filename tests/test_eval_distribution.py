@@ -160,9 +160,12 @@ def test_bad_sets_raise_a_usage_error(x, y):
         frechet_distance(x, y)
 
 
-def test_tiny_sets_are_refused_by_compare_sets():
+def test_tiny_sets_get_kad_but_no_fd():
+    """Below ten vectors per set FD would rest on less than ten samples per dimension: NaN with a note, while
+    KAD (which needs no covariance) is still reported."""
     rng = np.random.default_rng(9)
-    with pytest.raises(DistributionError, match="at least 10"):
-        compare_sets(rng.standard_normal((9, 3)), rng.standard_normal((50, 3)), n_boot=5)
+    tiny = compare_sets(rng.standard_normal((9, 3)), rng.standard_normal((50, 3)), n_boot=5, rng=0)
+    assert np.isnan(tiny["fd"]["value"]) and np.isnan(tiny["fd_inf"]["value"]) and "at least 10" in tiny["notes"][0]
+    assert np.isfinite(tiny["kad"]["value"]) and tiny["n_x"] == 9
     report = compare_sets(rng.standard_normal((15, 3)), rng.standard_normal((50, 3)), n_boot=5, rng=0)
     assert report["fd"]["dim"] == 1 and report["n_x"] == 15

@@ -1,5 +1,5 @@
 """The ``lmdm`` command line: ``data build``, ``data example``, ``train``, ``generate``, ``bench``, ``sketch``,
-``sketch-eval``, ``jam``, ``arc``, ``metrics train-embedder``, ``drift`` (one module per command; the sampler
+``sketch-eval``, ``jam``, ``arc``, ``metrics train-embedder``, ``drift``, ``eval`` (one module per command; the sampler
 options shared by ``generate``, ``sketch``, ``jam`` and ``drift`` are declared once, in ``options``).
 
 Errors: input a user can fix raises an :class:`lmdm.errors.LmdmError` and is printed as one
@@ -14,11 +14,11 @@ import sys
 import traceback
 import warnings
 
-from lmdm.cli import arc, bench, data, drift, generate, jam, metrics, sketch, sketch_eval, train
+from lmdm.cli import arc, bench, data, drift, evaluation, generate, jam, metrics, sketch, sketch_eval, train
 from lmdm.errors import LmdmError
 
 #: The command modules, in the order ``lmdm --help`` lists them; each has ``add_parser(subparsers)``.
-COMMANDS = (data, train, generate, bench, sketch, sketch_eval, jam, arc, metrics, drift)
+COMMANDS = (data, train, generate, bench, sketch, sketch_eval, jam, arc, metrics, drift, evaluation)
 
 BUG_LINE = "lmdm: this is a bug in lmdm, not in your input; please report it with the traceback above"
 

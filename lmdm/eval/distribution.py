@@ -365,7 +365,8 @@ def compare_sets(x, y, fd_dim: int | None = None, n_boot: int = 200, alpha: floa
 
     FD and FD-infinity run in a PCA space fitted on y with dim = min(fd_dim or d, d, min(m, n) // 10): the cap
     keeps ten samples per dimension and is reported, never silent. A FrechetError becomes a NaN value and a note.
-    Raises DistributionError for bad input or sets too small for the cap (fewer than 10 rows).
+    With fewer than 10 rows in a set, FD and FD-infinity are NaN with a note (KAD is still reported).
+    Raises DistributionError for bad input.
     """
     x, y = _check_pair(x, y)
     rng = _rng(rng)
@@ -378,8 +379,11 @@ def compare_sets(x, y, fd_dim: int | None = None, n_boot: int = 200, alpha: floa
     }
     requested = d if fd_dim is None else int(fd_dim)
     cap = min(d, max_pca_dim(min(len(x), len(y))))
-    if cap < 1:
-        raise DistributionError(f"FD needs at least 10 vectors per set (10 per dimension), got {len(x)} and {len(y)}")
+    if cap < 1:  # KAD stands; FD would rest on fewer than ten samples per dimension
+        nan_fd = {"value": math.nan, "ci": (math.nan, math.nan), "dim": 0}
+        report.update(fd=nan_fd, fd_inf={**nan_fd, "slope": math.nan, "ns": None}, pca=None,
+                      notes=[f"FD not computed: it needs at least 10 vectors per set, got {len(x)} and {len(y)}"])
+        return report
     use = min(requested, cap)
     if use < requested:
         notes.append(f"FD dimension capped from {requested} to {use} = min(d, min(n_x, n_y) // 10)")

@@ -1,0 +1,95 @@
+"""``lmdm eval``: the measurement suite (level, notes, distribution, adherence) with calibration rows."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from lmdm.cli.options import add_sampler_options, sampler_config
+from lmdm.errors import UsageError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``eval`` (sampler defaults: those of ``generate``, 8 ping-pong steps and CFG 2)."""
+    e = sub.add_parser("eval", help="measure checkpoints against real music: level, notes, distribution, adherence")
+    e.add_argument("--checkpoint", nargs="*", default=None, metavar="DIR",
+                   help="checkpoint folders to measure (default: the bundled one)")
+    e.add_argument("--prompts", default=None, help="text file, one prompt per line (default: validation captions)")
+    e.add_argument("--seconds", type=float, default=None, help="length of each stream (default 30; quick 10)")
+    e.add_argument("--seeds", type=int, default=None, help="streams per prompt (default 2; quick 1)")
+    e.add_argument("--window", type=float, default=None, help="window length in seconds (default 10; quick 5)")
+    e.add_argument("--data", default="data/music", help="built data set: train = reference, val = real rows")
+    e.add_argument("--quick", action="store_true", help="a small run (CI, notebooks): a few minutes on 2 cores")
+    e.add_argument("--json", default=None, help="also write the whole report to this JSON file")
+    e.add_argument("--plots", default=None, metavar="DIR", help="write per-lens bar plots with CIs here")
+    e.add_argument("--transcriber", default=None, help="transcriber folder (default: the bundled one)")
+    add_sampler_options(e, steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)
+    e.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure the checkpoints and the calibration rows; print the tables (and write JSON and plots).
+
+    Raises:
+        UsageError: ``--seconds``/``--seeds`` out of range, a checkpoint whose codec differs from the embedder's,
+            a prompts file with no prompt, an unwritable ``--json``.
+        DataError: ``--data`` has no usable train or validation split.
+        CheckpointError, EmbedderError, TranscriberError: a model folder is missing or corrupt.
+    """
+    from tqdm.auto import tqdm
+
+    from lmdm.checkpoint import load_checkpoint
+    from lmdm.eval.suite import EvalConfig, evaluate, format_table, plot_report
+    from lmdm.eval.transcriber import load_transcriber
+    from lmdm.eval.windows import read_prompts, validation_prompts
+    from lmdm.metrics.embedder import default_embedder_path, load_embedder
+    from lmdm.streaming.generate import check_seconds, generate
+
+    if args.json:
+        from lmdm.audio.io import check_writable
+
+        check_writable(args.json)
+    if args.seconds is not None:
+        check_seconds(args.seconds)
+    changes = {k: v for k, v in (("seconds", args.seconds), ("seeds", args.seeds), ("window_s", args.window))
+               if v is not None}
+    sampler = sampler_config(args)
+    cfg = (EvalConfig.quick if args.quick else EvalConfig)(data=args.data, sampler=sampler, **changes)
+    if not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data}: no such folder; build one with `lmdm data build --out {args.data}`")
+    prompts = read_prompts(args.prompts) if args.prompts else validation_prompts(cfg.data, cfg.n_prompts, cfg.seed)
+    embedder, _ = load_embedder(default_embedder_path())
+    emb_codec = json.loads((default_embedder_path() / "config.json").read_text())["codec"]
+    systems, info = {}, {}
+    for path in args.checkpoint or [None]:
+        ckpt = load_checkpoint(path)
+        if dataclasses.asdict(ckpt.codec) != emb_codec:
+            raise UsageError(f"checkpoint {ckpt.path} uses another codec than the embedder and the data set "
+                             f"({dataclasses.asdict(ckpt.codec)} vs {emb_codec}); the lenses cannot compare them")
+        name = Path(ckpt.path).name
+
+        def gen(prompt: str, seed: int, ckpt=ckpt) -> object:
+            return generate(ckpt, prompt, cfg.seconds, dataclasses.replace(sampler, seed=seed)).audio
+
+        systems[name] = gen
+        info[name] = {"checkpoint": str(ckpt.path), "sampler": dataclasses.asdict(sampler)}
+    transcriber = load_transcriber(args.transcriber)
+    bar = tqdm(desc="lmdm eval", unit="stage", disable=args.quiet)
+
+    def progress(msg: str) -> None:
+        bar.set_postfix_str(msg[:60])
+        bar.update(1)
+
+    report = evaluate(systems, prompts, cfg, ckpt.codec, embedder, transcriber.transcribe, progress, info)
+    bar.close()
+    print(format_table(report))
+    if args.plots:
+        for p in plot_report(report, args.plots):
+            print(f"plot: {p}")
+    if args.json:
+        from lmdm.atomic import write_text
+
+        write_text(args.json, json.dumps(report, indent=1, default=float))
+        print(f"wrote {args.json}")
+    return 0

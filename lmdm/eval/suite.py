@@ -1,0 +1,337 @@
+"""``lmdm eval``: every lens over every row, with sample sizes, confidence intervals and calibration rows.
+
+Rows (``lmdm.eval.windows``): real validation (its distance to the reference is the noise floor), real through
+codec + decoder (the vocoder ceiling), white noise and silence (trivial baselines), then each system. Lenses
+(DESIGN.md section 7), all measured on decoded audio, per non-overlapping window:
+
+* **level** (``lmdm.eval.level``): integrated loudness (LUFS), true peak (dBTP), clipped-sample fraction, loudness
+  range; the row reports the mean over windows with a percentile-bootstrap 95% CI;
+* **notes** (``lmdm.eval.notes`` over the in-house transcriber ``lmdm.eval.transcriber``): notes per second,
+  median note length, mean polyphony, active fraction, pitch range, key clarity; mean and CI likewise;
+* **distribution** (``lmdm.eval.distribution``): KAD (primary) and FD / FD-infinity (secondary) between the row's
+  window embeddings and the reference's, with N, the dimension and CIs. The embedding is the drift embedder's
+  penultimate layer over the audio re-encoded with the codec, averaged over the window's non-overlapping crops;
+* **adherence**: how often the embedder's instrument head names the instrument the window should sound like,
+  and a memorisation check (median nearest-neighbour distance of the row's windows to the training reference,
+  relative to the same for real validation windows: well below 1 means copying).
+
+A lens that does not separate real validation from white noise and silence (CIs overlapping) is flagged broken
+in the report's ``checks``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmdm.audio.codec import CodecConfig, MelCodec
+from lmdm.config import ConfigError
+from lmdm.errors import UsageError
+from lmdm.eval.distribution import compare_sets
+from lmdm.eval.level import level
+from lmdm.eval.notes import note_stats
+from lmdm.eval.windows import WindowSet, generated_windows, noise_windows, real_windows, silence_windows, through_codec
+from lmdm.streaming.streamer import SamplerConfig
+
+LEVEL_FIELDS = ("lufs", "true_peak_dbtp", "clipped_fraction", "lra_lu")
+NOTE_FIELDS = ("notes_per_s", "median_length_s", "mean_polyphony", "active_fraction", "pitch_range", "key_clarity")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``lmdm eval`` measures and how much of it.
+
+    Attributes:
+        data: built data set (reference = its train split, real rows = its validation split).
+        window_s: window length, seconds (every lens looks at whole non-overlapping windows).
+        seconds: length of each generated stream, seconds.
+        seeds: streams per prompt.
+        n_prompts: prompts drawn from validation captions when none are given.
+        max_pieces: at most this many distinct pieces for the reference and for the real validation row.
+        sampler: the systems' sampler (steps, sampler, CFG); stream ``i`` of a prompt uses seed ``sampler.seed + i``.
+        n_boot: bootstrap resamples for every CI.
+        seed: seeds piece choice, noise and bootstraps.
+    """
+
+    data: str = "data/music"
+    window_s: float = 10.0
+    seconds: float = 30.0
+    seeds: int = 2
+    n_prompts: int = 4
+    max_pieces: int = 64
+    sampler: SamplerConfig = SamplerConfig()
+    n_boot: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.window_s, (int, float)) and math.isfinite(self.window_s) and self.window_s >= 3.0):
+            raise ConfigError(f"window must be at least 3 s (the loudness range needs 3 s), got {self.window_s!r}")
+        if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds) and self.seconds > 0):
+            raise ConfigError(f"seconds must be a positive number, got {self.seconds!r}")
+        if self.seconds < self.window_s:
+            raise ConfigError(f"seconds ({self.seconds:g}) must be at least one window ({self.window_s:g} s)")
+        for k in ("seeds", "n_prompts", "max_pieces", "n_boot"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{k} must be a positive integer, got {v!r}")
+
+    @classmethod
+    def quick(cls, **changes) -> EvalConfig:
+        """A small run for CI and notebooks (a few minutes on 2 cores; wide CIs)."""
+        base = dict(window_s=5.0, seconds=10.0, seeds=1, n_prompts=2, max_pieces=16, n_boot=50)
+        return cls(**{**base, **changes})
+
+
+def stream_seeds(cfg: EvalConfig) -> list[int]:
+    """The seeds of each prompt's streams: ``sampler.seed``, ``sampler.seed + 1``, ..."""
+    return [cfg.sampler.seed + i for i in range(cfg.seeds)]
+
+
+# ---- per-window lenses ------------------------------------------------------------------------------------------
+def mean_ci(values: Sequence[float], n_boot: int, rng: np.random.Generator, alpha: float = 0.05) -> dict:
+    """Mean of the finite values with a percentile-bootstrap CI; ``n`` counts them. Non-finite values (the
+    loudness of silence is -inf) are counted in ``n_nonfinite``; if no value is finite the mean is the first one.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    ok = v[np.isfinite(v)]
+    out = {"n": int(len(ok)), "n_nonfinite": int(len(v) - len(ok))}
+    if len(ok) == 0:
+        return {**out, "mean": float(v[0]) if len(v) else float("nan"), "ci": [float("nan"), float("nan")]}
+    boots = ok[rng.integers(0, len(ok), size=(n_boot, len(ok)))].mean(1) if len(ok) > 1 else ok
+    lo, hi = np.percentile(boots, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {**out, "mean": float(ok.mean()), "ci": [float(lo), float(hi)]}
+
+
+def level_values(ws: WindowSet) -> dict[str, list[float]]:
+    """Per-window values of the level lens."""
+    rows = [level(w, ws.sample_rate) for w in ws.windows]
+    return {k: [float(getattr(r, k)) for r in rows] for k in LEVEL_FIELDS}
+
+
+def note_values(ws: WindowSet, transcribe: Callable[[np.ndarray, int], list]) -> dict[str, list[float]]:
+    """Per-window values of the notes lens (``transcribe(audio, sample_rate) -> [(onset_s, offset_s, midi)]``)."""
+    out: dict[str, list[float]] = {k: [] for k in NOTE_FIELDS}
+    for w in ws.windows:
+        stats = note_stats(transcribe(w, ws.sample_rate), 0.0, len(w) / ws.sample_rate)
+        for k in NOTE_FIELDS:
+            out[k].append(float(getattr(stats, k)))
+    return out
+
+
+@torch.no_grad()
+def window_embeddings(ws: WindowSet, embedder, codec: MelCodec) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, embed_dim)`` one pooled embedding per window (mean over its non-overlapping embedder crops) and
+    ``(n, n_instruments)`` the mean instrument logits."""
+    crop = embedder.cfg.crop_frames
+    embs, logits = [], []
+    for w in ws.windows:
+        lat = codec.encode_numpy(w)
+        k = max(1, lat.shape[0] // crop)
+        if lat.shape[0] < crop:
+            raise UsageError(f"windows of {len(w) / ws.sample_rate:g} s are shorter than the embedder's crop "
+                             f"({crop / codec.cfg.frame_rate:.1f} s): use a longer window")
+        crops = lat[: k * crop].reshape(k, crop, -1)
+        e, _, li = embedder(crops)
+        embs.append(e.mean(0).numpy())
+        logits.append(li.mean(0).numpy())
+    return np.stack(embs), np.stack(logits)
+
+
+def instrument_hits(logits: np.ndarray, wanted: Sequence[str], names: Sequence[str]) -> list[float]:
+    """1.0 where the instrument head's best guess is the wanted instrument, 0.0 where not, NaN where none is
+    wanted."""
+    best = [names[i] for i in logits.argmax(1)] if len(names) else [""] * len(logits)
+    return [float("nan") if not w else float(b == w) for b, w in zip(best, wanted)]
+
+
+def nearest_distances(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``(n,)`` Euclidean distance of each row of ``x`` to its nearest row of ``ref``."""
+    d2 = (x**2).sum(1)[:, None] + (ref**2).sum(1)[None] - 2 * x @ ref.T
+    return np.sqrt(np.maximum(d2.min(1), 0.0))
+
+
+# ---- the report ---------------------------------------------------------------------------------------------------
+def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequence[str], cfg: EvalConfig,
+             codec_cfg: CodecConfig, embedder, transcribe: Callable[[np.ndarray, int], list],
+             progress: Callable[[str], None] | None = None, system_info: dict | None = None) -> dict:
+    """Measure every row with every lens.
+
+    Args:
+        systems: ``{name: generate_audio(prompt, seed) -> (samples,) decoded audio}``.
+        prompts: the prompts every system streams (each with the seeds of :func:`stream_seeds`).
+        cfg: sizes and sampler.
+        codec_cfg: the codec the systems and the embedder use (windows are re-encoded with it).
+        embedder: a loaded ``lmdm.metrics.embedder.Embedder`` (eval mode).
+        transcribe: ``(audio, sample_rate) -> [(onset_s, offset_s, midi)]``.
+        progress: called with a short message per stage.
+
+    Returns:
+        a JSON-ready report: ``config``, ``rows`` (per row: name, kind, n windows and pieces, and every lens's
+        mean/CI or distance dict), ``checks`` (which lenses separate the calibration rows).
+
+    Raises:
+        DataError: the data set lacks a train or validation split with whole windows.
+    """
+    say = progress or (lambda msg: None)
+    sr = codec_cfg.sample_rate
+    codec = MelCodec(codec_cfg)
+    rng = np.random.default_rng(cfg.seed)
+    say("reading real music")
+    ref = real_windows(cfg.data, "train", cfg.window_s, cfg.max_pieces, sr, cfg.seed, "reference (train)")
+    val = real_windows(cfg.data, "val", cfg.window_s, cfg.max_pieces, sr, cfg.seed, "real validation (noise floor)")
+    rms = float(np.median(np.sqrt((val.windows**2).mean(1))))
+    rows = [val]
+    say("real music through the codec and Griffin-Lim")
+    rows.append(through_codec(val, codec, cfg.seed, "real through codec + decoder (ceiling)"))
+    rows.append(noise_windows(len(val), cfg.window_s, sr, rms, cfg.seed))
+    rows.append(silence_windows(len(val), cfg.window_s, sr))
+    for name, gen in systems.items():
+        say(f"streaming {name}: {len(prompts)} prompts x {cfg.seeds} seeds x {cfg.seconds:g} s")
+        rows.append(generated_windows(name, gen, prompts, stream_seeds(cfg), cfg.window_s, sr,
+                                      (system_info or {}).get(name, {})))
+    say("embedding the reference")
+    ref_emb, _ = window_embeddings(ref, embedder, codec)
+    names = list(embedder.cfg.instruments)
+    val_nn = None
+    report_rows = []
+    for ws in rows:
+        say(f"measuring {ws.name} ({len(ws)} windows)")
+        emb, logits = window_embeddings(ws, embedder, codec)
+        lv, nv = level_values(ws), note_values(ws, transcribe)
+        nn = nearest_distances(emb, ref_emb)
+        if val_nn is None:
+            val_nn = float(np.median(nn))
+        row = {"name": ws.name, "kind": ws.kind, "windows": len(ws), "pieces": len(set(ws.piece)), "info": ws.info,
+               "level": {k: mean_ci(v, cfg.n_boot, rng) for k, v in lv.items()},
+               "notes": {k: mean_ci(v, cfg.n_boot, rng) for k, v in nv.items()},
+               "distribution": compare_sets(emb, ref_emb, n_boot=cfg.n_boot, rng=rng),
+               "adherence": {"instrument": mean_ci(instrument_hits(logits, ws.instrument, names), cfg.n_boot, rng),
+                             "memorisation_nn_ratio": float(np.median(nn)) / val_nn if val_nn else float("nan")}}
+        report_rows.append(row)
+    return {"config": _json_config(cfg), "prompts": list(prompts), "reference": {"pieces": len(ref), "data": cfg.data},
+            "rows": report_rows, "checks": separation_checks(report_rows)}
+
+
+def _json_config(cfg: EvalConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _separated(a: dict, b: dict) -> bool:
+    """Whether two mean/CI dicts are apart: disjoint CIs, or one of them has no finite value at all."""
+    if a["n"] == 0 or b["n"] == 0:
+        return a["n"] != b["n"] or a["mean"] != b["mean"]
+    return a["ci"][1] < b["ci"][0] or b["ci"][1] < a["ci"][0]
+
+
+#: Values that measure a defect rather than music, so they need not tell music from noise and silence: the
+#: clipped fraction is 0 for all three (its calibration is the clipped copy in tests/test_eval_suite.py).
+NOT_SEPARATING = {("level", "clipped_fraction")}
+
+
+def separation_checks(rows: list[dict]) -> dict:
+    """For each lens value: does it separate real validation music from white noise and from silence?
+
+    The distribution lens counts as separating when the real row's KAD CI lies below the noise and silence
+    rows' KAD CIs. A lens that separates neither is marked broken.
+    """
+    by = {r["name"].split(" (")[0]: r for r in rows}
+    real, noise, silence = by.get("real validation"), by.get("white noise"), by.get("silence")
+    if real is None or noise is None or silence is None:
+        return {}
+    out = {}
+    for lens in ("level", "notes"):
+        for k, v in real[lens].items():
+            if (lens, k) in NOT_SEPARATING:
+                continue
+            out[f"{lens}.{k}"] = {"vs_noise": _separated(v, noise[lens][k]),
+                                  "vs_silence": _separated(v, silence[lens][k])}
+    kad = lambda r: r["distribution"]["kad"]
+    out["distribution.kad"] = {"vs_noise": kad(real)["ci"][1] < kad(noise)["ci"][0],
+                               "vs_silence": kad(real)["ci"][1] < kad(silence)["ci"][0]}
+    for k, v in out.items():
+        v["broken"] = not (v["vs_noise"] or v["vs_silence"])
+    return out
+
+
+# ---- output -------------------------------------------------------------------------------------------------------
+def _fmt(m: dict, scale: float = 1.0, digits: int = 2) -> str:
+    mean, (lo, hi) = m["mean"] * scale, m["ci"]
+    if not math.isfinite(mean):
+        return f"{mean}"
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{lo * scale:.{digits}f}, {hi * scale:.{digits}f}]"
+
+
+def format_table(report: dict) -> str:
+    """The report as text tables (pandas): level and notes per row, then distribution and adherence."""
+    import pandas as pd
+
+    lv, nt, ds = [], [], []
+    for r in report["rows"]:
+        L, N, D, A = r["level"], r["notes"], r["distribution"], r["adherence"]
+        lv.append({"row": r["name"], "N win": r["windows"], "pieces": r["pieces"], "LUFS": _fmt(L["lufs"], 1, 1),
+                   "true peak dBTP": _fmt(L["true_peak_dbtp"], 1, 1),
+                   "clipped %": _fmt(L["clipped_fraction"], 100, 3), "LRA LU": _fmt(L["lra_lu"], 1, 1)})
+        nt.append({"row": r["name"], "notes/s": _fmt(N["notes_per_s"]), "median len s": _fmt(N["median_length_s"]),
+                   "polyphony": _fmt(N["mean_polyphony"]), "active": _fmt(N["active_fraction"]),
+                   "pitch range": _fmt(N["pitch_range"], 1, 1), "key clarity": _fmt(N["key_clarity"])})
+        kad, fd = D["kad"], D["fd_inf"]
+        ds.append({"row": r["name"], "N": D["n_x"], "N ref": D["n_y"], "KAD dim": kad.get("dim", D["dim"]),
+                   "KAD x100": _fmt({"mean": kad["value"], "ci": kad["ci"]}, 100, 3),
+                   "FD-inf dim": fd.get("dim", ""), "FD-inf": _fmt({"mean": fd["value"], "ci": fd["ci"]}, 1, 2),
+                   "instrument hit": _fmt(A["instrument"]),
+                   "NN ratio": f"{A['memorisation_nn_ratio']:.2f}"})
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 40):
+        parts = ["level (mean over windows [95% bootstrap CI])", pd.DataFrame(lv).to_string(index=False), "",
+                 "notes (in-house transcriber)", pd.DataFrame(nt).to_string(index=False), "",
+                 "distribution vs the reference (one embedding per window) and adherence",
+                 pd.DataFrame(ds).to_string(index=False)]
+    broken = [k for k, v in report.get("checks", {}).items() if v["broken"]]
+    parts.append("")
+    parts.append("lenses that do not separate real music from noise and silence: " + (", ".join(broken) or "none"))
+    return "\n".join(parts)
+
+
+def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
+    """Per-lens bars with 95% CIs, one bar per row; returns the written PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = report["rows"]
+    names = [r["name"] for r in rows]
+    panels = [("level", "lufs", "integrated loudness (LUFS)"), ("level", "clipped_fraction", "clipped fraction"),
+              ("notes", "mean_polyphony", "mean polyphony"), ("notes", "notes_per_s", "notes per second"),
+              ("notes", "median_length_s", "median note length (s)"), ("notes", "key_clarity", "key clarity")]
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7))
+    for ax, (lens, key, title) in zip(axes.flat, panels):
+        means = [r[lens][key]["mean"] for r in rows]
+        err = [[max(0.0, m - r[lens][key]["ci"][0]) if math.isfinite(r[lens][key]["ci"][0]) else 0 for m, r in
+                zip(means, rows)], [max(0.0, r[lens][key]["ci"][1] - m) if math.isfinite(r[lens][key]["ci"][1])
+                                    else 0 for m, r in zip(means, rows)]]
+        shown = [m if math.isfinite(m) else np.nan for m in means]
+        ax.bar(range(len(rows)), shown, yerr=err, capsize=3, color="tab:blue")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=7)
+    for ax, key, title in ((axes.flat[6], "kad", "KAD vs reference (x100)"), (axes.flat[7], "fd_inf", "FD-infinity")):
+        d = [r["distribution"][key] for r in rows]
+        s = 100 if key == "kad" else 1
+        ax.bar(range(len(rows)), [x["value"] * s for x in d], capsize=3, color="tab:orange",
+               yerr=[[max(0, (x["value"] - x["ci"][0]) * s) if math.isfinite(x["ci"][0]) else 0 for x in d],
+                     [max(0, (x["ci"][1] - x["value"]) * s) if math.isfinite(x["ci"][1]) else 0 for x in d]])
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(len(rows)), names, rotation=60, ha="right", fontsize=7)
+    fig.tight_layout()
+    path = out / "eval_lenses.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

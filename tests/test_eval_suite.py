@@ -1,0 +1,114 @@
+"""The evaluation suite's glue: per-row statistics, adherence, separation checks and the command's input errors."""
+import json
+
+import numpy as np
+import pytest
+
+from lmdm.cli import main
+from lmdm.config import ConfigError
+from lmdm.errors import UsageError
+from lmdm.eval.suite import EvalConfig, instrument_hits, mean_ci, nearest_distances, separation_checks, stream_seeds
+from lmdm.eval.windows import cut_windows, prompt_instrument, read_prompts
+from lmdm.streaming.streamer import SamplerConfig
+
+
+def test_mean_ci_of_known_values_and_of_silence():
+    rng = np.random.default_rng(0)
+    m = mean_ci([1.0, 2.0, 3.0, 4.0], 500, rng)
+    assert m["mean"] == 2.5 and m["n"] == 4 and 1.0 <= m["ci"][0] < 2.5 < m["ci"][1] <= 4.0
+    quiet = mean_ci([-np.inf, -np.inf], 100, rng)  # the loudness of silence
+    assert quiet["mean"] == -np.inf and quiet["n"] == 0 and quiet["n_nonfinite"] == 2
+    mixed = mean_ci([-np.inf, -20.0, -22.0], 100, rng)
+    assert mixed["mean"] == -21.0 and mixed["n"] == 2 and mixed["n_nonfinite"] == 1
+
+
+def test_nearest_distances_equal_a_slow_loop():
+    rng = np.random.default_rng(1)
+    x, ref = rng.normal(size=(7, 5)), rng.normal(size=(11, 5))
+    slow = [min(np.linalg.norm(a - b) for b in ref) for a in x]
+    np.testing.assert_allclose(nearest_distances(x, ref), slow, rtol=1e-9, atol=1e-9)
+    assert np.allclose(nearest_distances(ref[:3], ref), 0.0, atol=1e-6)  # a copy of the training set: distance 0
+
+
+def test_instrument_hits_and_prompt_instruments():
+    names = ["church organ", "flute", "piano"]
+    logits = np.array([[5.0, 0, 0], [0, 0, 5.0], [0, 5.0, 0]])
+    assert instrument_hits(logits, ["church organ", "flute", ""], names)[:2] == [1.0, 0.0]
+    assert np.isnan(instrument_hits(logits, ["church organ", "flute", ""], names)[2])
+    assert prompt_instrument("A slow chorale by Bach, played on church organ.") == "church organ"
+    assert prompt_instrument("solo violin") == "violin" and prompt_instrument("a drum solo") == ""
+    assert prompt_instrument("a string ensemble playing") == "string ensemble"  # the longest name wins
+
+
+def test_windows_are_whole_and_non_overlapping():
+    a = np.arange(25, dtype=np.float32)
+    w = cut_windows(a, 1, 10.0)
+    assert w.shape == (2, 10) and w[1, 0] == 10 and cut_windows(a, 1, 10.0, max_windows=1).shape == (1, 10)
+
+
+def _row(name, lufs, kad_ci):
+    m = lambda v: {"n": 0 if not np.isfinite(v[0]) else 3, "n_nonfinite": 0, "mean": v[0], "ci": list(v[1])}
+    return {"name": name, "level": {"lufs": m(lufs)}, "notes": {},
+            "distribution": {"kad": {"value": kad_ci[0], "ci": list(kad_ci)}}}
+
+
+def test_separation_checks_flag_a_lens_that_cannot_tell_music_from_noise():
+    rows = [_row("real validation (noise floor)", (-20.0, (-21.0, -19.0)), (0.0, 0.01)),
+            _row("white noise", (-20.5, (-21.5, -19.5)), (0.5, 0.6)),  # same loudness: LUFS cannot separate
+            _row("silence", (-np.inf, (np.nan, np.nan)), (0.4, 0.5))]
+    checks = separation_checks(rows)
+    assert checks["level.lufs"] == {"vs_noise": False, "vs_silence": True, "broken": False}
+    assert checks["distribution.kad"]["vs_noise"] and not checks["distribution.kad"]["broken"]
+    rows[0]["distribution"]["kad"]["ci"] = [0.0, 0.7]  # a distance whose noise floor covers noise
+    assert separation_checks(rows)["distribution.kad"]["broken"]
+
+
+def test_eval_config_checks_and_seeds():
+    assert stream_seeds(EvalConfig(seeds=3, sampler=SamplerConfig(seed=5))) == [5, 6, 7]
+    with pytest.raises(ConfigError, match="at least one window"):
+        EvalConfig(seconds=5.0, window_s=10.0)
+    with pytest.raises(ConfigError, match="seeds must be a positive integer"):
+        EvalConfig(seeds=0)
+    assert EvalConfig.quick().seconds < EvalConfig().seconds
+
+
+def test_prompts_file_errors(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        read_prompts(tmp_path / "none.txt")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(UsageError, match="holds no prompt"):
+        read_prompts(tmp_path / "empty.txt")
+    (tmp_path / "p.txt").write_text("solo flute\n\na slow Bach chorale on church organ\n")
+    assert read_prompts(tmp_path / "p.txt") == ["solo flute", "a slow Bach chorale on church organ"]
+
+
+def _one_error(capsys, argv):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("lmdm: error: "), err
+    return err[0]
+
+
+def test_eval_command_answers_bad_input_in_one_line(tmp_path, capsys, real_data):
+    assert "seconds must be a positive number" in _one_error(capsys, ["--quiet", "eval", "--seconds", "0"])
+    assert "no such folder" in _one_error(capsys, ["--quiet", "eval", "--data", str(tmp_path / "none")])
+    (tmp_path / "empty.txt").write_text("")
+    assert "holds no prompt" in _one_error(capsys, ["--quiet", "eval", "--data", str(real_data),
+                                                    "--prompts", str(tmp_path / "empty.txt")])
+    # the fixture's two works are both in the train split: no validation prompts to draw
+    assert "no validation pieces" in _one_error(capsys, ["--quiet", "eval", "--data", str(real_data)])
+
+
+def test_eval_refuses_a_checkpoint_from_another_codec(tmp_path, capsys, real_data):
+    from lmdm.audio.codec import CodecConfig
+    from lmdm.checkpoint import save_checkpoint
+    from lmdm.model.config import DiTConfig
+    from lmdm.model.dit import DiT
+
+    codec = CodecConfig(n_mels=64)
+    model = DiT(DiTConfig(latent_channels=codec.channels, d_model=32, n_layers=1, n_heads=2))
+    save_checkpoint(tmp_path / "other", model, codec)
+    (tmp_path / "p.txt").write_text("solo flute\n")
+    msg = _one_error(capsys, ["--quiet", "eval", "--data", str(real_data), "--prompts", str(tmp_path / "p.txt"),
+                              "--checkpoint", str(tmp_path / "other")])
+    assert "uses another codec" in msg and json.dumps(64) in msg
