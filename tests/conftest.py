@@ -71,3 +71,20 @@ def tiny_ckpt():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return Checkpoint(model=model.requires_grad_(False), codec=CodecConfig())
+
+
+@pytest.fixture(scope="session")
+def both_splits(real_data, tmp_path_factory) -> Path:
+    """A copy of the test data set with both works in train and, under other work ids, in val too (for code that
+    needs a validation split; here it is the training music itself)."""
+    import shutil
+
+    import pandas as pd
+
+    out = tmp_path_factory.mktemp("both-splits") / "music"
+    shutil.copytree(real_data, out, ignore=shutil.ignore_patterns("cache"))
+    df = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    assert set(df.split) == {"train"} and df.collection.nunique() == 2
+    val = df.assign(split="val", work_id=df.work_id + "__val")
+    pd.concat([df, val]).to_csv(out / "manifest.csv", index=False)
+    return out

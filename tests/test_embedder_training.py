@@ -3,10 +3,8 @@ stopped after a checkpoint resumes to the same weights as an uninterrupted one, 
 loop's warm-up + cosine."""
 import csv
 import math
-import shutil
 from dataclasses import replace
 
-import pandas as pd
 import pytest
 import torch
 
@@ -21,19 +19,6 @@ from lmdm.train.state import latest_checkpoint
 CFG = EmbedderConfig(width=16, embed_dim=8, crop_frames=32, steps=40, batch_size=16, lr=5e-3)
 KEYS = {"val_collection_accuracy", "val_instrument_accuracy", "chance_collection", "chance_instrument",
         "val_examples", "train_steps", "real_music"}
-
-
-@pytest.fixture(scope="module")
-def both_splits(real_data, tmp_path_factory):
-    """A copy of the test data set with both works in train and, under other work ids, in val too (the embedder
-    needs a validation split; here it is the training music itself)."""
-    out = tmp_path_factory.mktemp("embedder") / "music"
-    shutil.copytree(real_data, out, ignore=shutil.ignore_patterns("cache"))
-    df = pd.read_csv(out / "manifest.csv", keep_default_na=False)
-    assert set(df.split) == {"train"} and df.collection.nunique() == 2
-    val = df.assign(split="val", work_id=df.work_id + "__val")
-    pd.concat([df, val]).to_csv(out / "manifest.csv", index=False)
-    return out
 
 
 def _weights(path):

@@ -157,3 +157,26 @@ def test_a_clipped_copy_of_real_music_is_flagged_by_level_and_scores_worse_on_di
                                       codec)[0]
     ref_e = emb(ref)
     assert kad(emb(clipped), ref_e) > kad(emb(test), ref_e) + 0.2
+
+
+def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp_path, capsys):
+    """The whole command on a tiny data set (two pieces in each split) with the bundled checkpoint, embedder and
+    transcriber: every calibration row and the system are measured, with N, and the JSON carries the same."""
+    (tmp_path / "p.txt").write_text("solo flute\n")
+    out = tmp_path / "report.json"
+    rc = main(["--quiet", "eval", "--quick", "--data", str(both_splits), "--prompts", str(tmp_path / "p.txt"),
+               "--steps", "2", "--json", str(out), "--plots", str(tmp_path / "plots")])
+    text = capsys.readouterr().out
+    assert rc == 0
+    report = json.loads(out.read_text())
+    names = [r["name"] for r in report["rows"]]
+    assert names == ["real validation (noise floor)", "real through codec + decoder (ceiling)", "white noise",
+                     "silence", "lmdm-small"]
+    for name in names:
+        assert name in text
+    real, noise, silence, system = (report["rows"][i] for i in (0, 2, 3, 4))
+    assert real["windows"] == 2 and system["windows"] == 2 and system["pieces"] == 1  # 10 s stream, 5 s windows
+    assert silence["level"]["lufs"]["mean"] == float("-inf") and noise["level"]["clipped_fraction"]["mean"] == 0.0
+    assert real["notes"]["notes_per_s"]["mean"] > noise["notes"]["notes_per_s"]["mean"]
+    assert all(r["distribution"]["n_x"] == r["windows"] and r["distribution"]["n_y"] == 2 for r in report["rows"])
+    assert (tmp_path / "plots" / "eval_lenses.png").is_file()
