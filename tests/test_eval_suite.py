@@ -179,4 +179,6 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     assert silence["level"]["lufs"]["mean"] == float("-inf") and noise["level"]["clipped_fraction"]["mean"] == 0.0
     assert real["notes"]["notes_per_s"]["mean"] > noise["notes"]["notes_per_s"]["mean"]
     assert all(r["distribution"]["n_x"] == r["windows"] and r["distribution"]["n_y"] == 2 for r in report["rows"])
+    sketch = system["adherence"]["sketch_contour"]  # one traced melody and one drawn shape in quick mode
+    assert sketch["n"] + sketch["n_nonfinite"] == 2 and "sketch_contour" not in real["adherence"]
     assert (tmp_path / "plots" / "eval_lenses.png").is_file()

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from lmdm.checkpoint import load_checkpoint
+    from lmdm.control.evaluate import evaluate as evaluate_sketches
     from lmdm.eval.suite import EvalConfig, evaluate, format_table, plot_report
     from lmdm.eval.transcriber import load_transcriber
     from lmdm.eval.windows import read_prompts, validation_prompts
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else validation_prompts(cfg.data, cfg.n_prompts, cfg.seed)
     embedder, _ = load_embedder(default_embedder_path())
     emb_codec = json.loads((default_embedder_path() / "config.json").read_text())["codec"]
-    systems, info = {}, {}
+    systems, info, sketches = {}, {}, {}
     for path in args.checkpoint or [None]:
         ckpt = load_checkpoint(path)
         if dataclasses.asdict(ckpt.codec) != emb_codec:
@@ -73,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
             return generate(ckpt, prompt, cfg.seconds, dataclasses.replace(sampler, seed=seed)).audio
 
         systems[name] = gen
+        if cfg.sketch_n:
+            sketches[name] = lambda ckpt=ckpt: [r["correlation"] for r in evaluate_sketches(
+                ckpt, cfg.data, cfg.sketch_n, cfg.sketch_seconds, progress=False)["results"]]
         info[name] = {"checkpoint": str(ckpt.path), "sampler": dataclasses.asdict(sampler)}
     transcriber = load_transcriber(args.transcriber)
     bar = tqdm(desc="lmdm eval", unit="stage", disable=args.quiet)
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(msg[:60])
         bar.update(1)
 
-    report = evaluate(systems, prompts, cfg, ckpt.codec, embedder, transcriber.transcribe, progress, info)
+    report = evaluate(systems, prompts, cfg, ckpt.codec, embedder, transcriber.transcribe, progress, info, sketches)
     bar.close()
     print(format_table(report))
     if args.plots:

@@ -11,7 +11,8 @@ codec + decoder (the vocoder ceiling), white noise and silence (trivial baseline
 * **distribution** (``lmdm.eval.distribution``): KAD (primary) and FD / FD-infinity (secondary) between the row's
   window embeddings and the reference's, with N, the dimension and CIs. The embedding is the drift embedder's
   penultimate layer over the audio re-encoded with the codec, averaged over the window's non-overlapping crops;
-* **adherence**: how often the embedder's instrument head names the instrument the window should sound like,
+* **adherence**: how often the embedder's instrument head names the instrument the window should sound like, the
+  contour correlation of rendered sketches (``lmdm.control.evaluate``, traced melodies and drawn shapes),
   and a memorisation check (median nearest-neighbour distance of the row's windows to the training reference,
   relative to the same for real validation windows: well below 1 means copying).
 
@@ -56,6 +57,9 @@ class EvalConfig:
         sampler: the systems' sampler (steps, sampler, CFG); stream ``i`` of a prompt uses seed ``sampler.seed + i``.
         n_boot: bootstrap resamples for every CI.
         seed: seeds piece choice, noise and bootstraps.
+        sketch_n: traced validation melodies and synthetic shapes each system renders for the sketch-adherence
+            lens (``lmdm.control.evaluate``, as ``lmdm sketch-eval``); 0 = skip it.
+        sketch_seconds: length of each sketch render, seconds.
     """
 
     data: str = "data/music"
@@ -67,6 +71,8 @@ class EvalConfig:
     sampler: SamplerConfig = SamplerConfig()
     n_boot: int = 200
     seed: int = 0
+    sketch_n: int = 4
+    sketch_seconds: float = 8.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.window_s, (int, float)) and math.isfinite(self.window_s) and self.window_s >= 3.0):
@@ -79,11 +85,14 @@ class EvalConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{k} must be a positive integer, got {v!r}")
+        if isinstance(self.sketch_n, bool) or not isinstance(self.sketch_n, int) or self.sketch_n < 0:
+            raise ConfigError(f"sketch_n must be a whole number >= 0, got {self.sketch_n!r}")
 
     @classmethod
     def quick(cls, **changes) -> EvalConfig:
         """A small run for CI and notebooks (a few minutes on 2 cores; wide CIs)."""
-        base = dict(window_s=5.0, seconds=10.0, seeds=1, n_prompts=2, max_pieces=16, n_boot=50)
+        base = dict(window_s=5.0, seconds=10.0, seeds=1, n_prompts=2, max_pieces=16, n_boot=50, sketch_n=1,
+                    sketch_seconds=4.0)
         return cls(**{**base, **changes})
 
 
@@ -158,7 +167,8 @@ def nearest_distances(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 # ---- the report ---------------------------------------------------------------------------------------------------
 def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequence[str], cfg: EvalConfig,
              codec_cfg: CodecConfig, embedder, transcribe: Callable[[np.ndarray, int], list],
-             progress: Callable[[str], None] | None = None, system_info: dict | None = None) -> dict:
+             progress: Callable[[str], None] | None = None, system_info: dict | None = None,
+             sketches: dict[str, Callable[[], list[float]]] | None = None) -> dict:
     """Measure every row with every lens.
 
     Args:
@@ -169,6 +179,7 @@ def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequ
         embedder: a loaded ``lmdm.metrics.embedder.Embedder`` (eval mode).
         transcribe: ``(audio, sample_rate) -> [(onset_s, offset_s, midi)]``.
         progress: called with a short message per stage.
+        sketches: ``{system name: () -> contour correlations}`` of the sketch-adherence lens (NaN = unmeasurable).
 
     Returns:
         a JSON-ready report: ``config``, ``rows`` (per row: name, kind, n windows and pieces, and every lens's
@@ -212,6 +223,9 @@ def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequ
                "distribution": compare_sets(emb, ref_emb, n_boot=cfg.n_boot, rng=rng),
                "adherence": {"instrument": mean_ci(instrument_hits(logits, ws.instrument, names), cfg.n_boot, rng),
                              "memorisation_nn_ratio": float(np.median(nn)) / val_nn if val_nn else float("nan")}}
+        if ws.kind == "system" and sketches and ws.name in sketches:
+            say(f"sketch adherence of {ws.name}")
+            row["adherence"]["sketch_contour"] = mean_ci(sketches[ws.name](), cfg.n_boot, rng)
         report_rows.append(row)
     return {"config": _json_config(cfg), "prompts": list(prompts), "reference": {"pieces": len(ref), "data": cfg.data},
             "rows": report_rows, "checks": separation_checks(report_rows)}
@@ -286,6 +300,7 @@ def format_table(report: dict) -> str:
                    "KAD x100": _fmt({"mean": kad["value"], "ci": kad["ci"]}, 100, 3),
                    "FD-inf dim": fd.get("dim", ""), "FD-inf": _fmt({"mean": fd["value"], "ci": fd["ci"]}, 1, 2),
                    "instrument hit": _fmt(A["instrument"]),
+                   "sketch corr": _fmt(A["sketch_contour"]) if "sketch_contour" in A else "",
                    "NN ratio": f"{A['memorisation_nn_ratio']:.2f}"})
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 40):
         parts = ["level (mean over windows [95% bootstrap CI])", pd.DataFrame(lv).to_string(index=False), "",
