@@ -2,6 +2,7 @@
 comes from the data set given; the embedder is saved atomically; the metrics modules have no import cycle."""
 import ast
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.audio.io import load_audio
 from lmdm.config import ConfigError
 from lmdm.errors import UsageError
-from lmdm.metrics.drift import compare, crop_embeddings, frechet_distance, gaussian, mel_frames, window_metrics
+from lmdm.metrics.drift import compare, frechet_distance, gaussian, window_metrics
 from lmdm.metrics.embedder import Embedder, EmbedderConfig, EmbedderError, load_embedder, save_embedder
 from lmdm.metrics.reference import Reference
 from lmdm.metrics.report import format_drift, measure_drift
@@ -80,58 +81,92 @@ def val_data(real_data, tmp_path_factory):
     return out
 
 
-def _val_latents(data_dir, codec):
-    from lmdm.train.dataset import load_latent_set
+@pytest.fixture(scope="module")
+def recording_audio(real_data):
+    """The decoded audio ``lmdm drift`` measures: the Bach chorale (about 20 s, a train piece of ``val_data``)."""
+    import pandas as pd
 
-    data = load_latent_set(data_dir, codec, progress=False)
-    i = data.splits.index("val")
-    s, n = int(data.work_start[i]), int(data.work_frames[i])
-    return data.latents[s : s + n].float()
+    df = pd.read_csv(real_data / "manifest.csv")
+    row = df[df.collection == "bach"].iloc[0]
+    codec = CodecConfig()
+    return load_audio(real_data / row.audio, codec.sample_rate), codec
 
 
-def test_measure_drift_compares_against_the_validation_split_of_the_given_data(recording, val_data):
-    lat, codec = recording
-    embedder, _ = load_embedder()
-    val = _val_latents(val_data, codec)
-    mu, sigma = gaussian(crop_embeddings(val, embedder, hop=8))
-    mel = mel_frames(val, codec)
-    by_hand = Reference(mu, sigma, mel.mean(0), mel.std(0))
-    expected = window_metrics(lat, codec, embedder, by_hand, window_s=5.0)
+@pytest.fixture(scope="module")
+def baseline(recording_audio, val_data):
+    from lmdm.metrics.report import load_baseline
+
+    return load_baseline(recording_audio[1], str(val_data), window_s=10.0)
+
+
+def test_measure_drift_measures_each_window_of_decoded_audio_with_the_eval_lenses(recording_audio, baseline,
+                                                                                    val_data):
+    from lmdm.eval.distribution import kad
+    from lmdm.eval.level import level
+    from lmdm.eval.notes import note_stats
+    from lmdm.eval.windows import cut_windows
+    from lmdm.metrics.report import METRICS, _embed
+
+    audio, codec = recording_audio
+    sr = codec.sample_rate
+    report = measure_drift(audio, SimpleNamespace(codec=codec, path="ckpt"), "x", "p", SamplerConfig(), 10.0,
+                           baseline=baseline)
+    w = report["windows"]
+    assert len(w) == len(audio) // (10 * sr) >= 1 and w[0]["start_s"] == 0
+    assert all(a["end_s"] == b["start_s"] for a, b in zip(w, w[1:]))
+    assert all(math.isfinite(r[m]) for r in w for m in METRICS)
+    first = audio[: 10 * sr]
+    lv, ns = level(first, sr), note_stats(baseline.transcribe(first, sr), 0.0, 10.0)
+    assert w[0]["lufs"] == pytest.approx(lv.lufs) and w[0]["key_clarity"] == pytest.approx(ns.key_clarity)
+    emb = _embed(cut_windows(first, sr, 5.0), baseline.embedder, baseline.codec, sr)
+    assert len(emb) == 2 and w[0]["kad"] == pytest.approx(kad(emb, baseline.reference))
+    # the band: the same metrics over the validation piece's first window (one validation piece here)
+    assert set(report["real_music"]) == set(METRICS)
+    assert all(v["windows"] == 1 and math.isfinite(v["mean"]) for v in report["real_music"].values())
+    assert report["reference"]["data"] == str(val_data) and str(val_data) in format_drift(report)
+
+
+def test_kad_tells_real_music_from_noise(recording_audio, baseline):
+    audio, codec = recording_audio
     ckpt = SimpleNamespace(codec=codec, path="ckpt")
-
-    report = measure_drift(lat, ckpt, "x", "p", SamplerConfig(), window_s=5.0, data_dir=str(val_data))
-    bundled = measure_drift(lat, ckpt, "x", "p", SamplerConfig(), window_s=5.0)
-    for k in ("fd", "mel_distance"):
-        assert [r[k] for r in report["windows"]] == pytest.approx([r[k] for r in expected], rel=1e-5)
-        assert [r[k] for r in bundled["windows"]] != pytest.approx([r[k] for r in expected], rel=1e-2)
-    assert report["real_music"]["fd"]["windows"] == len(window_metrics(val, codec, embedder, by_hand, 5.0))
-    assert report["reference"]["data"] == str(val_data) and bundled["reference"]["data"] is None
-    assert f"reference (real music): the validation split of {val_data}" in format_drift(report)
-    assert "reference (real music): the reference bundled with the embedder" in format_drift(bundled)
-    again = measure_drift(lat, ckpt, "x", "p", SamplerConfig(), window_s=5.0, data_dir=str(val_data))  # cached
-    assert again["windows"] == report["windows"] and again["real_music"] == report["real_music"]
+    noise = np.random.default_rng(0).standard_normal(len(audio)).astype(np.float32) * 0.1
+    real = measure_drift(audio, ckpt, "real", "p", SamplerConfig(), 10.0, baseline=baseline)
+    far = measure_drift(noise, ckpt, "noise", "p", SamplerConfig(), 10.0, baseline=baseline)
+    assert max(r["kad"] for r in real["windows"]) < min(r["kad"] for r in far["windows"])
 
 
-def test_a_data_set_without_validation_works_is_a_user_error(recording, real_data):
-    lat, codec = recording
-    with pytest.raises(DataError, match="no 'val' works"):
-        measure_drift(lat, SimpleNamespace(codec=codec, path="c"), "x", "p", SamplerConfig(), 5.0,
-                      data_dir=str(real_data))
+def test_without_a_data_set_there_is_no_kad_and_no_band(recording_audio):
+    audio, codec = recording_audio
+    report = measure_drift(audio, SimpleNamespace(codec=codec, path="c"), "x", "p", SamplerConfig(), 10.0)
+    assert report["real_music"] == {} and report["reference"]["data"] is None
+    assert all(math.isnan(r["kad"]) and math.isfinite(r["lufs"]) for r in report["windows"])
+    assert "no data set" in format_drift(report)
+
+
+def test_bad_windows_and_data_are_user_errors(recording_audio, real_data):
+    audio, codec = recording_audio
+    ckpt = SimpleNamespace(codec=codec, path="c")
+    with pytest.raises(DataError, match="no val piece"):
+        measure_drift(audio, ckpt, "x", "p", SamplerConfig(), 10.0, data_dir=str(real_data))
+    with pytest.raises(UsageError, match="too short"):
+        measure_drift(audio, ckpt, "x", "p", SamplerConfig(), 5.0)
+    with pytest.raises(UsageError, match="shorter than one window"):
+        measure_drift(audio[: 5 * codec.sample_rate], ckpt, "x", "p", SamplerConfig(), 10.0)
 
 
 @pytest.fixture
-def fake_stream(recording, monkeypatch):
+def fake_stream(recording_audio, monkeypatch):
     """``lmdm drift`` streams the real recording instead of generating (the measuring is what is tested)."""
-    lat, codec = recording
-    monkeypatch.setattr("lmdm.metrics.report.stream_latents",
-                        lambda ckpt, prompt, seconds, sampler, progress=False: lat[: round(seconds * codec.frame_rate)])
+    audio, codec = recording_audio
+    monkeypatch.setattr("lmdm.metrics.report.stream_audio",
+                        lambda ckpt, prompt, seconds, sampler, progress=False: audio[: round(seconds * codec.sample_rate)])
 
 
 def _drift(tmp_path, capsys, name, *extra):
     from lmdm.cli import main
 
     out = tmp_path / f"{name}.json"
-    rc = main(["--quiet", "drift", "--minutes", "0.3", "--window", "5", "--json", str(out),
+    rc = main(["--quiet", "drift", "--minutes", "0.3", "--window", "10", "--json", str(out),
                "--out-dir", str(tmp_path), *extra])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -140,20 +175,22 @@ def _drift(tmp_path, capsys, name, *extra):
 
 def test_drift_command_data_option_chooses_the_reference(tmp_path, capsys, monkeypatch, fake_stream, val_data):
     monkeypatch.chdir(tmp_path)  # no data/music here
-    bundled, out = _drift(tmp_path, capsys, "bundled")
-    assert "no data set at data/music: measuring against the reference bundled with the embedder" in out
-    assert bundled["reference"]["data"] is None
+    bare, out = _drift(tmp_path, capsys, "bare")
+    assert "no data set at data/music: measuring without a real-music reference" in out
+    assert bare["reference"]["data"] is None and bare["real_music"] == {}
+    assert all(math.isnan(w["kad"]) for w in bare["windows"])
 
-    given, out = _drift(tmp_path, capsys, "given", "--data", str(val_data))
+    given, out = _drift(tmp_path, capsys, "given", "--data", str(val_data), "--compare", str(tmp_path / "bare.json"))
     assert given["reference"]["data"] == str(val_data) and "no data set" not in out
-    assert f"the validation split of {val_data}" in out
-    assert [w["fd"] for w in given["windows"]] != pytest.approx([w["fd"] for w in bundled["windows"]], rel=1e-2)
+    assert all(math.isfinite(w["kad"]) for w in given["windows"]) and given["real_music"]["kad"]["windows"] == 1
+    assert [w["lufs"] for w in given["windows"]] == pytest.approx([w["lufs"] for w in bare["windows"]])
+    assert (tmp_path / "given.png").is_file()
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "music").symlink_to(val_data, target_is_directory=True)
     default, out = _drift(tmp_path, capsys, "default")
     assert default["reference"]["data"] == "data/music" and "no data set" not in out
-    assert [w["fd"] for w in default["windows"]] == pytest.approx([w["fd"] for w in given["windows"]])
+    assert [w["kad"] for w in default["windows"]] == pytest.approx([w["kad"] for w in given["windows"]])
 
 
 def test_reference_data_choice(tmp_path, monkeypatch):
@@ -245,7 +282,8 @@ def test_metrics_modules_import_each_other_without_a_cycle():
     graph = {m: _runtime_imports(folder / f"{m}.py") & modules for m in modules}
     order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
     assert graph["embedder"] == set() and "embedder_training" not in graph["drift"] | graph["reference"]
-    assert order.index("embedder") < order.index("drift") < order.index("reference") < order.index("report")
+    assert order.index("embedder") < order.index("drift") < order.index("reference")
+    assert graph["report"] == {"embedder"}  # drift is measured with the eval lenses, not the latent metrics
 
 
 def test_importing_drift_does_not_import_training_or_the_reference():

@@ -1,4 +1,5 @@
-"""``lmdm drift``: error accumulation over a long stream, measured per window against real music, with a plot."""
+"""``lmdm drift``: error accumulation over a long stream: the decoded audio measured per window with the lenses of
+``lmdm eval`` (level, notes, KAD to real music), each against a band of real validation music, with a plot."""
 from __future__ import annotations
 
 import argparse
@@ -10,21 +11,22 @@ from lmdm.cli.options import add_sampler_options, sampler_config
 from lmdm.config import read_json
 from lmdm.errors import UsageError
 
-#: The data set whose validation split is the reference when ``--data`` is not given (if it has been built).
+#: The data set of the real-music reference and band when ``--data`` is not given (if it has been built).
 DEFAULT_DATA = "data/music"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``drift`` (sampler defaults: 8 ping-pong steps, CFG 2, as ``generate``)."""
-    d = sub.add_parser("drift", help="drift over a long stream: Frechet distance, loudness, flatness, ...")
+    d = sub.add_parser("drift", help="drift over a long stream: loudness, notes, KAD to real music per window")
     d.add_argument("--checkpoint", default=None)
     d.add_argument("--minutes", type=float, default=5.0)
     d.add_argument("--prompt", default="a slow Bach chorale on church organ")
     add_sampler_options(d, steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)
-    d.add_argument("--window", type=float, default=30.0, help="window length in seconds")
+    d.add_argument("--window", type=float, default=30.0,
+                   help="window length in seconds (at least two embedder crops, about 8.2 s)")
     d.add_argument("--data", default=None,
-                   help=f"data set whose validation split is the reference (default {DEFAULT_DATA} if it has been "
-                        "built, else the reference bundled with the embedder)")
+                   help=f"built data set: its train pieces are the KAD reference, its validation pieces the real-music "
+                        f"band (default {DEFAULT_DATA} if it has been built, else no reference and no band)")
     d.add_argument("--label", default=None, help="name in tables and plots (default: from the checkpoint)")
     d.add_argument("--compare", nargs="*", help="earlier drift JSON files to overlay in the plot")
     d.add_argument("--json", default=None)
@@ -33,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def reference_data(data: str | None) -> str | None:
-    """The data folder whose validation split is the reference: ``data`` if given; else :data:`DEFAULT_DATA` if it
-    holds a built data set; else None (the reference bundled with the embedder).
+    """The data folder of the real-music reference and band: ``data`` if given; else :data:`DEFAULT_DATA` if it
+    holds a built data set; else None (no KAD and no band).
 
     Raises:
         UsageError: ``data`` is given and is not a folder.
@@ -42,18 +44,18 @@ def reference_data(data: str | None) -> str | None:
     if data is not None:
         if not Path(data).is_dir():
             raise UsageError(f"--data {data}: no such folder; build a data set with `lmdm data build --out {data}` "
-                             "or leave --data out to use the reference bundled with the embedder")
+                             "or leave --data out to measure without a real-music reference")
         return data
     return DEFAULT_DATA if (Path(DEFAULT_DATA) / "manifest.csv").is_file() else None
 
 
 def run(args: argparse.Namespace) -> int:
-    """Stream ``--minutes``, print the per-window table and summary, plot it, and write ``--json`` if given.
+    """Stream ``--minutes``, decode it, print the per-window table and summary, plot it, and write ``--json``.
 
     Raises:
         UsageError: ``--minutes`` outside (0, 60], ``--window`` not in (0, stream], ``--data`` not a folder,
             an unreadable ``--compare`` file, or an ``--out-dir`` that cannot be created.
-        EmbedderError: no embedder (``lmdm metrics train-embedder``).
+        EmbedderError: no embedder (``lmdm metrics train-embedder``); TranscriberError: no transcriber.
         DataError: ``--data`` is not a built data set.
     """
     from lmdm.atomic import write_text
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot create --out-dir {out_dir} ({e})") from e
     if data is None:
-        print(f"no data set at {DEFAULT_DATA}: measuring against the reference bundled with the embedder")
+        print(f"no data set at {DEFAULT_DATA}: measuring without a real-music reference (no KAD, no band)")
     report = drift_report(args.checkpoint, args.minutes, args.prompt, sampler, data_dir=data,
                           window_s=args.window, label=args.label, progress=not args.quiet)
     print(format_drift(report))

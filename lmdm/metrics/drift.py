@@ -16,6 +16,12 @@ Per time window of a stream's latent frames:
   data set), noise is at it.
 
 The reference statistics these are measured against are in ``lmdm.metrics.reference``.
+
+``lmdm drift`` no longer uses these latent metrics: it measures decoded audio with the lenses of ``lmdm.eval``
+(``lmdm.metrics.report``). They remain only for the summary ``lmdm metrics train-embedder`` stores beside the
+embedder (``reference.npz`` and ``real_music`` in its metrics), which nothing reads any more; removing that
+export (``embedder_training.export_info``, ``save_embedder(reference=...)``) would let this module and
+``reference`` go.
 """
 from __future__ import annotations
 

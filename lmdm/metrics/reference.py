@@ -2,9 +2,9 @@
 
 A reference is computed from a built data set's validation split with one embedder: the Gaussian of its crop
 embeddings (for the Fréchet distance) and the per-band mean and spread of its log-mel frames (for the mel
-distance). ``lmdm metrics train-embedder`` stores one as ``reference.npz`` beside the embedder, so ``lmdm drift``
-works without a data set; given a data set, the reference and the real-music levels are computed from it (and
-cached in ``DATA/cache/``).
+distance). ``lmdm metrics train-embedder`` stores one as ``reference.npz`` beside the embedder (cached in
+``DATA/cache/``). ``lmdm drift`` no longer reads it: it measures decoded audio against real audio windows
+(``lmdm.metrics.report``); see ``lmdm.metrics.drift`` for what removing this stack would take.
 """
 from __future__ import annotations
 

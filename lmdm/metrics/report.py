@@ -1,22 +1,49 @@
-"""``lmdm drift``: stream for minutes, measure every window, tabulate and plot (drift metrics in ``drift.py``)."""
+"""``lmdm drift``: stream for minutes, decode it, measure every window with the lenses of ``lmdm eval``, tabulate and
+plot each metric over time against a band of real music.
+
+Per non-overlapping window of **decoded audio** (default 30 s):
+
+* **level** (``lmdm.eval.level``): integrated loudness (LUFS), true peak (dBTP), clipped-sample fraction;
+* **notes** (``lmdm.eval.notes`` over the bundled transcriber): notes per second, median note length, mean
+  polyphony, key clarity;
+* **KAD** to real music: the window is cut into consecutive sub-windows of ``min(10 s, window / 2)`` (at least two,
+  since the unbiased MMD^2 needs two rows a side), each embedded as ``lmdm eval`` embeds a window
+  (``lmdm.eval.suite.window_embeddings``), and ``lmdm.eval.distribution.kad`` compares these few embeddings with
+  the reference's (sub-windows of the data set's train pieces). With two or three rows a side the estimate is
+  noisy and may be slightly negative; it is read against the band, which is the same estimator over real
+  validation windows, so the band carries exactly this noise.
+
+The **real-music band** of each metric is its mean and standard deviation (and N) over real validation windows of
+the same length (one window per distinct validation piece of ``--data``): a curve inside the band looks like real
+music by that lens. Without a data set the level and notes lenses are still measured, with no band and no KAD.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from lmdm.audio.codec import CodecConfig
-from lmdm.checkpoint import load_checkpoint
+from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.errors import UsageError
-from lmdm.metrics.drift import METRICS, window_metrics
-from lmdm.metrics.embedder import Embedder, default_embedder_path, load_embedder
-from lmdm.metrics.reference import Reference, real_music_levels, reference_stats
-from lmdm.streaming.generate import stream_latents
 from lmdm.streaming.streamer import SamplerConfig
 
-LABELS = {"fd": "Fréchet distance (embedding)", "loudness_db": "loudness (dB)", "flatness": "spectral flatness",
-          "mel_distance": "mel-statistics distance", "pc_entropy": "pitch-class entropy (bits)"}
+LEVEL_METRICS = ("lufs", "true_peak_dbtp", "clipped_fraction")
+NOTE_METRICS = ("notes_per_s", "median_length_s", "mean_polyphony", "key_clarity")
+#: Every per-window metric, in plot order.
+METRICS = (*LEVEL_METRICS, *NOTE_METRICS, "kad")
+LABELS = {"lufs": "loudness (LUFS)", "true_peak_dbtp": "true peak (dBTP)", "clipped_fraction": "clipped fraction",
+          "notes_per_s": "notes per second", "median_length_s": "median note length (s)",
+          "mean_polyphony": "mean polyphony", "key_clarity": "key clarity", "kad": "KAD to real music"}
+SUB_WINDOW_S = 10.0
+MAX_PIECES = 32
+
+
+def sub_window_s(window_s: float) -> float:
+    """Length of the sub-windows a window's KAD embeds: 10 s, or half the window when shorter (two at least)."""
+    return min(SUB_WINDOW_S, window_s / 2)
 
 
 @dataclass
@@ -24,152 +51,248 @@ class Baseline:
     """What a stream is measured with and against.
 
     Attributes:
-        embedder: the embedding classifier (eval mode).
-        embedder_metrics: its stored validation accuracies (and the real-music levels it was saved with).
-        reference: real-music statistics the windows are compared against.
-        real_music: ``{metric: {"mean", "std", "windows"}}`` of real validation music (the grey band of the plot).
-        source: where the reference comes from, in words (printed with every report).
-        data_dir: the data set the reference was computed from; None = the one bundled with the embedder.
+        embedder: the drift embedder (eval mode); codec: the codec windows are re-encoded with for it.
+        transcribe: ``(audio, sample_rate) -> [(onset_s, offset_s, midi)]``.
+        reference: ``(n, embed_dim)`` sub-window embeddings of real training music; None without a data set.
+        real_music: ``{metric: {"mean", "std", "windows"}}`` over real validation windows (the shaded band);
+            empty without a data set.
+        source: where the reference and band come from, in words.
+        data_dir: the data set; None = none.
     """
 
-    embedder: Embedder
-    embedder_metrics: dict
-    reference: Reference
-    real_music: dict
-    source: str
-    data_dir: str | None
+    embedder: object
+    codec: MelCodec
+    transcribe: Callable[[np.ndarray, int], list]
+    reference: np.ndarray | None
+    real_music: dict = field(default_factory=dict)
+    source: str = ""
+    data_dir: str | None = None
 
 
-def load_baseline(codec: CodecConfig, data_dir: str | Path | None = None, embedder_path: str | Path | None = None,
-                  window_s: float = 30.0) -> Baseline:
-    """The embedder and the reference of real music for drift measurements.
+def _pieces(data_dir: str | Path, split: str, min_s: float, max_pieces: int, sample_rate: int, seed: int):
+    """``[(work_id, audio)]`` of up to ``max_pieces`` distinct pieces of ``split`` at least ``min_s`` long."""
+    from lmdm.audio.io import load_audio
+    from lmdm.train.dataset import DataError, read_manifest
+
+    rows = [r for r in read_manifest(data_dir) if r["split"] == split and float(r["seconds"]) >= min_s]
+    if not rows:
+        raise DataError(f"{data_dir} has no {split} piece of at least {min_s:g} s; build more data with "
+                        f"`lmdm data build --out {data_dir}` or use a shorter --window")
+    order = np.random.default_rng(seed).permutation(len(rows))[:max_pieces]
+    chosen = sorted((rows[i] for i in order), key=lambda r: r["work_id"])
+    return [(r["work_id"], load_audio(Path(data_dir) / r["audio"], sample_rate)) for r in chosen]
+
+
+def _window_set(windows: np.ndarray, sample_rate: int, name: str = "windows"):
+    from lmdm.eval.windows import WindowSet
+
+    return WindowSet(name, "system", np.asarray(windows, np.float32), [name] * len(windows), [""] * len(windows),
+                     sample_rate)
+
+
+def _embed(windows: np.ndarray, baseline_embedder, codec: MelCodec, sample_rate: int) -> np.ndarray:
+    from lmdm.eval.suite import window_embeddings
+
+    return window_embeddings(_window_set(windows, sample_rate), baseline_embedder, codec)[0]
+
+
+def window_rows(audio: np.ndarray, sample_rate: int, window_s: float, baseline: Baseline) -> list[dict]:
+    """One row per whole non-overlapping window of ``audio`` ``(samples,)``: ``start_s``, ``end_s`` and every
+    metric of :data:`METRICS` (``kad`` is NaN without a reference)."""
+    from lmdm.eval.distribution import kad
+    from lmdm.eval.level import level
+    from lmdm.eval.notes import note_stats
+    from lmdm.eval.windows import cut_windows
+
+    sub = sub_window_s(window_s)
+    rows = []
+    for i, w in enumerate(cut_windows(audio, sample_rate, window_s)):
+        lv = level(w, sample_rate)
+        ns = note_stats(baseline.transcribe(w, sample_rate), 0.0, len(w) / sample_rate)
+        row = {"start_s": i * window_s, "end_s": (i + 1) * window_s}
+        row.update({k: float(getattr(lv, k)) for k in LEVEL_METRICS})
+        row.update({k: float(getattr(ns, k)) for k in NOTE_METRICS})
+        if baseline.reference is not None:
+            emb = _embed(cut_windows(w, sample_rate, sub), baseline.embedder, baseline.codec, sample_rate)
+            row["kad"] = float(kad(emb, baseline.reference))
+        else:
+            row["kad"] = float("nan")
+        rows.append(row)
+    return rows
+
+
+def _band(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return {"mean": float("nan"), "std": float("nan"), "windows": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "windows": int(len(v))}
+
+
+def load_baseline(codec_cfg: CodecConfig, data_dir: str | Path | None = None, window_s: float = 30.0,
+                  embedder_path: str | Path | None = None, transcriber_path: str | Path | None = None,
+                  max_pieces: int = MAX_PIECES, seed: int = 0) -> Baseline:
+    """The embedder, the transcriber, and (with ``data_dir``) the real-music reference and band.
 
     Args:
-        codec: the codec of the latents that will be measured.
-        data_dir: a built data set whose validation split is the reference (computed once, then cached in
-            ``DATA/cache/``), with real-music levels for windows of ``window_s`` seconds; None = the reference
-            and levels stored beside the embedder by ``lmdm metrics train-embedder`` (levels for 30 s windows).
+        codec_cfg: the codec of the stream (its sample rate is the windows').
+        data_dir: a built data set: sub-windows of up to ``max_pieces`` train pieces are the KAD reference; the
+            first ``window_s`` window of up to ``max_pieces`` validation pieces gives the band. None = no reference.
         embedder_path: the embedder folder (default: the bundled ``data/checkpoints/embedder``).
+        transcriber_path: the transcriber folder (default: the bundled one).
 
     Raises:
-        EmbedderError: no embedder at ``embedder_path``.
-        DataError: ``data_dir`` is not a built data set or has no validation works.
+        UsageError: ``window_s`` too short for two embedder crops (the per-window KAD needs two sub-windows).
+        EmbedderError, TranscriberError: no embedder or transcriber.
+        DataError: ``data_dir`` is not a built data set or lacks train or validation pieces of a window.
     """
-    emb_path = Path(embedder_path) if embedder_path else default_embedder_path()
-    embedder, emb_metrics = load_embedder(emb_path)
+    from lmdm.eval.transcriber import load_transcriber
+    from lmdm.eval.windows import cut_windows
+    from lmdm.metrics.embedder import default_embedder_path, load_embedder
+
+    embedder, _ = load_embedder(Path(embedder_path) if embedder_path else default_embedder_path())
+    codec = MelCodec(codec_cfg)
+    crop_s = embedder.cfg.crop_frames / codec_cfg.frame_rate
+    if sub_window_s(window_s) < crop_s:
+        raise UsageError(f"--window {window_s:g} s is too short: the per-window KAD embeds two sub-windows of at "
+                         f"least the embedder's crop ({crop_s:.1f} s), so the window must be at least "
+                         f"{2 * crop_s:.1f} s")
+    transcribe = load_transcriber(transcriber_path).transcribe
+    base = Baseline(embedder, codec, transcribe, None, {}, "none (no data set: no KAD and no real-music band)", None)
     if data_dir is None:
-        ref = Reference.load(emb_path / "reference.npz")
-        return Baseline(embedder, emb_metrics, ref, emb_metrics.get("real_music", {}),
-                        f"the reference bundled with the embedder ({emb_path / 'reference.npz'})", None)
-    ref = reference_stats(data_dir, codec, embedder)
-    real = real_music_levels(data_dir, codec, embedder, ref, window_s)
-    return Baseline(embedder, emb_metrics, ref, real, f"the validation split of {data_dir}", str(data_dir))
+        return base
+    sr, sub = codec_cfg.sample_rate, sub_window_s(window_s)
+    ref_windows = [cut_windows(a, sr, sub, 3) for _, a in _pieces(data_dir, "train", sub, max_pieces, sr, seed)]
+    base.reference = _embed(np.concatenate(ref_windows), embedder, codec, sr)
+    val = [cut_windows(a, sr, window_s, 1)[0] for _, a in _pieces(data_dir, "val", window_s, max_pieces, sr, seed)]
+    rows = window_rows(np.concatenate(val), sr, window_s, base)
+    base.real_music = {m: _band([r[m] for r in rows]) for m in METRICS}
+    base.source = (f"{data_dir}: KAD reference = {len(base.reference)} sub-windows of {sub:g} s from "
+                   f"{len(ref_windows)} train pieces; band = {len(rows)} validation windows of {window_s:g} s")
+    base.data_dir = str(data_dir)
+    return base
+
+
+def stream_audio(ckpt, prompt: str, seconds: float, sampler: SamplerConfig, progress: bool = False) -> np.ndarray:
+    """``(samples,)`` decoded audio of one stream, decoded block by block as a live session would."""
+    from lmdm.streaming.generate import generate
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="streaming", unit="block")
+    out = generate(ckpt, prompt, seconds, sampler, on_block=(lambda i, a: bar.update(1)) if bar else None)
+    if bar is not None:
+        bar.close()
+    return out.audio
 
 
 def drift_report(checkpoint: str | None, minutes: float, prompt: str, sampler: SamplerConfig = SamplerConfig(),
                  data_dir: str | None = None, window_s: float = 30.0, label: str | None = None,
                  embedder_path: str | None = None, progress: bool = True) -> dict:
-    """Stream ``minutes`` of music and compute every drift metric per ``window_s`` window (see
-    :func:`measure_drift`).
+    """Stream ``minutes`` of decoded music and measure every ``window_s`` window (see :func:`measure_drift`).
 
-    The reference is loaded before streaming (so a bad ``data_dir`` fails at once): the validation split of
-    ``data_dir``, or, when None, the reference bundled with the embedder (no data set needed).
+    The baseline (embedder, transcriber, real-music reference and band) is loaded before streaming, so a bad
+    ``data_dir`` or a missing model fails at once.
     """
+    from lmdm.checkpoint import load_checkpoint
+
     ckpt = load_checkpoint(checkpoint)
-    baseline = load_baseline(ckpt.codec, data_dir, embedder_path, window_s)
-    latents = stream_latents(ckpt, prompt, minutes * 60, sampler, progress=progress)
+    baseline = load_baseline(ckpt.codec, data_dir, window_s, embedder_path)
+    audio = stream_audio(ckpt, prompt, minutes * 60, sampler, progress=progress)
     name = label or (Path(str(ckpt.path)).name + f"-{sampler.sampler}{sampler.steps}")
-    return _measure(latents, ckpt, name, prompt, sampler, window_s, baseline)
+    return measure_drift(audio, ckpt, name, prompt, sampler, window_s, baseline=baseline)
 
 
-def measure_drift(latents, ckpt, label: str, prompt: str, sampler: SamplerConfig, window_s: float = 30.0,
-                  embedder_path: str | None = None, data_dir: str | None = None) -> dict:
-    """Every drift metric per window of a stream's latent frames ``(frames, channels)``.
+def measure_drift(audio, ckpt, label: str, prompt: str, sampler: SamplerConfig, window_s: float = 30.0,
+                  data_dir: str | None = None, baseline: Baseline | None = None) -> dict:
+    """Every drift metric per window of a stream's decoded audio ``(samples,)`` at ``ckpt.codec.sample_rate``.
 
     Args:
-        latents: ``(frames, channels)`` latent frames of ``ckpt``'s codec.
-        data_dir: the data set whose validation split is the reference; None = the reference bundled with the
-            embedder (see :func:`load_baseline`).
+        ckpt: anything with ``codec`` (a ``CodecConfig``) and ``path``.
+        data_dir: the data set of the reference and band (ignored when ``baseline`` is given); None = none.
+        baseline: a loaded :class:`Baseline` (reuse it for several streams).
 
     Raises:
-        UsageError: the stream is shorter than one window.
-        EmbedderError: no embedder (``lmdm metrics train-embedder`` builds one).
-        DataError: ``data_dir`` is not a built data set or has no validation works.
+        UsageError: the stream is shorter than one window, or the window is too short.
+        DataError: ``data_dir`` is not a built data set or lacks pieces of a window.
 
     Returns:
-        a JSON-ready dict: label, settings, ``windows`` (one row per window), ``reference`` (where it comes from),
-        the embedder's accuracy and the real-music levels, and ``summary`` (first vs last minute of the Fréchet
-        distance).
+        a JSON-ready dict: label, settings, ``windows`` (one row per window: ``start_s``, ``end_s`` and every metric
+        of :data:`METRICS`), ``reference`` (where the reference comes from), ``real_music`` (the band of each
+        metric) and ``summary`` (per metric: mean of the windows starting in the first minute and of those ending
+        in the last).
     """
-    return _measure(latents, ckpt, label, prompt, sampler, window_s,
-                    load_baseline(ckpt.codec, data_dir, embedder_path, window_s))
-
-
-def _measure(latents, ckpt, label: str, prompt: str, sampler: SamplerConfig, window_s: float,
-             baseline: Baseline) -> dict:
-    rows = window_metrics(latents, ckpt.codec, baseline.embedder, baseline.reference, window_s)
-    minutes = latents.shape[0] / ckpt.codec.frame_rate / 60
-    if not rows:
+    sr = ckpt.codec.sample_rate
+    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    minutes = len(audio) / sr / 60
+    if len(audio) < int(round(window_s * sr)):
         raise UsageError(f"the stream ({minutes * 60:.1f} s) is shorter than one window ({window_s} s)")
-    # the windows that start in the first minute, and those that end in the last minute of the measured span
-    first = [r["fd"] for r in rows if r["start_s"] < 60 - 1e-6]
-    last = [r["fd"] for r in rows if r["end_s"] > rows[-1]["end_s"] - 60 + 1e-6]
-    emb_metrics = baseline.embedder_metrics
+    if baseline is None:
+        baseline = load_baseline(ckpt.codec, data_dir, window_s)
+    rows = window_rows(audio, sr, window_s, baseline)
+    first = [r for r in rows if r["start_s"] < 60 - 1e-6]
+    last = [r for r in rows if r["end_s"] > rows[-1]["end_s"] - 60 + 1e-6]
+    mean = lambda rs, m: float(np.nanmean([r[m] for r in rs])) if any(math.isfinite(r[m]) for r in rs) else float("nan")
     return {"label": label, "checkpoint": str(ckpt.path), "prompt": prompt, "minutes": minutes,
             "sampler": {"steps": sampler.steps, "sampler": sampler.sampler, "cfg": sampler.cfg_scale, "seed": sampler.seed},
-            "window_s": window_s, "windows": rows,
+            "window_s": window_s, "sub_window_s": sub_window_s(window_s), "windows": rows,
             "reference": {"source": baseline.source, "data": baseline.data_dir},
-            "embedder": {k: emb_metrics.get(k) for k in ("val_collection_accuracy", "val_instrument_accuracy",
-                                                         "chance_collection", "chance_instrument")},
             "real_music": baseline.real_music,
-            "summary": {"fd_first_minute": float(np.mean(first)), "fd_last_minute": float(np.mean(last)),
-                        "fd_last_over_first": float(np.mean(last) / max(np.mean(first), 1e-9))}}
+            "summary": {m: {"first_minute": mean(first, m), "last_minute": mean(last, m)} for m in METRICS}}
 
 
 def format_drift(report: dict) -> str:
-    """The per-window table and the first-vs-last-minute summary as text."""
+    """The per-window table, the real-music band and the first-vs-last-minute summary as text."""
     import pandas as pd
 
     df = pd.DataFrame(report["windows"]).set_index("start_s")
-    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         table = df.drop(columns=["end_s"]).to_string()
-    s, e, real = report["summary"], report["embedder"], report.get("real_music", {}).get("fd", {})
+    s = report["summary"]
     lines = [f"{report['label']}: {report['minutes']:.1f} min of \"{report['prompt']}\", "
-             f"{report['sampler']['steps']} {report['sampler']['sampler']} steps, CFG {report['sampler']['cfg']}",
-             table,
-             f"Fréchet distance: first minute {s['fd_first_minute']:.3f}, last minute {s['fd_last_minute']:.3f} "
-             f"(last / first = {s['fd_last_over_first']:.2f})"]
-    if "reference" in report:
-        lines.append(f"reference (real music): {report['reference']['source']}")
+             f"{report['sampler']['steps']} {report['sampler']['sampler']} steps, CFG {report['sampler']['cfg']}, "
+             f"windows of {report['window_s']:g} s", table,
+             "first minute -> last minute: " + ", ".join(
+                 f"{m} {s[m]['first_minute']:.3g} -> {s[m]['last_minute']:.3g}" for m in METRICS),
+             f"reference (real music): {report['reference']['source']}"]
+    real = report.get("real_music") or {}
     if real:
-        lines.append(f"real validation music, same windows: Fréchet distance {real['mean']:.3f} ± {real['std']:.3f}")
-    if e.get("val_collection_accuracy") is not None:
-        lines.append(f"embedder validation accuracy: collection {e['val_collection_accuracy']:.2f} (majority "
-                     f"{e['chance_collection']:.2f}), instrument {e['val_instrument_accuracy']:.2f} (majority "
-                     f"{e['chance_instrument']:.2f})")
+        lines.append("real validation music, same windows (mean ± sd, N): " + ", ".join(
+            f"{m} {real[m]['mean']:.3g} ± {real[m]['std']:.3g}" for m in METRICS if m in real)
+            + f" (N = {max(v['windows'] for v in real.values())})")
     return "\n".join(lines)
 
 
 def plot_drift(reports: list[dict], path: str | Path) -> Path:
-    """Every metric over time for one or more reports, with the real-music level as a grey band."""
+    """Every metric over time (minutes) for one or more reports, with the first report's real-music band (mean ±
+    1 sd) shaded behind each curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.2))
-    for ax, m in zip(axes, METRICS):
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.4))
+    for ax, m in zip(axes.flat, METRICS):
+        real = reports[0].get("real_music", {}).get(m)
+        if real and real.get("windows") and math.isfinite(real["mean"]):
+            ax.axhspan(real["mean"] - real["std"], real["mean"] + real["std"], color="grey", alpha=0.25,
+                       label=f"real music ±1 sd (N={real['windows']})")
+            ax.axhline(real["mean"], color="grey", lw=0.8)
         for r in reports:
             mids = [(w["start_s"] + w["end_s"]) / 120 for w in r["windows"]]
-            ax.plot(mids, [w[m] for w in r["windows"]], "o-", ms=3, label=r["label"])
-        real = reports[0].get("real_music", {}).get(m)
-        if real:
-            ax.axhspan(real["mean"] - real["std"], real["mean"] + real["std"], color="grey", alpha=0.2,
-                       label="real music (±1 sd)")
+            ax.plot(mids, [w.get(m, float("nan")) for w in r["windows"]], "o-", ms=3, label=r["label"])
         ax.set_title(LABELS[m], fontsize=9)
         ax.set_xlabel("time in the stream (min)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    for ax in axes.flat[len(METRICS):]:
+        ax.axis("off")
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    if len(METRICS) < axes.size:
+        axes.flat[-1].legend(handles, names, loc="center", fontsize=8)
+    else:
+        axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
