@@ -18,7 +18,7 @@ from lmdm.train.state import latest_checkpoint
 
 CFG = EmbedderConfig(width=16, embed_dim=8, crop_frames=32, steps=40, batch_size=16, lr=5e-3)
 KEYS = {"val_collection_accuracy", "val_instrument_accuracy", "chance_collection", "chance_instrument",
-        "val_examples", "train_steps", "real_music"}
+        "val_examples", "train_steps"}
 
 
 def _weights(path):
@@ -47,7 +47,6 @@ def test_training_writes_a_loadable_embedder_that_beats_chance_on_its_training_m
     model, saved = load_embedder(out)
     assert set(metrics) == KEYS and saved == metrics and metrics["train_steps"] == CFG.steps
     assert model.cfg.collections == ("bach", "essenFolksong") and model.cfg.latent_channels == 512
-    assert (out / "reference.npz").is_file()
     final = _weights(run / "final")  # the loop's own export is the same embedder
     assert all(torch.equal(a, final[k]) for k, a in model.state_dict().items())
     # accuracy on crops of the training split against always answering the class with the most crops

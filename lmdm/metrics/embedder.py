@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +23,6 @@ from lmdm.audio.codec import CodecConfig
 from lmdm.checkpoint import repo_root
 from lmdm.config import ConfigError, from_dict, read_json
 from lmdm.errors import LmdmError
-
-if TYPE_CHECKING:
-    from lmdm.metrics.reference import Reference
 
 
 class EmbedderError(LmdmError, FileNotFoundError):
@@ -106,13 +102,12 @@ def default_embedder_path() -> Path:
     return repo_root() / "data" / "checkpoints" / "embedder"
 
 
-def save_embedder(path: str | Path, model: Embedder, codec: CodecConfig, metrics: dict,
-                  reference: Reference | None = None) -> Path:
+def save_embedder(path: str | Path, model: Embedder, codec: CodecConfig, metrics: dict) -> Path:
     """Write the embedder folder ``path`` atomically: ``model.safetensors``, ``config.json`` (architecture,
-    labels, codec, ``metrics``) and, if given, the real-music ``reference.npz`` computed with this model.
+    labels, codec, ``metrics``).
 
     The folder is written beside ``path`` and renamed into place (``lmdm.atomic.atomic_folder``), so a failure
-    at any point leaves the previous embedder (and its reference) complete and loadable.
+    at any point leaves the previous embedder complete and loadable.
 
     Returns:
         ``path``.
@@ -124,14 +119,11 @@ def save_embedder(path: str | Path, model: Embedder, codec: CodecConfig, metrics
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps({"embedder": asdict(model.cfg), "codec": asdict(codec),
                                                      "metrics": metrics}, indent=1))
-        if reference is not None:
-            reference.save(tmp / "reference.npz")
     return path
 
 
 def load_embedder(path: str | Path | None = None) -> tuple[Embedder, dict]:
-    """Load an embedder; returns ``(model in eval mode, metrics dict)`` (the reference statistics of real music
-    are in ``reference.npz`` beside it: ``lmdm.metrics.reference.Reference.load``).
+    """Load an embedder; returns ``(model in eval mode, metrics dict)``.
 
     Args:
         path: the embedder folder (default: :func:`default_embedder_path`).

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from lmdm.audio.codec import CodecConfig
 from lmdm.errors import LmdmError
 from lmdm.metrics.embedder import Embedder, EmbedderConfig, default_embedder_path, save_embedder
-from lmdm.metrics.reference import real_music_levels, reference_stats
 from lmdm.train.dataset import LatentSet, load_latent_set, read_manifest
 from lmdm.train.loop import LoopSettings, LoopState, Task, run_loop, settle_config, warmup_cosine, write_config
 
@@ -69,7 +68,7 @@ def train_embedder(data_dir: str | Path, out: str | Path | None = None, cfg: Emb
                    run_dir: str | Path | None = None, resume: bool = False) -> dict:
     """Train the embedder on a built data set's train split; report accuracy on its validation split.
 
-    The model, its metrics and the reference statistics of the validation split are written together, atomically,
+    The model and its metrics are written together, atomically,
     to ``out`` (default: the bundled ``data/checkpoints/embedder``) and to ``RUN/final``.
 
     Args:
@@ -125,8 +124,8 @@ def train_embedder(data_dir: str | Path, out: str | Path | None = None, cfg: Emb
     exported: dict = {}
 
     def export_info(state: LoopState) -> dict:
-        """Validation accuracy and the real-music reference of the final weights (the loop asks once and saves
-        them with the model to ``RUN/final`` and ``out``)."""
+        """Validation accuracy of the final weights (the loop asks once and saves it with the model to
+        ``RUN/final`` and ``out``)."""
         final = state.ema.eval()
         gv = torch.Generator().manual_seed(cfg.seed + 1)
         hit_c = hit_i = total = 0
@@ -142,14 +141,11 @@ def train_embedder(data_dir: str | Path, out: str | Path | None = None, cfg: Emb
                    "chance_collection": max(sum(r["collection"] == c for r in val_rows) for c in colls) / len(val_rows),
                    "chance_instrument": max(sum(r["instrument"] == i for r in val_rows) for i in insts) / len(val_rows),
                    "val_examples": total, "train_steps": cfg.steps}
-        ref = reference_stats(data_dir, codec, final)
-        metrics["real_music"] = real_music_levels(data_dir, codec, final, ref)
-        exported.update(metrics=metrics, reference=ref)
+        exported.update(metrics=metrics)
         return exported
 
     task = Task(modules={"model": model}, optimizers={"": opt}, generator=gen, train_step=train_step,
-                save_model=lambda path, m, info: save_embedder(path, m, codec, info["metrics"],
-                                                               reference=info["reference"]),
+                save_model=lambda path, m, info: save_embedder(path, m, codec, info["metrics"]),
                 export_info=export_info,
                 ema_decay=lambda n: 0.0,  # no averaging: lerp with weight 1 copies the weights exactly
                 lr_factor={"": lambda s: lr_factor(s, cfg)})
