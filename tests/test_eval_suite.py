@@ -182,3 +182,6 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     sketch = system["adherence"]["sketch_contour"]  # one traced melody and one drawn shape in quick mode
     assert sketch["n"] + sketch["n_nonfinite"] == 2 and "sketch_contour" not in real["adherence"]
     assert (tmp_path / "plots" / "eval_lenses.png").is_file()
+    assert (tmp_path / "plots" / "eval_histograms.png").is_file()
+    assert len(real["histograms"]["pitch_class_seconds"]) == 12 and sum(real["histograms"]["pitch_class_seconds"]) > 0
+    assert sum(silence["histograms"]["pitch_class_seconds"]) == 0 and silence["histograms"]["polyphony"] == []

@@ -35,7 +35,7 @@ from lmdm.config import ConfigError
 from lmdm.errors import UsageError
 from lmdm.eval.distribution import compare_sets
 from lmdm.eval.level import level
-from lmdm.eval.notes import note_stats
+from lmdm.eval.notes import note_stats, pitch_class_histogram
 from lmdm.eval.windows import WindowSet, generated_windows, noise_windows, real_windows, silence_windows, through_codec
 from lmdm.streaming.streamer import SamplerConfig
 
@@ -122,14 +122,19 @@ def level_values(ws: WindowSet) -> dict[str, list[float]]:
     return {k: [float(getattr(r, k)) for r in rows] for k in LEVEL_FIELDS}
 
 
-def note_values(ws: WindowSet, transcribe: Callable[[np.ndarray, int], list]) -> dict[str, list[float]]:
-    """Per-window values of the notes lens (``transcribe(audio, sample_rate) -> [(onset_s, offset_s, midi)]``)."""
+def note_values(ws: WindowSet, transcribe: Callable[[np.ndarray, int], list]
+                ) -> tuple[dict[str, list[float]], np.ndarray]:
+    """Per-window values of the notes lens (``transcribe(audio, sample_rate) -> [(onset_s, offset_s, midi)]``)
+    and the row's ``(12,)`` pitch-class histogram (seconds sounded per pitch class, C = 0, over all windows)."""
     out: dict[str, list[float]] = {k: [] for k in NOTE_FIELDS}
+    pcs = np.zeros(12)
     for w in ws.windows:
-        stats = note_stats(transcribe(w, ws.sample_rate), 0.0, len(w) / ws.sample_rate)
+        notes, end = transcribe(w, ws.sample_rate), len(w) / ws.sample_rate
+        stats = note_stats(notes, 0.0, end)
+        pcs += pitch_class_histogram(notes, 0.0, end)
         for k in NOTE_FIELDS:
             out[k].append(float(getattr(stats, k)))
-    return out
+    return out, pcs
 
 
 @torch.no_grad()
@@ -213,13 +218,15 @@ def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequ
     for ws in rows:
         say(f"measuring {ws.name} ({len(ws)} windows)")
         emb, logits = window_embeddings(ws, embedder, codec)
-        lv, nv = level_values(ws), note_values(ws, transcribe)
+        lv, (nv, pcs) = level_values(ws), note_values(ws, transcribe)
         nn = nearest_distances(emb, ref_emb)
         if val_nn is None:
             val_nn = float(np.median(nn))
         row = {"name": ws.name, "kind": ws.kind, "windows": len(ws), "pieces": len(set(ws.piece)), "info": ws.info,
                "level": {k: mean_ci(v, cfg.n_boot, rng) for k, v in lv.items()},
                "notes": {k: mean_ci(v, cfg.n_boot, rng) for k, v in nv.items()},
+               "histograms": {"polyphony": [v for v in nv["mean_polyphony"] if math.isfinite(v)],
+                              "pitch_class_seconds": pcs.tolist()},
                "distribution": compare_sets(emb, ref_emb, n_boot=cfg.n_boot, rng=rng),
                "adherence": {"instrument": mean_ci(instrument_hits(logits, ws.instrument, names), cfg.n_boot, rng),
                              "memorisation_nn_ratio": float(np.median(nn)) / val_nn if val_nn else float("nan")}}
@@ -349,4 +356,32 @@ def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
     path = out / "eval_lenses.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    return [path, plot_histograms(report, out / "eval_histograms.png")]
+
+
+def plot_histograms(report: dict, path: str | Path) -> Path:
+    """Per row: the distribution of per-window mean polyphony, and the pitch-class histogram (share of the
+    sounded seconds per pitch class). Rows without notes (silence) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if sum(r["histograms"]["pitch_class_seconds"]) > 0]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 4))
+    bins = np.arange(0.75, 4.76, 0.25)
+    for r in rows:
+        ax1.hist(r["histograms"]["polyphony"], bins=bins, histtype="step", lw=1.5, density=True, label=r["name"])
+        pcs = np.asarray(r["histograms"]["pitch_class_seconds"])
+        ax2.plot(range(12), pcs / pcs.sum(), marker="o", label=r["name"])
+    ax1.set_xlabel("mean polyphony of a window (sounding notes)")
+    ax1.set_ylabel("density")
+    ax1.set_title("polyphony per window", fontsize=9)
+    ax2.set_xticks(range(12), ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"])
+    ax2.set_ylabel("share of sounded seconds")
+    ax2.set_title("pitch-class histogram", fontsize=9)
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
