@@ -341,14 +341,10 @@ class NoteSet:
         Raises:
             DataError: no work of the split is long enough.
         """
-        from lmdm.train.dataset import DataError
+        from lmdm.train.dataset import crop_starts
 
-        parts = [torch.arange(s, s + n - frames + 1) for s, n, sp in
-                 zip(self.work_start.tolist(), self.work_frames.tolist(), self.splits) if sp == split and n >= frames]
-        if not parts:
-            raise DataError(f"no {split!r} work has {frames} mel frames or more; build more data or use a "
-                            "smaller crop_frames")
-        return torch.cat(parts)
+        return crop_starts(self.work_start, self.work_frames, self.splits, split, frames, "mel frames",
+                           "use a smaller crop_frames")
 
     def sample(self, starts: torch.Tensor, batch: int, frames: int, onset_frames: int, generator: torch.Generator):
         """Random crops: ``mel (B, frames, n_mels)`` float32, ``frame_target, onset_target (B, frames, keys)``
@@ -641,7 +637,17 @@ def train_transcriber(cfg: TranscriberTrainConfig | None = None, resume: bool = 
         ConfigError: an override names an unknown field.
     """
     from lmdm.train.dataset import DataError
-    from lmdm.train.loop import LoopSettings, LoopState, Task, run_loop, settle_config, warmup_cosine, write_config
+    from lmdm.train.loop import (
+        LoopSettings,
+        LoopState,
+        Task,
+        optimizer_step,
+        run_loop,
+        settle_config,
+        smoothed_loss,
+        warmup_cosine,
+        write_config,
+    )
 
     cfg, run, existing = settle_config(TranscriberTrainConfig, cfg, resume=resume, run_dir=run_dir,
                                        overrides=overrides, changeable=CHANGEABLE, error=TranscriberError)
@@ -667,14 +673,8 @@ def train_transcriber(cfg: TranscriberTrainConfig | None = None, resume: bool = 
         loss, parts = transcriber_loss(model, mel, fr, on)
         if not torch.isfinite(loss):
             raise TranscriberError(f"loss became {loss.item()} at step {state.step}; lower lr")
-        lr = opt.param_groups[0]["lr"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        running = state.latest.get("train_loss")
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        return {"loss": loss.item(), **parts, "lr": lr, "train_loss": running, "frames": mel.shape[0] * mel.shape[1]}
+        lr = optimizer_step(loss, opt, model.parameters(), cfg.grad_clip)
+        return {"loss": loss.item(), **parts, "lr": lr, "train_loss": smoothed_loss(state, loss.item()), "frames": mel.shape[0] * mel.shape[1]}
 
     def validate(state: LoopState) -> dict | None:
         if state.step % cfg.val_every and state.step != cfg.steps:

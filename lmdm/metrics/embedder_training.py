@@ -18,7 +18,17 @@ from lmdm.audio.codec import CodecConfig
 from lmdm.errors import LmdmError
 from lmdm.metrics.embedder import Embedder, EmbedderConfig, default_embedder_path, save_embedder
 from lmdm.train.dataset import LatentSet, load_latent_set, read_manifest
-from lmdm.train.loop import LoopSettings, LoopState, Task, run_loop, settle_config, warmup_cosine, write_config
+from lmdm.train.loop import (
+    LoopSettings,
+    LoopState,
+    Task,
+    optimizer_step,
+    run_loop,
+    settle_config,
+    smoothed_loss,
+    warmup_cosine,
+    write_config,
+)
 
 WARMUP_STEPS = 100  # at most; a tenth of the steps for shorter runs
 CKPT_EVERY, LOG_EVERY, KEEP_CHECKPOINTS = 250, 25, 2
@@ -113,13 +123,8 @@ def train_embedder(data_dir: str | Path, out: str | Path | None = None, cfg: Emb
         model.train()
         _, lc, li = model(x)
         loss = F.cross_entropy(lc, yc) + F.cross_entropy(li, yi)
-        lr = opt.param_groups[0]["lr"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running = state.latest.get("train_loss")
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        return {"loss": loss.item(), "lr": lr, "train_loss": running}
+        lr = optimizer_step(loss, opt, model.parameters(), None)
+        return {"loss": loss.item(), "lr": lr, "train_loss": smoothed_loss(state, loss.item())}
 
     exported: dict = {}
 

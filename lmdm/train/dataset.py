@@ -62,12 +62,8 @@ class LatentSet:
         Raises:
             DataError: no work of the split is long enough.
         """
-        parts = [torch.arange(s, s + n - frames + 1) for s, n, sp in
-                 zip(self.work_start.tolist(), self.work_frames.tolist(), self.splits) if sp == split and n >= frames]
-        if not parts:
-            raise DataError(f"no {split!r} work has {frames} latent frames or more; build more data "
-                            "(lmdm data build --hours H) or train with fewer train_chunks")
-        return torch.cat(parts)
+        return crop_starts(self.work_start, self.work_frames, self.splits, split, frames,
+                           "latent frames", "train with fewer train_chunks")
 
     def sample(self, starts: torch.Tensor, batch: int, frames: int, generator: torch.Generator):
         """A batch of random crops.
@@ -87,6 +83,26 @@ def _fingerprint(codec: CodecConfig, manifest_rows: list[dict]) -> str:
     keys = [(r["work_id"], r["seconds"], r["caption"], r["split"]) for r in manifest_rows]
     blob = json.dumps({"codec": to_dict(codec), "rows": keys, "v": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def crop_starts(work_start: torch.Tensor, work_frames: torch.Tensor, splits: list[str], split: str, frames: int,
+                unit: str, hint: str) -> torch.Tensor:
+    """Global frame indices where a crop of ``frames`` frames fits inside one work of ``split``.
+
+    Args:
+        work_start, work_frames: ``(n_works,)`` each work's first global frame and length in frames.
+        splits: each work's split.
+        unit, hint: words for the error (the frames' kind; what else the user can change).
+
+    Raises:
+        DataError: no work of the split is long enough.
+    """
+    parts = [torch.arange(s, s + n - frames + 1) for s, n, sp in
+             zip(work_start.tolist(), work_frames.tolist(), splits) if sp == split and n >= frames]
+    if not parts:
+        raise DataError(f"no {split!r} work has {frames} {unit} or more; build more data "
+                        f"(lmdm data build --hours H) or {hint}")
+    return torch.cat(parts)
 
 
 def read_manifest(data_dir: str | Path) -> list[dict]:

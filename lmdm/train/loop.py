@@ -83,6 +83,25 @@ def settle_config(cls: type, cfg: Any | None, *, resume: bool, run_dir: str | Pa
     return dataclasses.replace(cfg, run_dir=str(run)), run, existing
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, grad_clip: float | None) -> float:
+    """One optimiser step on ``loss``: zero the gradients, backpropagate, clip the gradient norm to ``grad_clip``
+    (None: no clipping) and step. Returns the learning rate the step used (for the log)."""
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+    return lr
+
+
+def smoothed_loss(state: "LoopState", loss: float, key: str = "train_loss", momentum: float = 0.98) -> float:
+    """The exponential moving average of the training loss the progress bar shows (``state.latest[key]`` carries
+    it from step to step and through a resume)."""
+    previous = state.latest.get(key)
+    return loss if previous is None else momentum * previous + (1 - momentum) * loss
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
     """Learning-rate factor of optimiser step ``step`` (0-based): linear warm-up ``(step + 1) / warmup_steps``,
     then cosine decay from 1 to ``min_ratio`` at ``total_steps`` (Loshchilov & Hutter 2017, SGDR eq. 5, one

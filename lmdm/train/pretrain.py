@@ -14,7 +14,17 @@ from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.train.config import TrainConfig
 from lmdm.train.dataset import DataError, LatentSet, load_latent_set
-from lmdm.train.loop import LoopSettings, LoopState, Task, run_loop, settle_config, warmup_cosine, write_config
+from lmdm.train.loop import (
+    LoopSettings,
+    LoopState,
+    Task,
+    optimizer_step,
+    run_loop,
+    settle_config,
+    smoothed_loss,
+    warmup_cosine,
+    write_config,
+)
 from lmdm.train.objective import training_loss
 
 # what ``--resume`` may change: the length, intervals and output folders
@@ -138,14 +148,8 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
             loss = training_loss(forward, mode, x0, feats, text, cfg, gen)
         if not torch.isfinite(loss):
             raise TrainError(f"loss became {loss.item()} at step {state.step}; lower lr or disable bf16")
-        lr = opt.param_groups[0]["lr"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        running = state.latest.get("train_loss")
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        return {"mode": mode, "loss": loss.item(), "lr": lr, "train_loss": running,
+        lr = optimizer_step(loss, opt, model.parameters(), cfg.grad_clip)
+        return {"mode": mode, "loss": loss.item(), "lr": lr, "train_loss": smoothed_loss(state, loss.item()),
                 "tokens": x0.shape[0] * x0.shape[1] * (2 if mode == "block_causal" else 1)}
 
     def validate(state: LoopState) -> dict | None:

@@ -28,7 +28,7 @@ from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
 from lmdm.train.arc.rollout import rollout
 from lmdm.train.dataset import load_latent_set
-from lmdm.train.loop import LoopSettings, LoopState, Task, run_loop, settle_config, write_config
+from lmdm.train.loop import LoopSettings, LoopState, Task, optimizer_step, run_loop, settle_config, write_config
 from lmdm.train.objective import logit_normal
 
 # what ``--resume`` may change: the length, intervals and output folders
@@ -136,10 +136,7 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
     ro = rollout(student, ctx, text, has, cfg.rollout_blocks, cfg.student_steps, gen)
     x_fake = add_noise(torch.cat([ctx, ro.blocks], 1), eps, t)
     loss_g = relativistic_g_loss(disc(x_real, t, text, has, C), disc(x_fake, t, text, has, C))
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-    opt_g.step()
+    optimizer_step(loss_g, opt_g, student.parameters(), cfg.grad_clip)
     # discriminator step: relativistic loss + contrastive loss with prompts rolled on a copy
     disc.requires_grad_(True)
     x_fake = x_fake.detach()
@@ -149,10 +146,7 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
     d_mismatched = disc(x_real, t, rolled, rolled_has, C)
     loss_d = relativistic_d_loss(d_real, d_fake)
     loss_c = contrastive_loss(d_real, d_mismatched)
-    opt_d.zero_grad(set_to_none=True)
-    (loss_d + cfg.contrastive_weight * loss_c).backward()
-    torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
-    opt_d.step()
+    optimizer_step(loss_d + cfg.contrastive_weight * loss_c, opt_d, disc.parameters(), cfg.grad_clip)
     return {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "loss_c": loss_c.item(),
             "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item(), "exit_steps": ro.exit_steps}
 
