@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     report = evaluate(systems, prompts, cfg, ckpt.codec, embedder, transcriber.transcribe, progress, info, sketches)
     bar.close()
+    report["transcriber"] = {k: v for k, v in (transcriber.info.get("eval") or {}).items() if k != "per_work"}
     print(format_table(report))
     if args.plots:
         for p in plot_report(report, args.plots):

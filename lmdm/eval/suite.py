@@ -314,6 +314,10 @@ def format_table(report: dict) -> str:
                  "notes (in-house transcriber)", pd.DataFrame(nt).to_string(index=False), "",
                  "distribution vs the reference (one embedding per window) and adherence",
                  pd.DataFrame(ds).to_string(index=False)]
+    tr = report.get("transcriber") or {}
+    if "onset_f1" in tr:
+        parts[3] = (f"notes (in-house transcriber: note-onset F1 {tr['onset_f1']:.3f}, frame F1 {tr['frame_f1']:.3f} "
+                    f"on {tr.get('works', '?')} {tr.get('split', 'val')} works, mir_eval)")
     broken = [k for k, v in report.get("checks", {}).items() if v["broken"]]
     parts.append("")
     parts.append("lenses that do not separate real music from noise and silence: " + (", ".join(broken) or "none"))
