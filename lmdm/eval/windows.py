@@ -72,6 +72,23 @@ def prompt_instrument(prompt: str) -> str:
     return max(found, key=len) if found else ""
 
 
+def real_pieces(data_dir: str | Path, split: str, min_s: float, max_pieces: int, sample_rate: int,
+                seed: int = 0) -> list[tuple[dict, np.ndarray]]:
+    """``[(manifest row, audio (samples,))]`` of up to ``max_pieces`` distinct pieces of ``split`` at least
+    ``min_s`` seconds long (a seeded choice when there are more), ordered by work id.
+
+    Raises:
+        DataError: no data set, or no piece of ``split`` is that long.
+    """
+    rows = [r for r in read_manifest(data_dir) if r["split"] == split and float(r["seconds"]) >= min_s]
+    if not rows:
+        raise DataError(f"{data_dir} has no {split} piece of at least {min_s:g} s; build more data with "
+                        f"`lmdm data build --out {data_dir}` or use a shorter window")
+    order = np.random.default_rng(seed).permutation(len(rows))[:max_pieces]
+    chosen = sorted((rows[i] for i in order), key=lambda r: r["work_id"])
+    return [(r, load_audio(Path(data_dir) / r["audio"], sample_rate)) for r in chosen]
+
+
 def real_windows(data_dir: str | Path, split: str, window_s: float, max_pieces: int, sample_rate: int,
                  seed: int = 0, name: str | None = None) -> WindowSet:
     """One window per distinct piece of a split of a built data set (the piece's first whole window).
@@ -86,19 +103,13 @@ def real_windows(data_dir: str | Path, split: str, window_s: float, max_pieces: 
     Raises:
         DataError: no data set, or no piece of ``split`` is at least one window long.
     """
-    rows = [r for r in read_manifest(data_dir) if r["split"] == split and float(r["seconds"]) >= window_s]
-    if not rows:
-        raise DataError(f"{data_dir} has no {split} piece of at least {window_s:g} s; build more data with "
-                        f"`lmdm data build --out {data_dir}` or use a shorter window")
-    order = np.random.default_rng(seed).permutation(len(rows))[:max_pieces]
-    chosen = sorted((rows[i] for i in order), key=lambda r: r["work_id"])
     windows, piece, inst = [], [], []
-    for r in chosen:
-        w = cut_windows(load_audio(Path(data_dir) / r["audio"], sample_rate), sample_rate, window_s, 1)
+    for row, audio in real_pieces(data_dir, split, window_s, max_pieces, sample_rate, seed):
+        w = cut_windows(audio, sample_rate, window_s, 1)
         if len(w):
             windows.append(w[0])
-            piece.append(r["work_id"])
-            inst.append(r["instrument"])
+            piece.append(row["work_id"])
+            inst.append(row["instrument"])
     return WindowSet(name or f"real {split}", "real", np.stack(windows), piece, inst, sample_rate,
                      {"data": str(data_dir), "split": split})
 

@@ -69,20 +69,6 @@ class Baseline:
     data_dir: str | None = None
 
 
-def _pieces(data_dir: str | Path, split: str, min_s: float, max_pieces: int, sample_rate: int, seed: int):
-    """``[(work_id, audio)]`` of up to ``max_pieces`` distinct pieces of ``split`` at least ``min_s`` long."""
-    from lmdm.audio.io import load_audio
-    from lmdm.train.dataset import DataError, read_manifest
-
-    rows = [r for r in read_manifest(data_dir) if r["split"] == split and float(r["seconds"]) >= min_s]
-    if not rows:
-        raise DataError(f"{data_dir} has no {split} piece of at least {min_s:g} s; build more data with "
-                        f"`lmdm data build --out {data_dir}` or use a shorter --window")
-    order = np.random.default_rng(seed).permutation(len(rows))[:max_pieces]
-    chosen = sorted((rows[i] for i in order), key=lambda r: r["work_id"])
-    return [(r["work_id"], load_audio(Path(data_dir) / r["audio"], sample_rate)) for r in chosen]
-
-
 def _window_set(windows: np.ndarray, sample_rate: int, name: str = "windows"):
     from lmdm.eval.windows import WindowSet
 
@@ -147,7 +133,7 @@ def load_baseline(codec_cfg: CodecConfig, data_dir: str | Path | None = None, wi
         DataError: ``data_dir`` is not a built data set or lacks train or validation pieces of a window.
     """
     from lmdm.eval.transcriber import load_transcriber
-    from lmdm.eval.windows import cut_windows
+    from lmdm.eval.windows import cut_windows, real_pieces
     from lmdm.metrics.embedder import default_embedder_path, load_embedder
 
     embedder, _ = load_embedder(Path(embedder_path) if embedder_path else default_embedder_path())
@@ -162,9 +148,9 @@ def load_baseline(codec_cfg: CodecConfig, data_dir: str | Path | None = None, wi
     if data_dir is None:
         return base
     sr, sub = codec_cfg.sample_rate, sub_window_s(window_s)
-    ref_windows = [cut_windows(a, sr, sub, 3) for _, a in _pieces(data_dir, "train", sub, max_pieces, sr, seed)]
+    ref_windows = [cut_windows(a, sr, sub, 3) for _, a in real_pieces(data_dir, "train", sub, max_pieces, sr, seed)]
     base.reference = _embed(np.concatenate(ref_windows), embedder, codec, sr)
-    val = [cut_windows(a, sr, window_s, 1)[0] for _, a in _pieces(data_dir, "val", window_s, max_pieces, sr, seed)]
+    val = [cut_windows(a, sr, window_s, 1)[0] for _, a in real_pieces(data_dir, "val", window_s, max_pieces, sr, seed)]
     rows = window_rows(np.concatenate(val), sr, window_s, base)
     base.real_music = {m: _band([r[m] for r in rows]) for m in METRICS}
     base.source = (f"{data_dir}: KAD reference = {len(base.reference)} sub-windows of {sub:g} s from "
