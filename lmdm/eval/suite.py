@@ -18,6 +18,9 @@ codec + decoder (the vocoder ceiling), white noise and silence (trivial baseline
 
 A lens that does not separate real validation from white noise and silence (CIs overlapping) is flagged broken
 in the report's ``checks``.
+
+Generated audio is measured as the streamer decodes it, before a file writer clips it to [-1, 1]: its true peak
+and clipped fraction say how far past full scale it goes (what a listener hears from the saved file is clipped).
 """
 from __future__ import annotations
 
