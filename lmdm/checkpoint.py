@@ -1,7 +1,10 @@
-"""Inference checkpoints: ``model.safetensors`` (weights, never pickle) + ``config.json`` (everything else).
+"""Inference checkpoints: ``model.safetensors`` (weights, never pickle) + ``config.json`` (everything else), and
+``autoencoder.safetensors`` when the model diffuses a learned latent (``lmdm.audio.autoencoder``).
 
-``config.json`` holds ``{"format": "lmdm-checkpoint", "version": 1, "model": DiTConfig, "codec": CodecConfig,
-"text_encoder": ..., "info": {...}}``. Writing is atomic (a temporary folder renamed into place), so an
+``config.json`` holds ``{"format": "lmdm-checkpoint", "version": 2, "model": DiTConfig, "codec": CodecConfig,
+"autoencoder": AutoencoderConfig or null, "text_encoder": ..., "info": {...}}``. A checkpoint carries its whole
+codec, so a model can never be decoded with a latent it was not trained on. Version 1 checkpoints (the raw-mel
+latent of lmdm before the learned latent) are refused with a message, not decoded. Writing is atomic (a temporary folder renamed into place), so an
 interrupted save never leaves a half-written checkpoint under the final name. Loading checks the format, the
 config keys (unknown keys are an error listing the valid ones) and that the weights match the model exactly.
 """
@@ -15,7 +18,8 @@ from pathlib import Path
 import torch
 
 from lmdm.atomic import atomic_folder
-from lmdm.audio.codec import CodecConfig
+from lmdm.audio.autoencoder import AutoencoderConfig, AutoencoderError, autoencoder_from_state
+from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.config import ConfigError, from_dict, read_json, to_dict
 from lmdm.errors import LmdmError
 from lmdm.model.config import DiTConfig
@@ -23,7 +27,7 @@ from lmdm.model.dit import DiT
 from lmdm.text import ENCODER_ID
 
 FORMAT = "lmdm-checkpoint"
-VERSION = 1
+VERSION = 2
 
 
 class CheckpointError(LmdmError, RuntimeError):
@@ -32,10 +36,11 @@ class CheckpointError(LmdmError, RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """A loaded inference checkpoint: the model (eval mode, float32), its codec config and free-form info."""
+    """A loaded inference checkpoint: the model (eval mode, float32), its codec (mel settings and, for a learned
+    latent, the frozen autoencoder; ``codec.cfg`` is the :class:`CodecConfig`) and free-form info."""
 
     model: DiT
-    codec: CodecConfig
+    codec: MelCodec
     info: dict = field(default_factory=dict)
     path: Path | None = None
 
@@ -51,26 +56,36 @@ def default_checkpoint() -> Path:
     return Path(env) if env else repo_root() / "data" / "checkpoints" / "lmdm-small"
 
 
-def save_checkpoint(path: str | Path, model: DiT, codec: CodecConfig, info: dict | None = None,
+def save_checkpoint(path: str | Path, model: DiT, codec: MelCodec, info: dict | None = None,
                     dtype: torch.dtype = torch.bfloat16) -> Path:
     """Write an inference checkpoint folder atomically.
 
     Args:
         path: destination folder (replaced if it exists).
         model: the DiT whose weights are stored.
-        codec: the codec the model was trained with.
+        codec: the codec the model was trained with (its autoencoder, if any, is stored in float32 beside it).
         info: JSON-serialisable extras (training step, data hours, validation loss...).
-        dtype: storage dtype of floating-point weights (bf16 halves the size; loading upcasts to float32).
+        dtype: storage dtype of the DiT's floating-point weights (bf16 halves the size; loading upcasts to float32).
+
+    Raises:
+        ValueError: the model's ``latent_channels`` differ from the codec's.
     """
     from safetensors.torch import save_file
 
+    if model.cfg.latent_channels != codec.channels:
+        raise ValueError(f"the model diffuses {model.cfg.latent_channels} channels, the codec's latent has "
+                         f"{codec.channels}")
     path = Path(path)
     state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
              for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "version": VERSION, "model": to_dict(model.cfg), "codec": to_dict(codec),
-            "text_encoder": ENCODER_ID, "info": info or {}}
+    ae = codec.autoencoder
+    meta = {"format": FORMAT, "version": VERSION, "model": to_dict(model.cfg), "codec": to_dict(codec.cfg),
+            "autoencoder": None if ae is None else to_dict(ae.cfg), "text_encoder": ENCODER_ID, "info": info or {}}
     with atomic_folder(path) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        if ae is not None:
+            save_file({k: v.detach().float().contiguous().cpu() for k, v in ae.state_dict().items()},
+                      str(tmp / "autoencoder.safetensors"), metadata={"format": FORMAT})
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -90,7 +105,15 @@ def read_config(path: str | Path) -> dict:
     meta = read_json(cfg_file, CheckpointError, "checkpoint config")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{cfg_file} is not an lmdm checkpoint config (format must be {FORMAT!r})")
-    valid = {"format", "version", "model", "codec", "text_encoder", "info"}
+    if meta.get("version") == 1:
+        raise CheckpointError(f"{path} is a version 1 checkpoint, from before lmdm's learned latent: it does not "
+                              f"record which latent it diffuses, and this lmdm reads only version {VERSION} "
+                              f"checkpoints, which carry their codec; use the bundled data/checkpoints/lmdm-small "
+                              f"or retrain with `lmdm train`")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(f"{cfg_file}: checkpoint version {meta.get('version')!r} is not supported "
+                              f"(this lmdm reads version {VERSION})")
+    valid = {"format", "version", "model", "codec", "autoencoder", "text_encoder", "info"}
     unknown = sorted(set(meta) - valid)
     if unknown:
         raise CheckpointError(f"{cfg_file}: unknown key(s) {unknown}; valid keys are: {', '.join(sorted(valid))}")
@@ -111,6 +134,8 @@ def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
     try:
         model_cfg = from_dict(DiTConfig, meta["model"], where=f"{path}/config.json:model")
         codec_cfg = from_dict(CodecConfig, meta["codec"], where=f"{path}/config.json:codec")
+        ae_cfg = (None if meta.get("autoencoder") is None else
+                  from_dict(AutoencoderConfig, meta["autoencoder"], where=f"{path}/config.json:autoencoder"))
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"invalid checkpoint config in {path}: {e}") from e
     weights = path / "model.safetensors"
@@ -126,4 +151,18 @@ def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
     except RuntimeError as e:
         raise CheckpointError(f"{weights} does not match the model in config.json: {str(e)[:400]}") from e
     model.eval().requires_grad_(False)
-    return Checkpoint(model=model, codec=codec_cfg, info=meta.get("info", {}), path=path)
+    autoencoder = None
+    if ae_cfg is not None:
+        ae_file = path / "autoencoder.safetensors"
+        try:
+            autoencoder = autoencoder_from_state(ae_cfg, load_file(str(ae_file)), str(ae_file))
+        except (SafetensorError, OSError, ValueError, AutoencoderError) as e:
+            raise CheckpointError(f"{ae_file} is missing or does not fit config.json ({str(e)[:300]})") from e
+    try:
+        codec = MelCodec(codec_cfg, autoencoder)
+    except ValueError as e:
+        raise CheckpointError(f"invalid codec in {path}: {e}") from e
+    if model_cfg.latent_channels != codec.channels:
+        raise CheckpointError(f"{path}: the model diffuses {model_cfg.latent_channels} channels but its codec's "
+                              f"latent has {codec.channels}")
+    return Checkpoint(model=model, codec=codec, info=meta.get("info", {}), path=path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lmdm.audio.codec import CodecConfig
+from lmdm.audio.codec import MelCodec
 from lmdm.model.cache import BlockCausalKVCache
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
@@ -98,16 +98,17 @@ def plot_cache_timeline(window: int, n_blocks: int, ax=None):
     return ax
 
 
-def plot_spectrogram(latents: torch.Tensor, codec: CodecConfig, ax=None, title: str = "", block_frames: int | None = None):
-    """Draw latent frames ``(frames, channels)`` as the log-mel spectrogram they are, time in seconds.
+def plot_spectrogram(latents: torch.Tensor, codec: MelCodec, ax=None, title: str = "", block_frames: int | None = None):
+    """Draw latent frames ``(frames, channels)`` as the log-mel spectrogram they decode to, time in seconds.
 
     Args:
+        codec: the checkpoint's codec (``ckpt.codec``; a learned latent is decoded through its autoencoder).
         block_frames: draw block boundaries every ``block_frames`` latent frames.
     """
     ax = _axes(ax, (10, 3))
-    mel = latents.detach().float().reshape(latents.shape[0] * codec.patch, codec.n_mels).numpy().T
+    mel = codec.latent_to_mel(latents.detach().float()[None])[0].numpy().T
     seconds = latents.shape[0] / codec.frame_rate
-    ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", extent=[0, seconds, 0, codec.n_mels],
+    ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", extent=[0, seconds, 0, codec.cfg.n_mels],
               vmin=-2.5, vmax=2.5)
     if block_frames:
         for t in np.arange(block_frames, latents.shape[0], block_frames) / codec.frame_rate:

@@ -60,7 +60,7 @@ def tiny_ckpt():
     prompt), which would let a prompt that never arrives pass unnoticed."""
     import torch
 
-    from lmdm.audio.codec import CodecConfig
+    from lmdm.audio.codec import CodecConfig, MelCodec
     from lmdm.checkpoint import Checkpoint
     from lmdm.model.config import DiTConfig
     from lmdm.model.dit import DiT
@@ -70,7 +70,7 @@ def tiny_ckpt():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return Checkpoint(model=model.requires_grad_(False), codec=CodecConfig())
+    return Checkpoint(model=model.requires_grad_(False), codec=MelCodec(CodecConfig()))
 
 
 @pytest.fixture(scope="session")

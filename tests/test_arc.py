@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmdm.audio.codec import CodecConfig
+from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.checkpoint import save_checkpoint
 from lmdm.diffusion import x0_from_velocity
 from lmdm.model.cache import BlockCausalKVCache
@@ -157,7 +157,7 @@ def test_one_tiny_arc_step_changes_generator_and_discriminator():
 
 def test_arc_run_checkpoints_and_resumes_exactly(real_data, tmp_path):
     base = tmp_path / "base"
-    save_checkpoint(base, tiny_student(), CodecConfig(), dtype=torch.float32)
+    save_checkpoint(base, tiny_student(), MelCodec(CodecConfig()), dtype=torch.float32)
     cfg = ARCConfig(init_from=str(base), data=str(real_data), run_dir=str(tmp_path / "arc"), steps=2, batch_size=2,
                     rollout_blocks=2, student_steps=3, disc_layers=1, disc_head_width=16, ckpt_every=1, log_every=1)
     r = arc_train(cfg, progress=False)

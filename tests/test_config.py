@@ -131,11 +131,14 @@ def test_replace_rejects_unknown_fields():
         replace(Inner(), m=5)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.json")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
+    from lmdm.eval.transcriber import TranscriberTrainConfig
     from lmdm.train.arc.trainer import ARCConfig
+    from lmdm.train.autoencoder import AutoencoderRun
 
-    cls = ARCConfig if path.name.startswith("arc") else TrainConfig
+    kinds = {"arc": ARCConfig, "autoencoder": AutoencoderRun, "transcriber": TranscriberTrainConfig}
+    cls = next((c for prefix, c in kinds.items() if path.name.startswith(prefix)), TrainConfig)
     assert _taken(json.loads(path.read_text()), to_dict(load_json(cls, path)))
 
 

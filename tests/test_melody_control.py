@@ -61,14 +61,14 @@ def test_the_roll_starts_as_a_no_op_and_leaves_other_weights_as_without_it():
 def test_fine_tune_may_add_the_roll_to_a_checkpoint_without_it(real_data, tmp_path):
     import dataclasses
 
-    from lmdm.audio.codec import CodecConfig
+    from lmdm.audio.codec import CodecConfig, MelCodec
     from lmdm.checkpoint import save_checkpoint
     from lmdm.train.pretrain import TrainError, train
     from tests.conftest import tiny_train_config
 
     base = tiny_train_config(real_data, tmp_path / "unused")
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "base", DiT(base.model), CodecConfig(), dtype=torch.float32)
+    save_checkpoint(tmp_path / "base", DiT(base.model), MelCodec(CodecConfig()), dtype=torch.float32)
     grown = dataclasses.replace(base.model, pitch_bins=12)
     result = train(tiny_train_config(real_data, tmp_path / "run", model=grown, init_from=str(tmp_path / "base"),
                                      steps=2, val_every=2, ckpt_every=2), progress=False)

@@ -45,14 +45,14 @@ _INSTALLED_CHECK = r"""
 import json, sys
 import torch
 import lmdm, lmdm.widgets
-from lmdm.audio.codec import CodecConfig
+from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.checkpoint import Checkpoint
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.widgets import PromptPanel
 
 model = DiT(DiTConfig(d_model=32, n_layers=2, n_heads=2, block_frames=4, window_chunks=2)).eval()
-panel = PromptPanel(Checkpoint(model=model, codec=CodecConfig()))
+panel = PromptPanel(Checkpoint(model=model, codec=MelCodec(CodecConfig())))
 print(json.dumps({"lmdm": lmdm.__file__, "class_esm": PromptPanel._esm, "esm": panel._esm, "css": panel._css}))
 """
 

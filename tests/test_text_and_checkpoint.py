@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm.audio.codec import CodecConfig
+from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
@@ -43,14 +43,14 @@ def tiny():
 
 def test_checkpoint_round_trip(tmp_path):
     m = tiny()
-    save_checkpoint(tmp_path / "ck", m, CodecConfig(), {"step": 5}, dtype=torch.float32)
+    save_checkpoint(tmp_path / "ck", m, MelCodec(CodecConfig()), {"step": 5}, dtype=torch.float32)
     ck = load_checkpoint(tmp_path / "ck")
-    assert ck.info["step"] == 5 and ck.model.cfg == m.cfg and ck.codec == CodecConfig()
+    assert ck.info["step"] == 5 and ck.model.cfg == m.cfg and ck.codec.cfg == CodecConfig() and ck.codec.autoencoder is None
     for k, v in m.state_dict().items():
         assert torch.equal(v, ck.model.state_dict()[k])
     assert not ck.model.training
     # overwriting keeps a complete checkpoint and leaves no temporary folders behind
-    save_checkpoint(tmp_path / "ck", m, CodecConfig(), {"step": 6})
+    save_checkpoint(tmp_path / "ck", m, MelCodec(CodecConfig()), {"step": 6})
     assert load_checkpoint(tmp_path / "ck").info["step"] == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
@@ -58,11 +58,11 @@ def test_checkpoint_round_trip(tmp_path):
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing")
-    save_checkpoint(tmp_path / "ck", tiny(), CodecConfig())
+    save_checkpoint(tmp_path / "ck", tiny(), MelCodec(CodecConfig()))
     (tmp_path / "ck" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors is missing"):
         load_checkpoint(tmp_path / "ck")
-    save_checkpoint(tmp_path / "ck", tiny(), CodecConfig())
+    save_checkpoint(tmp_path / "ck", tiny(), MelCodec(CodecConfig()))
     meta = json.loads((tmp_path / "ck" / "config.json").read_text())
     meta["model"]["d_model"] = 64
     (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))

@@ -1,7 +1,9 @@
-"""The "codec": audio <-> normalised log-mel latent frames, decoded with Griffin-Lim.
+"""The "codec": audio <-> latent frames, decoded with Griffin-Lim.
 
-A latent frame is ``patch`` consecutive log-mel frames stacked into one vector, so the model sees
-``channels = patch * n_mels`` numbers per latent frame. With the defaults:
+A mel patch is ``patch`` consecutive normalised log-mel frames stacked into one vector (``patch * n_mels``
+numbers, 64 ms). Without an autoencoder the patch *is* the latent frame (the raw-mel latent, 512 numbers); with
+one (``lmdm.audio.autoencoder``, the default models' learned latent) the latent frame is the autoencoder's
+compact code of the patch (64 numbers), encoded and decoded frame by frame. With the defaults:
 
 =====================  ==========================================
 sample rate            16,000 Hz, mono
@@ -11,10 +13,11 @@ log                    natural log of mel magnitude, floor 1e-5
 normalisation          (log_mel - mean) / std with fixed constants
 latent frame           4 mel frames = 1024 samples = 64 ms
 latent frame rate      15.625 frames/s
-latent channels        512
+latent channels        512 (raw mel patches) or the autoencoder's (64)
 =====================  ==========================================
 
-A latent is visible: reshape it to ``(frames * patch, n_mels)`` and it is a spectrogram (``latent_to_mel``).
+A latent is visible: ``latent_to_mel`` decodes it (through the autoencoder, if any) and reshapes it to
+``(frames * patch, n_mels)``, a spectrogram.
 Decoding maps mel magnitudes back to linear STFT magnitudes with the filterbank's pseudo-inverse (clamped at 0)
 and recovers phase with Griffin-Lim (``lmdm.audio.griffinlim``).
 """
@@ -88,10 +91,44 @@ class CodecConfig:
 
 
 class MelCodec:
-    """Audio <-> latent frames for one :class:`CodecConfig`. Stateless apart from cached filterbanks."""
+    """Audio <-> latent frames for one :class:`CodecConfig` and an optional learned latent.
 
-    def __init__(self, cfg: CodecConfig = CodecConfig()):
+    Args:
+        cfg: the mel settings.
+        autoencoder: a frozen ``lmdm.audio.autoencoder.PatchAutoencoder`` (its ``in_channels`` must be
+            ``cfg.channels``); None = the raw-mel latent (the patch is the latent frame).
+
+    Raises:
+        ValueError: an autoencoder for another patch size.
+    """
+
+    def __init__(self, cfg: CodecConfig = CodecConfig(), autoencoder=None):
         self.cfg = cfg
+        self.autoencoder = autoencoder
+        if autoencoder is not None and autoencoder.cfg.in_channels != cfg.channels:
+            raise ValueError(f"the autoencoder encodes {autoencoder.cfg.in_channels}-number patches, the codec makes "
+                             f"{cfg.channels} (patch * n_mels)")
+
+    # the mel settings a caller usually needs, so a codec can stand in for its config
+    @property
+    def sample_rate(self) -> int:
+        """Hz."""
+        return self.cfg.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second."""
+        return self.cfg.frame_rate
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per latent frame."""
+        return self.cfg.samples_per_frame
+
+    @property
+    def channels(self) -> int:
+        """Numbers per latent frame: the autoencoder's ``latent_channels``, or ``patch * n_mels`` without one."""
+        return self.cfg.channels if self.autoencoder is None else self.autoencoder.cfg.latent_channels
 
     @cached_property
     def mel_basis(self) -> torch.Tensor:
@@ -142,17 +179,51 @@ class MelCodec:
             raise ValueError(f"mel frames ({t}) must be a multiple of patch ({p})")
         return mel.reshape(b, t // p, p * m)
 
-    def latent_to_mel(self, latent: torch.Tensor) -> torch.Tensor:
-        """``(batch, frames, patch * n_mels)`` -> ``(batch, frames * patch, n_mels)`` (a viewable spectrogram)."""
-        b, t, ch = latent.shape
-        if ch != self.cfg.channels:
-            raise ValueError(f"latent has {ch} channels, the codec expects {self.cfg.channels}")
-        return latent.reshape(b, t * self.cfg.patch, self.cfg.n_mels)
+    def patches_to_latent(self, patches: torch.Tensor) -> torch.Tensor:
+        """Mel patches ``(..., patch * n_mels)`` -> latent frames ``(..., channels)`` (the autoencoder's encoder, or
+        the identity for the raw-mel latent)."""
+        if self.autoencoder is None:
+            return patches
+        with torch.no_grad():
+            return self.autoencoder.encode(patches.float())
+
+    def latent_to_patches(self, latent: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent frames ``(batch, frames, channels)`` -> mel patches ``(batch, frames, patch * n_mels)``.
+
+        Args:
+            previous: ``(batch, k, channels)`` latent frames just before ``latent`` (when a stream is decoded block
+                by block: the end of the previous block), which the autoencoder's decoder looks back at; None at
+                the start of a stream. Ignored by the raw-mel latent.
+
+        Raises:
+            ValueError: ``latent`` does not have ``channels`` channels.
+        """
+        if latent.shape[-1] != self.channels:
+            raise ValueError(f"latent has {latent.shape[-1]} channels, the codec expects {self.channels}")
+        if self.autoencoder is None:
+            return latent
+        with torch.no_grad():
+            return self.autoencoder.decode(latent.float(), None if previous is None else previous.float())
+
+    def latent_to_mel(self, latent: torch.Tensor, previous: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, frames, channels)`` -> ``(batch, frames * patch, n_mels)`` (a viewable spectrogram);
+        ``previous`` as in :meth:`latent_to_patches`.
+
+        Raises:
+            ValueError: ``latent`` does not have ``channels`` channels.
+        """
+        b, t, _ = latent.shape
+        return self.latent_to_patches(latent, previous).reshape(b, t * self.cfg.patch, self.cfg.n_mels)
+
+    @property
+    def decoder_context(self) -> int:
+        """Latent frames before a frame that decoding it looks at (0 for the raw-mel latent)."""
+        return 0 if self.autoencoder is None else self.autoencoder.cfg.decoder_context
 
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         """Audio ``(batch, samples)`` -> latent ``(batch, frames, channels)`` (frames = samples / samples_per_frame,
         rounded up)."""
-        return self.mel_to_latent(self.audio_to_mel(audio))
+        return self.patches_to_latent(self.mel_to_latent(self.audio_to_mel(audio)))
 
     # ---- latent -> audio --------------------------------------------------------------------------------------
     def mel_to_magnitude(self, mel: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ class StreamingDecoder:
             raise ValueError(f"gl_iters must be >= 1, got {gl_iters}")
         self.generator = torch.Generator().manual_seed(seed)
         self.prev_mel: torch.Tensor | None = None  # (overlap, n_mels)
+        self.prev_latent: torch.Tensor | None = None  # (1, decoder_context, channels): the decoder looks back
         self.prev_phase: torch.Tensor | None = None  # (bins, overlap)
         self.tail: np.ndarray | None = None  # held-back samples, (xf,)
         self.samples_out = 0
@@ -51,7 +52,10 @@ class StreamingDecoder:
         samples_per_frame`` samples per block.
         """
         c = self.codec.cfg
-        mel = self.codec.latent_to_mel(latent[None].float())[0]  # (n, n_mels)
+        k = self.codec.decoder_context
+        mel = self.codec.latent_to_mel(latent[None].float(), self.prev_latent)[0]  # (n, n_mels)
+        if k:
+            self.prev_latent = latent[None, -k:].float()
         o = 0 if self.prev_mel is None else self.prev_mel.shape[0]
         mel_in = mel if o == 0 else torch.cat([self.prev_mel, mel])
         mag = self.codec.mel_to_magnitude(mel_in[None])  # (1, bins, o + n)

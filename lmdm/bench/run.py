@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from lmdm.audio.codec import MelCodec
 from lmdm.audio.decoder import StreamingDecoder
 from lmdm.bench.cost import count_flops, dit_block_flops, lmm_block_flops, per_audio_second
 from lmdm.bench.lmm import LMM, LMMStreamer, ResidualQuantizer, matched_config
@@ -160,8 +159,7 @@ def lmdm_latencies(streamer, blocks: int = 4) -> dict[str, float]:
 
 def decode_rtf(ckpt: Checkpoint, blocks: int = 4) -> float:
     """Real-time factor of streaming Griffin-Lim decoding alone (common to all streamers)."""
-    codec = MelCodec(ckpt.codec)
-    dec = StreamingDecoder(codec)
+    dec = StreamingDecoder(ckpt.codec)
     B = ckpt.model.cfg.block_frames
     lat = torch.randn(B, ckpt.codec.channels) * 0.5
     dec.push(lat)

@@ -1,4 +1,4 @@
-"""The ``lmdm`` command line: ``data build``, ``data example``, ``train``, ``generate``, ``bench``, ``sketch``,
+"""The ``lmdm`` command line: ``data build``, ``data example``, ``autoencoder train``, ``train``, ``generate``, ``bench``, ``sketch``,
 ``sketch-eval``, ``jam``, ``arc``, ``metrics train-embedder``, ``drift``, ``eval`` (one module per command; the sampler
 options shared by ``generate``, ``sketch``, ``jam`` and ``drift`` are declared once, in ``options``).
 
@@ -14,11 +14,24 @@ import sys
 import traceback
 import warnings
 
-from lmdm.cli import arc, bench, data, drift, evaluation, generate, jam, metrics, sketch, sketch_eval, train
+from lmdm.cli import (
+    arc,
+    autoencoder,
+    bench,
+    data,
+    drift,
+    evaluation,
+    generate,
+    jam,
+    metrics,
+    sketch,
+    sketch_eval,
+    train,
+)
 from lmdm.errors import LmdmError
 
 #: The command modules, in the order ``lmdm --help`` lists them; each has ``add_parser(subparsers)``.
-COMMANDS = (data, train, generate, bench, sketch, sketch_eval, jam, arc, metrics, drift, evaluation)
+COMMANDS = (data, autoencoder, train, generate, bench, sketch, sketch_eval, jam, arc, metrics, drift, evaluation)
 
 BUG_LINE = "lmdm: this is a bug in lmdm, not in your input; please report it with the traceback above"
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lmdm.audio.codec import MelCodec
 from lmdm.audio.decoder import StreamingDecoder
 from lmdm.audio.sanitize import AudioError, StreamSanitizer
 from lmdm.checkpoint import Checkpoint
@@ -175,8 +174,7 @@ class LiveEngine:
     def __init__(self, ckpt: Checkpoint, cfg: EngineConfig = EngineConfig(), streamer: Streamer | None = None,
                  realtime: bool = False):
         self.ckpt, self.cfg, self.realtime = ckpt, cfg, realtime
-        self.codec = MelCodec(ckpt.codec)
-        c = ckpt.codec
+        self.codec = c = ckpt.codec
         self.sr, self.spf = c.sample_rate, c.samples_per_frame
         self.B = ckpt.model.cfg.block_frames
         self.block_samples = self.B * self.spf
@@ -416,7 +414,7 @@ class LiveEngine:
         if self.cfg.mode == "jam":
             features_from_audio(np.zeros(self.block_samples, np.float32), self.sr, self.spf, self.cfg.tracker)
         self.streamer.next_block()
-        self.decoder.push(torch.zeros(self.B, self.codec.cfg.channels))
+        self.decoder.push(torch.zeros(self.B, self.codec.channels))
         self._reset_stream()
 
     # ---- real time --------------------------------------------------------------------------------------------

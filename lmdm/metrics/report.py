@@ -185,7 +185,7 @@ def drift_report(checkpoint: str | None, minutes: float, prompt: str, sampler: S
     from lmdm.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
-    baseline = load_baseline(ckpt.codec, data_dir, window_s, embedder_path)
+    baseline = load_baseline(ckpt.codec.cfg, data_dir, window_s, embedder_path)
     audio = stream_audio(ckpt, prompt, minutes * 60, sampler, progress=progress)
     name = label or (Path(str(ckpt.path)).name + f"-{sampler.sampler}{sampler.steps}")
     return measure_drift(audio, ckpt, name, prompt, sampler, window_s, baseline=baseline)
@@ -196,7 +196,7 @@ def measure_drift(audio, ckpt, label: str, prompt: str, sampler: SamplerConfig, 
     """Every drift metric per window of a stream's decoded audio ``(samples,)`` at ``ckpt.codec.sample_rate``.
 
     Args:
-        ckpt: anything with ``codec`` (a ``CodecConfig``) and ``path``.
+        ckpt: anything with ``codec`` (a ``MelCodec``) and ``path``.
         data_dir: the data set of the reference and band (ignored when ``baseline`` is given); None = none.
         baseline: a loaded :class:`Baseline` (reuse it for several streams).
 
@@ -216,7 +216,7 @@ def measure_drift(audio, ckpt, label: str, prompt: str, sampler: SamplerConfig, 
     if len(audio) < int(round(window_s * sr)):
         raise UsageError(f"the stream ({minutes * 60:.1f} s) is shorter than one window ({window_s} s)")
     if baseline is None:
-        baseline = load_baseline(ckpt.codec, data_dir, window_s)
+        baseline = load_baseline(ckpt.codec.cfg, data_dir, window_s)
     rows = window_rows(audio, sr, window_s, baseline)
     first = [r for r in rows if r["start_s"] < 60 - 1e-6]
     last = [r for r in rows if r["end_s"] > rows[-1]["end_s"] - 60 + 1e-6]

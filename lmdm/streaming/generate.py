@@ -14,7 +14,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lmdm.audio.codec import MelCodec
 from lmdm.audio.decoder import StreamingDecoder
 from lmdm.checkpoint import Checkpoint
 from lmdm.errors import UsageError
@@ -102,7 +101,7 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
     seconds = check_seconds(seconds)
     if mask not in MASKS:
         raise UsageError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
-    model, codec = ckpt.model, MelCodec(ckpt.codec)
+    model, codec = ckpt.model, ckpt.codec
     B = model.cfg.block_frames
     frames = math.ceil(seconds * codec.cfg.frame_rate)
     n_blocks = math.ceil(frames / B)

@@ -21,6 +21,10 @@ class TrainConfig:
         init_from: inference checkpoint to start from (fine-tuning, e.g. a bidirectional model into an LMDM).
         model: the DiT (size and streaming geometry ``block_frames``/``window_chunks``).
         codec: the mel codec (must match how the latents are computed; they are cached per codec config).
+        autoencoder: folder of a trained patch autoencoder (``lmdm autoencoder train``): the model diffuses its
+            learned latent (``model.latent_channels`` = its ``latent_channels``). None: the raw-mel latent
+            (``model.latent_channels`` = the codec's ``patch * n_mels``). A run copies the autoencoder into
+            ``RUN/autoencoder`` and resumes with that copy, so retraining the original cannot change a run.
         steps: optimiser steps in total.
         batch_size: crops per step.
         train_chunks: ``N``, chunks per block-causal crop (the teacher-forcing layout trains N blocks at once).
@@ -33,7 +37,9 @@ class TrainConfig:
         context_dropout: probability of hiding all context from a crop's targets (generation from nothing).
         control_dropout: probability of dropping all control groups of a crop.
         control_group_dropout: probability of dropping each remaining control group independently.
-        t_logit_mean, t_logit_std: timesteps are drawn logit-normal (Esser et al. 2024, section 3.1).
+        t_logit_mean, t_logit_std: timesteps are drawn logit-normal (Esser et al. 2024, section 3.1) ...
+        t_uniform: ... except for this fraction of draws, which are uniform on (0, 1): logit-normal(0, 1) alone
+            trains t > 0.95 with probability 0.0016, yet every block starts at t = 1 (0 = logit-normal only).
         bf16: bfloat16 autocast on CPU (about 2x faster on AVX-512 bf16 machines).
         compile: ``torch.compile`` the model (faster steps after a minute of compiling).
         threads: torch intra-op threads (0 = torch's default).
@@ -50,6 +56,7 @@ class TrainConfig:
     init_from: str | None = None
     model: DiTConfig = field(default_factory=DiTConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    autoencoder: str | None = None
     steps: int = 20000
     batch_size: int = 16
     train_chunks: int = 8
@@ -67,6 +74,7 @@ class TrainConfig:
     control_group_dropout: float = 0.3
     t_logit_mean: float = 0.0
     t_logit_std: float = 1.0
+    t_uniform: float = 0.0
     bf16: bool = True
     compile: bool = False
     threads: int = 0
@@ -84,9 +92,11 @@ class TrainConfig:
             raise ConfigError(f"mode_mix has unknown mode(s) {unknown}; valid modes are: {', '.join(MODES)}")
         if not self.mode_mix or min(self.mode_mix.values()) < 0 or sum(self.mode_mix.values()) <= 0:
             raise ConfigError(f"mode_mix needs non-negative weights with a positive sum, got {self.mode_mix}")
-        if self.model.latent_channels != self.codec.channels:
+        if self.autoencoder is None and self.model.latent_channels != self.codec.channels:
             raise ConfigError(f"model.latent_channels ({self.model.latent_channels}) must equal the codec's "
-                             f"patch * n_mels ({self.codec.channels})")
+                             f"patch * n_mels ({self.codec.channels}) for the raw-mel latent (or name an autoencoder)")
+        if not 0 <= self.t_uniform <= 1:
+            raise ConfigError(f"t_uniform must be in [0, 1], got {self.t_uniform}")
         if self.train_chunks < self.model.window_chunks + 1:
             raise ConfigError(f"train_chunks ({self.train_chunks}) must be at least window_chunks + 1 "
                              f"({self.model.window_chunks + 1})")

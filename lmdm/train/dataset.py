@@ -1,5 +1,8 @@
 """Training crops from a built data set: latents, control features and caption embeddings, all in memory.
 
+The cache holds mel patches (the raw-mel latent, ``patch * n_mels`` numbers per frame); a model that diffuses a
+learned latent encodes them once at the start of a run (:func:`encode_latent_set`).
+
 The first use of a data folder with a given codec computes every work's latent frames (``MelCodec.encode``),
 control features (``lmdm.control.features``: melody and onsets from the rendered MIDI, loudness from the audio) and the
 embeddings of its caption variants, and stores them in ``DATA/cache/latents-<hash>.safetensors``; later runs load
@@ -8,6 +11,7 @@ data set is recomputed rather than silently mixed.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -181,3 +185,13 @@ def load_latent_set(data_dir: str | Path, codec_cfg: CodecConfig, progress: bool
     with atomic_file(cache) as tmp:
         save_file(tensors, str(tmp))
     return LatentSet(**tensors, work_ids=meta["work_ids"], splits=meta["splits"], texts=texts)
+
+
+def encode_latent_set(data: LatentSet, codec: MelCodec, batch: int = 65536) -> LatentSet:
+    """``data`` with its mel patches ``(frames, patch * n_mels)`` replaced by the codec's latent frames
+    ``(frames, channels)`` (float16, like the cache); the same object without an autoencoder."""
+    if codec.autoencoder is None:
+        return data
+    z = torch.cat([codec.patches_to_latent(data.latents[i : i + batch].float()).half()
+                   for i in range(0, len(data.latents), batch)])
+    return dataclasses.replace(data, latents=z)

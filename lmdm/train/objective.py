@@ -27,6 +27,17 @@ def logit_normal(shape: tuple[int, ...], mean: float, std: float, generator: tor
     return torch.sigmoid(torch.randn(shape, generator=generator) * std + mean)
 
 
+def training_timesteps(shape: tuple[int, ...], cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Timesteps ``shape`` in (0, 1): logit-normal(``t_logit_mean``, ``t_logit_std``), each replaced with
+    probability ``t_uniform`` by a uniform draw (so the ends near t = 0 and t = 1, where every block starts, are
+    trained too)."""
+    t = logit_normal(shape, cfg.t_logit_mean, cfg.t_logit_std, generator)
+    if cfg.t_uniform > 0:
+        u = torch.rand(shape, generator=generator)
+        t = torch.where(torch.rand(shape, generator=generator) < cfg.t_uniform, u, t)
+    return t
+
+
 def dropped_controls(features: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Control input ``(b, frames, 7)`` from features ``(b, frames, 4)`` with control dropout applied."""
     b = features.shape[0]
@@ -68,7 +79,7 @@ def training_loss(model: DiT, mode: str, x0: torch.Tensor, features: torch.Tenso
     controls = dropped_controls(features, cfg, generator)
     if mode == "block_causal":
         N = L // B
-        t = logit_normal((b, N), cfg.t_logit_mean, cfg.t_logit_std, generator)
+        t = training_timesteps((b, N), cfg, generator)
         eps = torch.randn(x0.shape, generator=generator)
         x_t = add_noise(x0, eps, t.repeat_interleave(B, dim=1))
         drop = torch.rand(b, generator=generator) < cfg.context_dropout
@@ -80,7 +91,7 @@ def training_loss(model: DiT, mode: str, x0: torch.Tensor, features: torch.Tenso
     ctx = x0[:, start + (W - k) * B : start + W * B]
     tgt = x0[:, start + W * B : start + (W + 1) * B]
     ctrl = controls[:, start + W * B : start + (W + 1) * B]
-    t = logit_normal((b,), cfg.t_logit_mean, cfg.t_logit_std, generator)
+    t = training_timesteps((b,), cfg, generator)
     eps = torch.randn(tgt.shape, generator=generator)
     x_t = add_noise(tgt, eps, t)
     if mode == "enc_dec":

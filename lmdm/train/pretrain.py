@@ -3,17 +3,20 @@ loop of ``lmdm.train.loop`` (checkpoints, resume, log, export)."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lmdm.audio.autoencoder import AutoencoderError, load_autoencoder
+from lmdm.audio.codec import MelCodec
 from lmdm.checkpoint import load_checkpoint, save_checkpoint
 from lmdm.config import to_dict
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.train.config import TrainConfig
-from lmdm.train.dataset import DataError, LatentSet, load_latent_set
+from lmdm.train.dataset import DataError, LatentSet, encode_latent_set, load_latent_set
 from lmdm.train.loop import (
     LoopSettings,
     LoopState,
@@ -75,6 +78,37 @@ def validation_loss(model: DiT, data: LatentSet, starts: torch.Tensor, cfg: Trai
     return float(sum(losses) / len(losses))
 
 
+def run_codec(cfg: TrainConfig, run: Path, fresh: bool) -> MelCodec:
+    """The codec of a run: the mel codec, with the learned latent of ``cfg.autoencoder`` if set.
+
+    A fresh run copies the autoencoder folder to ``RUN/autoencoder``; a resumed run loads that copy, so the latent
+    cannot change under a run.
+
+    Raises:
+        TrainError: the autoencoder is missing, was trained for another mel codec, or its latent size is not
+            ``model.latent_channels``.
+    """
+    if cfg.autoencoder is None:
+        return MelCodec(cfg.codec)
+    copy = run / "autoencoder"
+    if fresh or not copy.is_dir():
+        try:
+            load_autoencoder(cfg.autoencoder)  # check it before copying
+        except AutoencoderError as e:
+            raise TrainError(f"autoencoder {cfg.autoencoder}: {e}") from e
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(cfg.autoencoder, copy)
+    ae, ae_codec, _ = load_autoencoder(copy)
+    if ae_codec != to_dict(cfg.codec):
+        raise TrainError(f"autoencoder {cfg.autoencoder} was trained for the mel codec {ae_codec}, this run uses "
+                         f"{to_dict(cfg.codec)}")
+    if ae.cfg.latent_channels != cfg.model.latent_channels:
+        raise TrainError(f"model.latent_channels ({cfg.model.latent_channels}) must equal the autoencoder's "
+                         f"latent_channels ({ae.cfg.latent_channels})")
+    return MelCodec(cfg.codec, ae)
+
+
 def _initial_model(cfg: TrainConfig) -> DiT:
     """The model at step 0: seeded random initialisation, or the weights of ``init_from``.
 
@@ -122,7 +156,8 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
                                        changeable=CHANGEABLE, error=TrainError)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data = load_latent_set(cfg.data, cfg.codec, progress=progress)
+    codec = run_codec(cfg, run, fresh=existing is None)
+    data = encode_latent_set(load_latent_set(cfg.data, cfg.codec, progress=progress), codec)
     train_starts = data.valid_starts("train", cfg.crop_frames)
     try:
         val_starts = data.valid_starts("val", cfg.crop_frames)
@@ -165,7 +200,7 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
                 "train_config": to_dict(cfg)}
 
     task = Task(modules={"model": model}, optimizers={"": opt}, generator=gen, train_step=train_step,
-                save_model=lambda path, m, info: save_checkpoint(path, m, cfg.codec, info), export_info=export_info,
+                save_model=lambda path, m, info: save_checkpoint(path, m, codec, info), export_info=export_info,
                 ema_decay=lambda n: ema_decay_at(n, cfg),
                 lr_factor={"": lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)},
                 validate=validate)

@@ -27,7 +27,7 @@ from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
 from lmdm.train.arc.rollout import rollout
-from lmdm.train.dataset import load_latent_set
+from lmdm.train.dataset import encode_latent_set, load_latent_set
 from lmdm.train.loop import LoopSettings, LoopState, Task, optimizer_step, run_loop, settle_config, write_config
 from lmdm.train.objective import logit_normal
 
@@ -187,7 +187,7 @@ def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = load_latent_set(cfg.data, base.codec, progress=progress)
+    data = encode_latent_set(load_latent_set(cfg.data, base.codec.cfg, progress=progress), base.codec)
     crop = (student.cfg.window_chunks + cfg.rollout_blocks) * student.cfg.block_frames
     starts = data.valid_starts("train", crop)
 
