@@ -100,18 +100,18 @@ def test_eval_command_answers_bad_input_in_one_line(tmp_path, capsys, real_data)
 
 
 def test_eval_refuses_a_checkpoint_from_another_codec(tmp_path, capsys, real_data):
-    from lmdm.audio.codec import CodecConfig
+    from lmdm.audio.codec import CodecConfig, MelCodec
     from lmdm.checkpoint import save_checkpoint
     from lmdm.model.config import DiTConfig
     from lmdm.model.dit import DiT
 
-    codec = CodecConfig(n_mels=64)
+    codec = MelCodec(CodecConfig(n_mels=64))
     model = DiT(DiTConfig(latent_channels=codec.channels, d_model=32, n_layers=1, n_heads=2))
     save_checkpoint(tmp_path / "other", model, codec)
     (tmp_path / "p.txt").write_text("solo flute\n")
     msg = _one_error(capsys, ["--quiet", "eval", "--data", str(real_data), "--prompts", str(tmp_path / "p.txt"),
                               "--checkpoint", str(tmp_path / "other")])
-    assert "uses another codec" in msg and json.dumps(64) in msg
+    assert "uses another mel codec" in msg and json.dumps(64) in msg
 
 
 def test_train_transcriber_command_refuses_a_missing_config(tmp_path, capsys):

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint folders to measure (default: the bundled one)")
     e.add_argument("--prompts", default=None, help="text file, one prompt per line (default: validation captions)")
     e.add_argument("--seconds", type=float, default=None, help="length of each stream (default 30; quick 10)")
-    e.add_argument("--seeds", type=int, default=None, help="streams per prompt (default 2; quick 1)")
+    e.add_argument("--seeds", type=int, default=None, help="streams per prompt (default 3; quick 1)")
     e.add_argument("--window", type=float, default=None, help="window length in seconds (default 10; quick 5)")
     e.add_argument("--data", default="data/music", help="built data set: train = reference, val = real rows")
     e.add_argument("--quick", action="store_true", help="a small run (CI, notebooks): a few minutes on 2 cores")
@@ -62,13 +62,15 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else validation_prompts(cfg.data, cfg.n_prompts, cfg.seed)
     embedder, _ = load_embedder(default_embedder_path())
     emb_codec = json.loads((default_embedder_path() / "config.json").read_text())["codec"]
-    systems, info, sketches = {}, {}, {}
+    systems, info, sketches, latents = {}, {}, {}, {}
     for path in args.checkpoint or [None]:
         ckpt = load_checkpoint(path)
-        if dataclasses.asdict(ckpt.codec) != emb_codec:
-            raise UsageError(f"checkpoint {ckpt.path} uses another codec than the embedder and the data set "
-                             f"({dataclasses.asdict(ckpt.codec)} vs {emb_codec}); the lenses cannot compare them")
-        name = Path(ckpt.path).name
+        if dataclasses.asdict(ckpt.codec.cfg) != emb_codec:
+            raise UsageError(f"checkpoint {ckpt.path} uses another mel codec than the embedder and the data set "
+                             f"({dataclasses.asdict(ckpt.codec.cfg)} vs {emb_codec}); the lenses cannot compare them")
+        name = system_name(Path(ckpt.path), systems)
+        if ckpt.codec.autoencoder is not None:
+            latents[f"{name}'s latent"] = ckpt.codec
 
         def gen(prompt: str, seed: int, ckpt=ckpt) -> object:
             return generate(ckpt, prompt, cfg.seconds, dataclasses.replace(sampler, seed=seed)).audio
@@ -85,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         bar.set_postfix_str(msg[:60])
         bar.update(1)
 
-    report = evaluate(systems, prompts, cfg, ckpt.codec, embedder, transcriber.transcribe, progress, info, sketches)
+    report = evaluate(systems, prompts, cfg, ckpt.codec.cfg, embedder, transcriber.transcribe, progress, info,
+                      sketches, latents, ckpt.model.cfg.block_frames)
     bar.close()
     report["transcriber"] = {k: v for k, v in (transcriber.info.get("eval") or {}).items() if k != "per_work"}
     print(format_table(report))
@@ -98,3 +101,13 @@ def run(args: argparse.Namespace) -> int:
         write_text(args.json, json.dumps(report, indent=1, default=float))
         print(f"wrote {args.json}")
     return 0
+
+
+def system_name(path: Path, taken) -> str:
+    """A report row's name for a checkpoint folder: its name, or its run's for a run's ``final`` export
+    (``runs/ablation/X/final`` -> ``X``), made unique among ``taken`` with ``#2``, ``#3``..."""
+    name = path.parent.name if path.name == "final" and path.parent.name else path.name
+    unique, k = name, 2
+    while unique in taken:
+        unique, k = f"{name}#{k}", k + 1
+    return unique

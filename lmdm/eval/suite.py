@@ -6,6 +6,7 @@ codec + decoder (the vocoder ceiling), white noise and silence (trivial baseline
 
 * **level** (``lmdm.eval.level``): integrated loudness (LUFS), true peak (dBTP), clipped-sample fraction, loudness
   range; the row reports the mean over windows with a percentile-bootstrap 95% CI;
+* **seams** (``lmdm.eval.seams``): frame and block seam ratios of the re-encoded log-mel (1.0 in real music);
 * **notes** (``lmdm.eval.notes`` over the in-house transcriber ``lmdm.eval.transcriber``): notes per second,
   median note length, mean polyphony, active fraction, pitch range, key clarity; mean and CI likewise;
 * **distribution** (``lmdm.eval.distribution``): KAD (primary) and FD / FD-infinity (secondary) between the row's
@@ -39,6 +40,7 @@ from lmdm.errors import UsageError
 from lmdm.eval.distribution import compare_sets
 from lmdm.eval.level import level
 from lmdm.eval.notes import note_stats, pitch_class_histogram
+from lmdm.eval.seams import seam_ratios
 from lmdm.eval.windows import WindowSet, generated_windows, noise_windows, real_windows, silence_windows, through_codec
 from lmdm.streaming.streamer import SamplerConfig
 
@@ -68,8 +70,8 @@ class EvalConfig:
     data: str = "data/music"
     window_s: float = 10.0
     seconds: float = 30.0
-    seeds: int = 2
-    n_prompts: int = 4
+    seeds: int = 3
+    n_prompts: int = 6
     max_pieces: int = 64
     sampler: SamplerConfig = SamplerConfig()
     n_boot: int = 200
@@ -125,6 +127,24 @@ def level_values(ws: WindowSet) -> dict[str, list[float]]:
     return {k: [float(getattr(r, k)) for r in rows] for k in LEVEL_FIELDS}
 
 
+def seam_values(ws: WindowSet, codec: MelCodec, block_frames: int, window_s: float) -> dict[str, list[float]]:
+    """Per-window frame and block seam ratios (``lmdm.eval.seams``) of the audio re-encoded to log-mel. A piece's
+    ``k``-th window starts ``k * window_s`` into its stream; the grid of latent frames and blocks is placed from
+    there (for real music there is no grid, and the ratios read 1 wherever it is placed)."""
+    patch, hop = codec.cfg.patch, codec.cfg.hop
+    out: dict[str, list[float]] = {"frame": [], "block": []}
+    seen: dict[str, int] = {}
+    for w, piece in zip(ws.windows, ws.piece):
+        k = seen.get(piece, 0)
+        seen[piece] = k + 1
+        start = int(round(k * window_s * ws.sample_rate / hop))  # mel frames into the stream
+        mel = codec.audio_to_mel(torch.from_numpy(np.ascontiguousarray(w))[None])[0].numpy()
+        r = seam_ratios(mel, patch, block_frames * patch, offset=-start % (block_frames * patch))
+        for key in out:
+            out[key].append(r[key])
+    return out
+
+
 def note_values(ws: WindowSet, transcribe: Callable[[np.ndarray, int], list]
                 ) -> tuple[dict[str, list[float]], np.ndarray]:
     """Per-window values of the notes lens (``transcribe(audio, sample_rate) -> [(onset_s, offset_s, midi)]``)
@@ -176,18 +196,22 @@ def nearest_distances(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequence[str], cfg: EvalConfig,
              codec_cfg: CodecConfig, embedder, transcribe: Callable[[np.ndarray, int], list],
              progress: Callable[[str], None] | None = None, system_info: dict | None = None,
-             sketches: dict[str, Callable[[], list[float]]] | None = None) -> dict:
+             sketches: dict[str, Callable[[], list[float]]] | None = None,
+             latent_codecs: dict[str, MelCodec] | None = None, block_frames: int = 16) -> dict:
     """Measure every row with every lens.
 
     Args:
         systems: ``{name: generate_audio(prompt, seed) -> (samples,) decoded audio}``.
         prompts: the prompts every system streams (each with the seeds of :func:`stream_seeds`).
         cfg: sizes and sampler.
-        codec_cfg: the codec the systems and the embedder use (windows are re-encoded with it).
+        codec_cfg: the mel codec the systems and the embedder use (windows are re-encoded with it).
         embedder: a loaded ``lmdm.metrics.embedder.Embedder`` (eval mode).
         transcribe: ``(audio, sample_rate) -> [(onset_s, offset_s, midi)]``.
         progress: called with a short message per stage.
         sketches: ``{system name: () -> contour correlations}`` of the sketch-adherence lens (NaN = unmeasurable).
+        latent_codecs: ``{label: codec}`` learned latents the systems diffuse; each adds a ceiling row "real
+            through LABEL + decoder" (real music encoded to that latent and decoded), beside the raw-mel one.
+        block_frames: latent frames per block of the systems (the grid of the block seam ratio).
 
     Returns:
         a JSON-ready report: ``config``, ``rows`` (per row: name, kind, n windows and pieces, and every lens's
@@ -207,6 +231,9 @@ def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequ
     rows = [val]
     say("real music through the codec and Griffin-Lim")
     rows.append(through_codec(val, codec, cfg.seed, "real through codec + decoder (ceiling)"))
+    for label, latent_codec in (latent_codecs or {}).items():
+        say(f"real music through {label}")
+        rows.append(through_codec(val, latent_codec, cfg.seed, f"real through {label} + decoder (ceiling)"))
     rows.append(noise_windows(len(val), cfg.window_s, sr, rms, cfg.seed))
     rows.append(silence_windows(len(val), cfg.window_s, sr))
     for name, gen in systems.items():
@@ -228,6 +255,8 @@ def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequ
         row = {"name": ws.name, "kind": ws.kind, "windows": len(ws), "pieces": len(set(ws.piece)), "info": ws.info,
                "level": {k: mean_ci(v, cfg.n_boot, rng) for k, v in lv.items()},
                "notes": {k: mean_ci(v, cfg.n_boot, rng) for k, v in nv.items()},
+               "seams": {k: mean_ci(v, cfg.n_boot, rng)
+                         for k, v in seam_values(ws, codec, block_frames, cfg.window_s).items()},
                "histograms": {"polyphony": [v for v in nv["mean_polyphony"] if math.isfinite(v)],
                               "pitch_class_seconds": pcs.tolist()},
                "distribution": compare_sets(emb, ref_emb, n_boot=cfg.n_boot, rng=rng),
@@ -304,7 +333,9 @@ def format_table(report: dict) -> str:
                    "clipped %": _fmt(L["clipped_fraction"], 100, 3), "LRA LU": _fmt(L["lra_lu"], 1, 1)})
         nt.append({"row": r["name"], "notes/s": _fmt(N["notes_per_s"]), "median len s": _fmt(N["median_length_s"]),
                    "polyphony": _fmt(N["mean_polyphony"]), "active": _fmt(N["active_fraction"]),
-                   "pitch range": _fmt(N["pitch_range"], 1, 1), "key clarity": _fmt(N["key_clarity"])})
+                   "pitch range": _fmt(N["pitch_range"], 1, 1), "key clarity": _fmt(N["key_clarity"]),
+                   **({"frame seam": _fmt(r["seams"]["frame"]), "block seam": _fmt(r["seams"]["block"])}
+                      if "seams" in r else {})})
         kad, fd = D["kad"], D["fd_inf"]
         ds.append({"row": r["name"], "N": D["n_x"], "N ref": D["n_y"], "KAD dim": kad.get("dim", D["dim"]),
                    "KAD x100": _fmt({"mean": kad["value"], "ci": kad["ci"]}, 100, 3),
