@@ -199,3 +199,42 @@ def test_streaming_decoder_gives_the_autoencoder_the_previous_block():
 def test_seam_ratios_of_silence_are_nan():
     r = seam_ratios(np.zeros((128, 8)), 4, 64)
     assert np.isnan(r["frame"]) and np.isnan(r["block"])
+
+
+def test_an_lmdm_trains_on_the_learned_latent_and_resumes_exactly(real_data, tmp_path):
+    """A run on a learned latent copies the autoencoder into the run (retraining the original cannot change a
+    resumed run), exports checkpoints that carry it, and resumes from a checkpoint to the same weights."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from lmdm.audio.autoencoder import save_autoencoder
+    from lmdm.train.pretrain import TrainError, train
+    from tests.conftest import tiny_train_config
+
+    ae = small_ae(4)
+    ae.set_latent_stats(torch.randn(400, 512))
+    save_autoencoder(tmp_path / "ae", ae, to_dict(CodecConfig()), {})
+    base = tiny_train_config(real_data, tmp_path / "straight", steps=30, autoencoder=str(tmp_path / "ae"),
+                             t_uniform=0.2)
+    base = dataclasses.replace(base, model=dataclasses.replace(base.model, latent_channels=16))
+    train(base, progress=False)
+    assert (tmp_path / "straight" / "autoencoder" / "model.safetensors").is_file()
+    ck = load_checkpoint(tmp_path / "straight" / "final")
+    assert ck.codec.channels == 16 and torch.equal(ck.codec.autoencoder.latent_mean, ae.latent_mean)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight", resumed)
+    shutil.rmtree(resumed / "ckpt" / "step-000030")
+    (resumed / "ckpt" / "latest").write_text("step-000020")
+    shutil.rmtree(tmp_path / "ae")  # the run's own copy is what a resume uses
+    assert train(dataclasses.replace(base, run_dir=str(resumed)), resume=True, progress=False).step == 30
+    for name in ("model", "ema"):
+        a = load_file(str(tmp_path / "straight" / "ckpt" / "step-000030" / f"{name}.safetensors"))
+        b = load_file(str(resumed / "ckpt" / "step-000030" / f"{name}.safetensors"))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+    # a model whose size does not fit the latent is refused before training
+    wrong = dataclasses.replace(base, run_dir=str(tmp_path / "wrong"), autoencoder=str(resumed / "autoencoder"),
+                                model=dataclasses.replace(base.model, latent_channels=32))
+    with pytest.raises(TrainError, match="latent_channels"):
+        train(wrong, progress=False)

@@ -13,6 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int, help="override the number of steps")
     t.add_argument("--data", help="override the data folder")
     t.add_argument("--max-hours", type=float, help="stop after this many hours (with a checkpoint)")
+    t.add_argument("--threads", type=int, help="torch CPU threads (0 = torch's default; 1 lets two runs share 2 cores)")
     t.set_defaults(func=run)
 
 
@@ -29,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_json(TrainConfig, args.config) if args.config else None
     if cfg is None and not args.resume:
         cfg = TrainConfig()
-    overrides = {k: v for k, v in (("steps", args.steps), ("data", args.data), ("max_hours", args.max_hours))
-                 if v is not None}
+    overrides = {k: v for k, v in (("steps", args.steps), ("data", args.data), ("max_hours", args.max_hours),
+                                   ("threads", args.threads)) if v is not None}
     result = train(cfg, resume=args.resume, progress=not args.quiet, run_dir=args.run_dir, overrides=overrides)
     val = "n/a" if result.val_loss is None else f"{result.val_loss:.4f}"
     print(f"step {result.step}: train loss {result.train_loss:.4f}, validation loss {val}, "

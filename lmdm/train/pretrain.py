@@ -30,8 +30,8 @@ from lmdm.train.loop import (
 )
 from lmdm.train.objective import training_loss
 
-# what ``--resume`` may change: the length, intervals and output folders
-CHANGEABLE = {"steps", "max_hours", "log_every", "val_every", "ckpt_every", "run_dir", "export_dir"}
+# what ``--resume`` may change: the length, intervals, output folders and the CPU threads it runs on
+CHANGEABLE = {"steps", "max_hours", "log_every", "val_every", "ckpt_every", "run_dir", "export_dir", "threads"}
 
 
 class TrainError(LmdmError, RuntimeError):
