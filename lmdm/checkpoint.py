@@ -36,7 +36,8 @@ class CheckpointError(LmdmError, RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """A loaded inference checkpoint: the model (eval mode, float32), its codec (mel settings and, for a learned
+    """A loaded inference checkpoint: the model (eval mode, float32, on the device it was loaded onto), its codec
+    (always on the CPU: decoding runs there) (mel settings and, for a learned
     latent, the frozen autoencoder; ``codec.cfg`` is the :class:`CodecConfig`) and free-form info."""
 
     model: DiT
@@ -120,12 +121,21 @@ def read_config(path: str | Path) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
+def load_checkpoint(path: str | Path | None = None, device: str | torch.device | None = None) -> Checkpoint:
     """Load an inference checkpoint folder (default: :func:`default_checkpoint`).
+
+    Args:
+        path: the checkpoint folder.
+        device: where the model goes ("auto", "cpu", "cuda", "mps" or a ``torch.device``); None:
+            :func:`lmdm.device.default_device` (the CPU unless ``--device`` set it).
 
     Raises:
         CheckpointError: missing or corrupt files, an invalid config, or weights that do not fit the model.
+        UsageError: ``device`` is unknown or not available here.
     """
+    from lmdm.device import default_device, resolve_device
+
+    device = default_device() if device is None else resolve_device(device)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -150,7 +160,7 @@ def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{weights} does not match the model in config.json: {str(e)[:400]}") from e
-    model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False).to(device)
     autoencoder = None
     if ae_cfg is not None:
         ae_file = path / "autoencoder.safetensors"
