@@ -97,3 +97,31 @@ def test_two_processes_train_like_one_and_resume_on_one(real_data, tmp_path):
     assert s3["last"]["loss"] == pytest.approx(s1["last"]["loss"], rel=1e-5)
     for k in w1:
         torch.testing.assert_close(w3[k], w1[k], atol=5e-5, rtol=0)
+
+
+def test_arc_on_two_processes_resumes_on_one(real_data, tmp_path):
+    from lmdm.audio.codec import CodecConfig, MelCodec
+    from lmdm.checkpoint import save_checkpoint
+    from lmdm.train.arc.trainer import ARCConfig, arc_train
+    from tests.test_arc import tiny_student
+
+    base = tmp_path / "base"
+    save_checkpoint(base, tiny_student(), MelCodec(CodecConfig()), dtype=torch.float32)
+    run = tmp_path / "arc"
+    cfg = ARCConfig(init_from=str(base), data=str(real_data), run_dir=str(run), steps=2, batch_size=4,
+                    rollout_blocks=2, student_steps=3, disc_layers=1, disc_head_width=16, ckpt_every=1, log_every=1,
+                    threads=1)
+    config = tmp_path / "arc.json"
+    config.write_text(json.dumps(to_dict(cfg)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "lmdm", "--quiet", "arc", "--config", str(config), "--device", "cpu"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("post-trained checkpoint") == 1  # only rank 0 reports
+    w0 = load_file(str(base / "model.safetensors"))
+    w2, s2 = _state(run, 2)
+    assert s2["step"] == 2 and all(k in s2["last"] for k in ("loss_g", "loss_d", "loss_c"))
+    assert any(not torch.equal(w0[k], w2[k]) for k in w0)  # the student was trained
+    r = arc_train(None, resume=True, run_dir=run, overrides={"steps": 3}, progress=False, device="cpu")
+    assert r.step == 3 and _state(run, 3)[1]["step"] == 3
