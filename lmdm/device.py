@@ -93,6 +93,16 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (CUDA and MPS run asynchronously), so that a wall-clock timing covers the
+    computation; a no-op on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def set_default_device(device: str | torch.device) -> torch.device:
     """Set (after :func:`resolve_device`) and return the device checkpoints load onto when not told; the command
     line calls it with ``--device``.

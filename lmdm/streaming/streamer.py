@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmdm.config import ConfigError
-from lmdm.device import module_device
+from lmdm.device import module_device, synchronize
 from lmdm.diffusion import SAMPLERS, add_noise, cfg_combine, sample
 from lmdm.errors import UsageError
 from lmdm.model.cache import BlockCausalKVCache, EncDecKVCache
@@ -192,6 +192,7 @@ class Streamer:
         self._dropped_frames = 0
         t = time.perf_counter()
         self._bootstrap(context)
+        synchronize(self.device)
         self.stats.bootstrap_s = time.perf_counter() - t
 
     def _bootstrap(self, context: torch.Tensor | None) -> None:
@@ -235,6 +236,7 @@ class Streamer:
             v = self._velocity(xx, tt, text_c, ctrl, self._mods[key])
             if guided:
                 v = cfg_combine(v[: self.batch], v[self.batch :], self.sampler.cfg_scale)
+            synchronize(self.device)  # on a GPU the step is only done when its queued kernels are
             step_times.append(time.perf_counter() - t0)
             return v
 
