@@ -55,6 +55,14 @@ def test_batch_plan_keeps_the_global_batch():
         batch_plan(8, Distributed(rank=0, world_size=2), micro_batch=3)
 
 
+def test_a_micro_batch_larger_than_a_ranks_share_means_one_pass():
+    # a run of 1 process in micro-batches of 16 (batch 64) resumes on 8 processes of 8 crops: same global batch
+    eight = [batch_plan(64, Distributed(rank=r, world_size=8), micro_batch=16) for r in range(8)]
+    assert all(p.micro_batch == 8 and p.accum == 1 and p.per_rank == 8 for p in eight)
+    assert [g for p in eight for _, g in p.micro()] == [slice(8 * r, 8 * r + 8) for r in range(8)]
+    assert batch_plan(64, SINGLE, micro_batch=16).accum == 4
+
+
 def test_two_processes_train_like_one_and_resume_on_one(real_data, tmp_path):
     from lmdm.train.pretrain import train
 

@@ -29,8 +29,9 @@ class TrainConfig:
         batch_size: crops per optimiser step: the *global* batch, over all processes of a ``torchrun`` run (kept
             when the number of processes changes; it must be a multiple of it).
         micro_batch: crops per forward/backward pass on one process, the rest by gradient accumulation
-            (0 = the process's whole share, ``batch_size / processes``, in one pass). Lower it when a batch does
-            not fit in memory; the training stays the same (a resume may change it).
+            (0, or more than the process's share ``batch_size / processes``: that share in one pass). Lower it
+            when a batch does not fit in memory; the training stays the same (a resume may change it, and a run
+            resumed on more processes keeps the same global batch even if the share drops below it).
         train_chunks: ``N``, chunks per block-causal crop (the teacher-forcing layout trains N blocks at once).
         mode_mix: probability of each training layout per step: "block_causal" (teacher forcing over clean and
             noisy chunks), "enc_dec" (context + one target), "outpainting" (bidirectional, context re-noised).

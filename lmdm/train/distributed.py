@@ -177,17 +177,20 @@ class BatchPlan:
 
 
 def batch_plan(batch_size: int, d: Distributed, micro_batch: int = 0) -> BatchPlan:
-    """Split ``batch_size`` over ``d.world_size`` ranks and micro-batches of ``micro_batch`` rows (0: one pass
-    per rank).
+    """Split ``batch_size`` over ``d.world_size`` ranks and micro-batches of ``micro_batch`` rows (0, or more than
+    a rank's share: one pass per rank).
 
     Raises:
-        UsageError: ``batch_size`` is not a multiple of ``world_size * micro_batch``.
+        UsageError: ``batch_size`` is not a multiple of ``world_size``, or ``micro_batch`` does not divide a rank's
+            share.
     """
     if batch_size % d.world_size:
         raise UsageError(f"batch_size {batch_size} is not a multiple of the {d.world_size} processes; the global "
                          f"batch is kept whatever the number of processes, so choose a batch size it divides")
     per_rank = batch_size // d.world_size
-    micro = micro_batch or per_rank
+    # a micro_batch above the process's share means no accumulation: a run with micro_batch 16 on 1 GPU resumes on
+    # 8 (8 crops each) with the same global batch, hence the same training
+    micro = min(micro_batch or per_rank, per_rank)
     if micro < 1 or per_rank % micro:
         raise UsageError(f"micro_batch {micro_batch} must divide the {per_rank} crops of each of the "
                          f"{d.world_size} processes (batch_size {batch_size})")
