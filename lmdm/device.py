@@ -4,7 +4,7 @@
   CUDA if present, else Apple's MPS, else the CPU) and refuses a device this machine does not have with a one-line
   :class:`~lmdm.errors.UsageError`.
 * :func:`autocast_dtype` / :func:`autocast`: the mixed-precision dtype of a device. bfloat16 on CUDA GPUs that
-  support it (Ampere and newer) and on the CPU (native on AVX-512 bf16 / AMX machines, emulated and slower
+  compute it natively (Ampere and newer; not those that only emulate it) and on the CPU (native on AVX-512 bf16 / AMX machines, emulated and slower
   elsewhere); none on MPS and on older CUDA GPUs: their autocast is float16, which needs a gradient scaler to
   train safely, so they run float32.
 * :func:`module_device`: the device of a model's weights. Everything the library creates while running a model
@@ -68,9 +68,19 @@ def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
     device = torch.device(device)
     if device.type == "cpu":
         return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and _cuda_native_bf16(device):
         return torch.bfloat16
     return None
+
+
+def _cuda_native_bf16(device: torch.device) -> bool:
+    """True if the CUDA GPU ``device`` (``cuda`` alone: the current one) computes bfloat16 natively (compute
+    capability 8.0+, or ROCm). ``torch.cuda.is_bf16_supported()`` alone also says True for GPUs that only emulate
+    it (V100, T4: slower than float32) and asks the current GPU, not ``device``."""
+    if not torch.cuda.is_available():
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def autocast(device: torch.device | str, enabled: bool = True):

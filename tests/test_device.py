@@ -60,6 +60,26 @@ def test_autocast_dtype_per_device():
         assert not torch.is_autocast_enabled("cpu")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cuda_autocast_asks_the_given_gpu_for_native_bf16(monkeypatch, native):
+    asked = []
+
+    @contextlib.contextmanager
+    def on(device):
+        asked.append(torch.device(device))
+        yield
+
+    def supported(including_emulation=True):  # an emulating GPU (V100, T4) says True unless asked for native
+        asked.append(including_emulation)
+        return native or including_emulation
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device", on)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert autocast_dtype("cuda:1") == (torch.bfloat16 if native else None)
+    assert asked == [torch.device("cuda:1"), False]
+
+
 @pytest.mark.parametrize("mask", ["block_causal", "enc_dec", "outpainting"])
 def test_streamers_keep_every_tensor_on_the_models_device(mask):
     from lmdm.streaming.streamer import SamplerConfig, UncachedBlockCausalStreamer, make_streamer
