@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from lmdm.config import to_dict
 from lmdm.errors import UsageError
-from lmdm.train.distributed import SINGLE, Distributed, batch_plan
+from lmdm.train.distributed import SINGLE, Distributed, batch_plan, setup_distributed
 from tests.conftest import tiny_train_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,52 @@ def test_a_micro_batch_larger_than_a_ranks_share_means_one_pass():
     assert all(p.micro_batch == 8 and p.accum == 1 and p.per_rank == 8 for p in eight)
     assert [g for p in eight for _, g in p.micro()] == [slice(8 * r, 8 * r + 8) for r in range(8)]
     assert batch_plan(64, SINGLE, micro_batch=16).accum == 4
+
+
+def _main_first_worker(rank: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    d, out = Distributed(rank=rank, world_size=2), Path(out)
+    seen = []
+    with d.main_first():  # rank 0 writes, then rank 1 reads
+        if rank == 0:
+            (out / "cache").write_text("built")
+        seen.append((out / "cache").read_text())
+    try:
+        with d.main_first():
+            if rank == 0:
+                raise OSError("disk full")
+        seen.append("went on")
+    except Exception as e:
+        seen.append(f"{type(e).__name__}: {e}")
+    (out / f"rank{rank}").write_text(json.dumps(seen))
+    dist.destroy_process_group()
+
+
+def test_main_first_runs_rank0_first_and_passes_its_failure_on(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_main_first_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}").read_text()) for r in range(2))
+    assert r0 == ["built", "OSError: disk full"]
+    assert r1[0] == "built" and r1[1].startswith("DistributedError: rank 0 failed while preparing the run")
+
+
+def test_the_process_group_waits_long_enough_for_rank0_to_build_the_cache(monkeypatch):
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw["timeout"])))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert setup_distributed("cpu").world_size == 2
+    monkeypatch.setenv("LMDM_DIST_TIMEOUT_MIN", "90")
+    setup_distributed("cpu")
+    assert [(b, t.total_seconds() / 60) for b, t in calls] == [("gloo", 60.0), ("gloo", 90.0)]
+    monkeypatch.setenv("LMDM_DIST_TIMEOUT_MIN", "an hour")
+    with pytest.raises(UsageError, match="LMDM_DIST_TIMEOUT_MIN must be a number"):
+        setup_distributed("cpu")
 
 
 def test_two_processes_train_like_one_and_resume_on_one(real_data, tmp_path):

@@ -23,6 +23,7 @@ split follows torchtitan and nanoGPT's ``train.py`` (gradient accumulation under
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -30,7 +31,16 @@ import torch
 import torch.distributed as dist
 
 from lmdm.device import resolve_device
-from lmdm.errors import UsageError
+from lmdm.errors import LmdmError, UsageError
+
+#: minutes a collective may wait for the other ranks before the run is aborted (``LMDM_DIST_TIMEOUT_MIN``
+#: overrides it): a first run waits at :meth:`Distributed.main_first` while rank 0 encodes the whole data set
+#: into its cache, which takes longer than NCCL's default of 10 minutes on a large data set
+DEFAULT_TIMEOUT_MIN = 60.0
+
+
+class DistributedError(LmdmError, RuntimeError):
+    """Another rank failed, so this one cannot go on (the failing rank's own error says why)."""
 
 
 @dataclass(frozen=True)
@@ -82,12 +92,37 @@ class Distributed:
 
     @contextlib.contextmanager
     def main_first(self):
-        """Rank 0 runs the block first (writing caches, copying folders), then the others (reading them)."""
-        if not self.is_main:
-            self.barrier()
-        yield
+        """Rank 0 runs the block first (writing caches, copying folders), then the others (reading them).
+
+        Rank 0 tells the others whether its block succeeded (a broadcast where a barrier would do), so an error
+        there does not leave them waiting until the timeout: they raise :class:`DistributedError` while rank 0
+        raises its own error.
+
+        Raises:
+            DistributedError: (ranks > 0) rank 0 failed inside the block.
+        """
+        if not self.active:
+            yield
+            return
         if self.is_main:
-            self.barrier()
+            try:
+                yield
+            except BaseException:
+                with contextlib.suppress(Exception):  # the others may be gone already; rank 0's error matters
+                    self._broadcast_flag(False)
+                raise
+            self._broadcast_flag(True)
+        else:
+            if not self._broadcast_flag(False):
+                raise DistributedError(f"rank 0 failed while preparing the run (data cache, autoencoder copy), so "
+                                       f"rank {self.rank} stops too; rank 0's error says why")
+            yield
+
+    def _broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every rank (the others' ``flag`` is ignored)."""
+        t = torch.tensor([int(flag)], device=self._collective_device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
 
     def wrap(self, module: torch.nn.Module, find_unused_parameters: bool = False) -> torch.nn.Module:
         """``module`` wrapped in ``DistributedDataParallel`` (the module itself for one process). Its parameters
@@ -115,7 +150,7 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def setup_distributed(device: str | torch.device = "auto") -> Distributed:
+def setup_distributed(device: str | torch.device = "auto", timeout_min: float | None = None) -> Distributed:
     """This process's :class:`Distributed`, joining the process group when ``torchrun`` started several.
 
     The rank and world size come from the environment ``torchrun`` sets (``RANK``, ``WORLD_SIZE``,
@@ -124,10 +159,12 @@ def setup_distributed(device: str | torch.device = "auto") -> Distributed:
 
     Args:
         device: "auto", "cpu", "cuda" or "mps" (see :func:`lmdm.device.resolve_device`).
+        timeout_min: how long a collective waits for the other ranks, in minutes (None: ``LMDM_DIST_TIMEOUT_MIN``
+            if set, else :data:`DEFAULT_TIMEOUT_MIN`).
 
     Raises:
-        UsageError: the device is not available, MPS with several processes, or a node with fewer GPUs than
-            processes.
+        UsageError: the device is not available, MPS with several processes, a node with fewer GPUs than
+            processes, or an ``LMDM_DIST_TIMEOUT_MIN`` that is not a number.
     """
     dev = resolve_device(device)
     if dist.is_available() and dist.is_initialized():
@@ -147,7 +184,14 @@ def setup_distributed(device: str | torch.device = "auto") -> Distributed:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if timeout_min is None:
+            env = os.environ.get("LMDM_DIST_TIMEOUT_MIN", str(DEFAULT_TIMEOUT_MIN))
+            try:
+                timeout_min = float(env)
+            except ValueError:
+                raise UsageError(f"LMDM_DIST_TIMEOUT_MIN must be a number of minutes, got {env!r}") from None
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_min))
     return Distributed(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
