@@ -168,8 +168,10 @@ def test_arc_on_two_processes_resumes_on_one(real_data, tmp_path):
     config = tmp_path / "arc.json"
     config.write_text(json.dumps(to_dict(cfg)))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # lmdm's command line, which also writes each rank's weights after the loop (tests/support/rank_weights.py)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           "-m", "lmdm", "--quiet", "arc", "--config", str(config), "--device", "cpu"],
+                           str(ROOT / "tests" / "support" / "rank_weights.py"), "--quiet", "arc", "--config",
+                           str(config), "--device", "cpu"],
                           env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("post-trained checkpoint") == 1  # only rank 0 reports
@@ -177,5 +179,12 @@ def test_arc_on_two_processes_resumes_on_one(real_data, tmp_path):
     w2, s2 = _state(run, 2)
     assert s2["step"] == 2 and all(k in s2["last"] for k in ("loss_g", "loss_d", "loss_c"))
     assert any(not torch.equal(w0[k], w2[k]) for k in w0)  # the student was trained
+    # both players' gradients were all-reduced: the ranks trained on different rows and rollouts, yet every
+    # parameter of the student and of the discriminator is the same on both (and rank 0's is the checkpoint's)
+    ranks = [load_file(str(run / f"rank-{r}.safetensors")) for r in range(2)]
+    assert any(k.startswith("model.") for k in ranks[0]) and any(k.startswith("disc.") for k in ranks[0])
+    assert ranks[0].keys() == ranks[1].keys()
+    assert [k for k in ranks[0] if not torch.equal(ranks[0][k], ranks[1][k])] == []
+    assert all(torch.equal(ranks[0][f"model.{k}"], w2[k]) for k in w2)
     r = arc_train(None, resume=True, run_dir=run, overrides={"steps": 3}, progress=False, device="cpu")
     assert r.step == 3 and _state(run, 3)[1]["step"] == 3
