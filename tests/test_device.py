@@ -127,3 +127,21 @@ def test_training_layouts_rollout_and_discriminator_follow_the_model():
         (loss + score.sum() + ro.blocks.square().mean()).backward()
     assert module_device(m).type == "cpu" and m.out_proj.weight.grad is not None
     assert score.shape == (2,) and torch.isfinite(score).all()
+
+
+def test_the_bench_lmm_streams_on_its_models_device():
+    from lmdm.bench.lmm import LMM, LMMConfig, LMMStreamer, ResidualQuantizer
+
+    cfg = LMMConfig(d_model=32, n_heads=2, encoder_layers=1, decoder_layers=1, codebook_size=16, depth=3,
+                    context_depth=2, block_frames=4, context_frames=8, latent_channels=24, text_dim=8)
+    lmm = LMM(cfg).eval().requires_grad_(False)
+    rvq = ResidualQuantizer.sampled(cfg.depth, cfg.codebook_size, cfg.latent_channels)
+    context = torch.randn(1, 8, 24)
+    with default_device_meta():
+        s = LMMStreamer(lmm, rvq)
+        s.text = torch.ones(1, 8, device="cpu")
+        blocks = [s.next_block() for _ in range(3)]
+        s.reset(context)
+        blocks.append(s.next_block())
+    assert all(b.device.type == "cpu" and b.shape == (1, 4, 24) for b in blocks)
+    assert s.tokens.device.type == "cpu" and s.tokens.shape == (1, 8 + 4, 3)
