@@ -14,6 +14,8 @@ one step; this loop does everything around it, once (the torchtitan / nanoGPT ``
   its share of each batch (the task wraps its modules in DDP); only rank 0 writes checkpoints (atomically), the
   log, the progress bar and the final model, the others wait for it at a barrier; all ranks stop together
   (``max_hours``). Checkpoints hold no rank-specific state, so a run resumes on any number of processes.
+* the device type a run trains on is saved with every checkpoint; a resume on another type (a CPU run moved to a
+  GPU, say) works but warns, in one line, that its numerics change (other kernels, maybe another autocast dtype).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +273,11 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
         state.step, state.elapsed_s = saved["step"], saved.get("elapsed_s", 0.0)
         state.last, state.latest = saved.get("last", {}), saved.get("latest", {})
         state.history = saved.get("history", [])
+        trained_on = saved.get("device", "cpu")  # checkpoints from before the device was saved: CPU-only code
+        if trained_on != d.device.type and d.is_main:
+            warnings.warn(f"{run} was trained on {trained_on} and resumes on {d.device.type}: the numerics differ "
+                          f"(other kernels, maybe another autocast dtype), so it will not continue exactly as it "
+                          f"would have on {trained_on}", stacklevel=2)
         ema.n_averaged.fill_(saved.get("ema_updates", state.step + 1))
         for name, sched in schedulers.items():
             if name in saved.get("schedulers", {}):
@@ -297,7 +305,7 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
         """Rank 0 saves; with ``sync`` every rank waits until it has (not after an interrupt: the others may be
         gone)."""
         tick()
-        extra = {"elapsed_s": state.elapsed_s, "last": state.last, "latest": state.latest,
+        extra = {"elapsed_s": state.elapsed_s, "device": d.device.type, "last": state.last, "latest": state.latest,
                  "history": state.history, "ema_updates": int(ema.n_averaged),
                  "schedulers": {name: s.state_dict() for name, s in schedulers.items()}}
         if d.is_main:

@@ -147,7 +147,7 @@ def _initial_model(cfg: TrainConfig) -> DiT:
 
 
 def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool = True,
-          run_dir: str | Path | None = None, overrides: dict | None = None, device: str = "auto") -> TrainResult:
+          run_dir: str | Path | None = None, overrides: dict | None = None, device: str = "cpu") -> TrainResult:
     """Train (or resume) a run: rectified-flow velocity regression on the three layouts of
     ``lmdm.train.objective`` (LMDM, arXiv 2605.22717, section 3) with the loop of ``lmdm.train.loop``.
 
@@ -158,9 +158,10 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
         run_dir: overrides ``cfg.run_dir`` (needed when resuming without a config).
         overrides: fields to change after the config is settled (e.g. ``{"steps": 40000}`` to extend a resumed
             run); on resume only the fields in ``CHANGEABLE``.
-        device: "auto", "cpu", "cuda" or "mps" (``lmdm.device``). Started by ``torchrun`` with several processes,
-            each process trains its share of every batch on its own device (``cuda:LOCAL_RANK``) and rank 0
-            writes; a run may resume on another number of processes.
+        device: "cpu" (the default here; ``lmdm train --device`` defaults to "auto"), "auto", "cuda" or "mps"
+            (``lmdm.device``). Started by ``torchrun`` with several processes, each process trains its share of
+            every batch on its own device (``cuda:LOCAL_RANK``) and rank 0 writes; a run may resume on another
+            number of processes, and on another device type (with a warning: the numerics change).
 
     Returns:
         a :class:`TrainResult`; the EMA weights are in ``RUN/final`` (and ``export_dir``).

@@ -7,7 +7,8 @@ Layout under ``RUN/ckpt/``::
     step-000500/ema.safetensors     EMA weights (float32)
     step-000500/optim.safetensors   optimiser moments per parameter index (prefixed ``NAME.`` for named
                                     optimisers), plus the RNG state
-    step-000500/state.json          step, optimiser hyper-parameters, LR-scheduler and EMA counters, metrics
+    step-000500/state.json          step, optimiser hyper-parameters, LR-scheduler and EMA counters, metrics,
+                                    the device type trained on
     latest                          the name of the newest complete checkpoint
 
 Nothing is pickled. Tensors are written from the CPU whatever device trained them; loading puts the weights and

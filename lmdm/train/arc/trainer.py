@@ -193,7 +193,7 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
 
 
 def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool = True,
-              run_dir: str | Path | None = None, overrides: dict | None = None, device: str = "auto") -> ARCResult:
+              run_dir: str | Path | None = None, overrides: dict | None = None, device: str = "cpu") -> ARCResult:
     """Run (or resume) ARC-Forcing (see the module docstring) on the loop of ``lmdm.train.loop``.
 
     Args:
@@ -202,8 +202,9 @@ def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool
         progress: show a tqdm bar.
         run_dir: overrides ``cfg.run_dir`` (needed when resuming without a config).
         overrides: fields to change after the config is settled; on resume only those in ``CHANGEABLE``.
-        device: "auto", "cpu", "cuda" or "mps"; with several ``torchrun`` processes each rank uses its own
-            (see the module docstring).
+        device: "cpu" (the default here; ``lmdm arc --device`` defaults to "auto"), "auto", "cuda" or "mps"; with
+            several ``torchrun`` processes each rank uses its own (see the module docstring). A resume on another
+            device type warns that the numerics change.
 
     Returns:
         an :class:`ARCResult`; the EMA student is in ``RUN/final`` (and ``export_dir``).
