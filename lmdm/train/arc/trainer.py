@@ -29,6 +29,7 @@ from torch import nn
 
 from lmdm.checkpoint import load_checkpoint, save_checkpoint
 from lmdm.config import ConfigError, to_dict
+from lmdm.device import autocast
 from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
@@ -67,6 +68,10 @@ class ARCConfig:
         ema_decay: EMA of the student.
         t_logit_mean, t_logit_std: logit-normal re-noising timestep for the discriminator.
         grad_clip: gradient-norm clipping for both players.
+        bf16: mixed precision (the forward passes under autocast with the device's dtype,
+            ``lmdm.device.autocast_dtype``): None (default) = on GPUs that compute bf16 natively, off on the CPU
+            (ARC ran float32 on the CPU before it had a device: the short CPU post-training keeps its numbers,
+            and its rollouts are small); True = wherever the device has a dtype (the CPU too); False = never.
         seed, log_every, ckpt_every, keep_checkpoints, max_hours: as in training.
         threads: torch intra-op threads (0 = default).
     """
@@ -88,6 +93,7 @@ class ARCConfig:
     t_logit_mean: float = -0.5
     t_logit_std: float = 1.0
     grad_clip: float = 1.0
+    bf16: bool | None = None
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 100
@@ -115,6 +121,12 @@ class ARCResult:
     final_dir: Path
     disc_params: int
     last: dict
+
+
+def arc_autocast(device: torch.device, bf16: bool | None):
+    """The autocast context of an ARC forward pass on ``device`` (see ``ARCConfig.bf16``: None = on off the
+    CPU)."""
+    return autocast(device, device.type != "cpu" if bf16 is None else bf16)
 
 
 class RolloutPass(nn.Module):
@@ -154,7 +166,8 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
         student, disc: the two players (updated in place by ``opt_g`` and ``opt_d``).
         x0: ``(b, (W + N) * B, ch)`` real crops: ``W`` context chunks, then ``N = cfg.rollout_blocks`` blocks.
         text: ``(b, text_dim)`` their caption embeddings (``b >= 2``; not modified).
-        cfg: losses, rollout length, student steps, gradient clipping.
+        cfg: losses, rollout length, student steps, gradient clipping, mixed precision (the forward passes run
+            under :func:`arc_autocast`, the losses and backward passes in float32).
         gen: the run's RNG (timesteps, noise, exit steps), on the CPU.
         rollout_pass, score_pass: :class:`RolloutPass` of ``student`` and :class:`ScorePass` of ``disc``, or their
             ``DistributedDataParallel`` wrappers (None: built here, one process).
@@ -176,15 +189,19 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
     # generator step: the discriminator is frozen, gradients reach the student only through exit steps
     disc.requires_grad_(False)
     student.train()
-    blocks, exits = rollout_pass(ctx, text, has, cfg.rollout_blocks, cfg.student_steps, gen)
-    x_fake = add_noise(torch.cat([ctx, blocks], 1), eps, t)
-    loss_g = relativistic_g_loss(disc(x_real, t, text, has, C), disc(x_fake, t, text, has, C))
+    with arc_autocast(dev, cfg.bf16):
+        blocks, exits = rollout_pass(ctx, text, has, cfg.rollout_blocks, cfg.student_steps, gen)
+        x_fake = add_noise(torch.cat([ctx, blocks.float()], 1), eps, t)
+        scores = disc(x_real, t, text, has, C), disc(x_fake, t, text, has, C)
+    loss_g = relativistic_g_loss(*(s.float() for s in scores))
     optimizer_step(loss_g, opt_g, student.parameters(), cfg.grad_clip)
     # discriminator step: relativistic loss + contrastive loss with prompts rolled on a copy
     disc.requires_grad_(True)
     x_fake = x_fake.detach()
     rolled, rolled_has = roll_prompts(text, has)
-    d_real, d_fake, d_mismatched = score_pass(x_real, x_fake, t, text, has, rolled, rolled_has, C)
+    with arc_autocast(dev, cfg.bf16):
+        scores = score_pass(x_real, x_fake, t, text, has, rolled, rolled_has, C)
+    d_real, d_fake, d_mismatched = (s.float() for s in scores)
     loss_d = relativistic_d_loss(d_real, d_fake)
     loss_c = contrastive_loss(d_real, d_mismatched)
     optimizer_step(loss_d + cfg.contrastive_weight * loss_c, opt_d, disc.parameters(), cfg.grad_clip)
