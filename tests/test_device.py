@@ -145,3 +145,28 @@ def test_the_bench_lmm_streams_on_its_models_device():
         blocks.append(s.next_block())
     assert all(b.device.type == "cpu" and b.shape == (1, 4, 24) for b in blocks)
     assert s.tokens.device.type == "cpu" and s.tokens.shape == (1, 8 + 4, 3)
+
+
+@pytest.mark.parametrize("mode", ["block_causal", "enc_dec", "outpainting"])
+def test_the_training_batch_sample_draw_and_loss_follow_the_model(mode):
+    from lmdm.train.config import TrainConfig
+    from lmdm.train.dataset import LatentSet
+    from lmdm.train.objective import draw_batch, loss_on_rows
+
+    m = tiny_model().train().requires_grad_(True)
+    ch = m.cfg.latent_channels
+    cfg = TrainConfig(model=m.cfg, train_chunks=4, batch_size=4, t_uniform=0.2, bf16=False)
+    frames = torch.tensor([40, 30])
+    data = LatentSet(latents=torch.randn(70, ch).half(), features=torch.rand(70, 4).half(),
+                     frame_work=torch.repeat_interleave(torch.arange(2, dtype=torch.int32), frames),
+                     work_start=torch.tensor([0, 40]), work_frames=frames, captions=torch.randn(3, 384),
+                     caption_start=torch.tensor([0, 1]), caption_count=torch.tensor([1, 2]), work_ids=["a", "b"],
+                     splits=["train", "train"], texts=["x", "y", "z"])
+    g = torch.Generator("cpu").manual_seed(0)
+    with default_device_meta():
+        starts = data.valid_starts("train", cfg.crop_frames)
+        x0, feats, text = data.sample(starts, 4, cfg.crop_frames, g, rows=slice(2, 4))
+        draw = draw_batch(mode, 4, cfg.crop_frames, ch, cfg, g)
+        loss = loss_on_rows(m, draw.rows(slice(2, 4)), x0, feats, text, cfg)
+        loss.backward()
+    assert loss.device.type == "cpu" and torch.isfinite(loss) and m.out_proj.weight.grad is not None

@@ -112,7 +112,7 @@ def crop_starts(work_start: torch.Tensor, work_frames: torch.Tensor, splits: lis
     Raises:
         DataError: no work of the split is long enough.
     """
-    parts = [torch.arange(s, s + n - frames + 1) for s, n, sp in
+    parts = [torch.arange(s, s + n - frames + 1, device=work_start.device) for s, n, sp in
              zip(work_start.tolist(), work_frames.tolist(), splits) if sp == split and n >= frames]
     if not parts:
         raise DataError(f"no {split!r} work has {frames} {unit} or more; build more data "
