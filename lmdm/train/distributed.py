@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -250,7 +251,19 @@ def no_sync(module: torch.nn.Module, sync: bool):
     return contextlib.nullcontext()
 
 
-def teardown(d: Distributed, owned: bool) -> None:
-    """Leave the process group if this run created it (``owned``)."""
-    if owned and d.active and dist.is_initialized():
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def distributed_run(device: str | torch.device = "auto") -> Iterator[Distributed]:
+    """This process's :class:`Distributed` for the length of a run (``lmdm train``, ``lmdm arc``): joins the process
+    group ``torchrun`` set up (:func:`setup_distributed`) and leaves it at the end, also after an error; a group
+    initialised before (a test's, with ``torch.multiprocessing``) is used and left as it is.
+
+    Raises:
+        UsageError: as :func:`setup_distributed`.
+    """
+    owned = not (dist.is_available() and dist.is_initialized())
+    place = setup_distributed(device)
+    try:
+        yield place
+    finally:
+        if owned and place.active and dist.is_initialized():
+            dist.destroy_process_group()

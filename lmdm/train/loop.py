@@ -155,7 +155,8 @@ class LoopSettings:
         postfix: tqdm postfix ``(label, metric)`` from the newest value of each metric.
         desc, unit: tqdm labels.
         progress: show the tqdm bar (on rank 0).
-        dist: this process's place in a data-parallel run (:data:`lmdm.train.distributed.SINGLE`: one process).
+        distributed: this process's place in a data-parallel run (:data:`lmdm.train.distributed.SINGLE`: one
+            process).
     """
 
     run_dir: Path
@@ -171,7 +172,7 @@ class LoopSettings:
     desc: str = "training"
     unit: str = "step"
     progress: bool = True
-    dist: Distributed = SINGLE
+    distributed: Distributed = SINGLE
 
 
 @dataclass
@@ -261,7 +262,7 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
     from tqdm.auto import tqdm
 
     run = Path(settings.run_dir)
-    d = settings.dist
+    d = settings.distributed
     schedulers = {name: LambdaLR(task.optimizers[name], f) for name, f in task.lr_factor.items()}
     ema = AveragedModel(task.modules[task.ema_of], multi_avg_fn=ema_multi_avg_fn(task.ema_decay),
                         use_buffers=True)

@@ -20,7 +20,7 @@ from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.train.config import TrainConfig
 from lmdm.train.dataset import DataError, LatentSet, encode_latent_set, load_latent_set
-from lmdm.train.distributed import SINGLE, Distributed, batch_plan, no_sync, setup_distributed, teardown
+from lmdm.train.distributed import SINGLE, Distributed, batch_plan, distributed_run, no_sync
 from lmdm.train.loop import (
     LoopSettings,
     LoopState,
@@ -70,7 +70,7 @@ def ema_decay_at(n: int, cfg: TrainConfig) -> float:
 
 
 def validation_loss(model: DiT, data: LatentSet, starts: torch.Tensor, cfg: TrainConfig,
-                    mode: str = "block_causal", dist: Distributed = SINGLE) -> float:
+                    mode: str = "block_causal", distributed: Distributed = SINGLE) -> float:
     """Loss of ``model`` in layout ``mode`` on fixed validation crops, noise and timesteps (no dropout, text on,
     controls off): comparable across checkpoints and runs with the same ``cfg.seed``, whatever the number of
     processes (each computes its rows of every validation batch in micro-batches; the mean is reduced across
@@ -81,7 +81,7 @@ def validation_loss(model: DiT, data: LatentSet, starts: torch.Tensor, cfg: Trai
     """
     vcfg = dataclasses.replace(cfg, prompt_dropout=0.0, context_dropout=0.0, control_dropout=1.0)
     g = torch.Generator().manual_seed(cfg.seed + 1_000_003)
-    plan = batch_plan(cfg.batch_size, dist, cfg.micro_batch)
+    plan = batch_plan(cfg.batch_size, distributed, cfg.micro_batch)
     dev = next(model.parameters()).device
     losses = []
     model.eval()
@@ -91,7 +91,7 @@ def validation_loss(model: DiT, data: LatentSet, starts: torch.Tensor, cfg: Trai
             draw = draw_batch(mode, cfg.batch_size, cfg.crop_frames, x0.shape[-1], vcfg, g)
             for local, rows in plan.micro():
                 losses.append(loss_on_rows(model, draw.rows(rows), x0[local], feats[local], text[local], vcfg).item())
-    return dist.mean(float(sum(losses) / len(losses)))
+    return distributed.mean(float(sum(losses) / len(losses)))
 
 
 def run_codec(cfg: TrainConfig, run: Path, fresh: bool) -> MelCodec:
@@ -174,40 +174,37 @@ def train(cfg: TrainConfig | None = None, resume: bool = False, progress: bool =
         UsageError: the device is not available, or ``batch_size`` does not split over the processes and
             ``micro_batch``.
     """
-    import torch.distributed
-
-    owned = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    dist = setup_distributed(device)
-    try:
-        return _train(cfg, resume, progress, run_dir, overrides, dist)
-    finally:
-        teardown(dist, owned)
+    with distributed_run(device) as distributed:
+        return _train(cfg, resume, progress, run_dir, overrides, distributed)
 
 
-def _train(cfg, resume, progress, run_dir, overrides, dist: Distributed) -> TrainResult:
+def _train(cfg: TrainConfig | None, resume: bool, progress: bool, run_dir: str | Path | None,
+           overrides: dict | None, distributed: Distributed) -> TrainResult:
+    """:func:`train` in this process's place of the run (``distributed``, inside :func:`distributed_run`); the
+    arguments and errors are :func:`train`'s."""
     cfg, run, existing = settle_config(TrainConfig, cfg, resume=resume, run_dir=run_dir, overrides=overrides,
                                        changeable=CHANGEABLE, error=TrainError)
-    plan = batch_plan(cfg.batch_size, dist, cfg.micro_batch)  # refuse a batch that does not split, before any work
-    dist.barrier()  # every rank has read the run folder before rank 0 writes into it
+    plan = batch_plan(cfg.batch_size, distributed, cfg.micro_batch)  # refuse a batch that does not split, first
+    distributed.barrier()  # every rank has read the run folder before rank 0 writes into it
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with dist.main_first():  # rank 0 copies the autoencoder and writes the data cache; the others read them
-        codec = run_codec(cfg, run, fresh=existing is None and dist.is_main)
-        data = encode_latent_set(load_latent_set(cfg.data, cfg.codec, progress=progress and dist.is_main), codec)
+    with distributed.main_first():  # rank 0 copies the autoencoder and writes the data cache; the others read them
+        codec = run_codec(cfg, run, fresh=existing is None and distributed.is_main)
+        data = encode_latent_set(load_latent_set(cfg.data, cfg.codec, progress=progress and distributed.is_main), codec)
     train_starts = data.valid_starts("train", cfg.crop_frames)
     try:
         val_starts = data.valid_starts("val", cfg.crop_frames)
     except DataError:
         val_starts = train_starts  # tiny data sets (tests) may have no long-enough validation work
 
-    model = _initial_model(cfg).to(dist.device)
+    model = _initial_model(cfg).to(distributed.device)
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.dim() < 2 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
     gen = torch.Generator().manual_seed(cfg.seed)  # on the CPU, identical on every rank (lmdm.train.distributed)
-    ddp = dist.wrap(model)
+    ddp = distributed.wrap(model)
     forward = torch.compile(ddp) if cfg.compile else ddp
     modes = list(cfg.mode_mix)
     weights = torch.tensor([cfg.mode_mix[m] for m in modes], dtype=torch.float)
@@ -221,11 +218,11 @@ def _train(cfg, resume, progress, run_dir, overrides, dist: Distributed) -> Trai
         total = 0.0
         for i, (local, rows) in enumerate(plan.micro()):
             with no_sync(ddp, sync=i == plan.accum - 1):  # DDP all-reduces in the last micro-batch's backward
-                with autocast(dist.device, cfg.bf16):
+                with autocast(distributed.device, cfg.bf16):
                     loss = loss_on_rows(forward, draw.rows(rows), x0[local], feats[local], text[local], cfg)
                 (loss / plan.accum).backward()
             total += loss.item()
-        loss = dist.mean(total / plan.accum)  # the global batch's loss (equal rows per rank and micro-batch)
+        loss = distributed.mean(total / plan.accum)  # the global batch's loss (equal rows per rank and micro-batch)
         if not math.isfinite(loss):
             raise TrainError(f"loss became {loss} at step {state.step}; lower lr or disable bf16")
         lr = apply_gradients(opt, model.parameters(), cfg.grad_clip)
@@ -236,7 +233,7 @@ def _train(cfg, resume, progress, run_dir, overrides, dist: Distributed) -> Trai
         if state.step % cfg.val_every and state.step != cfg.steps:
             return None
         return {"train_loss": state.latest["train_loss"],
-                "val_loss": validation_loss(state.ema, data, val_starts, cfg, dist=dist)}
+                "val_loss": validation_loss(state.ema, data, val_starts, cfg, distributed=distributed)}
 
     def export_info(state: LoopState) -> dict:
         return {"step": state.step, "train_hours_cpu": round(state.elapsed_s / 3600, 3),
@@ -253,8 +250,8 @@ def _train(cfg, resume, progress, run_dir, overrides, dist: Distributed) -> Trai
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
                             columns=(("mode", ""), ("loss", ".5f"), ("lr", ".3e"), ("val_loss", ".5f")),
                             throughput="tokens", postfix=(("loss", "train_loss"), ("val", "val_loss")),
-                            desc="training", unit="step", progress=progress, dist=dist)
-    if dist.is_main:
+                            desc="training", unit="step", progress=progress, distributed=distributed)
+    if distributed.is_main:
         write_config(run, cfg)
     out = run_loop(settings, task, resume_from=existing)
     st = out.state

@@ -21,7 +21,7 @@ def _recording(run_loop):
         out = run_loop(settings, task, resume_from=resume_from)
         weights = {f"{name}.{k}": v.detach().cpu().clone() for name, module in task.modules.items()
                    for k, v in module.state_dict().items()}
-        save_file(weights, str(Path(settings.run_dir) / f"rank-{settings.dist.rank}.safetensors"))
+        save_file(weights, str(Path(settings.run_dir) / f"rank-{settings.distributed.rank}.safetensors"))
         return out
     return run
 

@@ -37,7 +37,7 @@ from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
 from lmdm.train.arc.rollout import rollout
 from lmdm.train.dataset import encode_latent_set, load_latent_set
-from lmdm.train.distributed import Distributed, batch_plan, setup_distributed, teardown
+from lmdm.train.distributed import Distributed, batch_plan, distributed_run
 from lmdm.train.loop import LoopSettings, LoopState, Task, optimizer_step, run_loop, settle_config, write_config
 from lmdm.train.objective import logit_normal
 
@@ -234,55 +234,52 @@ def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool
         ConfigError: an override names an unknown field.
         UsageError: the device is not available, or ``batch_size`` does not give each process 2 or more crops.
     """
-    import torch.distributed
-
-    owned = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    dist = setup_distributed(device)
-    try:
-        return _arc_train(cfg, resume, progress, run_dir, overrides, dist)
-    finally:
-        teardown(dist, owned)
+    with distributed_run(device) as distributed:
+        return _arc_train(cfg, resume, progress, run_dir, overrides, distributed)
 
 
-def _arc_train(cfg, resume, progress, run_dir, overrides, dist: Distributed) -> ARCResult:
+def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str | Path | None,
+               overrides: dict | None, distributed: Distributed) -> ARCResult:
+    """:func:`arc_train` in this process's place of the run (``distributed``, inside :func:`distributed_run`); the
+    arguments and errors are :func:`arc_train`'s."""
     cfg, run, existing = settle_config(ARCConfig, cfg, resume=resume, run_dir=run_dir, overrides=overrides,
                                        changeable=CHANGEABLE, error=ARCError)
-    plan = batch_plan(cfg.batch_size, dist)
+    plan = batch_plan(cfg.batch_size, distributed)
     if plan.per_rank < 2:
-        raise ARCError(f"batch_size {cfg.batch_size} gives each of the {dist.world_size} processes "
+        raise ARCError(f"batch_size {cfg.batch_size} gives each of the {distributed.world_size} processes "
                        f"{plan.per_rank} crop(s); the contrastive loss needs 2 or more per process")
-    dist.barrier()  # every rank has read the run folder before rank 0 writes into it
+    distributed.barrier()  # every rank has read the run folder before rank 0 writes into it
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    base = load_checkpoint(cfg.init_from, device=dist.device)
+    base = load_checkpoint(cfg.init_from, device=distributed.device)
     student = base.model
     student.requires_grad_(True)
     torch.manual_seed(cfg.seed)  # the discriminator head's initialisation is part of the run
     if not 1 <= cfg.disc_layers <= student.cfg.n_layers:
         raise ConfigError(f"disc_layers must be 1..{student.cfg.n_layers} (the layers of {cfg.init_from}), "
                           f"got {cfg.disc_layers}")
-    disc = Discriminator(student, cfg.disc_layers, cfg.disc_head_width).to(dist.device)
+    disc = Discriminator(student, cfg.disc_layers, cfg.disc_head_width).to(distributed.device)
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
-    with dist.main_first():  # rank 0 writes the data cache, the others read it
-        data = encode_latent_set(load_latent_set(cfg.data, base.codec.cfg, progress=progress and dist.is_main),
+    with distributed.main_first():  # rank 0 writes the data cache, the others read it
+        data = encode_latent_set(load_latent_set(cfg.data, base.codec.cfg, progress=progress and distributed.is_main),
                                  base.codec)
     crop = (student.cfg.window_chunks + cfg.rollout_blocks) * student.cfg.block_frames
     starts = data.valid_starts("train", crop)
     # clean_cond conditions only the cache writes, which run without gradient: unused in the rollout's graph
-    rollout_pass = dist.wrap(RolloutPass(student), find_unused_parameters=True)
-    score_pass = dist.wrap(ScorePass(disc), find_unused_parameters=True)
+    rollout_pass = distributed.wrap(RolloutPass(student), find_unused_parameters=True)
+    score_pass = distributed.wrap(ScorePass(disc), find_unused_parameters=True)
 
     def train_step(state: LoopState) -> dict:
         x0, _, text = data.sample(starts, cfg.batch_size, crop, gen, rows=plan.rows)
         rank_gen = gen
-        if dist.active:  # per-rank rollouts; the shared generator advances identically on every rank
+        if distributed.active:  # per-rank rollouts; the shared generator advances identically on every rank
             seed = int(torch.randint(2**62, (), generator=gen))
-            rank_gen = torch.Generator().manual_seed(seed + dist.rank)
+            rank_gen = torch.Generator().manual_seed(seed + distributed.rank)
         out = arc_iteration(student, disc, opt_g, opt_d, x0, text, cfg, rank_gen, rollout_pass, score_pass)
         for k in ("loss_g", "loss_d", "loss_c", "d_real", "d_fake"):
-            out[k] = dist.mean(out[k])
+            out[k] = distributed.mean(out[k])
         return out
 
     def export_info(state: LoopState) -> dict:
@@ -298,8 +295,8 @@ def _arc_train(cfg, resume, progress, run_dir, overrides, dist: Distributed) -> 
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
                             columns=tuple((k, ".5f") for k in ("loss_g", "loss_d", "loss_c", "d_real", "d_fake")),
                             postfix=(("g", "loss_g"), ("d", "loss_d"), ("c", "loss_c")),
-                            desc="ARC-Forcing", unit="it", progress=progress, dist=dist)
-    if dist.is_main:
+                            desc="ARC-Forcing", unit="it", progress=progress, distributed=distributed)
+    if distributed.is_main:
         write_config(run, cfg)
     out = run_loop(settings, task, resume_from=existing)
     return ARCResult(step=out.state.step, hours=out.hours, final_dir=out.final_dir, disc_params=disc.num_params(),
