@@ -74,9 +74,10 @@ def _context_chunks(cfg: TrainConfig, generator: torch.Generator) -> int:
     return W
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchDraw:
-    """Every random choice of one training batch of ``b`` crops of ``L = N*B`` frames (:func:`draw_batch`).
+    """Every random choice of one training batch of ``b`` crops of ``L = N*B`` frames (:func:`draw_batch`);
+    immutable, so rows taken by :meth:`rows` never change the draw other micro-batches and ranks read.
 
     Attributes:
         mode: the layout ("block_causal", "enc_dec" or "outpainting").
