@@ -4,9 +4,10 @@
 ``config.json`` holds ``{"format": "lmdm-checkpoint", "version": 2, "model": DiTConfig, "codec": CodecConfig,
 "autoencoder": AutoencoderConfig or null, "text_encoder": ..., "info": {...}}``. A checkpoint carries its whole
 codec, so a model can never be decoded with a latent it was not trained on. Version 1 checkpoints (the raw-mel
-latent of lmdm before the learned latent) are refused with a message, not decoded. Writing is atomic (a temporary folder renamed into place), so an
-interrupted save never leaves a half-written checkpoint under the final name. Loading checks the format, the
-config keys (unknown keys are an error listing the valid ones) and that the weights match the model exactly.
+latent of lmdm before the learned latent) are refused with a message, not decoded. Writing is atomic (a temporary
+folder renamed into place), so an interrupted save never leaves a half-written checkpoint under the final name.
+Loading checks the format, the config keys (unknown keys are an error listing the valid ones) and that the
+weights match the model exactly.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ class CheckpointError(LmdmError, RuntimeError):
 @dataclass
 class Checkpoint:
     """A loaded inference checkpoint: the model (eval mode, float32, on the device it was loaded onto), its codec
-    (always on the CPU: decoding runs there) (mel settings and, for a learned
-    latent, the frozen autoencoder; ``codec.cfg`` is the :class:`CodecConfig`) and free-form info."""
+    and free-form info. The codec holds the mel settings (``codec.cfg``, the :class:`CodecConfig`) and, for a
+    learned latent, the frozen autoencoder; it always stays on the CPU, where decoding runs."""
 
     model: DiT
     codec: MelCodec
@@ -133,11 +134,12 @@ def load_checkpoint(path: str | Path | None = None, device: str | torch.device |
         CheckpointError: missing or corrupt files, an invalid config, or weights that do not fit the model.
         UsageError: ``device`` is unknown or not available here.
     """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     from lmdm.device import default_device, resolve_device
 
     device = default_device() if device is None else resolve_device(device)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     path = Path(path) if path is not None else default_checkpoint()
     meta = read_config(path)

@@ -29,7 +29,8 @@ class Generation:
 
     Attributes:
         audio: ``(samples,)`` float32 mono at ``sample_rate``, exactly the requested length.
-        latents: ``(frames, channels)`` the generated latent frames (on the CPU) (a spectrogram: ``codec.latent_to_mel``).
+        latents: ``(frames, channels)`` the generated latent frames, on the CPU (``codec.latent_to_mel`` makes
+            them a spectrogram).
         sample_rate: Hz.
         stats: model timings (bootstrap, fused first step, subsequent steps, per block).
         model_s: seconds spent in the model; decode_s: seconds spent decoding audio.

@@ -12,9 +12,10 @@ Layout under ``RUN/ckpt/``::
     latest                          the name of the newest complete checkpoint
 
 Nothing is pickled. Tensors are written from the CPU whatever device trained them; loading puts the weights and
-optimiser moments back on the modules' devices (``load_state_dict`` copies into the parameters). A checkpoint folder is written with :func:`lmdm.atomic.atomic_folder` (a temporary folder
-renamed into place when complete) and ``latest`` with :func:`lmdm.atomic.write_text`, so a run killed at any
-moment (or an exception while saving) leaves the previous checkpoint complete and loadable.
+optimiser moments back on the modules' devices (``load_state_dict`` copies into the parameters). A checkpoint
+folder is written with :func:`lmdm.atomic.atomic_folder` (a temporary folder renamed into place when complete)
+and ``latest`` with :func:`lmdm.atomic.write_text`, so a run killed at any moment (or an exception while saving)
+leaves the previous checkpoint complete and loadable.
 """
 from __future__ import annotations
 
