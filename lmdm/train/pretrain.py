@@ -226,8 +226,11 @@ def _train(cfg: TrainConfig | None, resume: bool, progress: bool, run_dir: str |
         if not math.isfinite(loss):
             raise TrainError(f"loss became {loss} at step {state.step}; lower lr or disable bf16")
         lr = apply_gradients(opt, model.parameters(), cfg.grad_clip)
+        # tokens the model processed (the log's tokens_per_s, over all ranks): [clean | noisy] crops for
+        # block_causal, [context | target] windows otherwise (not the whole crop they were cut from)
+        per_crop = 2 * cfg.crop_frames if mode == "block_causal" else (draw.context_chunks + 1) * cfg.model.block_frames
         return {"mode": mode, "loss": loss, "lr": lr, "train_loss": smoothed_loss(state, loss),
-                "tokens": cfg.batch_size * x0.shape[1] * (2 if mode == "block_causal" else 1)}
+                "tokens": cfg.batch_size * per_crop}
 
     def validate(state: LoopState) -> dict | None:
         if state.step % cfg.val_every and state.step != cfg.steps:
