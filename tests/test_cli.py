@@ -288,5 +288,5 @@ def test_every_command_module_is_registered():
     modules = {p.stem for p in CLI.glob("*.py")} - {"__init__", "options"}
     assert modules == {m.__name__.rsplit(".", 1)[1] for m in lmdm.cli.COMMANDS}
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"data", "train", "generate", "bench", "sketch", "sketch-eval", "jam", "arc",
-                                "metrics", "drift", "eval"}
+    assert set(sub.choices) == {"data", "autoencoder", "train", "generate", "bench", "sketch", "sketch-eval", "jam",
+                                "arc", "metrics", "drift", "eval"}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmdm.audio.codec import CodecConfig
+from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.audio.io import load_audio
 from lmdm.config import ConfigError
 from lmdm.errors import UsageError
@@ -44,7 +44,7 @@ def recording_audio(real_data):
 
     df = pd.read_csv(real_data / "manifest.csv")
     row = df[df.collection == "bach"].iloc[0]
-    codec = CodecConfig()
+    codec = MelCodec(CodecConfig())  # what a checkpoint carries
     return load_audio(real_data / row.audio, codec.sample_rate), codec
 
 
@@ -52,7 +52,7 @@ def recording_audio(real_data):
 def baseline(recording_audio, val_data):
     from lmdm.metrics.report import load_baseline
 
-    return load_baseline(recording_audio[1], str(val_data), window_s=10.0)
+    return load_baseline(recording_audio[1].cfg, str(val_data), window_s=10.0)
 
 
 def test_measure_drift_measures_each_window_of_decoded_audio_with_the_eval_lenses(recording_audio, baseline,
