@@ -4,9 +4,10 @@
 ``config.json`` holds ``{"format": "lmdm-checkpoint", "version": 2, "model": DiTConfig, "codec": CodecConfig,
 "autoencoder": AutoencoderConfig or null, "text_encoder": ..., "info": {...}}``. A checkpoint carries its whole
 codec, so a model can never be decoded with a latent it was not trained on. Version 1 checkpoints (the raw-mel
-latent of lmdm before the learned latent) are refused with a message, not decoded. Writing is atomic (a temporary folder renamed into place), so an
-interrupted save never leaves a half-written checkpoint under the final name. Loading checks the format, the
-config keys (unknown keys are an error listing the valid ones) and that the weights match the model exactly.
+latent of lmdm before the learned latent) are refused with a message, not decoded. Writing is atomic (a temporary
+folder renamed into place), so an interrupted save never leaves a half-written checkpoint under the final name.
+Loading checks the format, the config keys (unknown keys are an error listing the valid ones) and that the
+weights match the model exactly.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ class CheckpointError(LmdmError, RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """A loaded inference checkpoint: the model (eval mode, float32), its codec (mel settings and, for a learned
-    latent, the frozen autoencoder; ``codec.cfg`` is the :class:`CodecConfig`) and free-form info."""
+    """A loaded inference checkpoint: the model (eval mode, float32, on the device it was loaded onto), its codec
+    and free-form info. The codec holds the mel settings (``codec.cfg``, the :class:`CodecConfig`) and, for a
+    learned latent, the frozen autoencoder; it always stays on the CPU, where decoding runs."""
 
     model: DiT
     codec: MelCodec
@@ -120,14 +122,24 @@ def read_config(path: str | Path) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
+def load_checkpoint(path: str | Path | None = None, device: str | torch.device | None = None) -> Checkpoint:
     """Load an inference checkpoint folder (default: :func:`default_checkpoint`).
+
+    Args:
+        path: the checkpoint folder.
+        device: where the model goes ("auto", "cpu", "cuda", "mps" or a ``torch.device``); None:
+            :func:`lmdm.device.default_device` (the CPU unless ``--device`` set it).
 
     Raises:
         CheckpointError: missing or corrupt files, an invalid config, or weights that do not fit the model.
+        UsageError: ``device`` is unknown or not available here.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from lmdm.device import default_device, resolve_device
+
+    device = default_device() if device is None else resolve_device(device)
 
     path = Path(path) if path is not None else default_checkpoint()
     meta = read_config(path)
@@ -150,7 +162,7 @@ def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{weights} does not match the model in config.json: {str(e)[:400]}") from e
-    model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False).to(device)
     autoencoder = None
     if ae_cfg is not None:
         ae_file = path / "autoencoder.safetensors"

@@ -8,6 +8,8 @@
   ``x0_hat``, draw fresh noise and re-noise to the next timestep: ``x <- (1 - t_next) x0_hat + t_next eps``.
   Schedule: logSNR evenly spaced from -6 to 2, ``t = sigmoid(-logSNR)``, with ``t[0] = 1`` and ``t[-1] = 0``.
 * Classifier-free guidance (Ho & Salimans 2022): ``v = v_uncond + s (v_cond - v_uncond)``.
+* Devices: noise is drawn from ``generator`` on its own device (the CPU for ``torch.Generator()``) and then moved
+  to the sample's device, so a seed gives the same numbers on the CPU and on a GPU.
 * Exit step (Self-Forcing, Huang et al. 2025, section 3.2; ARC-Forcing): :func:`sample` can stop at step ``k``
   and return that step's x0 prediction, the only step computed with gradient. Streamers and ARC rollouts share
   this one sampler loop.
@@ -46,7 +48,7 @@ def euler_schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
     """``(steps + 1,)`` timesteps from 1 to 0, uniform, optionally shifted towards noise
     (``t' = shift t / (1 + (shift - 1) t)``, SD3's resolution shift)."""
     _check_steps(steps)
-    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device="cpu")  # host-side numbers
     t = shift * t / (1 + (shift - 1) * t)
     return t.float()
 
@@ -54,7 +56,7 @@ def euler_schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
 def pingpong_schedule(steps: int, logsnr_min: float = -6.0, logsnr_max: float = 2.0) -> torch.Tensor:
     """``(steps + 1,)`` timesteps: ``t = sigmoid(-logSNR)``, logSNR evenly spaced, ends pinned to 1 and 0."""
     _check_steps(steps)
-    logsnr = torch.linspace(logsnr_min, logsnr_max, steps + 1, dtype=torch.float64)
+    logsnr = torch.linspace(logsnr_min, logsnr_max, steps + 1, dtype=torch.float64, device="cpu")
     t = torch.sigmoid(-logsnr)
     t[0], t[-1] = 1.0, 0.0
     return t.float()
@@ -81,6 +83,13 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> tor
 def pingpong_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, eps: torch.Tensor) -> torch.Tensor:
     """One ping-pong step: ``(1 - t_next) (x - t v) + t_next eps``."""
     return (1 - t_next) * (x - t * v) + t_next * eps
+
+
+def noise_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise with the shape, dtype and device of ``x``, drawn from ``generator`` on the generator's
+    device (None: torch's global RNG on ``x``'s device) and moved to ``x``'s device."""
+    device = x.device if generator is None else generator.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
 def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -118,16 +127,16 @@ def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: 
         t, t_next = float(ts[i]), float(ts[i + 1])
         if exit_step is not None and i == exit_step - 1:
             with torch.enable_grad():
-                x = x0_from_velocity(x, velocity(x, t, i), torch.tensor(t))
+                x = x0_from_velocity(x, velocity(x, t, i), torch.tensor(t, device="cpu"))
         else:
             with torch.no_grad() if exit_step is not None else contextlib.nullcontext():
                 v = velocity(x, t, i)
                 if sampler == "euler":
                     x = euler_step(x, v, t, t_next)
                 elif t_next > 0:
-                    x = pingpong_step(x, v, t, t_next, torch.randn(x.shape, generator=generator, dtype=x.dtype))
+                    x = pingpong_step(x, v, t, t_next, noise_like(x, generator))
                 else:
-                    x = x0_from_velocity(x, v, torch.tensor(t))
+                    x = x0_from_velocity(x, v, torch.tensor(t, device="cpu"))
         if on_step is not None:
             on_step(i)
     return x

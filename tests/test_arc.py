@@ -155,6 +155,24 @@ def test_one_tiny_arc_step_changes_generator_and_discriminator():
     assert all(not torch.equal(prompts[4][i], original[i]) for i in range(2))
 
 
+@pytest.mark.parametrize("bf16", [None, True])
+def test_arc_autocasts_off_the_cpu_by_default_and_on_it_when_asked(bf16):
+    """ARC on the CPU stays float32 by default (its numbers before it had a device); bf16=True autocasts the
+    rollout and the discriminator there too, with losses in float32."""
+    student = tiny_student()
+    disc = Discriminator(student, n_layers=1, head_width=16)
+    seen = []
+    forward = disc.forward
+    disc.forward = lambda *a: seen.append(torch.is_autocast_enabled("cpu")) or forward(*a)
+    cfg = ARCConfig(batch_size=2, rollout_blocks=2, student_steps=3, bf16=bf16)
+    out = arc_iteration(student, disc, torch.optim.AdamW(student.parameters(), lr=1e-3),
+                        torch.optim.AdamW(disc.parameters(), lr=1e-3), torch.randn(2, 16, 512),
+                        torch.randn(2, 384), cfg, torch.Generator().manual_seed(0))
+    assert seen == [bool(bf16)] * 5
+    assert all(math.isfinite(out[k]) for k in ("loss_g", "loss_d", "loss_c"))
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in disc.head.parameters())
+
+
 def test_arc_run_checkpoints_and_resumes_exactly(real_data, tmp_path):
     base = tmp_path / "base"
     save_checkpoint(base, tiny_student(), MelCodec(CodecConfig()), dtype=torch.float32)

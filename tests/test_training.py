@@ -105,6 +105,23 @@ def test_loop_resumes_after_an_interrupt_exactly_as_the_uninterrupted_run(tmp_pa
     assert out_b.state.latest == out_a.state.latest
 
 
+def test_a_resume_on_another_device_type_warns_that_the_numerics_change(tmp_path):
+    import warnings
+
+    toy_run(tmp_path / "run", [])
+    state_file = latest_checkpoint(tmp_path / "run") / "state.json"
+    saved = json.loads(state_file.read_text())
+    assert saved["device"] == "cpu"  # the device type is part of the training state
+    state_file.write_text(json.dumps(saved | {"device": "cuda"}))
+    with pytest.warns(UserWarning, match="was trained on cuda and resumes on cpu: the numerics differ"):
+        toy_run(tmp_path / "run", [], resume=True)
+    del saved["device"]  # a checkpoint written before the device was saved: CPU-only code, no warning on the CPU
+    state_file.write_text(json.dumps(saved))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        toy_run(tmp_path / "run", [], resume=True)
+
+
 def test_an_interrupted_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
     lin = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(lin.parameters())

@@ -16,6 +16,10 @@ music, and every number it produces is labelled that way. Design choices, docume
   where the compute is, instead of in embedding tables that cost nothing to run);
 * the prompt enters as one extra encoder token; the decoder's self-attention spans the current block, the
   context arrives through cross-attention.
+
+The LMM runs on the device of its weights (``.to(device)``, like the DiT), and so do the quantiser's codebooks in
+an :class:`LMMStreamer`; its sampling generator lives there too (the tokens are noise-like anyway, and a CPU
+generator would cost a device round trip per token), so another device draws other tokens from the same seed.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmdm.device import module_device
 from lmdm.model.rope import apply_rope, rope_angles
 
 
@@ -74,6 +79,10 @@ class ResidualQuantizer:
 
     def __init__(self, codebooks: torch.Tensor):
         self.codebooks = codebooks
+
+    def to(self, device: torch.device | str) -> "ResidualQuantizer":
+        """The same quantiser with its codebooks on ``device``."""
+        return ResidualQuantizer(self.codebooks.to(device))
 
     @classmethod
     def sampled(cls, depth: int, size: int, channels: int, data: torch.Tensor | None = None,
@@ -165,10 +174,10 @@ class LMM(nn.Module):
     def encode(self, context: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Encoder pass: ``context`` tokens ``(b, C, context_depth)`` and prompt ``(b, text_dim)`` ->
         ``(b, C + 1, d)``."""
-        levels = torch.arange(context.shape[-1])
+        levels = torch.arange(context.shape[-1], device=context.device)
         x = (self.token(context) + self.level(levels)).sum(2)  # one vector per frame
         x = torch.cat([self.text(text)[:, None], x], 1)
-        rope = rope_angles(torch.arange(x.shape[1]), self.cfg.head_dim)
+        rope = rope_angles(torch.arange(x.shape[1], device=x.device), self.cfg.head_dim)
         for blk in self.encoder:
             h = blk.n1(x)
             k, v = blk.attn.keys_values(h, rope)
@@ -184,22 +193,22 @@ class LMM(nn.Module):
         Args:
             context: ``(b, C, context_depth)`` context tokens.
             text: ``(b, text_dim)`` prompt embedding.
-            generator: RNG for sampling.
+            generator: RNG for sampling, on the model's device.
 
         Returns:
             ``(b, B, depth)`` tokens.
         """
         cfg = self.cfg
-        b = context.shape[0]
+        b, dev = context.shape[0], context.device
         n = cfg.block_frames * cfg.depth
         enc = self.encode(context, text)
         cross = [blk.cross.keys_values(enc) for blk in self.decoder]
         shape = (b, cfg.n_heads, n, cfg.head_dim)
-        ks = [torch.zeros(shape) for _ in self.decoder]
-        vs = [torch.zeros(shape) for _ in self.decoder]
-        cos, sin = rope_angles(torch.arange(n), cfg.head_dim)
-        out = torch.zeros(b, n, dtype=torch.long)
-        x = self.level(torch.full((b, 1), cfg.depth))  # begin-of-block input
+        ks = [torch.zeros(shape, dtype=enc.dtype, device=dev) for _ in self.decoder]
+        vs = [torch.zeros(shape, dtype=enc.dtype, device=dev) for _ in self.decoder]
+        cos, sin = rope_angles(torch.arange(n, device=dev), cfg.head_dim)
+        out = torch.zeros(b, n, dtype=torch.long, device=dev)
+        x = self.level(torch.full((b, 1), cfg.depth, device=dev))  # begin-of-block input
         for i in range(n):
             rope = (cos[i : i + 1], sin[i : i + 1])
             for layer, blk in enumerate(self.decoder):
@@ -212,7 +221,7 @@ class LMM(nn.Module):
             logits = self.head(self.norm(x))[:, 0] / temperature
             tok = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
             out[:, i] = tok
-            x = self.token(tok)[:, None] + self.level(torch.full((b, 1), (i + 1) % cfg.depth))
+            x = self.token(tok)[:, None] + self.level(torch.full((b, 1), (i + 1) % cfg.depth, device=dev))
         return out.view(b, cfg.block_frames, cfg.depth)
 
 
@@ -244,30 +253,34 @@ class LMMStreamer:
     needs re-quantising; latents are only decoded for listening.
 
     Args:
-        model: the (untrained) LMM.
-        rvq: quantiser over the DiT's latent space (``depth`` levels).
-        seed: sampling seed.
+        model: the (untrained) LMM, on the device it streams on.
+        rvq: quantiser over the DiT's latent space (``depth`` levels); its codebooks are moved to the model's device.
+        seed: sampling seed (of a generator on the model's device).
+
+    Attributes:
+        text: the prompt ``(1, text_dim)`` (set it on any device; it is moved to the model's).
     """
 
     def __init__(self, model: LMM, rvq: ResidualQuantizer, seed: int = 0):
-        self.model, self.rvq = model, rvq
+        self.device = module_device(model)
+        self.model, self.rvq = model, rvq.to(self.device)
         self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
-        self.text = torch.zeros(1, model.cfg.text_dim)
-        self.tokens = torch.zeros(1, 0, model.cfg.depth, dtype=torch.long)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.text = torch.zeros(1, model.cfg.text_dim, device=self.device)
+        self.tokens = torch.zeros(1, 0, model.cfg.depth, dtype=torch.long, device=self.device)
 
     def reset(self, context: torch.Tensor | None = None) -> None:
         """Start a stream, optionally from context latents ``(1, frames, channels)`` (quantised once)."""
         self.generator.manual_seed(self.seed)
         depth = self.model.cfg.depth
-        self.tokens = (torch.zeros(1, 0, depth, dtype=torch.long) if context is None
-                       else self.rvq.encode(context, depth))
+        self.tokens = (torch.zeros(1, 0, depth, dtype=torch.long, device=self.device) if context is None
+                       else self.rvq.encode(context.to(self.device), depth))
 
     @torch.no_grad()
     def next_block(self) -> torch.Tensor:
         """The next block of latent frames ``(1, B, channels)`` (noise-like: the weights are untrained)."""
         cfg = self.model.cfg
         ctx = self.tokens[:, max(0, self.tokens.shape[1] - cfg.context_frames) :, : cfg.context_depth]
-        block = self.model.generate_block(ctx, self.text, self.generator)
+        block = self.model.generate_block(ctx, self.text.to(self.device), self.generator)
         self.tokens = torch.cat([self.tokens, block], 1)
         return self.rvq.decode(block)

@@ -25,6 +25,7 @@ from lmdm.bench.cost import count_flops, dit_block_flops, lmm_block_flops, per_a
 from lmdm.bench.lmm import LMM, LMMStreamer, ResidualQuantizer, matched_config
 from lmdm.checkpoint import Checkpoint, load_checkpoint
 from lmdm.config import ConfigError
+from lmdm.device import module_device, synchronize
 from lmdm.model.dit import DiT
 from lmdm.streaming.streamer import SamplerConfig, make_streamer
 
@@ -83,16 +84,18 @@ class BenchConfig:
 
 
 def with_window(model: DiT, window_chunks: int) -> DiT:
-    """The same weights with another sliding window ``W`` (cost depends on shapes, not on training)."""
+    """The same weights with another sliding window ``W`` (cost depends on shapes, not on training), on the same
+    device."""
     if window_chunks == model.cfg.window_chunks:
         return model
     m = DiT(dataclasses.replace(model.cfg, window_chunks=window_chunks))
     m.load_state_dict(model.state_dict())
-    return m.eval().requires_grad_(False)
+    return m.eval().requires_grad_(False).to(module_device(model))
 
 
 def build_streamers(ckpt: Checkpoint, cfg: BenchConfig, window_chunks: int | None = None, steps: int | None = None):
-    """``{name: streamer}`` for the four streamers, prompt set, windows not yet filled."""
+    """``{name: streamer}`` for the four streamers, prompt set, windows not yet filled; all on the device of
+    ``ckpt.model`` (the LMM too)."""
     model = with_window(ckpt.model, window_chunks or ckpt.model.cfg.window_chunks)
     mc = model.cfg
     sampler = SamplerConfig(steps=steps or cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed)
@@ -105,7 +108,7 @@ def build_streamers(ckpt: Checkpoint, cfg: BenchConfig, window_chunks: int | Non
     lcfg = matched_config(model.num_params(), depth=cfg.lmm_depth, block_frames=mc.block_frames,
                           context_frames=mc.context_frames, latent_channels=mc.latent_channels, text_dim=mc.text_dim)
     torch.manual_seed(cfg.seed)
-    lmm = LMM(lcfg).eval().requires_grad_(False)
+    lmm = LMM(lcfg).eval().requires_grad_(False).to(module_device(ckpt.model))
     rvq = ResidualQuantizer.sampled(lcfg.depth, lcfg.codebook_size, lcfg.latent_channels, seed=cfg.seed)
     ls = LMMStreamer(lmm, rvq, seed=cfg.seed)
     ls.text = text
@@ -140,6 +143,7 @@ def time_interleaved(streamers: dict, rounds: int, blocks_per_round: int) -> dic
             for _ in range(k):
                 t = time.perf_counter()
                 streamers[n].next_block()
+                synchronize(streamers[n].device)  # a GPU's block is done when its queued kernels are
                 times[n].append(time.perf_counter() - t)
     return times
 

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from lmdm.cli.options import add_device_option, use_device
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``bench``."""
@@ -13,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     be.add_argument("--json", help="also write all numbers to this JSON file")
     be.add_argument("--out-dir", default="runs/bench", help="folder for the sweep figures (default runs/bench)")
     be.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
+    add_device_option(be)
     be.set_defaults(func=run)
 
 
@@ -26,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from lmdm.audio.io import check_writable
     from lmdm.bench.run import BenchConfig, format_report, run_bench
 
+    use_device(args)  # the checkpoint loads onto it (the memory column is measured on the CPU, in a subprocess)
     cfg = BenchConfig.quick(checkpoint=args.checkpoint) if args.quick else BenchConfig(checkpoint=args.checkpoint)
     if args.json:
         check_writable(args.json)

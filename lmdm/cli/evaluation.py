@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from lmdm.cli.options import add_sampler_options, sampler_config
+from lmdm.cli.options import add_device_option, add_sampler_options, sampler_config, use_device
 from lmdm.errors import UsageError
 
 
@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--plots", default=None, metavar="DIR", help="write per-lens bar plots with CIs here")
     e.add_argument("--transcriber", default=None, help="transcriber folder (default: the bundled one)")
     add_sampler_options(e, steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)
+    add_device_option(e)
     e.set_defaults(func=run)
 
 
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in (("seconds", args.seconds), ("seeds", args.seeds), ("window_s", args.window))
                if v is not None}
     sampler = sampler_config(args)
+    use_device(args)  # the checkpoints' models run there; the codec, embedder and transcriber stay on the CPU
     cfg = (EvalConfig.quick if args.quick else EvalConfig)(data=args.data, sampler=sampler, **changes)
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such folder; build one with `lmdm data build --out {args.data}`")

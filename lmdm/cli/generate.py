@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from lmdm.cli.options import add_sampler_options, sampler_config
+from lmdm.cli.options import add_device_option, add_sampler_options, sampler_config, use_device
 from lmdm.errors import UsageError
 
 
@@ -18,6 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mask", default="block_causal", choices=["block_causal", "enc_dec", "outpainting"],
                    help="streamer: block_causal (LMDM, persistent KV cache), enc_dec, outpainting (baseline)")
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
+    add_device_option(g)
     g.set_defaults(func=run)
 
 
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     seconds = check_seconds(args.seconds)
     sampler = sampler_config(args)
+    use_device(args)
     out = check_writable(args.out)
     if out.suffix.lower() not in (".wav", ".flac", ".ogg"):
         raise UsageError(f"--out must end in .wav, .flac or .ogg, got {out.name}")

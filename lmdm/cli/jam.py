@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmdm.cli.options import add_sampler_options, sampler_config
+from lmdm.cli.options import add_device_option, add_sampler_options, sampler_config, use_device
 from lmdm.errors import UsageError
 
 
@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--margin", type=float, default=0.1, help="compute margin in seconds (latency = block + margin)")
     j.add_argument("--tracker", default="yin", choices=["yin", "pyin"])
     j.add_argument("--checkpoint", default=None)
+    add_device_option(j)
     j.set_defaults(func=run)
 
 
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from lmdm.live.engine import EngineConfig
     from lmdm.live.jam import jam
 
+    use_device(args)
     out = check_writable(args.out)
     mix = check_writable(args.mix) if args.mix else None
     cfg = EngineConfig(mode="jam", prompt=args.prompt, sampler=sampler_config(args), margin_s=args.margin,

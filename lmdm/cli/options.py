@@ -1,5 +1,6 @@
 """The sampler options (``--steps``, ``--sampler``, ``--cfg``, ``--seed``), declared once for every command that
-denoises, from :class:`lmdm.streaming.streamer.SamplerConfig`.
+denoises, from :class:`lmdm.streaming.streamer.SamplerConfig`; and ``--device``, declared once for every command
+that runs a model (``train``, ``arc``, ``generate``, ``bench``, ``eval``, ``jam``, ...).
 
 Each option is a field of ``SamplerConfig``: its type and default come from the dataclass, a command may give its
 own defaults (``jam`` uses 4 steps and no guidance), and the values are checked only by
@@ -12,6 +13,7 @@ import dataclasses
 import typing
 from typing import Any
 
+from lmdm.device import DEVICES
 from lmdm.diffusion import SAMPLERS
 from lmdm.streaming.streamer import SamplerConfig
 
@@ -60,3 +62,27 @@ def sampler_config(args: argparse.Namespace) -> SamplerConfig:
         ConfigError: a value is out of range (``SamplerConfig.__post_init__`` says which and what is accepted).
     """
     return SamplerConfig(**{name: getattr(args, name) for name in FLAGS})
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") -> argparse.ArgumentParser:
+    """Add ``--device {auto,cpu,cuda,mps}`` (``auto``: CUDA, else MPS, else the CPU; ``cuda:N`` is accepted too).
+    The name is checked by :func:`use_device`, not by argparse, so an unavailable device gets lmdm's one-line
+    error."""
+    parser.add_argument("--device", default=default, metavar="{" + ",".join(DEVICES) + "}",
+                        help="where the model runs: auto (CUDA, else MPS, else CPU), cpu, cuda[:N] or mps "
+                             "(default %(default)s)")
+    return parser
+
+
+def use_device(args: argparse.Namespace):
+    """Resolve ``--device`` and make it the device checkpoints load onto (``lmdm.device.set_default_device``).
+
+    Returns:
+        the ``torch.device``.
+
+    Raises:
+        UsageError: an unknown device or one this machine does not have.
+    """
+    from lmdm.device import set_default_device
+
+    return set_default_device(args.device)

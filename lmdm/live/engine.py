@@ -361,7 +361,7 @@ class LiveEngine:
             ctrl = self._block_controls(n)
             block = self.streamer.next_block(ctrl, on_step=check_stop)
             with self._lock:
-                audio = self.decoder.push(block[0])
+                audio = self.decoder.push(block[0].cpu())  # the codec decodes on the CPU
         except _Stopped:
             raise
         except Exception as e:

@@ -56,7 +56,8 @@ class BlockCausalKVCache:
         model: the DiT (its config gives ``B = block_frames`` and ``W = window_chunks``).
         batch: number of parallel streams ``b``.
 
-    Keys and values are stored in the model's dtype.
+    Keys and values are stored in the model's dtype, on the model's device (every tensor the cache creates is
+    on that device).
 
     Attributes (read them; the verbs change them):
         next_chunk: absolute index of the chunk the next :meth:`step` generates.
@@ -70,12 +71,13 @@ class BlockCausalKVCache:
 
     def __init__(self, model: DiT, batch: int = 1):
         cfg = model.cfg
-        dtype = next(model.parameters()).dtype
+        param = next(model.parameters())
+        dtype, self.device = param.dtype, param.device
         self.model = model
         self.B, self.W = cfg.block_frames, cfg.window_chunks
         shape = (batch, cfg.n_heads, self.W * self.B, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)]
         self.batch = batch
         self.n_valid = 0
         self.next_chunk = 0
@@ -180,8 +182,9 @@ class BlockCausalKVCache:
         if rows not in self._buffers:
             shape = (rows, *self.k[0].shape[1:2], self.W * self.B + self.B, self.k[0].shape[-1])
             n = len(self.k)
-            self._buffers[rows] = ([torch.zeros(shape, dtype=self.k[0].dtype) for _ in range(n)],
-                                   [torch.zeros(shape, dtype=self.k[0].dtype) for _ in range(n)], [-1] * n)
+            like = dict(dtype=self.k[0].dtype, device=self.device)
+            self._buffers[rows] = ([torch.zeros(shape, **like) for _ in range(n)],
+                                   [torch.zeros(shape, **like) for _ in range(n)], [-1] * n)
         kb, vb, version = self._buffers[rows]
         if version[layer] != self._layer_version[layer]:
             WB = self.W * self.B
@@ -193,18 +196,20 @@ class BlockCausalKVCache:
     def _mask(self) -> torch.Tensor:
         """``(B, W*B + B)`` bool mask of a chunk's queries over ``[cache slots | own chunk]``: the valid slots
         (right-aligned, newest last) and the chunk itself."""
-        slots = torch.arange(self.W * self.B) // self.B
-        return torch.cat([slots >= self.W - self.n_valid, torch.ones(self.B, dtype=torch.bool)])[None].expand(self.B, -1)
+        slots = torch.arange(self.W * self.B, device=self.device) // self.B
+        own = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        return torch.cat([slots >= self.W - self.n_valid, own])[None].expand(self.B, -1)
 
     def _write(self, clean: torch.Tensor, chunk: int) -> None:
         """Run clean chunk ``chunk`` ``(b, B, ch)`` through every layer (attending to the cache and itself), write
         its keys/values and evict the oldest chunk (fixed shape: a shift by one chunk)."""
         if self.W == 0:
             return
-        m, B, dtype = self.model, self.B, self.k[0].dtype
-        cos, sin = m.rope(torch.arange(chunk * B, (chunk + 1) * B))
+        m, B, dtype, dev = self.model, self.B, self.k[0].dtype, self.device
+        clean = clean.to(dev)
+        cos, sin = m.rope(torch.arange(chunk * B, (chunk + 1) * B, device=dev))
         c_clean = m.clean_cond.to(dtype)[None, None]
-        h = m.embed(torch.zeros_like(clean), clean.to(dtype), torch.ones(B, dtype=torch.bool), None)
+        h = m.embed(torch.zeros_like(clean), clean.to(dtype), torch.ones(B, dtype=torch.bool, device=dev), None)
 
         def attend_and_store(layer: int, k: torch.Tensor, v: torch.Tensor):
             keys, values = torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
@@ -220,9 +225,9 @@ class BlockCausalKVCache:
 
     def _target(self, x_t: torch.Tensor, mods: TargetMod, controls: torch.Tensor | None) -> torch.Tensor:
         """Velocity ``(rows, B, ch)`` of the target chunk ``next_chunk`` attending to ``[cache | itself]``."""
-        m, B, rows = self.model, self.B, x_t.shape[0]
-        cos, sin = m.rope(torch.arange(self.next_chunk * B, (self.next_chunk + 1) * B))
-        h = m.embed(x_t, torch.zeros_like(x_t), torch.zeros(B, dtype=torch.bool), controls)
+        m, B, rows, dev = self.model, self.B, x_t.shape[0], self.device
+        cos, sin = m.rope(torch.arange(self.next_chunk * B, (self.next_chunk + 1) * B, device=dev))
+        h = m.embed(x_t, torch.zeros_like(x_t), torch.zeros(B, dtype=torch.bool, device=dev), controls)
         WB = self.W * B
         if torch.is_grad_enabled():  # fresh tensors: the reused buffers would break the backward pass
             def keys(layer: int, k: torch.Tensor, v: torch.Tensor):
@@ -270,9 +275,10 @@ class EncDecKVCache:
         self.k, self.v = [], []
         if n == 0:
             return
-        cos, sin = m.rope(torch.arange(start_frame, start_frame + n))
+        dev = context.device
+        cos, sin = m.rope(torch.arange(start_frame, start_frame + n, device=dev))
         mod_in = m.clean_cond[None, None]
-        h = m.embed(torch.zeros_like(context), context, torch.ones(n, dtype=torch.bool), None)
+        h = m.embed(torch.zeros_like(context), context, torch.ones(n, dtype=torch.bool, device=dev), None)
 
         def store(layer: int, k: torch.Tensor, v: torch.Tensor):
             self.k.append(k)
@@ -289,8 +295,9 @@ class EncDecKVCache:
         m = self.model
         rows, n, _ = x_t.shape
         mods = mods or m.target_modulation(t, text_c)
-        cos, sin = m.rope(torch.arange(self.target_start, self.target_start + n))
-        h = m.embed(x_t, torch.zeros_like(x_t), torch.zeros(n, dtype=torch.bool), controls)
+        dev = x_t.device
+        cos, sin = m.rope(torch.arange(self.target_start, self.target_start + n, device=dev))
+        h = m.embed(x_t, torch.zeros_like(x_t), torch.zeros(n, dtype=torch.bool, device=dev), controls)
 
         def with_context(layer: int, k: torch.Tensor, v: torch.Tensor):
             return (torch.cat([_repeat_rows(self.k[layer], rows), k], 2),

@@ -200,9 +200,10 @@ class DiT(nn.Module):
     # ---- conditioning -----------------------------------------------------------------------------------------
     def text_cond(self, text: torch.Tensor, has_text: torch.Tensor) -> torch.Tensor:
         """Prompt embeddings ``(b, text_dim)`` and ``has_text`` ``(b,)`` bool -> ``(b, d)``; items without a prompt
-        get the learned unconditional vector."""
-        emb = self.text_embed(text.to(self.null_text.dtype))
-        return torch.where(has_text[:, None], emb, self.null_text.expand_as(emb))
+        get the learned unconditional vector. The inputs are moved to the model's device and dtype (prompts are
+        embedded on the CPU)."""
+        emb = self.text_embed(text.to(self.null_text))
+        return torch.where(has_text.to(emb.device)[:, None], emb, self.null_text.expand_as(emb))
 
     def target_cond(self, t: torch.Tensor, text_c: torch.Tensor) -> torch.Tensor:
         """Conditioning of noisy segments: timesteps ``(b, n)`` and text vectors ``(b, d)`` -> ``(b, n, d)``."""

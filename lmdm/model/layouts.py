@@ -3,6 +3,8 @@
 Each returns a :class:`~lmdm.model.dit.Tokens` for ``DiT.forward``. Training uses them to build its batches;
 tests and benchmarks use them as the slow, obviously-correct reference that the KV caches must reproduce.
 
+Every tensor a layout creates (masks, positions, flags) is on the device of its latent inputs.
+
 Shapes: ``b`` batch, ``B`` block frames, ``ch`` latent channels, ``K`` control channels.
 """
 from __future__ import annotations
@@ -37,7 +39,8 @@ def block_causal_stream_tokens(history: torch.Tensor, x_t: torch.Tensor, t: torc
     """
     b, B, ch = x_t.shape
     n = history.shape[1] // B
-    chunk, clean = chunk_layout(n, [n], B)
+    dev = x_t.device
+    chunk, clean = chunk_layout(n, [n], B, dev)
     chunk = chunk + start_chunk
     zeros = x_t.new_zeros(b, n * B, ch)
     return Tokens(
@@ -46,7 +49,7 @@ def block_causal_stream_tokens(history: torch.Tensor, x_t: torch.Tensor, t: torc
         is_ctx=clean,
         seg=(~clean).long(),
         t_seg=torch.stack([torch.full_like(t, NAN), t], 1),
-        pos=chunk * B + torch.arange(len(chunk)) % B,
+        pos=chunk * B + torch.arange(len(chunk), device=dev) % B,
         mask=block_causal_mask(chunk, clean, chunk, clean, window),
         controls=_controls(controls, b, n * B, B),
     )
@@ -69,7 +72,7 @@ def teacher_forcing_tokens(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
     b, L, ch = x0.shape
     N = t.shape[1]
     B = L // N
-    chunk, clean = chunk_layout(N, list(range(N)), B)
+    chunk, clean = chunk_layout(N, list(range(N)), B, x0.device)
     mask = block_causal_mask(chunk, clean, chunk, clean, window)
     if context_drop is not None:
         hide = (~clean)[:, None] & clean[None, :]
@@ -80,7 +83,7 @@ def teacher_forcing_tokens(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
         is_ctx=clean,
         seg=torch.where(clean, 0, chunk + 1),
         t_seg=torch.cat([torch.full_like(t[:, :1], NAN), t], 1),
-        pos=chunk * B + torch.arange(len(chunk)) % B,
+        pos=chunk * B + torch.arange(len(chunk), device=x0.device) % B,
         mask=mask,
         controls=_controls(controls, b, L, L),
     )
@@ -97,16 +100,16 @@ def enc_dec_tokens(context: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
         start_frame: absolute frame index of the first context frame.
     """
     b, C, ch = context.shape
-    B = x_t.shape[1]
-    is_ctx = torch.arange(C + B) < C
+    B, dev = x_t.shape[1], x_t.device
+    is_ctx = torch.arange(C + B, device=dev) < C
     return Tokens(
         noisy=torch.cat([torch.zeros_like(context), x_t], 1),
         clean=torch.cat([context, torch.zeros_like(x_t)], 1),
         is_ctx=is_ctx,
         seg=(~is_ctx).long(),
         t_seg=torch.stack([torch.full_like(t, NAN), t], 1),
-        pos=start_frame + torch.arange(C + B),
-        mask=enc_dec_mask(C, B),
+        pos=start_frame + torch.arange(C + B, device=dev),
+        mask=enc_dec_mask(C, B, dev),
         controls=_controls(controls, b, C, B),
     )
 
@@ -124,15 +127,15 @@ def outpainting_tokens(context: torch.Tensor, context_t: torch.Tensor, x_t: torc
         x_t: ``(b, B, ch)`` noisy target; ``t``: ``(b,)``.
     """
     b, C, ch = context.shape
-    B = x_t.shape[1]
-    is_ctx = torch.arange(C + B) < C
+    B, dev = x_t.shape[1], x_t.device
+    is_ctx = torch.arange(C + B, device=dev) < C
     return Tokens(
         noisy=torch.cat([context_t, x_t], 1),
         clean=torch.cat([context, torch.zeros_like(x_t)], 1),
         is_ctx=is_ctx,
-        seg=torch.zeros(C + B, dtype=torch.long),
+        seg=torch.zeros(C + B, dtype=torch.long, device=dev),
         t_seg=t[:, None],
-        pos=start_frame + torch.arange(C + B),
-        mask=bidirectional_mask(C + B),
+        pos=start_frame + torch.arange(C + B, device=dev),
+        mask=bidirectional_mask(C + B, dev),
         controls=_controls(controls, b, C, B),
     )

@@ -17,15 +17,15 @@ from __future__ import annotations
 import torch
 
 
-def bidirectional_mask(length: int) -> torch.Tensor:
-    """``(length, length)`` all-True mask."""
-    return torch.ones(length, length, dtype=torch.bool)
+def bidirectional_mask(length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``(length, length)`` all-True mask on ``device`` (None: the CPU)."""
+    return torch.ones(length, length, dtype=torch.bool, device=device)
 
 
-def enc_dec_mask(context: int, block: int) -> torch.Tensor:
-    """``(C + B, C + B)`` enc-dec mask over ``[context (C frames) | target (B frames)]``."""
+def enc_dec_mask(context: int, block: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``(C + B, C + B)`` enc-dec mask over ``[context (C frames) | target (B frames)]`` on ``device``."""
     n = context + block
-    m = torch.ones(n, n, dtype=torch.bool)
+    m = torch.ones(n, n, dtype=torch.bool, device=device)
     m[:context, context:] = False
     return m
 
@@ -40,7 +40,7 @@ def block_causal_mask(q_chunk: torch.Tensor, q_clean: torch.Tensor, k_chunk: tor
         window: ``W``, the number of previous clean chunks a chunk sees.
 
     Returns:
-        ``(Lq, Lk)`` bool mask.
+        ``(Lq, Lk)`` bool mask, on the device of the inputs.
     """
     qc, kc = q_chunk[:, None], k_chunk[None, :]
     qk_clean = q_clean[:, None]
@@ -49,19 +49,23 @@ def block_causal_mask(q_chunk: torch.Tensor, q_clean: torch.Tensor, k_chunk: tor
     return in_window | own_chunk
 
 
-def chunk_layout(n_clean: int, noisy_chunks: list[int] | torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def chunk_layout(n_clean: int, noisy_chunks: list[int] | torch.Tensor, block: int,
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token ``(chunk, clean)`` of the sequence ``[clean chunks 0..n_clean-1 | noisy chunks ...]``.
 
     Returns:
-        ``chunk`` ``(L,)`` long and ``clean`` ``(L,)`` bool, with ``L = (n_clean + len(noisy_chunks)) * block``.
+        ``chunk`` ``(L,)`` long and ``clean`` ``(L,)`` bool on ``device`` (None: the CPU), with
+        ``L = (n_clean + len(noisy_chunks)) * block``.
     """
-    noisy = torch.as_tensor(noisy_chunks, dtype=torch.long)
-    chunks = torch.cat([torch.arange(n_clean), noisy]).repeat_interleave(block)
-    clean = torch.cat([torch.ones(n_clean * block, dtype=torch.bool), torch.zeros(len(noisy) * block, dtype=torch.bool)])
+    noisy = torch.as_tensor(noisy_chunks, dtype=torch.long, device=device)
+    chunks = torch.cat([torch.arange(n_clean, device=noisy.device), noisy]).repeat_interleave(block)
+    clean = torch.cat([torch.ones(n_clean * block, dtype=torch.bool, device=noisy.device),
+                       torch.zeros(len(noisy) * block, dtype=torch.bool, device=noisy.device)])
     return chunks, clean
 
 
-def block_causal_train_mask(n_chunks: int, block: int, window: int) -> torch.Tensor:
-    """``(2NB, 2NB)`` mask of the teacher-forcing layout ``[clean 0..N-1 | noisy 0..N-1]``."""
-    chunk, clean = chunk_layout(n_chunks, list(range(n_chunks)), block)
+def block_causal_train_mask(n_chunks: int, block: int, window: int,
+                            device: torch.device | str | None = None) -> torch.Tensor:
+    """``(2NB, 2NB)`` mask of the teacher-forcing layout ``[clean 0..N-1 | noisy 0..N-1]`` on ``device``."""
+    chunk, clean = chunk_layout(n_chunks, list(range(n_chunks)), block, device)
     return block_causal_mask(chunk, clean, chunk, clean, window)

@@ -20,13 +20,16 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0,
         base: RoPE base (wavelengths from 2*pi to 2*pi*base frames).
 
     Returns:
-        ``(cos, sin)``, each ``(..., tokens, head_dim // 2)`` in ``dtype``.
+        ``(cos, sin)``, each ``(..., tokens, head_dim // 2)`` in ``dtype``, on the device of ``positions``.
     """
     if head_dim % 2:
         raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    device = positions.device
+    if device.type == "mps":  # MPS has no float64: compute the tables on the CPU and move them
+        positions = positions.cpu()
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
     ang = positions.to(torch.float64)[..., None] * inv_freq
-    return ang.cos().to(dtype), ang.sin().to(dtype)
+    return ang.cos().to(dtype=dtype, device=device), ang.sin().to(dtype=dtype, device=device)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ class Generation:
 
     Attributes:
         audio: ``(samples,)`` float32 mono at ``sample_rate``, exactly the requested length.
-        latents: ``(frames, channels)`` the generated latent frames (a spectrogram: ``codec.latent_to_mel``).
+        latents: ``(frames, channels)`` the generated latent frames, on the CPU (``codec.latent_to_mel`` makes
+            them a spectrogram).
         sample_rate: Hz.
         stats: model timings (bootstrap, fused first step, subsequent steps, per block).
         model_s: seconds spent in the model; decode_s: seconds spent decoding audio.
@@ -135,7 +136,7 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
         t0 = time.perf_counter()
         block = streamer.next_block(ctrl)
         t1 = time.perf_counter()
-        audio = decoder.push(block[0])
+        audio = decoder.push(block[0].cpu())  # the codec decodes on the CPU, whatever the model's device
         decode_s += time.perf_counter() - t1
         model_s += t1 - t0
         chunks.append(audio)
@@ -144,7 +145,7 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
     chunks.append(decoder.flush())
     n = int(round(seconds * codec.cfg.sample_rate))
     audio = np.concatenate(chunks)[:n]
-    return Generation(audio=audio, latents=streamer.history[0, :frames], sample_rate=codec.cfg.sample_rate,
+    return Generation(audio=audio, latents=streamer.history[0, :frames].cpu(), sample_rate=codec.cfg.sample_rate,
                       stats=streamer.stats, model_s=model_s, decode_s=decode_s)
 
 
@@ -166,4 +167,4 @@ def stream_latents(ckpt: Checkpoint, prompt, seconds: float, sampler: SamplerCon
     streamer.reset()
     for _ in tqdm(range(math.ceil(frames / B)), desc="streaming", unit="block", disable=not progress):
         streamer.next_block()
-    return streamer.history[0, :frames]
+    return streamer.history[0, :frames].cpu()

@@ -10,6 +10,9 @@ differ only in how a denoising step computes the velocity of the target block:
 * :class:`UncachedBlockCausalStreamer` — the block-causal model computed without a cache (every step re-runs
   the whole history): the slow reference that :class:`BlockCausalStreamer` must equal.
 
+Devices: a streamer runs on its model's device; the noise comes from a CPU generator (same numbers on every
+device) and is moved there, and every tensor it returns (blocks, ``history``, ``context``) is on that device.
+
 Latencies are reported as in the public LMDM code: *bootstrap* (first fill and the whole first block), *fused
 first step* (the first step of every later block, which also writes the previous block into the cache) and
 *subsequent steps*.
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmdm.config import ConfigError
+from lmdm.device import module_device, synchronize
 from lmdm.diffusion import SAMPLERS, add_noise, cfg_combine, sample
 from lmdm.errors import UsageError
 from lmdm.model.cache import BlockCausalKVCache, EncDecKVCache
@@ -127,8 +131,9 @@ class Streamer:
         self.batch = batch
         self.keep_history = keep_history
         cfg = model.cfg
+        self.device = module_device(model)
         self.B, self.W, self.ch = cfg.block_frames, cfg.window_chunks, cfg.latent_channels
-        self.generator = torch.Generator().manual_seed(sampler.seed)
+        self.generator = torch.Generator("cpu").manual_seed(sampler.seed)
         self.stats = StreamStats()
         self.block_index = 0
         self._blocks: list[torch.Tensor] = []
@@ -138,13 +143,14 @@ class Streamer:
                              if p is not None]
         self._cond_weights: tuple | None = None  # the weights' key the conditioning below was computed with
         self._stream_weights: tuple | None = None  # the weights' key the stream's cached context was computed with
-        self.set_prompt(torch.zeros(batch, cfg.text_dim), torch.zeros(batch, dtype=torch.bool))
+        self.set_prompt(torch.zeros(batch, cfg.text_dim, device=self.device),
+                        torch.zeros(batch, dtype=torch.bool, device=self.device))
 
     # ---- controls of the stream -------------------------------------------------------------------------------
     @torch.no_grad()
     def set_prompt(self, embedding: torch.Tensor, has_text: torch.Tensor) -> None:
         """Set the prompt (``(b, text_dim)`` embeddings, ``(b,)`` has_text); it applies from the next block."""
-        self._prompt = (embedding.detach().clone(), has_text.clone())
+        self._prompt = (embedding.detach().to(self.device, copy=True), has_text.to(self.device, copy=True))
         self._has_text = self._prompt[1]
         self._condition()
 
@@ -154,8 +160,8 @@ class Streamer:
         target modulations computed with earlier ones."""
         self._cond_weights = self._weights_key()
         self._text_c = self.model.text_cond(*self._prompt)
-        self._null_c = self.model.text_cond(torch.zeros(self.batch, self.model.cfg.text_dim),
-                                            torch.zeros(self.batch, dtype=torch.bool))
+        self._null_c = self.model.text_cond(torch.zeros(self.batch, self.model.cfg.text_dim, device=self.device),
+                                            torch.zeros(self.batch, dtype=torch.bool, device=self.device))
         self._mods: dict = {}  # (step index, guided, t) -> TargetMod, valid for this prompt and these weights
 
     def _weights_key(self) -> tuple:
@@ -178,13 +184,15 @@ class Streamer:
     def reset(self, context: torch.Tensor | None = None) -> None:
         """Start a new stream, optionally continuing ``context`` ``(b, m*B, ch)`` clean latents."""
         self._sync_weights()
+        context = None if context is None else context.to(self.device)
         self.generator.manual_seed(self.sampler.seed)
         self.stats = StreamStats()
         self.block_index = 0
-        self._blocks = [] if context is None else [context.clone()]
+        self._blocks = [] if context is None else [context.to(self.device, copy=True)]
         self._dropped_frames = 0
         t = time.perf_counter()
         self._bootstrap(context)
+        synchronize(self.device)
         self.stats.bootstrap_s = time.perf_counter() - t
 
     def _bootstrap(self, context: torch.Tensor | None) -> None:
@@ -204,6 +212,7 @@ class Streamer:
             ``(b, B, ch)`` clean latent frames.
         """
         t_block = time.perf_counter()
+        controls = None if controls is None else controls.to(self.device)
         if self._sync_weights():
             self._weights_changed()
         self._prepare_block()  # per-block context work (enc-dec encodes its context here): part of step 1's latency
@@ -220,17 +229,19 @@ class Streamer:
         def velocity(x: torch.Tensor, t: float, i: int) -> torch.Tensor:
             t0 = time.perf_counter()
             xx = torch.cat([x, x]) if guided else x
-            tt = torch.full((xx.shape[0],), t)
+            tt = torch.full((xx.shape[0],), t, device=self.device)
             key = (i, guided, t)
             if key not in self._mods:  # the schedule repeats every block: condition once per prompt and step
                 self._mods[key] = self.model.target_modulation(tt, text_c)
             v = self._velocity(xx, tt, text_c, ctrl, self._mods[key])
             if guided:
                 v = cfg_combine(v[: self.batch], v[self.batch :], self.sampler.cfg_scale)
+            synchronize(self.device)  # on a GPU the step is only done when its queued kernels are
             step_times.append(time.perf_counter() - t0)
             return v
 
-        noise = torch.randn(self.batch, self.B, self.ch, generator=self.generator)
+        noise = torch.randn(self.batch, self.B, self.ch, generator=self.generator,
+                            device=self.generator.device).to(self.device)
         x0 = sample(velocity, noise, self.sampler.sampler, self.sampler.steps, self.generator, on_step)
         self._finish_block(x0)
         self._blocks.append(x0)
@@ -262,7 +273,7 @@ class Streamer:
     @property
     def history(self) -> torch.Tensor:
         """Every kept frame of the stream ``(b, frames, ch)`` (with ``keep_history=False``, only the last blocks)."""
-        return torch.cat(self._blocks, 1) if self._blocks else torch.zeros(self.batch, 0, self.ch)
+        return torch.cat(self._blocks, 1) if self._blocks else torch.zeros(self.batch, 0, self.ch, device=self.device)
 
     @property
     def frames(self) -> int:
@@ -278,7 +289,7 @@ class Streamer:
                 break
             tail.insert(0, blk)
             n += blk.shape[1]
-        ctx = torch.cat(tail, 1) if tail else torch.zeros(self.batch, 0, self.ch)
+        ctx = torch.cat(tail, 1) if tail else torch.zeros(self.batch, 0, self.ch, device=self.device)
         return ctx[:, max(0, ctx.shape[1] - C) :]
 
 
@@ -330,7 +341,8 @@ class OutpaintingStreamer(Streamer):
     def _velocity(self, x_t, t, text_c, controls, mods):
         ctx = self.context()
         rows = x_t.shape[0]
-        eps = torch.randn(ctx.shape, generator=self.generator)  # one draw, shared by the guidance rows
+        # one draw, shared by the guidance rows
+        eps = torch.randn(ctx.shape, generator=self.generator, device=self.generator.device).to(self.device)
         ctx_t = add_noise(ctx.repeat(rows // self.batch, 1, 1), eps.repeat(rows // self.batch, 1, 1), t)
         ctx = ctx.repeat(rows // self.batch, 1, 1)
         start = self.frames - ctx.shape[1]

@@ -26,7 +26,12 @@ class TrainConfig:
             (``model.latent_channels`` = the codec's ``patch * n_mels``). A run copies the autoencoder into
             ``RUN/autoencoder`` and resumes with that copy, so retraining the original cannot change a run.
         steps: optimiser steps in total.
-        batch_size: crops per step.
+        batch_size: crops per optimiser step: the *global* batch, over all processes of a ``torchrun`` run (kept
+            when the number of processes changes; it must be a multiple of it).
+        micro_batch: crops per forward/backward pass on one process, the rest by gradient accumulation
+            (0, or more than the process's share ``batch_size / processes``: that share in one pass). Lower it
+            when a batch does not fit in memory; the training stays the same (a resume may change it, and a run
+            resumed on more processes keeps the same global batch even if the share drops below it).
         train_chunks: ``N``, chunks per block-causal crop (the teacher-forcing layout trains N blocks at once).
         mode_mix: probability of each training layout per step: "block_causal" (teacher forcing over clean and
             noisy chunks), "enc_dec" (context + one target), "outpainting" (bidirectional, context re-noised).
@@ -40,7 +45,8 @@ class TrainConfig:
         t_logit_mean, t_logit_std: timesteps are drawn logit-normal (Esser et al. 2024, section 3.1) ...
         t_uniform: ... except for this fraction of draws, which are uniform on (0, 1): logit-normal(0, 1) alone
             trains t > 0.95 with probability 0.0016, yet every block starts at t = 1 (0 = logit-normal only).
-        bf16: bfloat16 autocast on CPU (about 2x faster on AVX-512 bf16 machines).
+        bf16: mixed precision with the device's autocast dtype (``lmdm.device.autocast_dtype``: bfloat16 on the
+            CPU, about 2x faster on AVX-512 bf16 machines, and on bf16-capable GPUs; MPS runs float32).
         compile: ``torch.compile`` the model (faster steps after a minute of compiling).
         threads: torch intra-op threads (0 = torch's default).
         seed: seeds data order, noise and dropout (resuming continues the same random stream).
@@ -59,6 +65,7 @@ class TrainConfig:
     autoencoder: str | None = None
     steps: int = 20000
     batch_size: int = 16
+    micro_batch: int = 0
     train_chunks: int = 8
     mode_mix: dict[str, float] = field(default_factory=lambda: {"block_causal": 0.7, "enc_dec": 0.15, "outpainting": 0.15})
     lr: float = 5e-4
@@ -103,6 +110,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "val_every", "ckpt_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch < 0 or (self.micro_batch and self.batch_size % self.micro_batch):
+            raise ConfigError(f"micro_batch must be 0 (no accumulation) or divide batch_size ({self.batch_size}), "
+                              f"got {self.micro_batch}")
 
     @property
     def crop_frames(self) -> int:

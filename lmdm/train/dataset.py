@@ -69,18 +69,29 @@ class LatentSet:
         return crop_starts(self.work_start, self.work_frames, self.splits, split, frames,
                            "latent frames", "train with fewer train_chunks")
 
-    def sample(self, starts: torch.Tensor, batch: int, frames: int, generator: torch.Generator):
-        """A batch of random crops.
+    def sample(self, starts: torch.Tensor, batch: int, frames: int, generator: torch.Generator,
+               rows: slice | None = None):
+        """A batch of random crops (on the CPU).
+
+        Args:
+            starts: allowed first frames (:meth:`valid_starts`).
+            batch: crops in the whole batch (the random draws are always for all of them).
+            frames: frames per crop.
+            generator: the run's CPU generator.
+            rows: read only these crops of the batch (one rank's share, ``lmdm.train.distributed``); None: all.
 
         Returns:
-            ``x0 (batch, frames, ch)`` float32, ``features (batch, frames, 4)`` float32, ``text (batch, 384)``.
+            ``x0 (r, frames, ch)`` float32, ``features (r, frames, 4)`` float32, ``text (r, 384)`` with ``r`` the
+            number of rows read.
         """
-        idx = starts[torch.randint(len(starts), (batch,), generator=generator)]
-        rows = idx[:, None] + torch.arange(frames)
+        idx = starts[torch.randint(len(starts), (batch,), generator=generator, device=generator.device)]
         work = self.frame_work[idx].long()
-        pick = (torch.rand(batch, generator=generator) * self.caption_count[work]).long()
+        pick = (torch.rand(batch, generator=generator, device=generator.device) * self.caption_count[work]).long()
+        if rows is not None:
+            idx, work, pick = idx[rows], work[rows], pick[rows]
+        frame_rows = idx[:, None] + torch.arange(frames, device=idx.device)
         text = self.captions[self.caption_start[work] + pick]
-        return self.latents[rows].float(), self.features[rows].float(), text
+        return self.latents[frame_rows].float(), self.features[frame_rows].float(), text
 
 
 def _fingerprint(codec: CodecConfig, manifest_rows: list[dict]) -> str:
@@ -101,7 +112,7 @@ def crop_starts(work_start: torch.Tensor, work_frames: torch.Tensor, splits: lis
     Raises:
         DataError: no work of the split is long enough.
     """
-    parts = [torch.arange(s, s + n - frames + 1) for s, n, sp in
+    parts = [torch.arange(s, s + n - frames + 1, device=work_start.device) for s, n, sp in
              zip(work_start.tolist(), work_frames.tolist(), splits) if sp == split and n >= frames]
     if not parts:
         raise DataError(f"no {split!r} work has {frames} {unit} or more; build more data "

@@ -9,7 +9,13 @@ one step; this loop does everything around it, once (the torchtitan / nanoGPT ``
 * checkpoints every ``ckpt_every`` steps, on ``KeyboardInterrupt`` and at the end (``lmdm.train.state``, atomic),
   and resuming from one exactly (weights, optimisers, schedulers, EMA, RNG, metrics);
 * the CSV log ``RUN/log.csv``, a tqdm bar, the ``max_hours`` limit and the final export of the EMA weights to
-  ``RUN/final`` (and ``export_dir``).
+  ``RUN/final`` (and ``export_dir``);
+* data parallelism (``lmdm.train.distributed``): with several ``torchrun`` processes every rank runs this loop on
+  its share of each batch (the task wraps its modules in DDP); only rank 0 writes checkpoints (atomically), the
+  log, the progress bar and the final model, the others wait for it at a barrier; all ranks stop together
+  (``max_hours``). Checkpoints hold no rank-specific state, so a run resumes on any number of processes.
+* the device type a run trains on is saved with every checkpoint; a resume on another type (a CPU run moved to a
+  GPU, say) works but warns, in one line, that its numerics change (other kernels, maybe another autocast dtype).
 """
 from __future__ import annotations
 
@@ -17,7 +23,9 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +38,7 @@ from torch.optim.swa_utils import AveragedModel
 from lmdm.atomic import write_text
 from lmdm.config import load_json, replace, to_dict
 from lmdm.errors import LmdmError
+from lmdm.train.distributed import SINGLE, Distributed
 from lmdm.train.state import latest_checkpoint, load_training_state, save_training_state
 
 
@@ -86,9 +95,15 @@ def settle_config(cls: type, cfg: Any | None, *, resume: bool, run_dir: str | Pa
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, grad_clip: float | None) -> float:
     """One optimiser step on ``loss``: zero the gradients, backpropagate, clip the gradient norm to ``grad_clip``
     (None: no clipping) and step. Returns the learning rate the step used (for the log)."""
-    lr = optimizer.param_groups[0]["lr"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    return apply_gradients(optimizer, parameters, grad_clip)
+
+
+def apply_gradients(optimizer: torch.optim.Optimizer, parameters, grad_clip: float | None) -> float:
+    """The second half of :func:`optimizer_step`, for gradients accumulated over micro-batches: clip the gradient
+    norm to ``grad_clip`` (None: no clipping) and step. Returns the learning rate the step used."""
+    lr = optimizer.param_groups[0]["lr"]
     if grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
     optimizer.step()
@@ -139,7 +154,9 @@ class LoopSettings:
         throughput: a metric summed between log rows and logged as ``NAME_per_s`` (after ``elapsed_s``).
         postfix: tqdm postfix ``(label, metric)`` from the newest value of each metric.
         desc, unit: tqdm labels.
-        progress: show the tqdm bar.
+        progress: show the tqdm bar (on rank 0).
+        distributed: this process's place in a data-parallel run (:data:`lmdm.train.distributed.SINGLE`: one
+            process).
     """
 
     run_dir: Path
@@ -155,6 +172,7 @@ class LoopSettings:
     desc: str = "training"
     unit: str = "step"
     progress: bool = True
+    distributed: Distributed = SINGLE
 
 
 @dataclass
@@ -235,6 +253,8 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
     steps (and at validations); a checkpoint every ``ckpt_every`` steps. ``KeyboardInterrupt`` saves a checkpoint
     and re-raises. At the end: a checkpoint of the last step, then the EMA model to ``RUN/final`` and
     ``export_dir`` via ``save_model``. A resumed run continues exactly as the uninterrupted run would have.
+    With several processes, rank 0 alone writes (checkpoints, log, bar, final model) while the others wait at a
+    barrier; every rank returns the same state.
 
     Raises:
         whatever the hooks raise (a checkpoint is saved first only for ``KeyboardInterrupt``).
@@ -242,6 +262,7 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
     from tqdm.auto import tqdm
 
     run = Path(settings.run_dir)
+    d = settings.distributed
     schedulers = {name: LambdaLR(task.optimizers[name], f) for name, f in task.lr_factor.items()}
     ema = AveragedModel(task.modules[task.ema_of], multi_avg_fn=ema_multi_avg_fn(task.ema_decay),
                         use_buffers=True)
@@ -253,6 +274,11 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
         state.step, state.elapsed_s = saved["step"], saved.get("elapsed_s", 0.0)
         state.last, state.latest = saved.get("last", {}), saved.get("latest", {})
         state.history = saved.get("history", [])
+        trained_on = saved.get("device", "cpu")  # checkpoints from before the device was saved: CPU-only code
+        if trained_on != d.device.type and d.is_main:
+            warnings.warn(f"{run} was trained on {trained_on} and resumes on {d.device.type}: the numerics differ "
+                          f"(other kernels, maybe another autocast dtype), so it will not continue exactly as it "
+                          f"would have on {trained_on}", stacklevel=2)
         ema.n_averaged.fill_(saved.get("ema_updates", state.step + 1))
         for name, sched in schedulers.items():
             if name in saved.get("schedulers", {}):
@@ -265,9 +291,9 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
     run.mkdir(parents=True, exist_ok=True)
     log_path = run / "log.csv"
     new_log = not log_path.exists()
-    log_file = open(log_path, "a", newline="")
+    log_file = open(log_path, "a", newline="") if d.is_main else open(os.devnull, "w")
     log = csv.writer(log_file)
-    if new_log:
+    if new_log and d.is_main:
         log.writerow(["step", *(c for c, _ in settings.columns), "elapsed_s"]
                      + ([f"{settings.throughput}_per_s"] if settings.throughput else []))
     t0, elapsed_before = time.time(), state.elapsed_s
@@ -276,20 +302,25 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
     def tick() -> None:
         state.elapsed_s = elapsed_before + time.time() - t0
 
-    def checkpoint() -> None:
+    def checkpoint(sync: bool = True) -> None:
+        """Rank 0 saves; with ``sync`` every rank waits until it has (not after an interrupt: the others may be
+        gone)."""
         tick()
-        extra = {"elapsed_s": state.elapsed_s, "last": state.last, "latest": state.latest,
+        extra = {"elapsed_s": state.elapsed_s, "device": d.device.type, "last": state.last, "latest": state.latest,
                  "history": state.history, "ema_updates": int(ema.n_averaged),
                  "schedulers": {name: s.state_dict() for name, s in schedulers.items()}}
-        save_training_state(run, state.step, task.modules, ema.module.state_dict(), task.optimizers,
-                            task.generator, extra, keep=settings.keep_checkpoints)
+        if d.is_main:
+            save_training_state(run, state.step, task.modules, ema.module.state_dict(), task.optimizers,
+                                task.generator, extra, keep=settings.keep_checkpoints)
+        if sync:
+            d.barrier()
 
     bar = tqdm(total=settings.steps, initial=state.step, desc=settings.desc, unit=settings.unit,
-               disable=not settings.progress)
+               disable=not (settings.progress and d.is_main))
     try:
         while state.step < settings.steps:
             tick()
-            if settings.max_hours and state.elapsed_s / 3600 >= settings.max_hours:
+            if settings.max_hours and d.any(state.elapsed_s / 3600 >= settings.max_hours):
                 break
             metrics = task.train_step(state)
             for sched in schedulers.values():
@@ -319,7 +350,7 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
             bar.set_postfix({label: f"{state.latest[m]:.4f}" for label, m in settings.postfix
                              if isinstance(state.latest.get(m), float)})
     except KeyboardInterrupt:
-        checkpoint()
+        checkpoint(sync=False)
         raise
     finally:
         bar.close()
@@ -328,9 +359,12 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
         checkpoint()
     tick()
     info = task.export_info(state)
-    final = task.save_model(run / "final", ema.module, info)
-    if settings.export_dir:
-        task.save_model(Path(settings.export_dir), ema.module, info)
+    final = run / "final"
+    if d.is_main:
+        final = task.save_model(final, ema.module, info)
+        if settings.export_dir:
+            task.save_model(Path(settings.export_dir), ema.module, info)
+    d.barrier()
     return LoopResult(state=state, final_dir=final)
 
 

@@ -7,12 +7,15 @@ Layout under ``RUN/ckpt/``::
     step-000500/ema.safetensors     EMA weights (float32)
     step-000500/optim.safetensors   optimiser moments per parameter index (prefixed ``NAME.`` for named
                                     optimisers), plus the RNG state
-    step-000500/state.json          step, optimiser hyper-parameters, LR-scheduler and EMA counters, metrics
+    step-000500/state.json          step, optimiser hyper-parameters, LR-scheduler and EMA counters, metrics,
+                                    the device type trained on
     latest                          the name of the newest complete checkpoint
 
-Nothing is pickled. A checkpoint folder is written with :func:`lmdm.atomic.atomic_folder` (a temporary folder
-renamed into place when complete) and ``latest`` with :func:`lmdm.atomic.write_text`, so a run killed at any
-moment (or an exception while saving) leaves the previous checkpoint complete and loadable.
+Nothing is pickled. Tensors are written from the CPU whatever device trained them; loading puts the weights and
+optimiser moments back on the modules' devices (``load_state_dict`` copies into the parameters). A checkpoint
+folder is written with :func:`lmdm.atomic.atomic_folder` (a temporary folder renamed into place when complete)
+and ``latest`` with :func:`lmdm.atomic.write_text`, so a run killed at any moment (or an exception while saving)
+leaves the previous checkpoint complete and loadable.
 """
 from __future__ import annotations
 
@@ -71,13 +74,13 @@ def save_training_state(run_dir: str | Path, step: int, modules: dict[str, torch
         osd = opt.state_dict()
         for idx, st in osd["state"].items():
             for k, val in st.items():
-                tensors[f"{prefix}{idx}.{k}"] = val if torch.is_tensor(val) else torch.tensor(val)
+                tensors[f"{prefix}{idx}.{k}"] = val.detach().cpu() if torch.is_tensor(val) else torch.tensor(val)
         state[key] = osd["param_groups"]
     with atomic_folder(ckpt / name) as tmp:
         for mname, module in modules.items():
-            save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
                       str(tmp / f"{mname}.safetensors"))
-        save_file({k: v.detach().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
         save_file(tensors, str(tmp / "optim.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     write_text(ckpt / "latest", name)

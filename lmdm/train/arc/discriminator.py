@@ -53,9 +53,10 @@ class Discriminator(nn.Module):
             ``(b,)`` scores (higher = more real).
         """
         b, n, _ = x_t.shape
-        tok = Tokens(noisy=x_t, clean=torch.zeros_like(x_t), is_ctx=torch.zeros(n, dtype=torch.bool),
-                     seg=torch.zeros(n, dtype=torch.long), t_seg=t[:, None], pos=torch.arange(n),
-                     mask=bidirectional_mask(n))
+        dev = x_t.device
+        tok = Tokens(noisy=x_t, clean=torch.zeros_like(x_t), is_ctx=torch.zeros(n, dtype=torch.bool, device=dev),
+                     seg=torch.zeros(n, dtype=torch.long, device=dev), t_seg=t[:, None],
+                     pos=torch.arange(n, device=dev), mask=bidirectional_mask(n, dev))
         h = self.trunk.features(tok, self.trunk.text_cond(text, has_text))  # (b, n, d)
         h = self.head(h[:, region_start:].transpose(1, 2))
         return self.out(h.mean(-1))[:, 0]

@@ -49,19 +49,21 @@ def rollout(model: DiT, context: torch.Tensor, text: torch.Tensor, has_text: tor
     if steps < 2:
         raise UsageError(f"ARC-Forcing needs at least 2 steps (exit step in [1, S-1]), got {steps}")
     b, _, ch = context.shape
-    B = model.cfg.block_frames
+    B, dev = model.cfg.block_frames, context.device
     cache = BlockCausalKVCache(model, batch=b)
     cache.bootstrap(context.detach())
     text_c = model.text_cond(text, has_text)
     blocks, exits = [], []
     for _ in range(n_blocks):
-        k = int(torch.randint(1, steps, (), generator=generator))
+        k = int(torch.randint(1, steps, (), generator=generator, device=generator.device))
 
         def velocity(x: torch.Tensor, t: float, i: int, k: int = k) -> torch.Tensor:
             step = cache.step_with_grad if i == k - 1 else cache.step
-            return step(x, torch.full((b,), t), text_c)
+            return step(x, torch.full((b,), t, device=dev), text_c)
 
-        x0 = sample(velocity, torch.randn(b, B, ch, generator=generator), "pingpong", steps, generator, exit_step=k)
+        # drawn on the generator's device (the CPU's: the same numbers on any device), then moved
+        noise = torch.randn(b, B, ch, generator=generator, device=generator.device).to(dev)
+        x0 = sample(velocity, noise, "pingpong", steps, generator, exit_step=k)
         blocks.append(x0)
         exits.append(k)
         cache.advance(x0.detach())
