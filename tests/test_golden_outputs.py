@@ -4,6 +4,8 @@
 from ``data/checkpoints/lmdm-small`` and ``lmdm-small-arc`` (three streamers, guided ping-pong; unguided Euler),
 recorded before the package was reorganised. A refactor that changes any computation of the model, the streamers,
 the samplers or the decoder moves these numbers; thread count does not (measured: identical with 1 and 2 threads).
+When a bundled checkpoint is replaced on purpose, ``tests/support/record_golden.py NAME`` records its entries again
+(rerecording an unchanged checkpoint reproduces them to 1e-4).
 """
 import json
 from pathlib import Path
