@@ -69,9 +69,32 @@ class LatentSet:
         return crop_starts(self.work_start, self.work_frames, self.splits, split, frames,
                            "latent frames", "train with fewer train_chunks")
 
+    def draw(self, starts: torch.Tensor, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The random choices of a batch of crops: each crop's first frame and caption (one of its work's).
+
+        Args:
+            starts: allowed first frames (:meth:`valid_starts`).
+            batch: crops in the whole batch.
+            generator: the run's CPU generator.
+
+        Returns:
+            ``(first_frames, caption_rows)``, each ``(batch,)`` long: global frame indices and rows of
+            ``captions``.
+        """
+        idx = starts[torch.randint(len(starts), (batch,), generator=generator, device=generator.device)]
+        work = self.frame_work[idx].long()
+        pick = (torch.rand(batch, generator=generator, device=generator.device) * self.caption_count[work]).long()
+        return idx, self.caption_start[work] + pick
+
+    def crops(self, first_frames: torch.Tensor, caption_rows: torch.Tensor, frames: int):
+        """The crops of :meth:`draw`'s choices: ``x0 (r, frames, ch)`` float32, ``features (r, frames, 4)``
+        float32, ``text (r, 384)``, for ``r`` crops."""
+        frame_rows = first_frames[:, None] + torch.arange(frames, device=first_frames.device)
+        return self.latents[frame_rows].float(), self.features[frame_rows].float(), self.captions[caption_rows]
+
     def sample(self, starts: torch.Tensor, batch: int, frames: int, generator: torch.Generator,
                rows: slice | None = None):
-        """A batch of random crops (on the CPU).
+        """A batch of random crops (on the CPU): :meth:`draw`, then :meth:`crops`.
 
         Args:
             starts: allowed first frames (:meth:`valid_starts`).
@@ -84,14 +107,17 @@ class LatentSet:
             ``x0 (r, frames, ch)`` float32, ``features (r, frames, 4)`` float32, ``text (r, 384)`` with ``r`` the
             number of rows read.
         """
-        idx = starts[torch.randint(len(starts), (batch,), generator=generator, device=generator.device)]
-        work = self.frame_work[idx].long()
-        pick = (torch.rand(batch, generator=generator, device=generator.device) * self.caption_count[work]).long()
+        idx, caption_rows = self.draw(starts, batch, generator)
         if rows is not None:
-            idx, work, pick = idx[rows], work[rows], pick[rows]
-        frame_rows = idx[:, None] + torch.arange(frames, device=idx.device)
-        text = self.captions[self.caption_start[work] + pick]
-        return self.latents[frame_rows].float(), self.features[frame_rows].float(), text
+            idx, caption_rows = idx[rows], caption_rows[rows]
+        return self.crops(idx, caption_rows, frames)
+
+    def caption_works(self) -> torch.Tensor:
+        """``(n_captions,)`` long: the work index of each row of ``captions`` (-1 for a row no work names)."""
+        out = torch.full((len(self.captions),), -1, dtype=torch.long)
+        for w, (start, count) in enumerate(zip(self.caption_start.tolist(), self.caption_count.tolist())):
+            out[start : start + count] = w
+        return out
 
 
 def _fingerprint(codec: CodecConfig, manifest_rows: list[dict]) -> str:
