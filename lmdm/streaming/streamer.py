@@ -200,13 +200,17 @@ class Streamer:
 
     # ---- generation -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def next_block(self, controls: torch.Tensor | None = None, on_step=None) -> torch.Tensor:
+    def next_block(self, controls: torch.Tensor | None = None, on_step=None,
+                   exit_step: int | None = None) -> torch.Tensor:
         """Generate the next block.
 
         Args:
             controls: ``(b, B, control_dim)`` control channels for this block, or None.
             on_step: called with the step index after every denoising step; a live engine raises from it to
                 abandon a block when asked to stop (the stream must then be ``reset`` before further use).
+            exit_step: stop at denoising step ``k`` in ``[1, S]`` and keep its x0 prediction as the block
+                (``lmdm.diffusion.sample``): what an ARC-Forcing rollout that exits at ``k`` streams
+                (``lmdm.train.arc.rollout``); None (default) runs all ``S`` steps, the block of ``exit_step=S``.
 
         Returns:
             ``(b, B, ch)`` clean latent frames.
@@ -242,7 +246,10 @@ class Streamer:
 
         noise = torch.randn(self.batch, self.B, self.ch, generator=self.generator,
                             device=self.generator.device).to(self.device)
-        x0 = sample(velocity, noise, self.sampler.sampler, self.sampler.steps, self.generator, on_step)
+        x0 = sample(velocity, noise, self.sampler.sampler, self.sampler.steps, self.generator, on_step,
+                    exit_step)
+        if exit_step is not None:  # the sampler computes an exit step with gradient enabled: keep no graph
+            x0 = x0.detach()
         self._finish_block(x0)
         self._blocks.append(x0)
         if not self.keep_history and len(self._blocks) > self.W + 1:
