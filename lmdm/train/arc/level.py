@@ -1,0 +1,93 @@
+"""Level anchoring for ARC-Forcing: the generator matches real music's per-band level and spread of the decoded
+mel spectrogram, what a listener hears.
+
+Why: the adversarial game only asks the student to beat the current discriminator, and nothing in it ties the
+level to the data: the first ``lmdm-small-arc`` came out about 14 dB louder than the data and clipped (issue 13).
+The fix is feature matching (Salimans et al. 2016, "Improved Techniques for Training GANs", section 3.1: train the
+generator to match the expected value of features of real data, not only to fool the discriminator), the term
+audio GANs add next to their adversarial losses to stay anchored (MelGAN, Kumar et al. 2019, section 2.3, feature
+matching; HiFi-GAN, Kong et al. 2020, section 2.3, mel-spectrogram and feature-matching losses), applied here to
+the post-trained generator of ARC (Novack et al. 2025, arXiv 2505.08175), whose relativistic and contrastive
+losses have no such term. The features are the simplest ones that carry level: per mel band, the mean and the
+standard deviation over a batch of frames of the normalised log-mel, measured on the real continuations of the
+same batch (the real data) and on the rollouts.
+
+Units: the codec's normalised log-mel, ``(ln |mel| - mean) / std`` (``lmdm.audio.codec``; ``std = 2.5`` nats by
+default). A gain of ``g`` dB on the audio adds ``g / (20 log10(e) std)`` to every band (``g / 21.7`` by
+default), so a uniform level offset of ``g`` dB costs ``(g / 21.7)^2``: 0.42 for 14 dB.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from lmdm.audio.codec import MelCodec
+
+
+def band_moments(mel: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band mean and standard deviation over all items and frames.
+
+    Args:
+        mel: ``(b, frames, n_mels)`` normalised log-mel.
+        eps: added to the variance before the square root (a finite gradient at zero spread).
+
+    Returns:
+        ``(mean, std)``, each ``(n_mels,)``.
+    """
+    flat = mel.reshape(-1, mel.shape[-1]).float()
+    mean = flat.mean(0)
+    return mean, ((flat - mean).pow(2).mean(0) + eps).sqrt()
+
+
+def level_anchor_loss(fake_mel: torch.Tensor, real_mel: torch.Tensor) -> torch.Tensor:
+    """Feature matching on band statistics: ``mean_bands[(mu_fake - mu_real)^2 + (sd_fake - sd_real)^2]``.
+
+    Zero when both have the same per-band statistics (e.g. the same frames in another order); a uniform level
+    offset ``d`` (in normalised log-mel) costs exactly ``d^2``. The real statistics are constants (detached).
+
+    Args:
+        fake_mel: ``(b, frames, n_mels)`` decoded mel of generated frames.
+        real_mel: ``(b', frames', n_mels)`` decoded mel of real frames.
+
+    Returns:
+        scalar (float32).
+
+    Raises:
+        ValueError: the two have different numbers of bands.
+    """
+    if fake_mel.shape[-1] != real_mel.shape[-1]:
+        raise ValueError(f"fake and real mel have {fake_mel.shape[-1]} and {real_mel.shape[-1]} bands")
+    mu_f, sd_f = band_moments(fake_mel)
+    mu_r, sd_r = (m.detach() for m in band_moments(real_mel))
+    return ((mu_f - mu_r).pow(2) + (sd_f - sd_r).pow(2)).mean()
+
+
+class DecodedMel(nn.Module):
+    """Latent frames ``(b, frames, ch)`` -> normalised log-mel ``(b, frames * patch, n_mels)``, differentiable in
+    the latent (``MelCodec.latent_to_mel`` decodes under ``no_grad``): the frozen autoencoder's decoder (a copy,
+    movable to the student's device), or a reshape for the raw-mel latent. Not trained and not checkpointed.
+
+    Args:
+        codec: the checkpoint's codec.
+    """
+
+    def __init__(self, codec: MelCodec):
+        super().__init__()
+        self.patch, self.n_mels = codec.cfg.patch, codec.cfg.n_mels
+        self.channels = codec.channels
+        ae = codec.autoencoder
+        self.autoencoder = None if ae is None else copy.deepcopy(ae).eval().requires_grad_(False)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """See the class docstring.
+
+        Raises:
+            ValueError: ``latent`` does not have the codec's channels.
+        """
+        if latent.shape[-1] != self.channels:
+            raise ValueError(f"latent has {latent.shape[-1]} channels, the codec expects {self.channels}")
+        b, t, _ = latent.shape
+        patches = latent.float() if self.autoencoder is None else self.autoencoder.decode(latent.float())
+        return patches.reshape(b, t * self.patch, self.n_mels)
