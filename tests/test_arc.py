@@ -1,6 +1,8 @@
-"""ARC-Forcing: losses equal their formulas, the prompt roll always gives a negative on a copy, the exit step's
-differentiable cache path computes what inference computes, gradient reaches only the exit step of each block, one
-step changes both players, and a run resumes exactly."""
+"""ARC-Forcing: losses equal their formulas; the exit step covers all S steps; rollouts carry controls and prompt
+dropout and equal inference for the same seed and exit step; the exit step's differentiable cache path computes
+what inference computes, and gradient reaches only the exit step of each block; each player's step leaves the
+other's weights untouched; the discriminator scores negative captions; a run resumes exactly. Negatives:
+``tests/test_arc_negatives.py``; level: ``tests/test_arc_level.py``."""
 import math
 from dataclasses import replace
 
@@ -10,18 +12,34 @@ from safetensors.torch import load_file
 
 from lmdm.audio.codec import CodecConfig, MelCodec
 from lmdm.checkpoint import save_checkpoint
+from lmdm.config import ConfigError
+from lmdm.control.features import control_input
 from lmdm.diffusion import x0_from_velocity
 from lmdm.model.cache import BlockCausalKVCache
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.model.layouts import block_causal_stream_tokens
+from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig
+from lmdm.train.arc import trainer as arc_trainer
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
-from lmdm.train.arc.rollout import rollout
-from lmdm.train.arc.trainer import ARCConfig, ARCError, arc_iteration, arc_train
+from lmdm.train.arc.level import DecodedMel
+from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
+from lmdm.train.arc.rollout import draw_exit_steps, rollout
+from lmdm.train.arc.trainer import (
+    ARCBatch,
+    ARCConfig,
+    ARCError,
+    arc_iteration,
+    arc_train,
+    discriminator_step,
+    draw_iteration,
+    generator_step,
+    with_pretraining_dropouts,
+)
 from lmdm.train.state import latest_checkpoint
 
 softplus = lambda x: math.log1p(math.exp(x))
+MEL = DecodedMel(MelCodec(CodecConfig()))  # the raw-mel latent of tiny_student (512 = 4 frames x 128 bands)
 
 
 def tiny_student(seed=0):
@@ -33,78 +51,175 @@ def tiny_student(seed=0):
     return m
 
 
+def tiny_batch(b=2, frames=16, seed=0, features=True):
+    """Crops of ``W = 2`` context chunks and 2 blocks of the tiny student, with random control features."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.stack([torch.randn(b, frames, generator=g), (torch.rand(b, frames, generator=g) > 0.3).float(),
+                         (torch.rand(b, frames, generator=g) > 0.7).float(), torch.randn(b, frames, generator=g)], -1)
+    return ARCBatch(torch.randn(b, frames, 512, generator=g), torch.randn(b, 384, generator=g),
+                    torch.randn(b, 384, generator=g), feats if features else None)
+
+
+def tiny_cfg(**kw):
+    base = {"batch_size": 2, "rollout_blocks": 2, "student_steps": 3, "prompt_dropout": 0.0, "control_dropout": 0.0,
+            "control_group_dropout": 0.0}
+    return ARCConfig(**{**base, **kw})
+
+
+def snapshot(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def same(module, snap):
+    return all(torch.equal(a, b) for a, b in zip(module.parameters(), snap))
+
+
+# ---- losses ---------------------------------------------------------------------------------------------------
 def test_losses_equal_their_formulas():
     real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 3.0])
     diffs = [1.0, -1.0, -2.5]
     assert relativistic_d_loss(real, fake).item() == pytest.approx(sum(softplus(-d) for d in diffs) / 3, rel=1e-6)
     assert relativistic_g_loss(real, fake).item() == pytest.approx(sum(softplus(d) for d in diffs) / 3, rel=1e-6)
     assert contrastive_loss(real, fake).item() == pytest.approx(relativistic_d_loss(real, fake).item())
+    # the items scored without their prompt do not count; none kept gives 0
+    keep = torch.tensor([True, False, True])
+    assert contrastive_loss(real, fake, keep).item() == pytest.approx((softplus(-1.0) + softplus(2.5)) / 2, rel=1e-6)
+    assert contrastive_loss(real, fake, torch.zeros(3, dtype=torch.bool)).item() == 0.0
     # a discriminator sure of itself has a small loss, the generator a large one
     assert relativistic_d_loss(torch.tensor([10.0]), torch.tensor([-10.0])) < 1e-6
     assert relativistic_g_loss(torch.tensor([10.0]), torch.tensor([-10.0])) > 19
 
 
-@pytest.mark.parametrize("b", [2, 3, 5])
-def test_prompt_roll_gives_every_item_another_items_prompt_on_a_copy(b):
-    """Item i gets item i-1's prompt and flag, every time, and the caller's tensors stay as they were. A roll
-    that writes into the caller's tensors fails here: the caller sees changed prompts, and rolling the same batch
-    again (the next step, or another loss) rolls it back, which for b = 2 gives every item its own prompt."""
-    text = torch.randn(b, 4)
-    has = torch.arange(b) % 2 == 0
-    original, original_has = text.clone(), has.clone()
-    other = (torch.arange(b) - 1) % b
-    for _ in range(2):
-        rolled, rolled_has = roll_prompts(text, has)
-        assert torch.equal(text, original) and torch.equal(has, original_has)
-        assert torch.equal(rolled, original[other]) and torch.equal(rolled_has, original_has[other])
-        assert all(not torch.equal(rolled[i], original[i]) for i in range(b))
-    assert roll_prompts(text)[1] is None
-    with pytest.raises(ValueError, match="at least 2"):
-        roll_prompts(text[:1])
+# ---- the exit step, the rollout and inference -----------------------------------------------------------------
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_exit_step_covers_all_steps(steps):
+    """Self-Forcing draws the exit from 1..S: the step that makes the final audio is trained too."""
+    draws = draw_exit_steps(400, steps, torch.Generator().manual_seed(0))
+    assert set(draws) == set(range(1, steps + 1))
+
+
+def test_arc_works_with_one_student_step():
+    student = tiny_student()
+    disc = Discriminator(student, n_layers=1, head_width=16)
+    g0 = snapshot(student)
+    out = arc_iteration(student, disc, torch.optim.AdamW(student.parameters(), lr=1e-3),
+                        torch.optim.AdamW(disc.parameters(), lr=1e-3), tiny_batch(), tiny_cfg(student_steps=1),
+                        torch.Generator().manual_seed(0), MEL)
+    assert out["exit_steps"] == [1, 1] and all(math.isfinite(out[k]) for k in ("loss_g", "loss_d", "loss_c"))
+    assert not same(student, g0)
+
+
+def test_rollout_equals_inference_for_the_same_seed_and_exit_step():
+    """A rollout streams what the cached streamer of ``lmdm generate`` streams (no guidance, same seed, prompts,
+    prompt flags and controls): the plain blocks when every block exits at S, and the exit step's x0 prediction
+    for other exits."""
+    student = tiny_student()
+    W, B = student.cfg.window_chunks, student.cfg.block_frames
+    g = torch.Generator().manual_seed(4)
+    ctx, text = torch.randn(2, W * B, 512, generator=g), torch.randn(2, 384, generator=g)
+    has = torch.tensor([True, False])
+    controls = control_input(tiny_batch(frames=3 * B).features, torch.tensor([[1, 1, 1], [1, 0, 1]]))
+    for exits in ([4, 4, 4], [1, 3, 2]):
+        ro = rollout(student, ctx, text, has, exits, 4, torch.Generator().manual_seed(7), controls)
+        streamer = BlockCausalStreamer(student, SamplerConfig(steps=4, sampler="pingpong", cfg_scale=1.0, seed=7),
+                                       batch=2)
+        streamer.set_prompt(text, has)
+        streamer.reset(ctx)
+        for n, k in enumerate(exits):
+            ctrl = controls[:, n * B : (n + 1) * B]
+            block = streamer.next_block(ctrl) if k == 4 else streamer.next_block(ctrl, exit_step=k)
+            assert (block - ro.per_block[n]).abs().max() < 1e-5, (exits, n)
+
+
+def test_controls_and_prompt_dropout_reach_the_rollout(monkeypatch):
+    """Rollouts run with the crop's control channels (a model whose output depends on them streams other
+    blocks without), and the iteration applies pretraining's dropouts: control dropout 0 passes every group of
+    the real features, 1 passes none; prompt dropout 1 runs every rollout unconditioned."""
+    student = tiny_student()
+    W, B = student.cfg.window_chunks, student.cfg.block_frames
+    batch = tiny_batch()
+    controls = control_input(batch.features, torch.ones(2, 3))
+    args = {"exit_steps": [2, 2], "steps": 2}
+    with_ctrl = rollout(student, batch.x0[:, : W * B], batch.text, torch.ones(2, dtype=torch.bool),
+                        generator=torch.Generator().manual_seed(0), controls=controls[:, W * B :], **args)
+    without = rollout(student, batch.x0[:, : W * B], batch.text, torch.ones(2, dtype=torch.bool),
+                      generator=torch.Generator().manual_seed(0), **args)
+    assert (with_ctrl.blocks - without.blocks).abs().max() > 1e-3
+
+    seen = []
+    real_rollout = arc_trainer.rollout
+
+    def spy(model, context, text, has_text, exit_steps, steps, generator, controls=None):
+        seen.append((has_text.clone(), None if controls is None else controls.clone()))
+        return real_rollout(model, context, text, has_text, exit_steps, steps, generator, controls)
+
+    monkeypatch.setattr(arc_trainer, "rollout", spy)
+    disc = Discriminator(student, n_layers=1, head_width=16)
+    for cfg in (tiny_cfg(), tiny_cfg(control_dropout=1.0, prompt_dropout=1.0)):
+        arc_iteration(student, disc, torch.optim.AdamW(student.parameters(), lr=1e-5),
+                      torch.optim.AdamW(disc.parameters(), lr=1e-5), batch, cfg, torch.Generator().manual_seed(0), MEL)
+    (has_on, ctrl_on), (has_off, ctrl_off) = seen
+    assert has_on.all() and not has_off.any()
+    assert torch.equal(ctrl_on, controls[:, W * B :])  # every group of the real continuation's features
+    assert not ctrl_off.any()  # all groups dropped: features and presence flags zero
 
 
 def test_step_with_grad_gives_the_numbers_of_step():
     """The exit step's differentiable path (concatenated keys, pending block written first) computes what the
-    inference path (reused buffers, fused first step) computes, for the fused first step and a later one."""
+    inference path (reused buffers, fused first step) computes, for the fused first step and a later one, with
+    and without controls."""
     student = tiny_student()
     g = torch.Generator().manual_seed(2)
     ctx, block = torch.randn(2, 8, 512, generator=g), torch.randn(2, 4, 512, generator=g)
     text_c = student.text_cond(torch.randn(2, 384, generator=g), torch.ones(2, dtype=torch.bool))
-    plain, grad = BlockCausalKVCache(student, batch=2), BlockCausalKVCache(student, batch=2)
-    for cache in (plain, grad):
-        cache.bootstrap(ctx)
-        cache.advance(block)
-    for _ in range(2):  # the fused first step (writes the pending block), then a plain step
-        x_t, t = torch.randn(2, 4, 512, generator=g), torch.rand(2, generator=g)
-        v = plain.step(x_t, t, text_c)
-        v_grad = grad.step_with_grad(x_t, t, text_c)
-        assert v_grad.requires_grad and not v.requires_grad
-        assert (v - v_grad).abs().max() < 1e-5
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain.k + plain.v, grad.k + grad.v))
+    controls = control_input(tiny_batch(frames=4).features, torch.ones(2, 3))
+    for ctrl in (None, controls):
+        plain, grad = BlockCausalKVCache(student, batch=2), BlockCausalKVCache(student, batch=2)
+        for cache in (plain, grad):
+            cache.bootstrap(ctx)
+            cache.advance(block)
+        for _ in range(2):  # the fused first step (writes the pending block), then a plain step
+            x_t, t = torch.randn(2, 4, 512, generator=g), torch.rand(2, generator=g)
+            v = plain.step(x_t, t, text_c, ctrl)
+            v_grad = grad.step_with_grad(x_t, t, text_c, ctrl)
+            assert v_grad.requires_grad and not v.requires_grad
+            assert (v - v_grad).abs().max() < 1e-5
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain.k + plain.v, grad.k + grad.v))
 
 
 def test_gradient_reaches_the_parameters_only_through_each_blocks_exit_step(monkeypatch):
-    """The parameter gradient of a rollout equals the gradient of its exit steps alone, recomputed from detached
-    inputs: each block's exit input and clean history are constants (a fresh cache prefilled without gradient),
-    so no gradient flows through earlier denoising steps or earlier blocks. The recomputed blocks also equal the
-    uncached masked forward pass (the slow reference of ``lmdm.model.layouts``)."""
+    """The steps before each block's exit run without gradient, and the parameter gradient of a rollout equals
+    the gradient of its exit steps alone, recomputed from detached inputs: each block's exit input and clean
+    history are constants (a fresh cache prefilled without gradient), so no gradient flows through earlier
+    denoising steps or earlier blocks. The recomputed blocks also equal the uncached masked forward pass (the
+    slow reference of ``lmdm.model.layouts``). The exits include S, the step that makes the final audio."""
     student = tiny_student()
     W, B = student.cfg.window_chunks, student.cfg.block_frames
     g = torch.Generator().manual_seed(3)
     ctx, text = torch.randn(2, W * B, 512, generator=g), torch.randn(2, 384, generator=g)
     has = torch.ones(2, dtype=torch.bool)
     exits = []  # (cache chunk, x_t, t) of every differentiable step
-    step_with_grad = BlockCausalKVCache.step_with_grad
+    plain_steps = []  # (cache chunk, grad mode) of every other step
+    step_with_grad, step = BlockCausalKVCache.step_with_grad, BlockCausalKVCache.step
 
-    def spy(self, x_t, t, text_c, controls=None):
+    def spy_grad(self, x_t, t, text_c, controls=None):
         exits.append((self.next_chunk, x_t.detach().clone(), t.clone()))
         return step_with_grad(self, x_t, t, text_c, controls)
 
-    monkeypatch.setattr(BlockCausalKVCache, "step_with_grad", spy)
-    ro = rollout(student, ctx, text, has, n_blocks=4, steps=4, generator=torch.Generator().manual_seed(1))
+    def spy_step(self, x_t, t, text_c, controls=None, mods=None):
+        plain_steps.append((self.next_chunk, torch.is_grad_enabled()))
+        return step(self, x_t, t, text_c, controls, mods)
+
+    monkeypatch.setattr(BlockCausalKVCache, "step_with_grad", spy_grad)
+    monkeypatch.setattr(BlockCausalKVCache, "step", spy_step)
+    exit_steps = [4, 1, 3, 2]
+    ro = rollout(student, ctx, text, has, exit_steps, 4, torch.Generator().manual_seed(1))
     monkeypatch.setattr(BlockCausalKVCache, "step_with_grad", step_with_grad)
-    assert all(1 <= k <= 3 for k in ro.exit_steps) and len(set(ro.exit_steps)) > 1
+    monkeypatch.setattr(BlockCausalKVCache, "step", step)
+    assert ro.exit_steps == exit_steps
     assert [chunk for chunk, _, _ in exits] == [W + n for n in range(4)]  # one differentiable step per block
+    assert [chunk for chunk, _ in plain_steps] == [W + n for n, k in enumerate(exit_steps) for _ in range(k - 1)]
+    assert not any(grad_mode for _, grad_mode in plain_steps)  # the steps before the exit: no gradient
     weights = [torch.randn(blk.shape, generator=g) for blk in ro.per_block]
     params = list(student.parameters())
     got = torch.autograd.grad(sum((blk * w).sum() for blk, w in zip(ro.per_block, weights)), params,
@@ -128,31 +243,50 @@ def test_gradient_reaches_the_parameters_only_through_each_blocks_exit_step(monk
             assert torch.allclose(a, r, rtol=1e-3, atol=1e-5 * r.abs().max().item() + 1e-8)
 
 
-def test_one_tiny_arc_step_changes_generator_and_discriminator():
+# ---- the two players ------------------------------------------------------------------------------------------
+def test_each_players_step_leaves_the_others_weights_untouched():
+    """The generator step changes the student only (the discriminator's weights, gradients, optimiser state and
+    trainability are as before); the discriminator step changes the discriminator only (the student's weights
+    and gradients are as the generator step left them)."""
+    student = tiny_student()
+    disc = Discriminator(student, n_layers=1, head_width=16)
+    opt_g = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-3)
+    cfg, gen = tiny_cfg(), torch.Generator().manual_seed(0)
+    batch = tiny_batch()
+    draw = draw_iteration(batch, cfg, gen)
+    g0, d0 = snapshot(student), snapshot(disc)
+    x_fake, out = generator_step(student, disc, opt_g, batch, draw, cfg, gen, MEL)
+    assert not same(student, g0) and same(disc, d0)
+    assert all(p.grad is None and p.requires_grad for p in disc.parameters()) and not opt_d.state
+    assert not x_fake.requires_grad and all(math.isfinite(out[k]) for k in ("loss_g", "loss_level"))
+    g1 = snapshot(student)
+    grads = [p.grad.clone() for p in student.parameters() if p.grad is not None]
+    out = discriminator_step(disc, opt_d, batch, draw, x_fake, cfg, student.cfg.context_frames)
+    assert same(student, g1) and not same(disc, d0)
+    assert all(torch.equal(a, p.grad) for a, p in zip(grads, [p for p in student.parameters() if p.grad is not None]))
+    assert all(math.isfinite(out[k]) for k in ("loss_d", "loss_c", "d_real", "d_fake"))
+
+
+def test_one_tiny_arc_step_scores_real_fake_and_negative_captions():
     student = tiny_student()
     disc = Discriminator(student, n_layers=1, head_width=16)
     assert disc.num_params() > 0
-    opt_g = torch.optim.AdamW(student.parameters(), lr=1e-3)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=1e-3)
-    g0 = [p.detach().clone() for p in student.parameters()]
-    d0 = [p.detach().clone() for p in disc.parameters()]
-    prompts = []  # the prompts of every discriminator call
+    calls = []  # (prompts, prompt flags, controls) of every discriminator call
     forward = disc.forward
-    disc.forward = lambda x_t, t, text, has_text, start: prompts.append(text.clone()) or forward(x_t, t, text,
-                                                                                                  has_text, start)
-    cfg = ARCConfig(batch_size=2, rollout_blocks=2, student_steps=3)
-    text = torch.randn(2, 384)
-    original = text.clone()
-    out = arc_iteration(student, disc, opt_g, opt_d, torch.randn(2, 16, 512), text, cfg,
-                        torch.Generator().manual_seed(0))
-    assert all(math.isfinite(out[k]) for k in ("loss_g", "loss_d", "loss_c"))
-    assert any(not torch.equal(a, b) for a, b in zip(g0, student.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(d0, disc.parameters()))
-    # G: real, fake; D: real, fake, real with other prompts. Only the last sees rolled prompts, and every item
-    # of it another item's prompt; the caller's prompts are untouched.
-    assert len(prompts) == 5 and torch.equal(text, original)
-    assert all(torch.equal(p, original) for p in prompts[:4])
-    assert all(not torch.equal(prompts[4][i], original[i]) for i in range(2))
+    disc.forward = lambda x_t, t, text, has, start, controls=None: calls.append(
+        (text.clone(), has.clone(), controls)) or forward(x_t, t, text, has, start, controls)
+    batch = tiny_batch()
+    original = batch.text.clone()
+    out = arc_iteration(student, disc, torch.optim.AdamW(student.parameters(), lr=1e-3),
+                        torch.optim.AdamW(disc.parameters(), lr=1e-3), batch, tiny_cfg(),
+                        torch.Generator().manual_seed(0), MEL)
+    assert all(math.isfinite(out[k]) for k in ("loss_g", "loss_level", "loss_d", "loss_c"))
+    # G: real, fake; D: real, fake, real with the negative captions; all with the crops' controls
+    assert len(calls) == 5 and torch.equal(batch.text, original)
+    assert all(torch.equal(text, original) for text, _, _ in calls[:4])
+    assert torch.equal(calls[4][0], batch.negative) and calls[4][1].all()
+    assert all(c is not None and c.shape == (2, 16, 7) for _, _, c in calls)
 
 
 @pytest.mark.parametrize("bf16", [None, True])
@@ -164,13 +298,28 @@ def test_arc_autocasts_off_the_cpu_by_default_and_on_it_when_asked(bf16):
     seen = []
     forward = disc.forward
     disc.forward = lambda *a: seen.append(torch.is_autocast_enabled("cpu")) or forward(*a)
-    cfg = ARCConfig(batch_size=2, rollout_blocks=2, student_steps=3, bf16=bf16)
     out = arc_iteration(student, disc, torch.optim.AdamW(student.parameters(), lr=1e-3),
-                        torch.optim.AdamW(disc.parameters(), lr=1e-3), torch.randn(2, 16, 512),
-                        torch.randn(2, 384), cfg, torch.Generator().manual_seed(0))
+                        torch.optim.AdamW(disc.parameters(), lr=1e-3), tiny_batch(), tiny_cfg(bf16=bf16),
+                        torch.Generator().manual_seed(0), MEL)
     assert seen == [bool(bf16)] * 5
     assert all(math.isfinite(out[k]) for k in ("loss_g", "loss_d", "loss_c"))
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in disc.head.parameters())
+
+
+# ---- config and run -------------------------------------------------------------------------------------------
+def test_config_takes_the_pretraining_dropouts_of_the_base_checkpoint():
+    info = {"train_config": {"prompt_dropout": 0.2, "control_dropout": 0.3, "control_group_dropout": 0.4}}
+    assert with_pretraining_dropouts(ARCConfig(), info) == ARCConfig(prompt_dropout=0.2, control_dropout=0.3,
+                                                                      control_group_dropout=0.4)
+    assert with_pretraining_dropouts(ARCConfig(control_dropout=0.0), info).control_dropout == 0.0
+    defaults = with_pretraining_dropouts(ARCConfig(), {})  # a checkpoint that records none: TrainConfig's
+    assert (defaults.prompt_dropout, defaults.control_dropout, defaults.control_group_dropout) == (0.1, 0.5, 0.3)
+    with pytest.raises(ConfigError, match="with_pretraining_dropouts"):
+        draw_iteration(tiny_batch(), ARCConfig(), torch.Generator())
+    assert ARCConfig(student_steps=1, batch_size=1).student_steps == 1
+    for bad in ({"student_steps": 0}, {"control_dropout": 1.5}, {"level_weight": -1.0}):
+        with pytest.raises(ConfigError):
+            ARCConfig(**bad)
 
 
 def test_arc_run_checkpoints_and_resumes_exactly(real_data, tmp_path):
@@ -189,8 +338,11 @@ def test_arc_run_checkpoints_and_resumes_exactly(real_data, tmp_path):
     # resuming restored student, discriminator, optimisers, EMA and RNG: the straight 3-step run's numbers
     straight = arc_train(replace(cfg, steps=3, run_dir=str(tmp_path / "straight")), progress=False)
     assert r2.last["exit_steps"] == straight.last["exit_steps"]
-    assert all(r2.last[k] == pytest.approx(straight.last[k], rel=1e-5) for k in ("loss_g", "loss_d", "loss_c"))
+    assert all(r2.last[k] == pytest.approx(straight.last[k], rel=1e-5)
+               for k in ("loss_g", "loss_level", "loss_d", "loss_c"))
     for name in ("model", "disc", "ema"):
         a = load_file(str(latest_checkpoint(tmp_path / "arc") / f"{name}.safetensors"))
         b = load_file(str(latest_checkpoint(tmp_path / "straight") / f"{name}.safetensors"))
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+    log = (tmp_path / "arc" / "log.csv").read_text().splitlines()
+    assert log[0].split(",")[:3] == ["step", "loss_g", "loss_level"]

@@ -122,7 +122,7 @@ def test_training_layouts_rollout_and_discriminator_follow_the_model():
                 enc_dec_tokens(x0[:, :8], x_t[:, 8:12], t[:, 0]),
                 outpainting_tokens(x0[:, :8], x_t[:, :8], x_t[:, 8:12], t[:, 0])]
         loss = sum(m(tok, text, has).square().mean() for tok in toks)
-        ro = rollout(m, x0[:, :8], text, has, n_blocks=2, steps=2, generator=g)
+        ro = rollout(m, x0[:, :8], text, has, exit_steps=[2, 1], steps=2, generator=g)
         score = disc(torch.cat([x0[:, :8], ro.blocks], 1), t[:, 0], text, has, 8)
         (loss + score.sum() + ro.blocks.square().mean()).backward()
     assert module_device(m).type == "cpu" and m.out_proj.weight.grad is not None

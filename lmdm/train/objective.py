@@ -52,7 +52,8 @@ def _rand(shape, generator: torch.Generator) -> torch.Tensor:
 
 def control_presence(b: int, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """``(b, groups)`` bool: which control groups each crop keeps under control dropout (all groups dropped with
-    probability ``control_dropout``, then each remaining one with ``control_group_dropout``)."""
+    probability ``control_dropout``, then each remaining one with ``control_group_dropout``). ``cfg`` is any
+    config with those two fields (ARC-Forcing's rollouts drop controls the same way, ``ARCConfig``)."""
     keep_any = _rand((b, 1), generator) >= cfg.control_dropout
     keep_group = _rand((b, len(GROUPS)), generator) >= cfg.control_group_dropout
     return keep_any & keep_group

@@ -3,7 +3,16 @@ head (ARC, arXiv 2505.08175, section 3.2; DESIGN.md section 1).
 
 It scores a re-noised sequence ``[context | rollout]``: all frames enter as noisy tokens at timestep ``t`` with
 bidirectional attention and the prompt; the hidden states of the rollout frames after ``n_layers`` blocks go
-through two 1-D convolutions and a mean over time to one score per item.
+through two 1-D convolutions and a mean over time to one score per item. It sees the crop's control channels
+(melody, rhythm, dynamics, after the rollout's control dropout) as the student did, so it can tell a rollout
+that ignores its sketch from the real continuation that the sketch was measured on.
+
+**Level.** The discriminator must hear a loud and a quiet version of the same music as different (issue 13): its
+input is the latent as it is, with no per-example normalisation (no standardisation, LayerNorm or GroupNorm over
+the latent or the crop). Inside the trunk the LayerNorms are the DiT's pre-norms: they normalise only what each
+attention and MLP branch reads, while the residual stream that the head reads keeps the input projection of the
+latent, level included. ``tests/test_arc.py`` checks that a level change of the decoded spectrogram changes the
+discriminator's input and its score.
 """
 from __future__ import annotations
 
@@ -40,7 +49,7 @@ class Discriminator(nn.Module):
         self.out = nn.Linear(head_width, 1)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor, has_text: torch.Tensor,
-                region_start: int) -> torch.Tensor:
+                region_start: int, controls: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of noisy sequences.
 
         Args:
@@ -48,6 +57,7 @@ class Discriminator(nn.Module):
             t: ``(b,)`` timesteps.
             text, has_text: prompts ``(b, text_dim)``, ``(b,)``.
             region_start: first frame of the scored region (the rollout after the context).
+            controls: ``(b, frames, control_dim)`` control channels, or None (no controls).
 
         Returns:
             ``(b,)`` scores (higher = more real).
@@ -56,7 +66,7 @@ class Discriminator(nn.Module):
         dev = x_t.device
         tok = Tokens(noisy=x_t, clean=torch.zeros_like(x_t), is_ctx=torch.zeros(n, dtype=torch.bool, device=dev),
                      seg=torch.zeros(n, dtype=torch.long, device=dev), t_seg=t[:, None],
-                     pos=torch.arange(n, device=dev), mask=bidirectional_mask(n, dev))
+                     pos=torch.arange(n, device=dev), mask=bidirectional_mask(n, dev), controls=controls)
         h = self.trunk.features(tok, self.trunk.text_cond(text, has_text))  # (b, n, d)
         h = self.head(h[:, region_start:].transpose(1, 2))
         return self.out(h.mean(-1))[:, 0]

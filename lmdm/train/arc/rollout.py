@@ -1,10 +1,17 @@
 """ARC-Forcing rollouts: the student streams on its own cached generations, with gradient only through the final
 x0 prediction of a random exit step of each block (Self-Forcing, Huang et al. 2025, section 3.2; DESIGN.md 5).
 
-Per block: draw ``k`` in ``[1, S-1]``; :func:`lmdm.diffusion.sample` (the sampler loop streamers use) runs
-``k - 1`` ping-pong steps without gradient through :meth:`BlockCausalKVCache.step` and returns the x0
-prediction of step ``k``, computed with gradient through :meth:`BlockCausalKVCache.step_with_grad`. The block is
-detached before it enters the KV cache, so gradients never cross blocks, and the window slides as in inference.
+Per block ``n`` with exit step ``k_n`` drawn from all ``S`` steps (:func:`draw_exit_steps`; Self-Forcing draws
+from ``1..S``, so the step that makes the final audio is trained too): :func:`lmdm.diffusion.sample` (the
+sampler loop the streamers use) runs ``k_n - 1`` ping-pong steps without gradient through
+:meth:`BlockCausalKVCache.step` and returns the x0 prediction of step ``k_n``, computed with gradient through
+:meth:`BlockCausalKVCache.step_with_grad`. The block is detached before it enters the KV cache, so gradients never
+cross blocks, and the window slides as in inference.
+
+A rollout is what inference computes: with the same seed, prompt, controls and exit step, block ``n`` equals
+``BlockCausalStreamer.next_block(controls, exit_step=k_n)`` without guidance (the noise is drawn in the streamer's
+order: the block's initial noise, then ping-pong's fresh noise), and for ``k_n = S`` that is the plain block of
+``lmdm generate`` (``tests/test_arc.py`` checks both).
 """
 from __future__ import annotations
 
@@ -21,50 +28,69 @@ from lmdm.model.dit import DiT
 @dataclass
 class Rollout:
     """A rollout: ``blocks`` ``(b, N*B, ch)`` (gradient at each block's exit step), the same per block, and the
-    exit steps drawn."""
+    exit steps used."""
 
     blocks: torch.Tensor
     per_block: list[torch.Tensor]
     exit_steps: list[int]
 
 
-def rollout(model: DiT, context: torch.Tensor, text: torch.Tensor, has_text: torch.Tensor, n_blocks: int,
-            steps: int, generator: torch.Generator) -> Rollout:
-    """Stream ``n_blocks`` blocks after a real ``context`` with the model's own block-causal KV cache.
+def draw_exit_steps(n_blocks: int, steps: int, generator: torch.Generator) -> list[int]:
+    """One exit step per block, uniform over ``1..steps`` (all ``S`` steps, Self-Forcing section 3.2).
+
+    Raises:
+        UsageError: ``steps`` < 1 or ``n_blocks`` < 0.
+    """
+    if steps < 1 or n_blocks < 0:
+        raise UsageError(f"need steps >= 1 and n_blocks >= 0, got steps={steps}, n_blocks={n_blocks}")
+    return torch.randint(1, steps + 1, (n_blocks,), generator=generator, device=generator.device).tolist()
+
+
+def rollout(model: DiT, context: torch.Tensor, text: torch.Tensor, has_text: torch.Tensor,
+            exit_steps: list[int], steps: int, generator: torch.Generator,
+            controls: torch.Tensor | None = None) -> Rollout:
+    """Stream ``len(exit_steps)`` blocks after a real ``context`` with the model's own block-causal KV cache.
 
     Args:
         model: the student DiT (parameters require grad).
         context: ``(b, W*B, ch)`` clean real context (bootstraps the cache).
-        text, has_text: prompts ``(b, text_dim)``, ``(b,)`` (no guidance: the few-step student runs without CFG).
-        n_blocks: ``N``.
-        steps: the student's ping-pong steps ``S`` (>= 2).
-        generator: RNG for the exit steps, the initial noise and the ping-pong noise, in that order per block.
+        text, has_text: prompts ``(b, text_dim)``, ``(b,)`` (False = the block is generated unconditionally; no
+            guidance: the few-step student runs without CFG).
+        exit_steps: ``k_n`` in ``[1, steps]`` per block (:func:`draw_exit_steps`).
+        steps: the student's ping-pong steps ``S`` (>= 1).
+        generator: RNG of the initial noise and the ping-pong noise, block after block.
+        controls: ``(b, N*B, control_dim)`` control channels of the rolled-out frames (``lmdm.control.features``,
+            after control dropout), or None (no controls).
 
     Returns:
         a :class:`Rollout`.
 
     Raises:
-        UsageError: ``steps`` < 2.
+        UsageError: ``steps`` < 1, an exit step outside ``[1, steps]``, or controls that do not cover the blocks.
     """
-    if steps < 2:
-        raise UsageError(f"ARC-Forcing needs at least 2 steps (exit step in [1, S-1]), got {steps}")
+    if steps < 1:
+        raise UsageError(f"a rollout needs at least 1 step, got {steps}")
+    if any(not 1 <= k <= steps for k in exit_steps):
+        raise UsageError(f"exit steps must be in [1, {steps}], got {list(exit_steps)}")
     b, _, ch = context.shape
     B, dev = model.cfg.block_frames, context.device
+    if controls is not None and controls.shape[:2] != (b, len(exit_steps) * B):
+        raise UsageError(f"controls must be (batch={b}, {len(exit_steps) * B}, control_dim), "
+                         f"got {tuple(controls.shape)}")
     cache = BlockCausalKVCache(model, batch=b)
     cache.bootstrap(context.detach())
     text_c = model.text_cond(text, has_text)
-    blocks, exits = [], []
-    for _ in range(n_blocks):
-        k = int(torch.randint(1, steps, (), generator=generator, device=generator.device))
+    blocks = []
+    for n, k in enumerate(exit_steps):
+        ctrl = None if controls is None else controls[:, n * B : (n + 1) * B].to(dev)
 
-        def velocity(x: torch.Tensor, t: float, i: int, k: int = k) -> torch.Tensor:
+        def velocity(x: torch.Tensor, t: float, i: int, k: int = k, ctrl=ctrl) -> torch.Tensor:
             step = cache.step_with_grad if i == k - 1 else cache.step
-            return step(x, torch.full((b,), t, device=dev), text_c)
+            return step(x, torch.full((b,), t, device=dev), text_c, ctrl)
 
         # drawn on the generator's device (the CPU's: the same numbers on any device), then moved
         noise = torch.randn(b, B, ch, generator=generator, device=generator.device).to(dev)
         x0 = sample(velocity, noise, "pingpong", steps, generator, exit_step=k)
         blocks.append(x0)
-        exits.append(k)
         cache.advance(x0.detach())
-    return Rollout(torch.cat(blocks, 1), blocks, exits)
+    return Rollout(torch.cat(blocks, 1), blocks, list(exit_steps))

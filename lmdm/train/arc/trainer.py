@@ -4,24 +4,34 @@ No reinforcement learning and no reward model: the student is rolled out on its 
 generations for ``N`` blocks (``lmdm.train.arc.rollout``) and trained against a discriminator with the ARC losses
 (``lmdm.train.arc.losses``). One iteration:
 
-1. sample real crops ``[context (W*B) | continuation (N*B)]`` and their captions;
-2. **generator step**: roll out ``N`` blocks after the real context (gradient only through each block's exit
-   step); re-noise ``[context | rollout]`` and ``[context | real continuation]`` with the *same* noise and
-   timestep; ``L_G = softplus(D(real) - D(fake))`` on the rollout region; the discriminator is frozen;
-3. **discriminator step**: ``L_D = softplus(-(D(real) - D(fake)))`` plus the contrastive loss (real audio with
-   its own caption must outscore it with another item's caption, rolled on a copy);
-4. EMA of the generator, LR, checkpoints, resume, log and export: the one loop of ``lmdm.train.loop``.
+1. sample real crops ``[context (W*B) | continuation (N*B)]``, their captions and control features, and for each
+   crop a negative caption (another work's, with another text: ``lmdm.train.arc.negatives``);
+2. draw the rollout's conditions as pretraining does (:func:`draw_iteration`): prompt dropout (some rollouts run
+   unconditioned) and control dropout over the crop's real control features (the sketch and jam pathways), an
+   exit step per block from all ``S`` steps, the discriminator's timestep and noise;
+3. **generator step** (:func:`generator_step`): roll out ``N`` blocks after the real context (gradient only
+   through each block's exit step); re-noise ``[context | rollout]`` and ``[context | real continuation]`` with the
+   *same* noise and timestep; ``L_G = softplus(D(real) - D(fake))`` on the rollout region, plus the level anchor
+   (``lmdm.train.arc.level``: the rollouts' decoded mel matches the real continuations' per-band statistics); the
+   discriminator is frozen;
+4. **discriminator step** (:func:`discriminator_step`): ``L_D = softplus(-(D(real) - D(fake)))`` plus the
+   contrastive loss (real audio with its own caption must outscore it with the negative caption); the student
+   is not touched;
+5. EMA of the generator, LR, checkpoints, resume, log and export: the one loop of ``lmdm.train.loop``.
+
+The discriminator scores each sequence with the prompt flag and the control channels the rollout had.
 
 Several processes (``torchrun``, ``lmdm.train.distributed``): each rank takes its rows of the global batch (drawn
-from the shared generator) and rolls them out itself; the student's rollout and the discriminator's scoring are each
-one ``DistributedDataParallel`` forward (:class:`RolloutPass`, :class:`ScorePass`), so both players' gradients are
-averaged over ranks. The rollout noise, timesteps and exit steps come from a per-rank generator seeded from the
-shared one, so ranks roll out different futures and the shared generator (the checkpoint's) stays identical on all
-ranks; a run resumes on any number of processes. One process uses the shared generator directly, as before.
+from the shared generator, negatives included) and rolls them out itself; the student's rollout and the
+discriminator's scoring are each one ``DistributedDataParallel`` forward (:class:`RolloutPass`,
+:class:`ScorePass`), so both players' gradients are averaged over ranks. The dropouts, rollout noise, timesteps and
+exit steps come from a per-rank generator seeded from the shared one, so ranks roll out different futures and the
+shared generator (the checkpoint's) stays identical on all ranks; a run resumes on any number of processes. One
+process uses the shared generator directly.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -29,20 +39,26 @@ from torch import nn
 
 from lmdm.checkpoint import load_checkpoint, save_checkpoint
 from lmdm.config import ConfigError, to_dict
+from lmdm.control.features import control_input
 from lmdm.device import autocast
 from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss, roll_prompts
-from lmdm.train.arc.rollout import rollout
+from lmdm.train.arc.level import DecodedMel, level_anchor_loss
+from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
+from lmdm.train.arc.negatives import Negatives
+from lmdm.train.arc.rollout import draw_exit_steps, rollout
+from lmdm.train.config import TrainConfig
 from lmdm.train.dataset import encode_latent_set, load_latent_set
 from lmdm.train.distributed import Distributed, batch_plan, distributed_run
 from lmdm.train.loop import LoopSettings, LoopState, Task, optimizer_step, run_loop, settle_config, write_config
-from lmdm.train.objective import logit_normal
+from lmdm.train.objective import control_presence, logit_normal
 
 # what ``--resume`` may change: the length, intervals and output folders
 CHANGEABLE = {"steps", "max_hours", "log_every", "ckpt_every", "run_dir", "export_dir"}
+# the rollout's dropouts, as pretraining names them (``TrainConfig``)
+DROPOUTS = ("prompt_dropout", "control_dropout", "control_group_dropout")
 
 
 class ARCError(LmdmError, RuntimeError):
@@ -55,16 +71,26 @@ class ARCConfig:
 
     Attributes:
         init_from: the pretrained LMDM checkpoint (student and discriminator trunk start from it).
-        data: built data set (real crops and captions).
+        data: built data set (real crops, captions and control features).
         run_dir, export_dir: outputs (the final EMA student is written to ``run_dir/final`` and ``export_dir``).
         steps: iterations (one generator and one discriminator step each).
-        batch_size: crops per iteration (>= 2, for the contrastive negatives).
+        batch_size: crops per iteration (the contrastive negatives come from the data set, not the batch).
         rollout_blocks: ``N`` blocks rolled out per crop.
-        student_steps: ``S`` ping-pong steps of the few-step student.
+        student_steps: ``S`` ping-pong steps of the few-step student (>= 1); each block's exit step is drawn
+            from ``1..S``.
+        prompt_dropout, control_dropout, control_group_dropout: the rollouts' dropouts, as in pretraining
+            (``TrainConfig``): a rollout runs without its prompt with probability ``prompt_dropout``, and with
+            the crop's control groups dropped as pretraining drops them. None (default) = the values the base
+            checkpoint was pretrained with (its ``info.train_config``; ``TrainConfig``'s defaults for a
+            checkpoint that records none).
         disc_layers: DiT blocks in the discriminator trunk.
         disc_head_width: channels of its convolutional head.
         lr_g, lr_d: learning rates (AdamW, betas ``(0, 0.99)`` as usual for adversarial training).
         contrastive_weight: weight of the contrastive loss in the discriminator step.
+        level_weight: weight of the level anchor in the generator step (``lmdm.train.arc.level``: per-band mean
+            and spread of the rollouts' decoded mel against the real continuations'; a uniform offset of ``g``
+            dB costs ``(g / 21.7)^2``, so at 1.0 a 14 dB offset weighs about as much as the adversarial loss at
+            equilibrium, ``ln 2``); 0 = off.
         ema_decay: EMA of the student.
         t_logit_mean, t_logit_std: logit-normal re-noising timestep for the discriminator.
         grad_clip: gradient-norm clipping for both players.
@@ -84,11 +110,15 @@ class ARCConfig:
     batch_size: int = 4
     rollout_blocks: int = 4
     student_steps: int = 4
+    prompt_dropout: float | None = None
+    control_dropout: float | None = None
+    control_group_dropout: float | None = None
     disc_layers: int = 4
     disc_head_width: int = 128
     lr_g: float = 1e-5
     lr_d: float = 1e-4
     contrastive_weight: float = 1.0
+    level_weight: float = 1.0
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
     t_logit_std: float = 1.0
@@ -102,13 +132,26 @@ class ARCConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if self.batch_size < 2:
-            raise ConfigError("batch_size must be >= 2: the contrastive loss needs another item's prompt")
-        if self.student_steps < 2:
-            raise ConfigError("student_steps must be >= 2 (the exit step is drawn from [1, S-1])")
-        for name in ("rollout_blocks", "steps", "log_every", "ckpt_every", "keep_checkpoints"):
+        for name in ("batch_size", "student_steps", "rollout_blocks", "steps", "log_every", "ckpt_every",
+                     "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in DROPOUTS:
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ConfigError(f"{name} must be in [0, 1] (or null: as pretrained), got {value}")
+        if not self.level_weight >= 0 or not self.contrastive_weight >= 0:
+            raise ConfigError(f"level_weight and contrastive_weight must be >= 0, got {self.level_weight} and "
+                              f"{self.contrastive_weight}")
+
+
+def with_pretraining_dropouts(cfg: ARCConfig, base_info: dict) -> ARCConfig:
+    """``cfg`` with every dropout left None set to the base checkpoint's pretraining value (``base_info`` is the
+    checkpoint's ``info``; its ``train_config`` is what ``lmdm train`` exports), or to ``TrainConfig``'s default
+    where the checkpoint records none."""
+    pretrained = base_info.get("train_config") or {}
+    default = {f.name: f.default for f in fields(TrainConfig) if f.name in DROPOUTS}
+    return replace(cfg, **{k: float(pretrained.get(k, default[k])) for k in DROPOUTS if getattr(cfg, k) is None})
 
 
 @dataclass
@@ -123,6 +166,68 @@ class ARCResult:
     last: dict
 
 
+@dataclass
+class ARCBatch:
+    """Real crops and what goes with them (on one device).
+
+    Attributes:
+        x0: ``(b, (W + N) * B, ch)`` latent crops: ``W`` context chunks, then ``N`` blocks.
+        text: ``(b, text_dim)`` caption embeddings (not modified).
+        negative: ``(b, text_dim)`` embeddings of captions that do not describe the crops (``Negatives``).
+        features: ``(b, (W + N) * B, 4)`` control features of the crops (``lmdm.control.features``), or None (no
+            controls: every rollout runs without).
+    """
+
+    x0: torch.Tensor
+    text: torch.Tensor
+    negative: torch.Tensor
+    features: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> ARCBatch:
+        """The batch on ``device``."""
+        return ARCBatch(self.x0.to(device), self.text.to(device), self.negative.to(device),
+                        None if self.features is None else self.features.to(device))
+
+
+@dataclass(frozen=True)
+class ARCDraw:
+    """The random choices of one iteration besides the rollout's noise (:func:`draw_iteration`).
+
+    Attributes:
+        has_text: ``(b,)`` bool, False = the rollout runs without its prompt (prompt dropout).
+        controls: ``(b, (W + N) * B, control_dim)`` control channels after control dropout, or None.
+        exit_steps: the exit step of each rolled-out block, in ``1..S``.
+        t: ``(b,)`` the discriminator's re-noising timesteps.
+        eps: ``(b, (W + N) * B, ch)`` its noise, shared by the real and the generated sequence.
+    """
+
+    has_text: torch.Tensor
+    controls: torch.Tensor | None
+    exit_steps: list[int]
+    t: torch.Tensor
+    eps: torch.Tensor
+
+
+def draw_iteration(batch: ARCBatch, cfg: ARCConfig, gen: torch.Generator) -> ARCDraw:
+    """Draw, on ``gen`` (its device) and in this order: prompt dropout, control dropout (as pretraining,
+    ``lmdm.train.objective.control_presence``), the exit steps, the timesteps and the noise; returned on the
+    batch's device.
+
+    Raises:
+        ConfigError: a dropout of ``cfg`` is still None (see :func:`with_pretraining_dropouts`).
+    """
+    if any(getattr(cfg, k) is None for k in DROPOUTS):
+        raise ConfigError(f"set the rollout dropouts {DROPOUTS} first (with_pretraining_dropouts)")
+    b, dev = batch.x0.shape[0], batch.x0.device
+    has_text = torch.rand(b, generator=gen, device=gen.device) >= cfg.prompt_dropout
+    kept = control_presence(b, cfg, gen)
+    controls = None if batch.features is None else control_input(batch.features, kept.to(dev))
+    exits = draw_exit_steps(cfg.rollout_blocks, cfg.student_steps, gen)
+    t = logit_normal((b,), cfg.t_logit_mean, cfg.t_logit_std, gen)
+    eps = torch.randn(batch.x0.shape, generator=gen, device=gen.device)
+    return ARCDraw(has_text.to(dev), controls, exits, t.to(dev), eps.to(dev))
+
+
 def arc_autocast(device: torch.device, bf16: bool | None):
     """The autocast context of an ARC forward pass on ``device`` (see ``ARCConfig.bf16``: None = on off the
     CPU)."""
@@ -131,82 +236,140 @@ def arc_autocast(device: torch.device, bf16: bool | None):
 
 class RolloutPass(nn.Module):
     """The student's rollout as one module call (so that ``DistributedDataParallel`` sees one forward per
-    generator step): ``forward(context, text, has_text, n_blocks, steps, generator) -> (blocks, exit_steps)``
-    with ``blocks`` ``(b, N*B, ch)`` and ``exit_steps`` ``(N,)`` long (``lmdm.train.arc.rollout``)."""
+    generator step): ``forward(context, text, has_text, controls, exit_steps, steps, generator) -> blocks``
+    ``(b, N*B, ch)`` (``lmdm.train.arc.rollout``)."""
 
     def __init__(self, student: DiT):
         super().__init__()
         self.student = student
 
-    def forward(self, context, text, has_text, n_blocks: int, steps: int, generator: torch.Generator):
-        ro = rollout(self.student, context, text, has_text, n_blocks, steps, generator)
-        return ro.blocks, torch.tensor(ro.exit_steps)
+    def forward(self, context, text, has_text, controls, exit_steps: list[int], steps: int,
+                generator: torch.Generator):
+        return rollout(self.student, context, text, has_text, exit_steps, steps, generator, controls).blocks
 
 
 class ScorePass(nn.Module):
     """The discriminator step's three scorings as one module call (one DDP forward per discriminator step):
-    real, fake and real with rolled prompts, each ``(b,)``."""
+    real, fake (both with the rollout's prompt flags) and real with the negative captions, each ``(b,)``."""
 
     def __init__(self, disc: Discriminator):
         super().__init__()
         self.disc = disc
 
-    def forward(self, x_real, x_fake, t, text, has, rolled, rolled_has, region_start: int):
-        return (self.disc(x_real, t, text, has, region_start), self.disc(x_fake, t, text, has, region_start),
-                self.disc(x_real, t, rolled, rolled_has, region_start))
+    def forward(self, x_real, x_fake, t, text, has, negative, region_start: int, controls=None):
+        with_prompt = torch.ones_like(has)
+        return (self.disc(x_real, t, text, has, region_start, controls),
+                self.disc(x_fake, t, text, has, region_start, controls),
+                self.disc(x_real, t, negative, with_prompt, region_start, controls))
+
+
+def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimizer, batch: ARCBatch,
+                   draw: ARCDraw, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
+                   rollout_pass: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
+    """Step 3 of the module docstring: roll out, score against the real continuation with the discriminator
+    frozen, and update the student only (``opt_g``).
+
+    Args:
+        student, disc, opt_g: the student, the discriminator (not changed: its parameters get no gradient, and
+            their ``requires_grad`` is restored afterwards) and the student's optimiser.
+        batch, draw: the iteration's crops and draws (on the student's device).
+        cfg: rollout length, student steps, level weight, gradient clipping, mixed precision.
+        gen: the rollout's noise.
+        mel: the differentiable decoder of the level anchor (:class:`DecodedMel`, on the student's device).
+        rollout_pass: :class:`RolloutPass` of ``student`` or its DDP wrapper (None: built here).
+
+    Returns:
+        ``(x_fake, metrics)``: the re-noised ``[context | rollout]`` ``(b, (W + N) * B, ch)`` (detached, for the
+        discriminator step) and ``loss_g``, ``loss_level`` (floats).
+    """
+    rollout_pass = rollout_pass or RolloutPass(student)
+    dev = batch.x0.device
+    C = student.cfg.context_frames
+    ctx = batch.x0[:, :C]
+    ctrl = None if draw.controls is None else draw.controls[:, C:]
+    x_real = add_noise(batch.x0, draw.eps, draw.t)
+    flags = [p.requires_grad for p in disc.parameters()]
+    disc.requires_grad_(False)
+    student.train()
+    try:
+        with arc_autocast(dev, cfg.bf16):
+            blocks = rollout_pass(ctx, batch.text, draw.has_text, ctrl, draw.exit_steps, cfg.student_steps, gen)
+            x_fake = add_noise(torch.cat([ctx, blocks.float()], 1), draw.eps, draw.t)
+            scores = (disc(x_real, draw.t, batch.text, draw.has_text, C, draw.controls),
+                      disc(x_fake, draw.t, batch.text, draw.has_text, C, draw.controls))
+        loss_g = relativistic_g_loss(*(s.float() for s in scores))
+        start = C * mel.patch  # the rollout region's first mel frame (decoded with the context before it)
+        with torch.set_grad_enabled(cfg.level_weight > 0):
+            fake_mel = mel(torch.cat([ctx, blocks.float()], 1))[:, start:]
+        with torch.no_grad():
+            real_mel = mel(batch.x0)[:, start:]
+        loss_level = level_anchor_loss(fake_mel, real_mel)
+        total = loss_g + cfg.level_weight * loss_level if cfg.level_weight > 0 else loss_g
+        optimizer_step(total, opt_g, student.parameters(), cfg.grad_clip)
+    finally:
+        for p, flag in zip(disc.parameters(), flags):
+            p.requires_grad_(flag)
+    return x_fake.detach(), {"loss_g": loss_g.item(), "loss_level": loss_level.item()}
+
+
+def discriminator_step(disc: Discriminator, opt_d: torch.optim.Optimizer, batch: ARCBatch, draw: ARCDraw,
+                       x_fake: torch.Tensor, cfg: ARCConfig, region_start: int,
+                       score_pass: nn.Module | None = None) -> dict:
+    """Step 4 of the module docstring: the relativistic loss on real vs generated (with the rollout's prompt flags
+    and controls) plus the contrastive loss (real with its own caption vs with the negative caption, over the
+    items that had their prompt), updating the discriminator only (``opt_d``; ``x_fake`` is detached, so no
+    gradient reaches the student).
+
+    Args:
+        region_start: first scored frame (``W * B``).
+        score_pass: :class:`ScorePass` of ``disc`` or its DDP wrapper (None: built here).
+        the others: as in :func:`generator_step`.
+
+    Returns:
+        ``loss_d``, ``loss_c``, mean ``d_real`` and ``d_fake`` (floats).
+    """
+    score_pass = score_pass or ScorePass(disc)
+    x_real = add_noise(batch.x0, draw.eps, draw.t)
+    with arc_autocast(batch.x0.device, cfg.bf16):
+        scores = score_pass(x_real, x_fake.detach(), draw.t, batch.text, draw.has_text, batch.negative,
+                            region_start, draw.controls)
+    d_real, d_fake, d_negative = (s.float() for s in scores)
+    loss_d = relativistic_d_loss(d_real, d_fake)
+    loss_c = contrastive_loss(d_real, d_negative, keep=draw.has_text)
+    optimizer_step(loss_d + cfg.contrastive_weight * loss_c, opt_d, disc.parameters(), cfg.grad_clip)
+    return {"loss_d": loss_d.item(), "loss_c": loss_c.item(), "d_real": d_real.mean().item(),
+            "d_fake": d_fake.mean().item()}
 
 
 def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                  x0: torch.Tensor, text: torch.Tensor, cfg: ARCConfig, gen: torch.Generator,
+                  batch: ARCBatch, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
                   rollout_pass: nn.Module | None = None, score_pass: nn.Module | None = None) -> dict:
-    """One generator step and one discriminator step (steps 2 and 3 of the module docstring; ARC, arXiv
-    2505.08175, section 3).
+    """One generator step and one discriminator step (steps 2-4 of the module docstring; ARC, arXiv 2505.08175,
+    section 3).
 
     Args:
         student, disc: the two players (updated in place by ``opt_g`` and ``opt_d``).
-        x0: ``(b, (W + N) * B, ch)`` real crops: ``W`` context chunks, then ``N = cfg.rollout_blocks`` blocks.
-        text: ``(b, text_dim)`` their caption embeddings (``b >= 2``; not modified).
-        cfg: losses, rollout length, student steps, gradient clipping, mixed precision (the forward passes run
-            under :func:`arc_autocast`, the losses and backward passes in float32).
-        gen: the run's RNG (timesteps, noise, exit steps), on the CPU.
+        batch: the crops, captions, negative captions and control features (moved to the student's device).
+        cfg: losses, dropouts (set: :func:`with_pretraining_dropouts`), rollout length, student steps, gradient
+            clipping, mixed precision (the forward passes run under :func:`arc_autocast`, the losses and backward
+            passes in float32).
+        gen: the run's RNG (dropouts, exit steps, timesteps, noise), on the CPU.
+        mel: the level anchor's decoder (:class:`DecodedMel` of the checkpoint's codec, on the student's device).
         rollout_pass, score_pass: :class:`RolloutPass` of ``student`` and :class:`ScorePass` of ``disc``, or their
             ``DistributedDataParallel`` wrappers (None: built here, one process).
 
     Returns:
-        ``loss_g``, ``loss_d``, ``loss_c``, mean ``d_real`` and ``d_fake`` (floats) and the ``exit_steps`` drawn.
+        ``loss_g``, ``loss_level``, ``loss_d``, ``loss_c``, mean ``d_real`` and ``d_fake`` (floats), the
+        ``exit_steps`` drawn and ``prompted``, the fraction of rollouts that had their prompt.
+
+    Raises:
+        ConfigError: a dropout of ``cfg`` is None.
     """
-    rollout_pass = rollout_pass or RolloutPass(student)
-    score_pass = score_pass or ScorePass(disc)
-    dev = next(student.parameters()).device
-    x0, text = x0.to(dev), text.to(dev)
-    C = student.cfg.context_frames
-    ctx = x0[:, :C]
-    b = x0.shape[0]
-    has = torch.ones(b, dtype=torch.bool, device=dev)
-    t = logit_normal((b,), cfg.t_logit_mean, cfg.t_logit_std, gen).to(dev)
-    eps = torch.randn(x0.shape, generator=gen, device=gen.device).to(dev)
-    x_real = add_noise(x0, eps, t)
-    # generator step: the discriminator is frozen, gradients reach the student only through exit steps
-    disc.requires_grad_(False)
-    student.train()
-    with arc_autocast(dev, cfg.bf16):
-        blocks, exits = rollout_pass(ctx, text, has, cfg.rollout_blocks, cfg.student_steps, gen)
-        x_fake = add_noise(torch.cat([ctx, blocks.float()], 1), eps, t)
-        scores = disc(x_real, t, text, has, C), disc(x_fake, t, text, has, C)
-    loss_g = relativistic_g_loss(*(s.float() for s in scores))
-    optimizer_step(loss_g, opt_g, student.parameters(), cfg.grad_clip)
-    # discriminator step: relativistic loss + contrastive loss with prompts rolled on a copy
-    disc.requires_grad_(True)
-    x_fake = x_fake.detach()
-    rolled, rolled_has = roll_prompts(text, has)
-    with arc_autocast(dev, cfg.bf16):
-        scores = score_pass(x_real, x_fake, t, text, has, rolled, rolled_has, C)
-    d_real, d_fake, d_mismatched = (s.float() for s in scores)
-    loss_d = relativistic_d_loss(d_real, d_fake)
-    loss_c = contrastive_loss(d_real, d_mismatched)
-    optimizer_step(loss_d + cfg.contrastive_weight * loss_c, opt_d, disc.parameters(), cfg.grad_clip)
-    return {"loss_g": loss_g.item(), "loss_d": loss_d.item(), "loss_c": loss_c.item(),
-            "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item(), "exit_steps": exits.tolist()}
+    batch = batch.to(next(student.parameters()).device)
+    draw = draw_iteration(batch, cfg, gen)
+    x_fake, out = generator_step(student, disc, opt_g, batch, draw, cfg, gen, mel, rollout_pass)
+    out.update(discriminator_step(disc, opt_d, batch, draw, x_fake, cfg, student.cfg.context_frames, score_pass))
+    return {**out, "exit_steps": list(draw.exit_steps), "prompted": draw.has_text.float().mean().item()}
 
 
 def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool = True,
@@ -229,10 +392,10 @@ def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool
     Raises:
         ARCError: fresh run into a folder with checkpoints, a resume that changes the config, or nothing to
             resume.
-        CheckpointError, DataError: missing pretrained checkpoint, or data without crops of
-            ``(W + rollout_blocks) * B`` frames.
+        CheckpointError, DataError: missing pretrained checkpoint; data without crops of ``(W + rollout_blocks)
+            * B`` frames, or whose training split cannot give every caption a contrastive negative (one work).
         ConfigError: an override names an unknown field.
-        UsageError: the device is not available, or ``batch_size`` does not give each process 2 or more crops.
+        UsageError: the device is not available, or ``batch_size`` is not a multiple of the processes.
     """
     with distributed_run(device) as distributed:
         return _arc_train(cfg, resume, progress, run_dir, overrides, distributed)
@@ -245,13 +408,11 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     cfg, run, existing = settle_config(ARCConfig, cfg, resume=resume, run_dir=run_dir, overrides=overrides,
                                        changeable=CHANGEABLE, error=ARCError)
     plan = batch_plan(cfg.batch_size, distributed)
-    if plan.per_rank < 2:
-        raise ARCError(f"batch_size {cfg.batch_size} gives each of the {distributed.world_size} processes "
-                       f"{plan.per_rank} crop(s); the contrastive loss needs 2 or more per process")
     distributed.barrier()  # every rank has read the run folder before rank 0 writes into it
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     base = load_checkpoint(cfg.init_from, device=distributed.device)
+    settled = with_pretraining_dropouts(cfg, base.info)  # the config as run; config.json keeps the given one
     student = base.model
     student.requires_grad_(True)
     torch.manual_seed(cfg.seed)  # the discriminator head's initialisation is part of the run
@@ -259,6 +420,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
         raise ConfigError(f"disc_layers must be 1..{student.cfg.n_layers} (the layers of {cfg.init_from}), "
                           f"got {cfg.disc_layers}")
     disc = Discriminator(student, cfg.disc_layers, cfg.disc_head_width).to(distributed.device)
+    mel = DecodedMel(base.codec).to(distributed.device)
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=(0.0, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -267,18 +429,23 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                                  base.codec)
     crop = (student.cfg.window_chunks + cfg.rollout_blocks) * student.cfg.block_frames
     starts = data.valid_starts("train", crop)
+    negatives = Negatives.of(data, "train")
     # clean_cond conditions only the cache writes, which run without gradient: unused in the rollout's graph
     rollout_pass = distributed.wrap(RolloutPass(student), find_unused_parameters=True)
     score_pass = distributed.wrap(ScorePass(disc), find_unused_parameters=True)
 
     def train_step(state: LoopState) -> dict:
-        x0, _, text = data.sample(starts, cfg.batch_size, crop, gen, rows=plan.rows)
+        first, captions = data.draw(starts, cfg.batch_size, gen)
+        negative = negatives.draw(captions, gen)  # the whole batch's, on every rank alike
+        rows = plan.rows
+        x0, features, text = data.crops(first[rows], captions[rows], crop)
+        batch = ARCBatch(x0, text, data.captions[negative[rows]], features)
         rank_gen = gen
         if distributed.active:  # per-rank rollouts; the shared generator advances identically on every rank
             seed = int(torch.randint(2**62, (), generator=gen))
             rank_gen = torch.Generator().manual_seed(seed + distributed.rank)
-        out = arc_iteration(student, disc, opt_g, opt_d, x0, text, cfg, rank_gen, rollout_pass, score_pass)
-        for k in ("loss_g", "loss_d", "loss_c", "d_real", "d_fake"):
+        out = arc_iteration(student, disc, opt_g, opt_d, batch, settled, rank_gen, mel, rollout_pass, score_pass)
+        for k in ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "prompted"):
             out[k] = distributed.mean(out[k])
         return out
 
@@ -286,15 +453,16 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
         return {"arc_step": state.step, "arc_hours_cpu": round(state.elapsed_s / 3600, 3), "base": cfg.init_from,
                 "discriminator_params": disc.num_params(),
                 "sampler": {"sampler": "pingpong", "steps": cfg.student_steps, "cfg_scale": 1.0},
-                "arc_config": to_dict(cfg), "base_info": {k: base.info.get(k) for k in ("step", "val_loss")}}
+                "arc_config": to_dict(settled), "base_info": {k: base.info.get(k) for k in ("step", "val_loss")}}
 
     task = Task(modules={"model": student, "disc": disc}, optimizers={"g": opt_g, "d": opt_d}, generator=gen,
                 train_step=train_step, save_model=lambda path, m, info: save_checkpoint(path, m, base.codec, info),
                 export_info=export_info, ema_decay=lambda n: cfg.ema_decay)
+    metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake")
     settings = LoopSettings(run_dir=run, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
-                            columns=tuple((k, ".5f") for k in ("loss_g", "loss_d", "loss_c", "d_real", "d_fake")),
-                            postfix=(("g", "loss_g"), ("d", "loss_d"), ("c", "loss_c")),
+                            columns=tuple((k, ".5f") for k in metrics),
+                            postfix=(("g", "loss_g"), ("lvl", "loss_level"), ("d", "loss_d"), ("c", "loss_c")),
                             desc="ARC-Forcing", unit="it", progress=progress, distributed=distributed)
     if distributed.is_main:
         write_config(run, cfg)
