@@ -20,7 +20,7 @@ Shapes: ``b`` batch, ``L`` tokens (frames), ``d`` width, ``H`` heads, ``hd`` hea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -39,11 +39,23 @@ KeyValueHook = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, t
 @dataclass
 class TargetMod:
     """Precomputed conditioning of a target block for one timestep and prompt: the per-layer adaLN modulations
-    ``(b, 1, 6d)`` and the final layer's conditioning vector ``(b, 1, d)``. A streamer computes these once per
-    (prompt, denoising step) and reuses them for every block, since the schedule repeats."""
+    ``(b, 1, 6d)`` and the final layer's modulation ``(b, 1, 2d)`` (:meth:`DiT.head_modulation`). A streamer
+    computes these once per (prompt, denoising step) and reuses them for every block, since the schedule repeats.
+    """
 
     layers: list[torch.Tensor]
     head: torch.Tensor
+    _folded: dict = field(default_factory=dict, repr=False)
+
+    def folded(self, streams: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The same modulations with the ``r = rows / streams`` guidance rows folded into a segment axis:
+        per layer ``(streams, r, 1, 6d)`` and the head's ``(streams, r, 1, 2d)`` (row ``j * streams + i`` becomes
+        stream ``i``, segment ``j``: the layout of ``torch.cat([cond, uncond])``). Computed once per object."""
+        if streams not in self._folded:
+            def fold(m: torch.Tensor) -> torch.Tensor:
+                return m.reshape(-1, streams, 1, m.shape[-1]).transpose(0, 1).contiguous()
+            self._folded[streams] = ([fold(m) for m in self.layers], fold(self.head))
+        return self._folded[streams]
 
 
 @dataclass
@@ -109,11 +121,8 @@ class DiTBlock(nn.Module):
         """Conditioning vectors ``(b, n, d)`` -> modulation ``(b, n, 6d)``: shift, 1 + scale, gate for attention,
         then the same for the MLP (the ``1 +`` is applied here, once per vector, not once per token)."""
         mod = self.ada(c)
-        d = mod.shape[-1] // 6
-        offset = torch.zeros(6 * d, dtype=mod.dtype, device=mod.device)
-        offset[d : 2 * d] = 1.0
-        offset[4 * d : 5 * d] = 1.0
-        return mod + offset
+        mod.unflatten(-1, (6, -1))[..., 1::3, :].add_(1.0)  # the two scales (chunks 1 and 4), in place
+        return mod
 
     def project(self, x: torch.Tensor, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Rotated queries, keys and values of tokens ``x``; each ``(b, H, L, hd)``.
@@ -133,9 +142,12 @@ class DiTBlock(nn.Module):
                mask: torch.Tensor | None) -> torch.Tensor:
         """Attention of queries ``q`` over keys/values ``k, v`` ``(b, H, Lk, hd)``, residual, then the MLP.
 
-        ``mask`` is ``(Lq, Lk)``, ``(b, Lq, Lk)`` or None (all visible). Returns the new ``x`` (shape of ``x``).
+        ``mask`` is ``(Lq, Lk)``, ``(b, Lq, Lk)`` or None (all visible): bool (True = may attend) or additive
+        float (0 or -inf, as precomputed by ``lmdm.model.cache``). Returns the new ``x`` (shape of ``x``).
         """
         d = x.shape[-1]
+        if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:  # an additive mask, autocast
+            mask = mask.to(q.dtype)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else _expand_mask(mask))
         a = a.transpose(1, 2).reshape(x.shape)
         gate1, shift2, scale2, gate2 = mod[..., 2 * d : 3 * d], mod[..., 3 * d : 4 * d], mod[..., 4 * d : 5 * d], mod[..., 5 * d :]
@@ -212,7 +224,7 @@ class DiT(nn.Module):
     def target_modulation(self, t: torch.Tensor, text_c: torch.Tensor) -> TargetMod:
         """All modulations of a target block at timesteps ``t`` ``(b,)`` with text vectors ``(b, d)``."""
         c = self.target_cond(t[:, None], text_c)
-        return TargetMod(layers=[blk.modulation(c) for blk in self.blocks], head=c)
+        return TargetMod(layers=[blk.modulation(c) for blk in self.blocks], head=self.head_modulation(c))
 
     def segment_cond(self, t_seg: torch.Tensor, text_c: torch.Tensor) -> torch.Tensor:
         """``(b, n_seg)`` timesteps (NaN = clean segment) -> conditioning vectors ``(b, n_seg, d)``."""
@@ -221,31 +233,50 @@ class DiT(nn.Module):
         return torch.where(clean[..., None], self.clean_cond.to(c.dtype), c)
 
     # ---- token embedding and head -----------------------------------------------------------------------------
-    def embed(self, noisy: torch.Tensor, clean: torch.Tensor, is_ctx: torch.Tensor,
+    def embed(self, noisy: torch.Tensor | None, clean: torch.Tensor | None, is_ctx: torch.Tensor | bool,
               controls: torch.Tensor | None) -> torch.Tensor:
         """Input projection of ``[noisy | clean | flag | controls]`` -> ``(b, L, d)``.
+
+        The projection is a sum over the four input groups, so a group that is all zero costs nothing: pass None
+        for ``noisy`` (clean context tokens), ``clean`` (target tokens) or ``controls`` (no control), and a plain
+        bool for ``is_ctx`` when all tokens share the flag. At least one of ``noisy`` and ``clean`` is given;
+        tensors are ``(b, L, ch)``, ``is_ctx`` ``(L,)`` or ``(b, L)``, ``controls`` ``(b, L, control_dim)``.
 
         Raises:
             UsageError: ``controls`` do not have ``control_dim`` channels.
         """
-        b, n, _ = noisy.shape
-        dtype = self.in_proj.weight.dtype
-        flag = is_ctx.to(dtype).expand(b, n)[..., None]
-        if controls is None:
-            controls = noisy.new_zeros(b, n, self.cfg.control_dim, dtype=dtype)
-        elif controls.shape[-1] != self.cfg.control_dim:
-            raise UsageError(f"controls have {controls.shape[-1]} channels, the model expects {self.cfg.control_dim}")
-        x = torch.cat([noisy.to(dtype), clean.to(dtype), flag, controls.to(dtype)], dim=-1)
-        h = self.in_proj(x)
-        if self.pitch_proj is not None:
-            h = h + self.pitch_proj(pitch_roll(controls, self.cfg.pitch_bins, self.cfg.pitch_low).to(dtype))
+        ch, dtype = self.cfg.latent_channels, self.in_proj.weight.dtype
+        w, bias = self.in_proj.weight, self.in_proj.bias
+        if isinstance(is_ctx, bool):  # one flag for every token: a constant folded into the bias
+            bias = bias + w[:, 2 * ch] if is_ctx else bias
+            flag = None
+        else:
+            flag = is_ctx.to(dtype)[..., None] * w[:, 2 * ch]  # (b, L, d) or (L, d)
+        h = None
+        for x, cols in ((noisy, slice(0, ch)), (clean, slice(ch, 2 * ch))):
+            if x is not None:
+                h = F.linear(x.to(dtype), w[:, cols], bias) if h is None else h + F.linear(x.to(dtype), w[:, cols])
+        if flag is not None:
+            h = h + flag
+        if controls is not None:
+            if controls.shape[-1] != self.cfg.control_dim:
+                raise UsageError(f"controls have {controls.shape[-1]} channels, the model expects {self.cfg.control_dim}")
+            h = h + F.linear(controls.to(dtype), w[:, 2 * ch + 1 :])
+            if self.pitch_proj is not None:
+                h = h + self.pitch_proj(pitch_roll(controls, self.cfg.pitch_bins, self.cfg.pitch_low).to(dtype))
         return h
 
-    def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Final adaLN layer: ``(b, L, d)`` with per-token (or broadcast) conditioning ``c`` -> ``(b, L, ch)``
-        (always float32, whatever the model's dtype)."""
-        shift, scale = self.final_ada(c).chunk(2, dim=-1)
-        return self.out_proj(torch.addcmul(shift, self.final_norm(h), 1 + scale)).float()
+    def head_modulation(self, c: torch.Tensor) -> torch.Tensor:
+        """Conditioning vectors ``(..., d)`` -> the final layer's shift and ``1 + scale`` ``(..., 2d)``."""
+        mod = self.final_ada(c)
+        mod.unflatten(-1, (2, -1))[..., 1, :].add_(1.0)
+        return mod
+
+    def head(self, h: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """Final adaLN layer: ``(b, L, d)`` (or chunked) with a broadcastable modulation ``mod`` from
+        :meth:`head_modulation` -> ``(b, L, ch)`` (always float32, whatever the model's dtype)."""
+        d = h.shape[-1]
+        return self.out_proj(torch.addcmul(mod[..., :d], self.final_norm(h), mod[..., d:])).float()
 
     def rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables for frame positions ``(L,)`` or ``(b, L)``."""
@@ -268,7 +299,7 @@ class DiT(nn.Module):
     def forward_cond(self, tok: Tokens, text_c: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` with precomputed text vectors ``text_c`` ``(b, d)`` (see :meth:`text_cond`)."""
         h, pick, c_seg = self._run(tok, text_c)
-        return self.head(h, pick(c_seg)).reshape(tok.noisy.shape[0], tok.noisy.shape[1], -1)
+        return self.head(h, pick(self.head_modulation(c_seg))).reshape(tok.noisy.shape[0], tok.noisy.shape[1], -1)
 
     def features(self, tok: Tokens, text_c: torch.Tensor) -> torch.Tensor:
         """Hidden states ``(b, L, d)`` after every block of this module (the ARC discriminator keeps the first
