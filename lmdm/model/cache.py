@@ -35,10 +35,13 @@ rows over one cache, since cached keys depend on neither prompt nor timestep): t
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lmdm.errors import UsageError
 from lmdm.model.dit import DiT, TargetMod
+from lmdm.model.masks import block_causal_mask
 
 
 def _repeat_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -47,6 +50,17 @@ def _repeat_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
     if rows % x.shape[0]:
         raise ValueError(f"target batch {rows} must be a multiple of the cache batch {x.shape[0]}")
     return x.repeat(rows // x.shape[0], *([1] * (x.dim() - 1)))
+
+
+@dataclass
+class _Pass:
+    """What one pass through the layers needs besides the tokens, computed once per block and pass kind:
+    RoPE tables ``(L, hd/2)`` of the queries and the additive attention mask ``(L, W*B + L)`` over
+    ``[ring slots | the pass's own tokens]`` (None when every query sees every key)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor | None
 
 
 class BlockCausalKVCache:
@@ -59,35 +73,60 @@ class BlockCausalKVCache:
     Keys and values are stored in the model's dtype, on the model's device (every tensor the cache creates is
     on that device).
 
+    **Layout (a ring buffer).** Per layer one key and one value buffer ``(b, H, W*B + S*B, hd)``: ``W`` ring slots
+    (absolute chunk ``c`` lives in slot ``c % W``, so evicting the oldest chunk is overwriting its slot) followed
+    by a scratch region of ``S`` chunks for the tokens of the pass in flight. A pass writes its own keys into the
+    scratch region and attends over the buffer's prefix ``[ring | its tokens]``; nothing is concatenated and no
+    slot is copied as the window slides. Attention is order-free, so slot order does not matter: the mask (built
+    by ``lmdm.model.masks.block_causal_mask`` from each key's chunk, once per block) says who sees what.
+
+    **Guidance rows.** ``r`` target rows per stream (classifier-free guidance: ``torch.cat([cond, uncond])``) are
+    folded into ``r`` segments of one row's tokens, so the cache holds one row per stream and is never repeated;
+    the mask keeps the segments from seeing each other.
+
+    **Fused first step.** The first step after :meth:`advance` runs the pending clean chunk and the ``r`` target
+    segments as one batch ``[clean n-1 | target n (r segments)]`` through every layer: the clean tokens see the
+    window's ``W`` chunks and themselves, the targets see the newest ``W - 1`` of them, the clean chunk and
+    themselves. After the pass the clean chunk's keys and values move from the scratch region to the slot of the
+    chunk they evict (``B`` frames per layer).
+
     Attributes (read them; the verbs change them):
         next_chunk: absolute index of the chunk the next :meth:`step` generates.
         n_valid: how many of the ``W`` slots hold a chunk (0 right after an empty bootstrap).
         pending: the finished clean block ``(b, B, ch)`` queued by :meth:`advance` (absolute chunk
             ``next_chunk - 1``) and not yet written, or None.
         writes: chunks written since the last :meth:`bootstrap` (prefilled context chunks included).
-        k, v: per layer, the stored keys and values ``(b, H, W * B, hd)``, oldest chunk first; the valid
-            chunks are the last ``n_valid`` (see :meth:`cached_chunks`).
     """
 
     def __init__(self, model: DiT, batch: int = 1):
         cfg = model.cfg
         param = next(model.parameters())
-        dtype, self.device = param.dtype, param.device
+        self.dtype, self.device = param.dtype, param.device
         self.model = model
         self.B, self.W = cfg.block_frames, cfg.window_chunks
-        shape = (batch, cfg.n_heads, self.W * self.B, cfg.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(cfg.n_layers)]
+        self._kv_shape = (batch, cfg.n_heads, cfg.head_dim)
+        self._k: list[torch.Tensor] = []
+        self._v: list[torch.Tensor] = []
+        self._alloc(2)
         self.batch = batch
         self.n_valid = 0
         self.next_chunk = 0
         self.pending: torch.Tensor | None = None
         self.writes = 0
         self._newest = -1  # absolute index of the newest written chunk
-        # Attention buffers per target row count: [cache (repeated over CFG rows) | target slot]. Refreshed once
-        # per written chunk, so a denoising step copies only its own B keys instead of concatenating the cache.
-        self._buffers: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], list[int]]] = {}
-        self._layer_version = [0] * cfg.n_layers  # bumped whenever a layer's cache changes
+        self._passes: dict[tuple[int, int, int], _Pass] = {}  # (first query chunk, clean chunks, segments) -> _Pass
+        self._clean_mod: list[torch.Tensor] | None = None  # per layer (1, 1, 1, 6d): the clean chunks' modulation
+
+    def _alloc(self, scratch_chunks: int) -> None:
+        """(Re)allocate the buffers with room for ``scratch_chunks`` chunks of pass tokens, keeping the ring."""
+        b, H, hd = self._kv_shape
+        shape = (b, H, (self.W + scratch_chunks) * self.B, hd)
+        WB = self.W * self.B
+        for store in (self._k, self._v):
+            old = list(store)
+            store[:] = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.model.blocks]
+            for new, o in zip(store, old):
+                new[:, :, :WB] = o[:, :, :WB]
 
     # ---- verbs ------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -104,17 +143,17 @@ class BlockCausalKVCache:
         if context is not None and (context.dim() != 3 or context.shape[0] != self.batch
                                     or context.shape[1] % self.B):
             raise UsageError(f"context must be (batch={self.batch}, m*{self.B}, channels), got {tuple(context.shape)}")
-        for t in self.k + self.v:
+        for t in self._k + self._v:
             t.zero_()
         self.n_valid, self.pending, self.writes = 0, None, 0
-        self._buffers.clear()
-        self._layer_version = [v + 1 for v in self._layer_version]
+        self._passes.clear()
+        self._clean_mod = self._clean_modulation()  # constant: once per bootstrap (the weights may have changed)
         self.next_chunk = start_chunk
         self._newest = start_chunk - 1
         if context is None or context.shape[1] == 0:
             return
         for i in range(context.shape[1] // self.B):
-            self._write(context[:, i * self.B : (i + 1) * self.B], self.next_chunk)
+            self._run(context[:, i * self.B : (i + 1) * self.B], None, None, self.next_chunk)
             self.next_chunk += 1
 
     def advance(self, block: torch.Tensor) -> None:
@@ -135,7 +174,7 @@ class BlockCausalKVCache:
     def step(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,
              controls: torch.Tensor | None = None, mods: TargetMod | None = None) -> torch.Tensor:
         """One denoising step of target chunk ``next_chunk``; the first after :meth:`advance` is the fused first
-        step (it writes the pending block first, in the same call).
+        step (it writes the pending block in the same batch, see the class docstring).
 
         Args:
             x_t: ``(r*b, B, ch)`` noisy target latents.
@@ -148,14 +187,18 @@ class BlockCausalKVCache:
             ``(r*b, B, ch)`` predicted velocity (float32).
         """
         mods = mods or self.model.target_modulation(t, text_c)
-        self.write_pending()
-        return self._target(x_t, mods, controls)
+        pending, self.pending = self.pending, None
+        try:
+            return self._run(pending, x_t, mods, self.next_chunk - 1, controls)
+        except BaseException:
+            self.pending = pending  # a failed step leaves the block pending instead of lost
+            raise
 
     @torch.no_grad()
     def write_pending(self) -> None:
-        """Write the pending clean block now (what the fused first step does before the target's pass)."""
+        """Write the pending clean block now, in a pass of its own (without a target)."""
         if self.pending is not None:
-            self._write(self.pending, self.next_chunk - 1)
+            self._run(self.pending, None, None, self.next_chunk - 1)
             self.pending = None  # only once written, so a failed write leaves the block pending instead of lost
 
     def step_with_grad(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,
@@ -165,82 +208,125 @@ class BlockCausalKVCache:
         earlier blocks are detached. Arguments as in :meth:`step`."""
         self.write_pending()
         with torch.enable_grad():
-            return self._target(x_t, self.model.target_modulation(t, text_c), controls)
+            return self._run(None, x_t, self.model.target_modulation(t, text_c), self.next_chunk - 1, controls)
 
     # ---- inspection -------------------------------------------------------------------------------------------
     def cached_chunks(self) -> list[int]:
-        """Absolute indices of the chunks whose keys/values the cache holds now, oldest first (slot order).
+        """Absolute indices of the chunks whose keys/values the cache holds now, oldest first.
 
         Empty right after an empty :meth:`bootstrap`; a pending block (queued by :meth:`advance`, written by the
         next :meth:`step`) is not included. At most ``W`` entries; chunk ``n`` covers frames ``n*B .. n*B+B-1``.
         """
         return list(range(self._newest - self.n_valid + 1, self._newest + 1))
 
+    def chunk_kv(self, layer: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored keys and values ``(b, H, B, hd)`` of cached ``chunk`` (one of :meth:`cached_chunks`) at ``layer``
+        (views of the ring slot)."""
+        if chunk not in self.cached_chunks():
+            raise KeyError(f"chunk {chunk} is not cached; the cache holds {self.cached_chunks()}")
+        s = (chunk % self.W) * self.B
+        return self._k[layer][:, :, s : s + self.B], self._v[layer][:, :, s : s + self.B]
+
+    @property
+    def k(self) -> list[torch.Tensor]:
+        """Per layer, the ring slots' keys ``(b, H, W*B, hd)`` (chunk ``c`` in slot ``c % W``; views)."""
+        return [k[:, :, : self.W * self.B] for k in self._k]
+
+    @property
+    def v(self) -> list[torch.Tensor]:
+        """Per layer, the ring slots' values ``(b, H, W*B, hd)`` (views; see :attr:`k`)."""
+        return [v[:, :, : self.W * self.B] for v in self._v]
+
     # ---- the computation --------------------------------------------------------------------------------------
-    def _attention_buffers(self, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(rows, H, W*B + B, hd)`` key and value buffers of a layer with the current cache in front."""
-        if rows not in self._buffers:
-            shape = (rows, *self.k[0].shape[1:2], self.W * self.B + self.B, self.k[0].shape[-1])
-            n = len(self.k)
-            like = dict(dtype=self.k[0].dtype, device=self.device)
-            self._buffers[rows] = ([torch.zeros(shape, **like) for _ in range(n)],
-                                   [torch.zeros(shape, **like) for _ in range(n)], [-1] * n)
-        kb, vb, version = self._buffers[rows]
-        if version[layer] != self._layer_version[layer]:
-            WB = self.W * self.B
-            kb[layer][:, :, :WB] = _repeat_rows(self.k[layer], rows)
-            vb[layer][:, :, :WB] = _repeat_rows(self.v[layer], rows)
-            version[layer] = self._layer_version[layer]
-        return kb[layer], vb[layer]
+    @torch.no_grad()
+    def _clean_modulation(self) -> list[torch.Tensor]:
+        """Per layer, the modulation of clean chunks ``(1, 1, 1, 6d)`` (no timestep, no prompt: a constant)."""
+        m = self.model
+        return [blk.modulation(m.clean_cond.to(self.dtype))[None, None, None] for blk in m.blocks]
 
-    def _mask(self) -> torch.Tensor:
-        """``(B, W*B + B)`` bool mask of a chunk's queries over ``[cache slots | own chunk]``: the valid slots
-        (right-aligned, newest last) and the chunk itself."""
-        slots = torch.arange(self.W * self.B, device=self.device) // self.B
-        own = torch.ones(self.B, dtype=torch.bool, device=self.device)
-        return torch.cat([slots >= self.W - self.n_valid, own])[None].expand(self.B, -1)
+    def _plan(self, first: int, n_clean: int, segments: int) -> _Pass:
+        """RoPE tables and mask of a pass whose queries are ``n_clean`` (0 or 1) clean chunk ``first`` followed by
+        ``segments`` target segments of chunk ``first + n_clean``; cached until the ring changes."""
+        key = (first, n_clean, segments)
+        if key not in self._passes:
+            B, W, dev = self.B, self.W, self.device
+            q_chunk = torch.tensor([first] * n_clean + [first + n_clean] * segments, device=dev)
+            q_clean = torch.tensor([True] * n_clean + [False] * segments, device=dev)
+            q_seg = torch.arange(n_clean + segments, device=dev)
+            # ring slot s holds the chunk c = s (mod W) among the cached ones; an empty slot holds "no chunk"
+            held = {c % W: c for c in self.cached_chunks()}
+            k_chunk = torch.cat([torch.tensor([held.get(s, -(2**40)) for s in range(W)], dtype=torch.long, device=dev),
+                                 q_chunk])
+            k_clean = torch.cat([torch.ones(W, dtype=torch.bool, device=dev), q_clean])
+            k_seg = torch.cat([torch.full((W,), -1, dtype=torch.long, device=dev), q_seg])
+            chunk_mask = block_causal_mask(q_chunk, q_clean, k_chunk, k_clean, W)  # (chunks, W + chunks)
+            chunk_mask &= q_clean[:, None] | k_clean[None, :] | (q_seg[:, None] == k_seg[None, :])  # segments apart
+            mask = chunk_mask.repeat_interleave(B, 0).repeat_interleave(B, 1)  # (L, W*B + L)
+            pos = q_chunk.repeat_interleave(B) * B + torch.arange(B, device=dev).repeat(len(q_chunk))
+            cos, sin = self.model.rope(pos)
+            add = None if bool(mask.all()) else \
+                torch.zeros(mask.shape, dtype=self.dtype, device=dev).masked_fill_(~mask, float("-inf"))
+            self._passes[key] = _Pass(cos, sin, add)
+        return self._passes[key]
 
-    def _write(self, clean: torch.Tensor, chunk: int) -> None:
-        """Run clean chunk ``chunk`` ``(b, B, ch)`` through every layer (attending to the cache and itself), write
-        its keys/values and evict the oldest chunk (fixed shape: a shift by one chunk)."""
-        if self.W == 0:
-            return
-        m, B, dtype, dev = self.model, self.B, self.k[0].dtype, self.device
-        clean = clean.to(dev)
-        cos, sin = m.rope(torch.arange(chunk * B, (chunk + 1) * B, device=dev))
-        c_clean = m.clean_cond.to(dtype)[None, None]
-        h = m.embed(torch.zeros_like(clean), clean.to(dtype), torch.ones(B, dtype=torch.bool, device=dev), None)
-
-        def attend_and_store(layer: int, k: torch.Tensor, v: torch.Tensor):
-            keys, values = torch.cat([self.k[layer], k], 2), torch.cat([self.v[layer], v], 2)
-            self.k[layer] = torch.cat([self.k[layer][:, :, B:], k.detach().to(dtype)], 2)
-            self.v[layer] = torch.cat([self.v[layer][:, :, B:], v.detach().to(dtype)], 2)
-            self._layer_version[layer] += 1
-            return keys, values
-
-        m.run_blocks(h, lambda layer: m.blocks[layer].modulation(c_clean), cos, sin, self._mask(), attend_and_store)
-        self.n_valid = min(self.n_valid + 1, self.W)
-        self.writes += 1
-        self._newest = chunk
-
-    def _target(self, x_t: torch.Tensor, mods: TargetMod, controls: torch.Tensor | None) -> torch.Tensor:
-        """Velocity ``(rows, B, ch)`` of the target chunk ``next_chunk`` attending to ``[cache | itself]``."""
-        m, B, rows, dev = self.model, self.B, x_t.shape[0], self.device
-        cos, sin = m.rope(torch.arange(self.next_chunk * B, (self.next_chunk + 1) * B, device=dev))
-        h = m.embed(x_t, torch.zeros_like(x_t), torch.zeros(B, dtype=torch.bool, device=dev), controls)
-        WB = self.W * B
-        if torch.is_grad_enabled():  # fresh tensors: the reused buffers would break the backward pass
-            def keys(layer: int, k: torch.Tensor, v: torch.Tensor):
-                return (torch.cat([_repeat_rows(self.k[layer], rows), k], 2),
-                        torch.cat([_repeat_rows(self.v[layer], rows), v], 2))
+    def _run(self, clean: torch.Tensor | None, x_t: torch.Tensor | None, mods: TargetMod | None, first: int,
+             controls: torch.Tensor | None = None) -> torch.Tensor | None:
+        """One pass through every layer of ``[clean chunk first (b, B, ch) | target chunk first+1 (r*b, B, ch)]``
+        (either may be None) over the ring; writes the clean chunk's keys/values into the ring. Returns the
+        target's velocity ``(r*b, B, ch)`` (float32), or None without a target."""
+        m, B, b, W = self.model, self.B, self.batch, self.W
+        WB = W * B
+        if clean is not None and W == 0:  # nothing is ever cached
+            clean = None
+        n_clean = int(clean is not None)
+        r = 0 if x_t is None else x_t.shape[0] // b
+        if x_t is not None and x_t.shape[0] != r * b:
+            raise ValueError(f"target batch {x_t.shape[0]} must be a multiple of the cache batch {b}")
+        if n_clean + r == 0:
+            return None
+        if self._clean_mod is None:  # used without a bootstrap
+            self._clean_mod = self._clean_modulation()
+        if (self._k[0].shape[2] - WB) // B < n_clean + r:
+            self._alloc(n_clean + r)
+        plan = self._plan(first if n_clean else first + 1, n_clean, r)
+        parts, layer_mods = [], []
+        if n_clean:
+            parts.append(m.embed(None, clean.to(self.device), True, None)[:, None])  # (b, 1, B, d)
+        if r:
+            fold = lambda x: x.reshape(r, b, *x.shape[1:]).transpose(0, 1)  # (r*b, ...) -> (b, r, ...)
+            ctrl = None if controls is None else fold(controls.to(self.device))
+            parts.append(m.embed(fold(x_t), None, False, ctrl))  # (b, r, B, d)
+            tmods, head_mod = mods.folded(b)
+        h = parts[0] if len(parts) == 1 else torch.cat(parts, 1)  # (b, n_clean + r, B, d)
+        if n_clean and r:
+            layer_mods = [torch.cat([cm.expand(b, 1, 1, -1), tm], 1) for cm, tm in zip(self._clean_mod, tmods)]
         else:
-            def keys(layer: int, k: torch.Tensor, v: torch.Tensor):
-                kb, vb = self._attention_buffers(layer, rows)
-                kb[:, :, WB:] = k
-                vb[:, :, WB:] = v
-                return kb, vb
-        h = m.run_blocks(h, mods.layers.__getitem__, cos, sin, self._mask(), keys)
-        return m.head(h, mods.head)
+            layer_mods = tmods if r else self._clean_mod
+        L = (n_clean + r) * B
+        grad = torch.is_grad_enabled()
+
+        def keys(layer: int, k: torch.Tensor, v: torch.Tensor):
+            if grad:  # fresh tensors: writing into the reused buffers would break the backward pass
+                return (torch.cat([self._k[layer][:, :, :WB], k], 2), torch.cat([self._v[layer][:, :, :WB], v], 2))
+            kb, vb = self._k[layer], self._v[layer]
+            kb[:, :, WB : WB + L] = k
+            vb[:, :, WB : WB + L] = v
+            return kb[:, :, : WB + L], vb[:, :, : WB + L]
+
+        h = m.run_blocks(h, layer_mods.__getitem__, plan.cos, plan.sin, plan.mask, keys)
+        if n_clean:  # commit: the clean chunk's keys/values move from the scratch region into its ring slot
+            s = (first % W) * B
+            for kb, vb in zip(self._k, self._v):
+                kb[:, :, s : s + B] = kb[:, :, WB : WB + B]
+                vb[:, :, s : s + B] = vb[:, :, WB : WB + B]
+            self.n_valid = min(self.n_valid + 1, W)
+            self.writes += 1
+            self._newest = first
+            self._passes.clear()
+        if not r:
+            return None
+        v = m.head(h[:, n_clean:], head_mod)  # (b, r, B, ch)
+        return v.transpose(0, 1).reshape(r * b, B, -1)
 
 
 class EncDecKVCache:
@@ -278,7 +364,7 @@ class EncDecKVCache:
         dev = context.device
         cos, sin = m.rope(torch.arange(start_frame, start_frame + n, device=dev))
         mod_in = m.clean_cond[None, None]
-        h = m.embed(torch.zeros_like(context), context, torch.ones(n, dtype=torch.bool, device=dev), None)
+        h = m.embed(None, context, True, None)
 
         def store(layer: int, k: torch.Tensor, v: torch.Tensor):
             self.k.append(k)
@@ -297,7 +383,7 @@ class EncDecKVCache:
         mods = mods or m.target_modulation(t, text_c)
         dev = x_t.device
         cos, sin = m.rope(torch.arange(self.target_start, self.target_start + n, device=dev))
-        h = m.embed(x_t, torch.zeros_like(x_t), torch.zeros(n, dtype=torch.bool, device=dev), controls)
+        h = m.embed(x_t, None, False, controls)
 
         def with_context(layer: int, k: torch.Tensor, v: torch.Tensor):
             return (torch.cat([_repeat_rows(self.k[layer], rows), k], 2),
