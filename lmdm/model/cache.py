@@ -107,7 +107,7 @@ class BlockCausalKVCache:
         self._kv_shape = (batch, cfg.n_heads, cfg.head_dim)
         self._k: list[torch.Tensor] = []
         self._v: list[torch.Tensor] = []
-        self._alloc(2)
+        self._alloc(3)  # a clean chunk and two guidance segments; grows if a pass needs more
         self.batch = batch
         self.n_valid = 0
         self.next_chunk = 0
@@ -122,11 +122,12 @@ class BlockCausalKVCache:
         b, H, hd = self._kv_shape
         shape = (b, H, (self.W + scratch_chunks) * self.B, hd)
         WB = self.W * self.B
-        for store in (self._k, self._v):
-            old = list(store)
-            store[:] = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.model.blocks]
-            for new, o in zip(store, old):
-                new[:, :, :WB] = o[:, :, :WB]
+        with torch.inference_mode(False):  # ordinary tensors even when a streamer runs under inference_mode
+            for store in (self._k, self._v):
+                old = list(store)
+                store[:] = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.model.blocks]
+                for new, o in zip(store, old):
+                    new[:, :, :WB] = o[:, :, :WB]
 
     # ---- verbs ------------------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -183,6 +183,10 @@ class Streamer:
 
     def reset(self, context: torch.Tensor | None = None) -> None:
         """Start a new stream, optionally continuing ``context`` ``(b, m*B, ch)`` clean latents."""
+        with torch.inference_mode():
+            self._reset(context)
+
+    def _reset(self, context: torch.Tensor | None) -> None:
         self._sync_weights()
         context = None if context is None else context.to(self.device)
         self.generator.manual_seed(self.sampler.seed)
@@ -199,10 +203,10 @@ class Streamer:
         pass
 
     # ---- generation -------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def next_block(self, controls: torch.Tensor | None = None, on_step=None,
                    exit_step: int | None = None) -> torch.Tensor:
-        """Generate the next block.
+        """Generate the next block, under ``torch.inference_mode`` (no autograd bookkeeping, no version counters);
+        the returned block is an ordinary tensor (a copy made outside that mode), free to use in training code.
 
         Args:
             controls: ``(b, B, control_dim)`` control channels for this block, or None.
@@ -215,6 +219,11 @@ class Streamer:
         Returns:
             ``(b, B, ch)`` clean latent frames.
         """
+        with torch.inference_mode():
+            x0 = self._next_block(controls, on_step, exit_step)
+        return x0.clone()
+
+    def _next_block(self, controls, on_step, exit_step) -> torch.Tensor:
         t_block = time.perf_counter()
         controls = None if controls is None else controls.to(self.device)
         if self._sync_weights():
