@@ -280,3 +280,67 @@ def test_a_refused_bootstrap_leaves_the_cache_as_it_was():
         cache.bootstrap(torch.randn(1, model.cfg.block_frames + 1, model.cfg.latent_channels))
     assert cache.cached_chunks() == before[1] == [0, 1]
     assert all(torch.equal(a, b) for a, b in zip(before[0], cache.k))
+
+
+@pytest.mark.parametrize("window", [1, 3])
+def test_fused_first_step_is_one_pass_and_equals_the_reference_with_guidance_rows(window, monkeypatch):
+    """Two streams with conditional and unconditional rows: the fused first step runs the clean chunk and the four
+    target rows through the layers once, attends over the ring in place (same buffers, nothing reallocated or
+    shifted), and equals the uncached masked forward pass of every row across slides."""
+    model = tiny_model(window)
+    B, ch, b = model.cfg.block_frames, model.cfg.latent_channels, 2
+    g = torch.Generator().manual_seed(4)
+    text = torch.randn(b, model.cfg.text_dim, generator=g)
+    yes, no = torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)
+    text_c = torch.cat([model.text_cond(text, yes), model.text_cond(text, no)])
+    cache = BlockCausalKVCache(model, batch=b)
+    cache.bootstrap()
+    passes = []
+    run_blocks = DiT.run_blocks
+    monkeypatch.setattr(DiT, "run_blocks", lambda self, h, *a, **k: passes.append(h.shape) or run_blocks(self, h, *a, **k))
+    buffers = [t.data_ptr() for t in cache._k + cache._v]
+    blocks = []
+    for n in range(window + 3):
+        for step in range(2):
+            x_t = torch.randn(b, B, ch, generator=g)
+            t = torch.rand(b, generator=g)
+            ctrl = torch.randn(b, B, 3, generator=g)
+            passes.clear()
+            v = cache.step(x_t.repeat(2, 1, 1), t.repeat(2), text_c, ctrl.repeat(2, 1, 1))
+            fused = n > 0 and step == 0
+            assert passes == [torch.Size((b, 3 if fused else 2, B, model.cfg.d_model))]  # one batch
+            history = torch.cat(blocks, 1) if blocks else torch.zeros(b, 0, ch)
+            tok = block_causal_stream_tokens(history, x_t, t, window, ctrl)
+            for rows, has in ((slice(0, b), yes), (slice(b, 2 * b), no)):
+                assert (v[rows] - model(tok, text, has)[:, -B:]).abs().max() < TOL, (n, step)
+        blocks.append(torch.randn(b, B, ch, generator=g))
+        cache.advance(blocks[-1])
+    assert [t.data_ptr() for t in cache._k + cache._v] == buffers
+
+
+def test_a_full_window_without_guidance_attends_without_a_mask():
+    """Once the window is full, a later step of one row per stream sees every key: the mask is None."""
+    model = tiny_model(2)
+    B, ch = model.cfg.block_frames, model.cfg.latent_channels
+    cache = BlockCausalKVCache(model)
+    cache.bootstrap(torch.randn(1, 2 * B, ch))
+    _, text_c = conds(model)
+    cache.step(torch.randn(1, B, ch), torch.rand(1), text_c)
+    assert cache._plan(cache.next_chunk, 0, 1).mask is None
+    assert cache._plan(cache.next_chunk, 0, 2).mask is not None  # guidance segments must not see each other
+
+
+def test_streamers_run_under_inference_mode_and_return_ordinary_tensors(monkeypatch):
+    from lmdm.streaming.streamer import SamplerConfig, make_streamer
+
+    model = tiny_model(2)
+    modes = []
+    step = BlockCausalKVCache.step
+    monkeypatch.setattr(BlockCausalKVCache, "step",
+                        lambda self, *a, **k: modes.append(torch.is_inference_mode_enabled()) or step(self, *a, **k))
+    s = make_streamer(model, "block_causal", SamplerConfig(steps=2, cfg_scale=1.0))
+    s.reset()
+    blocks = [s.next_block() for _ in range(2)]
+    assert modes and all(modes)
+    assert not any(b.is_inference() for b in blocks) and not s.history.is_inference()
+    blocks[0].add_(1.0)  # an ordinary tensor: in-place use outside inference mode is allowed
