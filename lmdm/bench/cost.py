@@ -60,13 +60,13 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 # ---- the DiT --------------------------------------------------------------------------------------------------
-def _dit_tokens(cfg: DiTConfig, n: int, keys: int, head: bool) -> int:
-    """FLOPs of ``n`` tokens through embed, every layer (attending to ``keys`` keys) and optionally the head."""
+def _dit_tokens(cfg: DiTConfig, n: int, keys: int, head: int, embed_in: int) -> int:
+    """FLOPs of ``n`` tokens through the input projection (``embed_in`` non-zero input channels: ``DiT.embed``
+    skips all-zero groups), every layer (each query attending to ``keys`` keys) and the head of ``head`` of them."""
     d, h, ch = cfg.d_model, cfg.mlp_hidden, cfg.latent_channels
-    embed = n * (2 * ch + 1 + cfg.control_dim + cfg.pitch_bins) * d
+    embed = n * embed_in * d
     layer = n * (4 * d * d + 2 * d * h) + 2 * n * keys * d
-    out = n * d * ch if head else 0
-    return 2 * (embed + cfg.n_layers * layer + out)
+    return 2 * (embed + cfg.n_layers * layer + head * d * ch)
 
 
 def _dit_cond(cfg: DiTConfig, vectors: int, layers: bool = True, head: bool = False, t_embed: bool = False) -> int:
@@ -90,21 +90,24 @@ def dit_block_flops(cfg: DiTConfig, mask: str, steps: int, guided: bool = True, 
     Raises:
         UsageError: unknown mask.
     """
-    B = cfg.block_frames
+    B, ch = cfg.block_frames, cfg.latent_channels
     C = cfg.context_frames if context_frames is None else context_frames
     rows = 2 if guided else 1
+    # no controls: a target token projects its noisy channels only, a clean token its clean ones; the target's
+    # modulations (final layer's included) are cached by the streamer, computed once per prompt and step
     if mask == "outpainting":
-        # the final adaLN runs once per chunk of B tokens (once per token if C + B is not a whole number of chunks)
-        head_vectors = (C + B) // B if (C + B) % B == 0 else C + B
-        per_step = (rows * _dit_tokens(cfg, C + B, C + B, head=True) + _dit_cond(cfg, rows, t_embed=True)
-                    + _dit_cond(cfg, rows * head_vectors, layers=False, head=True))
+        # every step: all C + B tokens of every row (noisy and clean channels), conditioning recomputed
+        per_step = (rows * _dit_tokens(cfg, C + B, C + B, C + B, 2 * ch) + _dit_cond(cfg, rows, t_embed=True)
+                    + _dit_cond(cfg, rows, layers=False, head=True))
         return steps * per_step
-    target_step = rows * _dit_tokens(cfg, B, C + B, head=True) + _dit_cond(cfg, rows, layers=False, head=True)
     if mask == "enc_dec":
-        return _dit_tokens(cfg, C, C, head=False) + _dit_cond(cfg, 1) + steps * target_step
+        target_step = rows * _dit_tokens(cfg, B, C + B, B, ch)
+        return _dit_tokens(cfg, C, C, 0, ch) + _dit_cond(cfg, 1) + steps * target_step
     if mask == "block_causal":
-        clean = _dit_tokens(cfg, B, C + B, head=False) + _dit_cond(cfg, 1)
-        return clean + steps * target_step
+        # guidance rows are segments of one row (lmdm.model.cache): each query meets all rB target keys, the
+        # mask discards the other segments'; the fused first step adds the clean chunk's B tokens to the batch
+        fused = _dit_tokens(cfg, (1 + rows) * B, C + (1 + rows) * B, rows * B, ch)
+        return fused + (steps - 1) * _dit_tokens(cfg, rows * B, C + rows * B, rows * B, ch)
     raise UsageError(f"unknown mask {mask!r}; choose outpainting, enc_dec or block_causal")
 
 
