@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from lmdm.bench.cost import count_flops, dit_block_flops, lmm_block_flops
+from lmdm.bench.cost import count_flops, count_passes, dit_block_flops, first_layers, lmm_block_flops, sequential_passes
 from lmdm.bench.lmm import LMM, LMMConfig, LMMStreamer, ResidualQuantizer, count_params, matched_config
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
@@ -94,14 +94,52 @@ def test_outpainting_costs_more_than_block_causal_and_the_ratio_grows_with_conte
     assert 1 < ratios[0] < ratios[1] < ratios[2], ratios
 
 
-def test_lmm_flops_match_the_formula():
-    cfg = LMMConfig(d_model=32, n_heads=2, encoder_layers=2, decoder_layers=2, codebook_size=16, depth=3,
+LMM_CFG = LMMConfig(d_model=32, n_heads=2, encoder_layers=2, decoder_layers=2, codebook_size=16, depth=3,
                     context_depth=2, block_frames=4, context_frames=8, latent_channels=24, text_dim=8)
-    model = LMM(cfg).eval().requires_grad_(False)
-    s = LMMStreamer(model, ResidualQuantizer.sampled(cfg.depth, cfg.codebook_size, cfg.latent_channels))
-    s.text = torch.zeros(1, 8)
-    s.reset(torch.randn(1, 8, 24))
-    assert count_flops(s.next_block) == lmm_block_flops(cfg)
+
+
+def lmm_streamer(cfg_scale: float = 1.0) -> LMMStreamer:
+    torch.manual_seed(0)
+    model = LMM(LMM_CFG).eval().requires_grad_(False)
+    s = LMMStreamer(model, ResidualQuantizer.sampled(LMM_CFG.depth, LMM_CFG.codebook_size, LMM_CFG.latent_channels),
+                    cfg_scale=cfg_scale)
+    s.text = torch.randn(1, 8)
+    s.reset(torch.randn(1, 8, 24, generator=torch.Generator().manual_seed(1)))
+    return s
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_lmm_flops_match_the_formula(guided):
+    assert count_flops(lmm_streamer(2.0 if guided else 1.0).next_block) == lmm_block_flops(LMM_CFG, guided)
+
+
+def test_guided_lmm_runs_two_rows_for_exactly_twice_the_flops_and_guidance_steers_the_tokens():
+    assert lmm_block_flops(LMM_CFG, guided=True) == 2 * lmm_block_flops(LMM_CFG)
+    # untrained weights give nearly uniform logits, so only a large scale moves the seeded draw
+    plain, guided, again = lmm_streamer(1.0), lmm_streamer(50.0), lmm_streamer(1.0)
+    a, b, c = plain.next_block(), guided.next_block(), again.next_block()
+    assert a.shape == b.shape == (1, LMM_CFG.block_frames, LMM_CFG.latent_channels)
+    assert torch.equal(a, c) and not torch.equal(a, b)  # same seed: only the guidance changed the draw
+
+
+@pytest.mark.parametrize("mask", ["outpainting", "enc_dec", "block_causal"])
+def test_sequential_passes_are_counted_as_defined(mask):
+    torch.manual_seed(0)
+    model = DiT(CFG).eval().requires_grad_(False)
+    s = make_streamer(model, mask, SamplerConfig(steps=3, cfg_scale=2.0))
+    s.set_prompt(torch.randn(1, CFG.text_dim), torch.ones(1, dtype=torch.bool))
+    s.reset()
+    for _ in range(CFG.window_chunks + 1):
+        s.next_block()
+    want = {"outpainting": 3, "enc_dec": 4, "block_causal": 3}[mask]
+    assert count_passes(s.next_block, first_layers(model)) == sequential_passes(mask, 3) == want
+
+
+def test_lmm_makes_one_pass_per_token_plus_its_encoder():
+    for scale in (1.0, 2.0):  # guidance batches the rows: no extra passes
+        s = lmm_streamer(scale)
+        n = count_passes(s.next_block, first_layers(s.model))
+        assert n == sequential_passes("lmm", 8, LMM_CFG) == 1 + LMM_CFG.block_frames * LMM_CFG.depth
 
 
 

@@ -17,7 +17,17 @@ FLOPs count multiply-adds twice (``2 M N K`` for a matmul), attention as ``4 * q
 ``torch.utils.flop_counter.FlopCounterMode`` counts, so :func:`count_flops` checks the formulas; the CPU flash
 attention kernel is missing from torch's formula table, so it is registered here with torch's own SDPA formula.
 Classifier-free guidance doubles the target rows (``rows = 2``); context work is shared by both rows because
-cached keys depend on neither prompt nor timestep.
+cached keys depend on neither prompt nor timestep. The LMM's prompt enters its encoder, so its guided block is
+twice the unguided one.
+
+**Sequential passes per block** (:func:`sequential_passes`, checked by :func:`count_passes`): the number of
+network passes of one steady-state block that must run one after another, because each needs the previous one's
+output. A pass is one trip through the layer stack; whatever runs in the same batch counts once (the guidance
+rows; the clean chunk fused into block-causal's first step). Bootstrap is not amortised in: it happens once per
+stream (its latency is reported on its own). So: outpainting ``S``; enc-dec ``1 + S`` (the context is encoded
+before the first step); block-causal ``S``; LMM ``1 + B * depth`` (one encoder pass, then one decoder pass per
+token). Wall time per block is roughly passes x the time of a pass, and a pass cannot use more parallel width
+than its batch has, which is why a per-token decoder is latency-bound whatever its FLOPs.
 """
 from __future__ import annotations
 
@@ -112,9 +122,10 @@ def dit_block_flops(cfg: DiTConfig, mask: str, steps: int, guided: bool = True, 
 
 
 # ---- the LMM --------------------------------------------------------------------------------------------------
-def lmm_block_flops(cfg: LMMConfig) -> int:
+def lmm_block_flops(cfg: LMMConfig, guided: bool = False) -> int:
     """Analytic FLOPs of one steady-state LMM block: encoder over ``C`` frames + prompt token, cross-attention
-    keys/values, then ``B * depth`` one-token decoder steps with a growing self-attention cache."""
+    keys/values, then ``B * depth`` one-token decoder steps with a growing self-attention cache; every part twice
+    when ``guided`` (classifier-free guidance: a conditional and an unconditional row, nothing shared)."""
     d, h, K = cfg.d_model, cfg.mlp_hidden, cfg.codebook_size
     ne = cfg.context_frames + 1
     n = cfg.block_frames * cfg.depth
@@ -122,7 +133,56 @@ def lmm_block_flops(cfg: LMMConfig) -> int:
     cross_kv = cfg.decoder_layers * ne * 2 * d * d
     per_token = cfg.decoder_layers * (6 * d * d + 2 * d * h + 2 * ne * d) + d * K
     self_attn = cfg.decoder_layers * 2 * d * (n * (n + 1) // 2)
-    return 2 * (enc + cross_kv + n * per_token + self_attn)
+    return (2 if guided else 1) * 2 * (enc + cross_kv + n * per_token + self_attn)
+
+
+# ---- sequential passes ----------------------------------------------------------------------------------------
+def sequential_passes(name: str, steps: int, lmm_cfg: LMMConfig | None = None) -> int:
+    """Sequential network passes of one steady-state block (defined in the module docstring).
+
+    Args:
+        name: "outpainting", "enc_dec", "block_causal", or an LMM ("lmm", "lmm_unguided").
+        steps: denoising steps ``S`` of the diffusion streamers.
+        lmm_cfg: the LMM's config (needed for an LMM).
+
+    Raises:
+        UsageError: unknown streamer, or an LMM without ``lmm_cfg``.
+    """
+    if name in ("outpainting", "block_causal"):
+        return steps
+    if name == "enc_dec":
+        return 1 + steps
+    if name.startswith("lmm"):
+        if lmm_cfg is None:
+            raise UsageError("sequential_passes of an LMM needs its config")
+        return 1 + lmm_cfg.block_frames * lmm_cfg.depth
+    raise UsageError(f"unknown streamer {name!r}; choose outpainting, enc_dec, block_causal or lmm")
+
+
+def count_passes(fn: Callable[[], object], first_layers: list[torch.nn.Module]) -> int:
+    """Passes made while running ``fn()``, counted as calls of the modules that every pass calls exactly once
+    (the first layer's query projection: ``DiT.blocks[0].qkv``; the LMM's first encoder and decoder
+    self-attention query projections), so a batched pass counts once."""
+    calls = 0
+
+    def hook(*_):
+        nonlocal calls
+        calls += 1
+
+    handles = [m.register_forward_hook(hook) for m in first_layers]
+    try:
+        fn()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def first_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules :func:`count_passes` counts for a DiT or an LMM."""
+    if hasattr(model, "blocks"):
+        return [model.blocks[0].qkv]
+    return [model.encoder[0].attn.q, model.decoder[0].attn.q]
 
 
 def per_audio_second(block_flops: float, block_frames: int, frame_rate: float) -> float:

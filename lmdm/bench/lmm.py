@@ -15,7 +15,12 @@ music, and every number it produces is labelled that way. Design choices, docume
 * one token table shared by all RVQ levels plus a level embedding (keeps parameters in the transformer layers,
   where the compute is, instead of in embedding tables that cost nothing to run);
 * the prompt enters as one extra encoder token; the decoder's self-attention spans the current block, the
-  context arrives through cross-attention.
+  context arrives through cross-attention;
+* classifier-free guidance as the DiT streamers do it (matched guidance, so that the comparison is fair): the
+  conditional and the unconditional (zero prompt vector) rows run as one batch of two, and each token is drawn
+  from the guided logits ``u + s * (c - u)`` and fed to both rows. The prompt token enters the encoder, so no
+  work is shared between the rows: a guided block costs exactly twice the FLOPs of an unguided one
+  (:func:`lmdm.bench.cost.lmm_block_flops`), though not twice the time on hardware with spare width.
 
 The LMM runs on the device of its weights (``.to(device)``, like the DiT), and so do the quantiser's codebooks in
 an :class:`LMMStreamer`; its sampling generator lives there too (the tokens are noise-like anyway, and a CPU
@@ -187,13 +192,16 @@ class LMM(nn.Module):
 
     @torch.no_grad()
     def generate_block(self, context: torch.Tensor, text: torch.Tensor, generator: torch.Generator,
-                       temperature: float = 1.0) -> torch.Tensor:
+                       temperature: float = 1.0, cfg_scale: float = 1.0) -> torch.Tensor:
         """Generate one block of ``B`` frames, ``depth`` tokens each, one token per decoder step.
 
         Args:
             context: ``(b, C, context_depth)`` context tokens.
             text: ``(b, text_dim)`` prompt embedding.
             generator: RNG for sampling, on the model's device.
+            temperature: softmax temperature.
+            cfg_scale: classifier-free guidance scale; other than 1, the ``b`` conditional rows and ``b``
+                unconditional rows (zero prompt) run as one batch and tokens are drawn from the guided logits.
 
         Returns:
             ``(b, B, depth)`` tokens.
@@ -201,14 +209,18 @@ class LMM(nn.Module):
         cfg = self.cfg
         b, dev = context.shape[0], context.device
         n = cfg.block_frames * cfg.depth
+        guided = cfg_scale != 1.0
+        if guided:  # rows [cond | uncond], as the DiT streamers batch them
+            context, text = torch.cat([context, context]), torch.cat([text, torch.zeros_like(text)])
+        rows = context.shape[0]
         enc = self.encode(context, text)
         cross = [blk.cross.keys_values(enc) for blk in self.decoder]
-        shape = (b, cfg.n_heads, n, cfg.head_dim)
+        shape = (rows, cfg.n_heads, n, cfg.head_dim)
         ks = [torch.zeros(shape, dtype=enc.dtype, device=dev) for _ in self.decoder]
         vs = [torch.zeros(shape, dtype=enc.dtype, device=dev) for _ in self.decoder]
         cos, sin = rope_angles(torch.arange(n, device=dev), cfg.head_dim)
         out = torch.zeros(b, n, dtype=torch.long, device=dev)
-        x = self.level(torch.full((b, 1), cfg.depth, device=dev))  # begin-of-block input
+        x = self.level(torch.full((rows, 1), cfg.depth, device=dev))  # begin-of-block input
         for i in range(n):
             rope = (cos[i : i + 1], sin[i : i + 1])
             for layer, blk in enumerate(self.decoder):
@@ -218,10 +230,13 @@ class LMM(nn.Module):
                 x = x + blk.attn(h, ks[layer][:, :, : i + 1], vs[layer][:, :, : i + 1], rope)
                 x = x + blk.cross(blk.n2(x), *cross[layer])
                 x = x + blk.mlp(blk.n3(x))
-            logits = self.head(self.norm(x))[:, 0] / temperature
-            tok = torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+            logits = self.head(self.norm(x))[:, 0]
+            if guided:
+                logits = logits[b:] + cfg_scale * (logits[:b] - logits[b:])
+            tok = torch.multinomial((logits / temperature).softmax(-1), 1, generator=generator)[:, 0]
             out[:, i] = tok
-            x = self.token(tok)[:, None] + self.level(torch.full((b, 1), (i + 1) % cfg.depth, device=dev))
+            tok = torch.cat([tok, tok]) if guided else tok  # both rows continue from the guided token
+            x = self.token(tok)[:, None] + self.level(torch.full((rows, 1), (i + 1) % cfg.depth, device=dev))
         return out.view(b, cfg.block_frames, cfg.depth)
 
 
@@ -256,15 +271,16 @@ class LMMStreamer:
         model: the (untrained) LMM, on the device it streams on.
         rvq: quantiser over the DiT's latent space (``depth`` levels); its codebooks are moved to the model's device.
         seed: sampling seed (of a generator on the model's device).
+        cfg_scale: classifier-free guidance scale (1 = none; see the module docstring).
 
     Attributes:
         text: the prompt ``(1, text_dim)`` (set it on any device; it is moved to the model's).
     """
 
-    def __init__(self, model: LMM, rvq: ResidualQuantizer, seed: int = 0):
+    def __init__(self, model: LMM, rvq: ResidualQuantizer, seed: int = 0, cfg_scale: float = 1.0):
         self.device = module_device(model)
         self.model, self.rvq = model, rvq.to(self.device)
-        self.seed = seed
+        self.seed, self.cfg_scale = seed, cfg_scale
         self.generator = torch.Generator(self.device).manual_seed(seed)
         self.text = torch.zeros(1, model.cfg.text_dim, device=self.device)
         self.tokens = torch.zeros(1, 0, model.cfg.depth, dtype=torch.long, device=self.device)
@@ -281,6 +297,6 @@ class LMMStreamer:
         """The next block of latent frames ``(1, B, channels)`` (noise-like: the weights are untrained)."""
         cfg = self.model.cfg
         ctx = self.tokens[:, max(0, self.tokens.shape[1] - cfg.context_frames) :, : cfg.context_depth]
-        block = self.model.generate_block(ctx, self.text.to(self.device), self.generator)
+        block = self.model.generate_block(ctx, self.text.to(self.device), self.generator, cfg_scale=self.cfg_scale)
         self.tokens = torch.cat([self.tokens, block], 1)
         return self.rvq.decode(block)
