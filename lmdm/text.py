@@ -11,10 +11,13 @@ seen before costs neither the ~8 s sentence-transformers import nor the encoder.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +90,26 @@ def _load_model():
         pass
     _MODEL = SentenceTransformer(str(folder), device="cpu")
     return _MODEL
+
+
+@contextlib.contextmanager
+def fresh_prompt_cache() -> Iterator[None]:
+    """Within the block every prompt is encoded as if never seen: an empty memory cache and an empty temporary
+    disk cache (``$LMDM_CACHE``), both put back afterwards; the encoder stays loaded. For measuring what a new
+    prompt costs (the prompt-change latency of ``lmdm bench``)."""
+    global _MEMORY
+    saved, env = _MEMORY, os.environ.get("LMDM_CACHE")
+    with tempfile.TemporaryDirectory(prefix="lmdm-prompts-") as tmp:
+        _MEMORY = {}
+        os.environ["LMDM_CACHE"] = tmp
+        try:
+            yield
+        finally:
+            _MEMORY = saved
+            if env is None:
+                os.environ.pop("LMDM_CACHE", None)
+            else:
+                os.environ["LMDM_CACHE"] = env
 
 
 def _key(prompt: str) -> str:

@@ -80,3 +80,17 @@ def test_integer_stereo_pcm_is_scaled_before_the_downmix():
     pcm = np.stack([np.full(100, 16384, np.int16), np.full(100, -16384, np.int16) // 2], 1)
     out = to_mono_float(pcm, 16000, 16000)
     assert out.dtype == np.float32 and np.allclose(out, (16384 - 8192) / 2 / 32767, atol=1e-6)
+
+
+def test_fresh_prompt_cache_hides_both_caches_and_puts_them_back(monkeypatch, tmp_path):
+    """The prompt-change latency of lmdm bench encodes prompts as never seen; the user's caches are untouched."""
+    import numpy as np
+
+    import lmdm.text as text
+
+    monkeypatch.setenv("LMDM_CACHE", str(tmp_path))
+    monkeypatch.setattr(text, "_MEMORY", {"seen": np.zeros(text.EMBED_DIM, np.float32)})
+    with text.fresh_prompt_cache():
+        inner = text.cache_dir()
+        assert text._MEMORY == {} and inner != tmp_path and inner.is_dir() and not any(inner.iterdir())
+    assert set(text._MEMORY) == {"seen"} and text.cache_dir() == tmp_path and not inner.exists()

@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from lmdm.checkpoint import load_checkpoint
+    from lmdm.streaming.threads import use_live_threads
 
+    use_live_threads()  # the thread policy of live use (lmdm.streaming.threads), measured by lmdm bench
     ckpt = load_checkpoint(args.checkpoint)
     n_blocks = -(-math.ceil(seconds * ckpt.codec.frame_rate) // ckpt.model.cfg.block_frames)
     bar = tqdm(total=n_blocks, desc="generating", unit="block", disable=args.quiet)

@@ -34,12 +34,14 @@ def run(args: argparse.Namespace) -> int:
     from lmdm.checkpoint import load_checkpoint
     from lmdm.live.engine import EngineConfig
     from lmdm.live.jam import jam
+    from lmdm.streaming.threads import use_live_threads
 
     use_device(args)
     out = check_writable(args.out)
     mix = check_writable(args.mix) if args.mix else None
     cfg = EngineConfig(mode="jam", prompt=args.prompt, sampler=sampler_config(args), margin_s=args.margin,
                        tracker=args.tracker)
+    use_live_threads()  # the thread policy of live use (lmdm.streaming.threads), measured by lmdm bench
     ckpt = load_checkpoint(args.checkpoint)
     audio = load_audio(args.input, ckpt.codec.sample_rate)
     if len(audio) == 0:
