@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -121,7 +122,8 @@ def measure_policies(checkpoint: str | None, policies: tuple[ThreadPolicy, ...],
 
     Returns:
         ``{"rows": [...], "load_pids": [...], "live_policy", "best_under_load", "recommended_live_policy",
-        "recommendation"}``; a row holds the policy, the threads its process ran with, ``rtf_quiet``,
+        "recommendation"}``; a row holds the policy, the threads its process ran with, the machine's 1-minute
+        load average before the quiet run (above 0: "quiet" was shared with something), ``rtf_quiet``,
         ``rtf_loaded``, ``jam_underruns_loaded`` (of ``jam_blocks``) and ``jam_rtf_loaded``. See
         :func:`recommend_policy` for best and recommended.
 
@@ -134,13 +136,15 @@ def measure_policies(checkpoint: str | None, policies: tuple[ThreadPolicy, ...],
     rows, pids = [], []
     for policy in policies:
         progress(f"thread policy {policy.name}: quiet, then under a {load_threads}-thread competing load...")
+        load_avg = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # "quiet" is only this quiet
         quiet = _run_policy(policy, checkpoint, sampler, generate_seconds, 0.0)
         with competing_load(load_threads) as load:
             pids.append(load.pid)
             loaded = _run_policy(policy, checkpoint, sampler, generate_seconds, jam_seconds)
         jam = loaded.get("jam") or {}
         rows.append({"policy": policy.name, "threads": policy.threads, "omp_wait": policy.omp_wait,
-                     "torch_threads": quiet["torch_threads"], "rtf_quiet": quiet["generate"]["rtf"],
+                     "torch_threads": quiet["torch_threads"], "loadavg_before_quiet": load_avg,
+                     "rtf_quiet": quiet["generate"]["rtf"],
                      "rtf_loaded": loaded["generate"]["rtf"], "rtf_model_loaded": loaded["generate"]["rtf_model"],
                      "jam_underruns_loaded": jam.get("underruns"), "jam_blocks": jam.get("blocks"),
                      "jam_rtf_loaded": jam.get("rtf")})
@@ -193,8 +197,6 @@ def _run_policy(policy: ThreadPolicy, checkpoint: str | None, sampler: SamplerCo
 def policy_child() -> None:
     """Entry point of a measuring process (``sys.argv[1]``: JSON of :func:`_run_policy`'s arguments); prints one
     JSON line. Runs on the CPU, the device the thread policy is about."""
-    import os
-
     import torch
 
     from lmdm.checkpoint import load_checkpoint
