@@ -358,6 +358,46 @@ def format_table(report: dict) -> str:
     return "\n".join(parts)
 
 
+def _signed(x: float) -> str:
+    return f"{x:+.1f}" if math.isfinite(x) else f"{x}"
+
+
+def markdown_table(report: dict, extra: dict[str, dict[str, str]] | None = None) -> str:
+    """The report's headline columns as one GitHub-markdown table (the README's quality tables are printed by this).
+
+    Args:
+        report: an ``evaluate`` report (or its JSON).
+        extra: optional per-row extra cells, ``{row name: {column: text}}`` (for example the CPU time of a run);
+            the columns are appended in first-seen order, blank where a row has none.
+
+    Returns:
+        A header, a rule and one line per row: N windows, LUFS, true peak, clipped %, notes/s, median note length,
+        polyphony, pitch range, key clarity, frame/block seam ratios, KAD x100 (mean [95% CI] where it has one),
+        instrument hit rate and sketch contour correlation.
+    """
+    extra = extra or {}
+    cols = list(dict.fromkeys(c for cells in extra.values() for c in cells))
+    head = ["row", *cols, "N win", "LUFS", "true peak dBTP", "clipped %", "notes/s", "median note s", "polyphony",
+            "pitch range", "key clarity", "frame seam", "block seam", "KAD x100", "instrument hit", "sketch corr"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        L, N, D, A = r["level"], r["notes"], r["distribution"], r["adherence"]
+        seams = r.get("seams") or {}
+        kad = D["kad"]
+        cells = [r["name"], *(extra.get(r["name"], {}).get(c, "") for c in cols), str(r["windows"]),
+                 _fmt(L["lufs"], 1, 1), _signed(L["true_peak_dbtp"]["mean"]),
+                 _fmt(L["clipped_fraction"], 100, 3), _fmt(N["notes_per_s"]), _fmt(N["median_length_s"]),
+                 _fmt(N["mean_polyphony"]), _fmt(N["pitch_range"], 1, 1).split(" [")[0],
+                 _fmt(N["key_clarity"]).split(" [")[0],
+                 _fmt(seams["frame"]).split(" [")[0] if "frame" in seams else "–",
+                 _fmt(seams["block"]).split(" [")[0] if "block" in seams else "–",
+                 _fmt({"mean": kad["value"], "ci": kad["ci"]}, 100, 2),
+                 _fmt(A["instrument"]).split(" [")[0] if "instrument" in A else "–",
+                 _fmt(A["sketch_contour"]) if "sketch_contour" in A else "–"]
+        lines.append("| " + " | ".join(c.replace("-", "−") if c[:1] == "-" else c for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
     """Per-lens bars with 95% CIs, one bar per row; returns the written PNG paths."""
     import matplotlib
