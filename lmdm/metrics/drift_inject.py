@@ -96,7 +96,7 @@ def sensitivity_check(baseline: Baseline, seconds: float, window_s: float, n_str
     Args:
         baseline: a loaded baseline with a data set (``load_baseline(..., data_dir)``): its band judges the windows
             and its validation pieces make the streams.
-        seconds: stream length (the study's); shorter when the validation split holds less.
+        seconds: stream length (the study's), at least two windows; shorter when the validation split holds less.
         window_s: window length, seconds (the study's).
         n_streams: real streams (disjoint pieces) per variant.
         injections: ``{label: (audio, sample_rate) -> audio}``; default :data:`INJECTIONS`.
@@ -112,7 +112,7 @@ def sensitivity_check(baseline: Baseline, seconds: float, window_s: float, n_str
     if baseline.data_dir is None:
         raise UsageError("the injected-drift check needs a data set (its validation music and band)")
     sr = baseline.codec.cfg.sample_rate
-    streams = real_streams(baseline.data_dir, seconds, n_streams, sr, seed)
+    streams = real_streams(baseline.data_dir, max(seconds, 2 * window_s), n_streams, sr, seed)
     if len(streams[0]) < 2 * int(round(window_s * sr)):
         raise UsageError(f"the validation music ({len(streams[0]) / sr:.0f} s) is shorter than two {window_s:g} s "
                          "windows: the check needs a first and a last window")

@@ -187,7 +187,7 @@ def plot_study(systems: Mapping[str, dict], real_music: Mapping, path: str | Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
     for ax, m in zip(axes.flat, METRICS):
         real = real_music.get(m) if real_music else None
         if real and real.get("windows") and math.isfinite(real["mean"]):
@@ -206,13 +206,12 @@ def plot_study(systems: Mapping[str, dict], real_music: Mapping, path: str | Pat
         ax.set_title(LABELS[m], fontsize=9)
         ax.set_xlabel("time in the stream (min)")
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(METRICS):]:
-        ax.axis("off")
     handles, names = axes.flat[0].get_legend_handles_labels()
-    axes.flat[-1].legend(handles, names, loc="center", fontsize=8)
+    fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    rows = math.ceil(len(names) / 4)
+    fig.tight_layout(rect=(0, 0.035 * rows + 0.01, 1, 0.97 if title else 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
