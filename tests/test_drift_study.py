@@ -156,8 +156,16 @@ def test_a_study_resumes_by_skipping_the_streams_it_has_finished(tmp_path, both_
         calls.append((system.label, prompt, seed))
         return real_audio[: int(seconds * SR)]
 
+    def killed_at_the_third_stream(system, prompt, seed, seconds):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return generate(system, prompt, seed, seconds)
+
     cfg = _config(tmp_path, both_splits)
-    study = run_study(cfg, generate=generate, log=lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(cfg, generate=killed_at_the_third_stream, log=lambda line: None)
+    assert len(list((tmp_path / "study" / "streams").glob("*.json"))) == 2
+    study = run_study(cfg, generate=generate, log=lambda line: None)  # started again: the last two streams only
     assert sorted(calls) == [("a", p, s) for p in ("p0", "p1") for s in (0, 1)]
     files = sorted((tmp_path / "study" / "streams").glob("*.json"))
     assert len(files) == 4 and Path(study["files"]["plot"]).is_file()
@@ -165,10 +173,11 @@ def test_a_study_resumes_by_skipping_the_streams_it_has_finished(tmp_path, both_
     assert json.loads(Path(study["files"]["json"]).read_text())["systems"]["a"]["verdict"].keys() == set(METRICS)
 
     mtimes = {f: f.stat().st_mtime_ns for f in files}
-    files[0].unlink()  # the study was killed before this stream was written
+    files[0].unlink()
+    files[1].write_text('{"settings": ')  # cut short by hand: made again
     calls.clear()
     again = run_study(cfg, generate=generate, log=lambda line: None)
-    assert len(calls) == 1 and all(f.stat().st_mtime_ns == mtimes[f] for f in files[1:])
+    assert len(calls) == 2 and all(f.stat().st_mtime_ns == mtimes[f] for f in files[2:])
     assert again["systems"]["a"]["verdict"]["lufs"] == study["systems"]["a"]["verdict"]["lufs"]
 
     calls.clear()  # another setting is another stream: nothing stale is reused
@@ -229,20 +238,19 @@ def test_bad_configs_are_one_line_errors(tmp_path, capsys):
         assert err.count("\n") == 1 and message in err, err
     good = tmp_path / "good.json"
     good.write_text(json.dumps({"systems": [{"label": "a", "checkpoint": BASE}]}))
-    for argv, message in ((["--seeds", "0"], "--seeds must be at least 1"), (["--minutes", "0"], "minutes must be"),
-                          ([], None)):
-        if message is None:
-            argv, message = ["--config", str(tmp_path / "none.json")], "drift-study config not found"
-            assert main(["drift-study", *argv]) == 2
-        else:
-            assert main(["drift-study", "--config", str(good), *argv]) == 2
+    for argv, message in ((["--config", str(good), "--seeds", "0"], "--seeds must be at least 1"),
+                          (["--config", str(good), "--minutes", "0"], "minutes must be"),
+                          (["--config", str(tmp_path / "none.json")], "drift-study config not found")):
+        assert main(["drift-study", *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
-    with pytest.raises(ConfigError, match="mel codecs"):
-        other = tmp_path / "other"
-        other.mkdir()
-        meta = json.loads((Path(BASE) / "config.json").read_text())
-        meta["codec"]["n_mels"] = 64
-        (other / "config.json").write_text(json.dumps(meta))
-        checkpoint_codec(StudyConfig(systems=(StudySystem("a", BASE), StudySystem("b", str(other)))))
 
+
+def test_one_study_measures_systems_of_one_codec(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    meta = json.loads((Path(BASE) / "config.json").read_text())
+    meta["codec"]["n_mels"] = 64
+    (other / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="different mel codecs"):
+        checkpoint_codec(StudyConfig(systems=(StudySystem("a", BASE), StudySystem("b", str(other)))))

@@ -214,6 +214,15 @@ def checkpoint_generator(progress: bool = False) -> Callable[[StudySystem, objec
     return generate
 
 
+def _read_record(path: Path) -> dict | None:
+    """A stream file's record, or None when there is none (or it is unreadable: it is then made again)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("rows"), list) else None
+
+
 def run_streams(cfg: StudyConfig, baseline, prompts: list[str], generate: Callable | None = None,
                 log: Callable[[str], None] = print) -> dict[str, list[dict]]:
     """Every (system, prompt, seed) stream measured, reusing the stream files already in ``cfg.out_dir``.
@@ -243,7 +252,7 @@ def run_streams(cfg: StudyConfig, baseline, prompts: list[str], generate: Callab
                 done += 1
                 settings = stream_settings(cfg, system, prompt, seed)
                 path = stream_path(cfg.out_dir, settings, i)
-                record = json.loads(path.read_text()) if path.is_file() else None
+                record = _read_record(path)
                 if record is not None and record.get("settings") == json.loads(json.dumps(settings)):
                     log(f"[{done}/{total}] {system.label} prompt {i} seed {seed}: done before ({path.name})")
                 else:
