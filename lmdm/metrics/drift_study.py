@@ -315,7 +315,8 @@ def run_study(cfg: StudyConfig, generate: Callable | None = None, log: Callable[
 
 def format_study(study: dict) -> str:
     """The study as markdown: the injected-drift check, the per-minute table, the first/last verdict and a line per
-    system saying which lenses flag drift."""
+    system saying which lenses flag drift (error accumulation) and on which the last window is outside the real
+    band (far from real music, whether or not it got there by drifting)."""
     from lmdm.metrics.drift_stats import BAND_SD, MAX_RATIO, minute_table, verdict_table
 
     lines = [f"prompts: {'; '.join(map(str, study['prompts']))}", f"reference: {study['reference']}", ""]
@@ -331,7 +332,9 @@ def format_study(study: dict) -> str:
               f"in band = last d <= {BAND_SD:g}, drift = neither", "", verdict_table(study["systems"]), ""]
     for label, agg in study["systems"].items():
         meets = [m for m, v in agg["verdict"].items() if v["meets_ratio"]]
+        outside = [m for m, v in agg["verdict"].items() if v["last_in_band"] is False]
         lines.append(f"- {label} ({agg['n_streams']} streams, {study['wall_s'][label]:.0f} s each): ratio <= "
                      f"{MAX_RATIO} on {len(meets)}/{len(agg['verdict'])} lenses; drift flagged by "
-                     f"{', '.join(agg['drift_lenses']) or 'no lens'}")
+                     f"{', '.join(agg['drift_lenses']) or 'no lens'}; last window outside the real band on "
+                     f"{', '.join(outside) or 'no lens'}")
     return "\n".join(lines)
