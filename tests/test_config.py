@@ -134,10 +134,9 @@ def test_replace_rejects_unknown_fields():
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.json")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     from lmdm.eval.transcriber import TranscriberTrainConfig
+    from lmdm.metrics.drift_study import StudyConfig, load_study
     from lmdm.train.arc.trainer import ARCConfig
     from lmdm.train.autoencoder import AutoencoderRun
-
-    from lmdm.metrics.drift_study import StudyConfig, load_study
 
     kinds = {"arc": ARCConfig, "autoencoder": AutoencoderRun, "transcriber": TranscriberTrainConfig,
              "drift-study": StudyConfig}

@@ -143,9 +143,9 @@ def real_audio(real_data):
 
 
 def _config(tmp_path, data, **kw):
-    base = dict(systems=(StudySystem("a", BASE, steps=1, cfg_scale=1.0),), data=str(data), prompts=("p0", "p1"),
-                seeds=(0, 1), minutes=20.5 / 60, window_s=10.0, out_dir=str(tmp_path / "study"), n_boot=50,
-                sensitivity_streams=0)
+    base = {"systems": (StudySystem("a", BASE, steps=1, cfg_scale=1.0),), "data": str(data), "prompts": ("p0", "p1"),
+            "seeds": (0, 1), "minutes": 20.5 / 60, "window_s": 10.0, "out_dir": str(tmp_path / "study"), "n_boot": 50,
+            "sensitivity_streams": 0}
     return StudyConfig(**{**base, **kw})
 
 

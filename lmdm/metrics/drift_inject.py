@@ -84,7 +84,7 @@ def real_streams(data_dir: str | Path, seconds: float, n: int, sample_rate: int,
     pieces = [a for _, a in real_pieces(data_dir, "val", 0.0, 10 ** 6, sample_rate, seed)]
     order = np.random.default_rng(seed).permutation(len(pieces))
     audio = np.concatenate([pieces[i] for i in order]).astype(np.float32)
-    length = int(round(seconds * sample_rate))
+    length = round(seconds * sample_rate)
     k = min(n, len(audio) // length)
     return [audio[i * length: (i + 1) * length] for i in range(k)] if k else [audio]
 
@@ -113,7 +113,7 @@ def sensitivity_check(baseline: Baseline, seconds: float, window_s: float, n_str
         raise UsageError("the injected-drift check needs a data set (its validation music and band)")
     sr = baseline.codec.cfg.sample_rate
     streams = real_streams(baseline.data_dir, max(seconds, 2 * window_s), n_streams, sr, seed)
-    if len(streams[0]) < 2 * int(round(window_s * sr)):
+    if len(streams[0]) < 2 * round(window_s * sr):
         raise UsageError(f"the validation music ({len(streams[0]) / sr:.0f} s) is shorter than two {window_s:g} s "
                          "windows: the check needs a first and a last window")
     variants = {UNCHANGED: lambda a, sr: a, **(injections or INJECTIONS)}

@@ -164,8 +164,9 @@ def verdict_table(systems: Mapping[str, dict]) -> str:
     """Markdown: per system and lens, the first- and last-window distance from real (median over streams, 95% CI),
     the ratio last / first (paired-bootstrap CI), whether it meets the issue's target, whether the last window is
     inside the real band, and whether the lens flags drift."""
-    lines = [f"| system | lens | first d [95% CI] | last d [95% CI] | ratio [95% CI] | ratio <= {MAX_RATIO} | "
-             f"last in band (d <= {BAND_SD:g}) | drift |", "|" + " --- |" * 8]
+    head = (f"| system | lens | first d [95% CI] | last d [95% CI] | ratio [95% CI] | ratio <= {MAX_RATIO} | "
+            f"last in band (d <= {BAND_SD:g}) | drift |")
+    lines = [head, "|" + " --- |" * 8]
     yes = {True: "yes", False: "no", None: "n/a"}
     for label, agg in systems.items():
         for m in METRICS:

@@ -322,14 +322,14 @@ def format_study(study: dict) -> str:
     lines = [f"prompts: {'; '.join(map(str, study['prompts']))}", f"reference: {study['reference']}", ""]
     sens = study.get("sensitivity")
     if sens:
-        lines += [f"## Can the lenses see drift? Real validation music ({sens['n_streams']} streams of "
-                  f"{sens['stream_s'] / 60:.3g} min), unchanged and with injected drifts: "
-                  f"{'passed' if sens['passed'] else 'FAILED'}", "",
+        lines += [(f"## Can the lenses see drift? Real validation music ({sens['n_streams']} streams of "
+                   f"{sens['stream_s'] / 60:.3g} min), unchanged and with injected drifts: "
+                   f"{'passed' if sens['passed'] else 'FAILED'}"), "",
                   *[f"- {v}: flagged by {', '.join(ls) if ls else 'no lens'}" for v, ls in sens["flagged_by"].items()],
                   "", verdict_table(sens["systems"]), ""]
     lines += ["## Per minute (median over streams)", "", minute_table(study["systems"], study["real_music"]), "",
-              f"## First vs last window: distance from real in real sd; the issue's target is ratio <= {MAX_RATIO}, "
-              f"in band = last d <= {BAND_SD:g}, drift = neither", "", verdict_table(study["systems"]), ""]
+              (f"## First vs last window: distance from real in real sd; the issue's target is ratio <= {MAX_RATIO}, "
+               f"in band = last d <= {BAND_SD:g}, drift = neither"), "", verdict_table(study["systems"]), ""]
     for label, agg in study["systems"].items():
         meets = [m for m, v in agg["verdict"].items() if v["meets_ratio"]]
         outside = [m for m, v in agg["verdict"].items() if v["last_in_band"] is False]
