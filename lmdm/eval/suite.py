@@ -111,14 +111,26 @@ def mean_ci(values: Sequence[float], n_boot: int, rng: np.random.Generator, alph
     """Mean of the finite values with a percentile-bootstrap CI; ``n`` counts them. Non-finite values (the
     loudness of silence is -inf) are counted in ``n_nonfinite``; if no value is finite the mean is the first one.
     """
+    return _bootstrap(values, n_boot, rng, alpha, np.mean, "mean")
+
+
+def median_ci(values: Sequence[float], n_boot: int, rng: np.random.Generator, alpha: float = 0.05) -> dict:
+    """:func:`mean_ci` for the median (key ``median``): robust to the odd runaway stream of a drift study
+    (``lmdm.metrics.drift_stats``)."""
+    return _bootstrap(values, n_boot, rng, alpha, np.median, "median")
+
+
+def _bootstrap(values: Sequence[float], n_boot: int, rng: np.random.Generator, alpha: float, stat, key: str) -> dict:
+    """``stat`` (``np.mean`` or ``np.median``, with an ``axis``) of the finite values and its percentile-bootstrap CI
+    over ``n_boot`` resamples with replacement."""
     v = np.asarray(values, dtype=np.float64)
     ok = v[np.isfinite(v)]
     out = {"n": int(len(ok)), "n_nonfinite": int(len(v) - len(ok))}
     if len(ok) == 0:
-        return {**out, "mean": float(v[0]) if len(v) else float("nan"), "ci": [float("nan"), float("nan")]}
-    boots = ok[rng.integers(0, len(ok), size=(n_boot, len(ok)))].mean(1) if len(ok) > 1 else ok
+        return {**out, key: float(v[0]) if len(v) else float("nan"), "ci": [float("nan"), float("nan")]}
+    boots = stat(ok[rng.integers(0, len(ok), size=(n_boot, len(ok)))], axis=1) if len(ok) > 1 else ok
     lo, hi = np.percentile(boots, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return {**out, "mean": float(ok.mean()), "ci": [float(lo), float(hi)]}
+    return {**out, key: float(stat(ok)), "ci": [float(lo), float(hi)]}
 
 
 def level_values(ws: WindowSet) -> dict[str, list[float]]:
