@@ -289,4 +289,4 @@ def test_every_command_module_is_registered():
     assert modules == {m.__name__.rsplit(".", 1)[1] for m in lmdm.cli.COMMANDS}
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"data", "autoencoder", "train", "generate", "bench", "sketch", "sketch-eval", "jam",
-                                "arc", "metrics", "drift", "eval"}
+                                "arc", "metrics", "drift", "drift-study", "eval"}

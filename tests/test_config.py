@@ -134,18 +134,28 @@ def test_replace_rejects_unknown_fields():
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.json")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     from lmdm.eval.transcriber import TranscriberTrainConfig
+    from lmdm.metrics.drift_study import StudyConfig, load_study
     from lmdm.train.arc.trainer import ARCConfig
     from lmdm.train.autoencoder import AutoencoderRun
 
-    kinds = {"arc": ARCConfig, "autoencoder": AutoencoderRun, "transcriber": TranscriberTrainConfig}
+    kinds = {"arc": ARCConfig, "autoencoder": AutoencoderRun, "transcriber": TranscriberTrainConfig,
+             "drift-study": StudyConfig}
     cls = next((c for prefix, c in kinds.items() if path.name.startswith(prefix)), TrainConfig)
-    assert _taken(json.loads(path.read_text()), to_dict(load_json(cls, path)))
+    built = load_study(path) if cls is StudyConfig else load_json(cls, path)
+    assert _taken(json.loads(path.read_text()), to_dict(built))
 
 
 def _taken(given: dict, built: dict) -> bool:
-    """Every value in ``given`` (nested objects included) is the one in ``built``."""
-    return all(_taken(v, built[k]) if isinstance(v, dict) and isinstance(built[k], dict) and k != "mode_mix"
-               else built[k] == v for k, v in given.items())
+    """Every value in ``given`` (nested objects and lists of them included) is the one in ``built``."""
+    return all(_same(v, built[k]) if k != "mode_mix" else built[k] == v for k, v in given.items())
+
+
+def _same(given, built) -> bool:
+    if isinstance(given, dict) and isinstance(built, dict):
+        return _taken(given, built)
+    if isinstance(given, list) and isinstance(built, list) and any(isinstance(v, dict) for v in given):
+        return len(given) == len(built) and all(_same(g, b) for g, b in zip(given, built))
+    return built == given
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "data" / "checkpoints").glob("lmdm-*")), ids=lambda p: p.name)

@@ -7,7 +7,15 @@ import pytest
 from lmdm.cli import main
 from lmdm.config import ConfigError
 from lmdm.errors import UsageError
-from lmdm.eval.suite import EvalConfig, instrument_hits, mean_ci, nearest_distances, separation_checks, stream_seeds
+from lmdm.eval.suite import (
+    EvalConfig,
+    instrument_hits,
+    markdown_table,
+    mean_ci,
+    nearest_distances,
+    separation_checks,
+    stream_seeds,
+)
 from lmdm.eval.windows import cut_windows, prompt_instrument, read_prompts
 from lmdm.streaming.streamer import SamplerConfig
 
@@ -185,3 +193,7 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     assert (tmp_path / "plots" / "eval_histograms.png").is_file()
     assert len(real["histograms"]["pitch_class_seconds"]) == 12 and sum(real["histograms"]["pitch_class_seconds"]) > 0
     assert sum(silence["histograms"]["pitch_class_seconds"]) == 0 and silence["histograms"]["polyphony"] == []
+    table = markdown_table(report, {"lmdm-small": {"CPU h": "0.1"}}).splitlines()
+    assert len(table) == 2 + len(names) and all(line.count("|") == table[0].count("|") for line in table)
+    assert table[-1].startswith("| lmdm-small | 0.1 | 2 | ") and table[5].startswith("| silence |  | 2 | −inf |")
+    assert f"{system['level']['lufs']['mean']:.1f}".replace("-", "−") in table[-1]

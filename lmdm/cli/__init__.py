@@ -1,5 +1,5 @@
 """The ``lmdm`` command line: ``data build``, ``data example``, ``autoencoder train``, ``train``, ``generate``, ``bench``, ``sketch``,
-``sketch-eval``, ``jam``, ``arc``, ``metrics train-embedder``, ``drift``, ``eval`` (one module per command; the sampler
+``sketch-eval``, ``jam``, ``arc``, ``metrics train-embedder``, ``drift``, ``drift-study``, ``eval`` (one module per command; the sampler
 options shared by ``generate``, ``sketch``, ``jam`` and ``drift`` are declared once, in ``options``).
 
 Errors: input a user can fix raises an :class:`lmdm.errors.LmdmError` and is printed as one
@@ -20,6 +20,7 @@ from lmdm.cli import (
     bench,
     data,
     drift,
+    drift_study,
     evaluation,
     generate,
     jam,
@@ -31,7 +32,7 @@ from lmdm.cli import (
 from lmdm.errors import LmdmError
 
 #: The command modules, in the order ``lmdm --help`` lists them; each has ``add_parser(subparsers)``.
-COMMANDS = (data, autoencoder, train, generate, bench, sketch, sketch_eval, jam, arc, metrics, drift, evaluation)
+COMMANDS = (data, autoencoder, train, generate, bench, sketch, sketch_eval, jam, arc, metrics, drift, drift_study, evaluation)
 
 BUG_LINE = "lmdm: this is a bug in lmdm, not in your input; please report it with the traceback above"
 

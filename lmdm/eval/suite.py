@@ -111,14 +111,26 @@ def mean_ci(values: Sequence[float], n_boot: int, rng: np.random.Generator, alph
     """Mean of the finite values with a percentile-bootstrap CI; ``n`` counts them. Non-finite values (the
     loudness of silence is -inf) are counted in ``n_nonfinite``; if no value is finite the mean is the first one.
     """
+    return _bootstrap(values, n_boot, rng, alpha, np.mean, "mean")
+
+
+def median_ci(values: Sequence[float], n_boot: int, rng: np.random.Generator, alpha: float = 0.05) -> dict:
+    """:func:`mean_ci` for the median (key ``median``): robust to the odd runaway stream of a drift study
+    (``lmdm.metrics.drift_stats``)."""
+    return _bootstrap(values, n_boot, rng, alpha, np.median, "median")
+
+
+def _bootstrap(values: Sequence[float], n_boot: int, rng: np.random.Generator, alpha: float, stat, key: str) -> dict:
+    """``stat`` (``np.mean`` or ``np.median``, with an ``axis``) of the finite values and its percentile-bootstrap CI
+    over ``n_boot`` resamples with replacement."""
     v = np.asarray(values, dtype=np.float64)
     ok = v[np.isfinite(v)]
     out = {"n": int(len(ok)), "n_nonfinite": int(len(v) - len(ok))}
     if len(ok) == 0:
-        return {**out, "mean": float(v[0]) if len(v) else float("nan"), "ci": [float("nan"), float("nan")]}
-    boots = ok[rng.integers(0, len(ok), size=(n_boot, len(ok)))].mean(1) if len(ok) > 1 else ok
+        return {**out, key: float(v[0]) if len(v) else float("nan"), "ci": [float("nan"), float("nan")]}
+    boots = stat(ok[rng.integers(0, len(ok), size=(n_boot, len(ok)))], axis=1) if len(ok) > 1 else ok
     lo, hi = np.percentile(boots, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return {**out, "mean": float(ok.mean()), "ci": [float(lo), float(hi)]}
+    return {**out, key: float(stat(ok)), "ci": [float(lo), float(hi)]}
 
 
 def level_values(ws: WindowSet) -> dict[str, list[float]]:
@@ -356,6 +368,46 @@ def format_table(report: dict) -> str:
     parts.append("")
     parts.append("lenses that do not separate real music from noise and silence: " + (", ".join(broken) or "none"))
     return "\n".join(parts)
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.1f}" if math.isfinite(x) else f"{x}"
+
+
+def markdown_table(report: dict, extra: dict[str, dict[str, str]] | None = None) -> str:
+    """The report's headline columns as one GitHub-markdown table (the README's quality tables are printed by this).
+
+    Args:
+        report: an ``evaluate`` report (or its JSON).
+        extra: optional per-row extra cells, ``{row name: {column: text}}`` (for example the CPU time of a run);
+            the columns are appended in first-seen order, blank where a row has none.
+
+    Returns:
+        A header, a rule and one line per row: N windows, LUFS, true peak, clipped %, notes/s, median note length,
+        polyphony, pitch range, key clarity, frame/block seam ratios, KAD x100 (mean [95% CI] where it has one),
+        instrument hit rate and sketch contour correlation.
+    """
+    extra = extra or {}
+    cols = list(dict.fromkeys(c for cells in extra.values() for c in cells))
+    head = ["row", *cols, "N win", "LUFS", "true peak dBTP", "clipped %", "notes/s", "median note s", "polyphony",
+            "pitch range", "key clarity", "frame seam", "block seam", "KAD x100", "instrument hit", "sketch corr"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        L, N, D, A = r["level"], r["notes"], r["distribution"], r["adherence"]
+        seams = r.get("seams") or {}
+        kad = D["kad"]
+        cells = [r["name"], *(extra.get(r["name"], {}).get(c, "") for c in cols), str(r["windows"]),
+                 _fmt(L["lufs"], 1, 1), _signed(L["true_peak_dbtp"]["mean"]),
+                 _fmt(L["clipped_fraction"], 100, 3), _fmt(N["notes_per_s"]), _fmt(N["median_length_s"]),
+                 _fmt(N["mean_polyphony"]), _fmt(N["pitch_range"], 1, 1).split(" [")[0],
+                 _fmt(N["key_clarity"]).split(" [")[0],
+                 _fmt(seams["frame"]).split(" [")[0] if "frame" in seams else "–",
+                 _fmt(seams["block"]).split(" [")[0] if "block" in seams else "–",
+                 _fmt({"mean": kad["value"], "ci": kad["ci"]}, 100, 2),
+                 _fmt(A["instrument"]).split(" [")[0] if "instrument" in A else "–",
+                 _fmt(A["sketch_contour"]) if "sketch_contour" in A else "–"]
+        lines.append("| " + " | ".join(c.replace("-", "−") if c[:1] == "-" else c for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def plot_report(report: dict, out_dir: str | Path) -> list[Path]:
