@@ -72,10 +72,12 @@ def test_checkpoint_carries_its_autoencoder(tmp_path):
     save_checkpoint(tmp_path / "ck", model, MelCodec(CodecConfig(), ae))
     ck = load_checkpoint(tmp_path / "ck")
     assert ck.codec.channels == 16 and ck.codec.autoencoder.cfg == ae.cfg
-    for k, v in ae.state_dict().items():  # stored in float32: exactly the trained autoencoder
-        assert torch.equal(v, ck.codec.autoencoder.state_dict()[k]), k
+    for k, v in ae.state_dict().items():  # stored in float16 (a bundled checkpoint stays under 40 MB), loaded as float32
+        got = ck.codec.autoencoder.state_dict()[k]
+        assert got.dtype == torch.float32 and torch.equal(got, v.half().float()), k
     z = torch.randn(1, 3, 16)
-    torch.testing.assert_close(ck.codec.latent_to_mel(z), MelCodec(CodecConfig(), ae).latent_to_mel(z))
+    mel, want = ck.codec.latent_to_mel(z), MelCodec(CodecConfig(), ae).latent_to_mel(z)
+    assert 0 < (mel - want).abs().max() < 1e-2 * want.std()  # the rounding shows, far below reconstruction error
     # a model for another latent size is refused when saving, and a checkpoint missing its autoencoder on loading
     with pytest.raises(ValueError, match="16"):
         save_checkpoint(tmp_path / "bad", DiT(DiTConfig(latent_channels=512, d_model=32, n_layers=1, n_heads=2)),
@@ -222,7 +224,7 @@ def test_an_lmdm_trains_on_the_learned_latent_and_resumes_exactly(real_data, tmp
     train(base, progress=False)
     assert (tmp_path / "straight" / "autoencoder" / "model.safetensors").is_file()
     ck = load_checkpoint(tmp_path / "straight" / "final")
-    assert ck.codec.channels == 16 and torch.equal(ck.codec.autoencoder.latent_mean, ae.latent_mean)
+    assert ck.codec.channels == 16 and torch.equal(ck.codec.autoencoder.latent_mean, ae.latent_mean.half().float())
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "straight", resumed)
     shutil.rmtree(resumed / "ckpt" / "step-000030")

@@ -164,4 +164,7 @@ def test_bundled_checkpoint_configs_load(path):
     model = from_dict(DiTConfig, meta["model"], where="model")
     codec = from_dict(CodecConfig, meta["codec"], where="codec")
     assert _taken(meta["model"], to_dict(model)) and _taken(meta["codec"], to_dict(codec))
-    assert model.latent_channels == codec.channels
+    ae = meta.get("autoencoder")
+    # the DiT diffuses the codec's latent: raw mel patches, or the autoencoder's code of them
+    assert model.latent_channels == (codec.channels if ae is None else ae["latent_channels"])
+    assert ae is None or ae["in_channels"] == codec.channels
