@@ -374,6 +374,11 @@ def _signed(x: float) -> str:
     return f"{x:+.1f}" if math.isfinite(x) else f"{x}"
 
 
+def _mean(m: dict, digits: int = 2) -> str:
+    """The mean alone (a column whose CI the table leaves out)."""
+    return _fmt({"mean": m["mean"], "ci": (math.nan, math.nan)}, 1, digits)
+
+
 def markdown_table(report: dict, extra: dict[str, dict[str, str]] | None = None) -> str:
     """The report's headline columns as one GitHub-markdown table (the README's quality tables are printed by this).
 
@@ -399,12 +404,11 @@ def markdown_table(report: dict, extra: dict[str, dict[str, str]] | None = None)
         cells = [r["name"], *(extra.get(r["name"], {}).get(c, "") for c in cols), str(r["windows"]),
                  _fmt(L["lufs"], 1, 1), _signed(L["true_peak_dbtp"]["mean"]),
                  _fmt(L["clipped_fraction"], 100, 3), _fmt(N["notes_per_s"]), _fmt(N["median_length_s"]),
-                 _fmt(N["mean_polyphony"]), _fmt(N["pitch_range"], 1, 1).split(" [")[0],
-                 _fmt(N["key_clarity"]).split(" [")[0],
-                 _fmt(seams["frame"]).split(" [")[0] if "frame" in seams else "–",
-                 _fmt(seams["block"]).split(" [")[0] if "block" in seams else "–",
+                 _fmt(N["mean_polyphony"]), _mean(N["pitch_range"], 1), _mean(N["key_clarity"]),
+                 _mean(seams["frame"]) if "frame" in seams else "–",
+                 _mean(seams["block"]) if "block" in seams else "–",
                  _fmt({"mean": kad["value"], "ci": kad["ci"]}, 100, 2),
-                 _fmt(A["instrument"]).split(" [")[0] if "instrument" in A else "–",
+                 _mean(A["instrument"]) if "instrument" in A else "–",
                  _fmt(A["sketch_contour"]) if "sketch_contour" in A else "–"]
         lines.append("| " + " | ".join(c.replace("-", "−") if c[:1] == "-" else c for c in cells) + " |")
     return "\n".join(lines)
