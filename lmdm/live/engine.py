@@ -29,6 +29,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -165,6 +166,10 @@ class LiveEngine:
         streamer: a streamer to use instead of the block-causal LMDM one (tests pass a slow stub).
         realtime: pace by the wall clock (True) or simulate the clock from measured compute times (False, used
             by ``lmdm jam`` and tests; the audio is the same either way).
+        on_block: called after each block, on the generation thread, with ``(block index, audio (samples,) float32
+            as queued for output, input audio (samples,) of the block's input window or None outside jam mode)``;
+            the live view (``lmdm.live.view``) hangs here. What it raises is kept in ``stats().last_error`` and
+            never stops the stream.
 
     Attributes:
         prompt_text: the prompt of the latest generated block (each ``stats().timeline`` entry records the prompt
@@ -172,8 +177,8 @@ class LiveEngine:
     """
 
     def __init__(self, ckpt: Checkpoint, cfg: EngineConfig = EngineConfig(), streamer: Streamer | None = None,
-                 realtime: bool = False):
-        self.ckpt, self.cfg, self.realtime = ckpt, cfg, realtime
+                 realtime: bool = False, on_block: Callable[[int, np.ndarray, np.ndarray | None], None] | None = None):
+        self.ckpt, self.cfg, self.realtime, self.on_block = ckpt, cfg, realtime, on_block
         self.codec = c = ckpt.codec
         self.sr, self.spf = c.sample_rate, c.samples_per_frame
         self.B = ckpt.model.cfg.block_frames
@@ -371,6 +376,16 @@ class LiveEngine:
                 audio = np.zeros(self.block_samples, dtype=np.float32)
         compute = time.perf_counter() - t_start
         self._account(n, need, t_start, compute, audio)
+        if self.on_block is not None:
+            try:
+                heard = None
+                if self.cfg.mode == "jam":
+                    start = n * self.block_samples - self.delay
+                    heard = self._input.read(start, start + self.block_samples)
+                self.on_block(n, audio, heard)
+            except Exception as e:  # an observer must never stop the stream
+                with self._lock:
+                    self._stats.last_error = f"block {n} observer failed: {type(e).__name__}: {e}"
         return True
 
     def _account(self, n: int, need: int, t_start: float, compute: float, audio: np.ndarray) -> None:
