@@ -56,7 +56,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -377,7 +376,7 @@ def _worker_main(conn, in_name: str, out_name: str, ckpt_path: str, config_blob:
         threading.Thread(target=worker.mover, name="lmdm-worker-mover", daemon=True).start()
         worker.serve()
     except BaseException as e:
-        line = traceback.format_exception_only(type(e), e)[-1].strip()
+        line = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__  # the traceback's last line, unqualified
         if worker is not None:
             worker.quit.set()
         if reporter is not None and reporter.is_alive():
