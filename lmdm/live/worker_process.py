@@ -98,6 +98,7 @@ class Worker:
         self.late_s = None
         self.last_error = None  # the engine's last error already reported
         self.block_view = None
+        self.mover_thread: threading.Thread | None = None
 
     def emit(self, *event) -> None:
         """Queue an event for the reporter (never blocks)."""
@@ -316,10 +317,15 @@ class Worker:
         return "quit"
 
     def shutdown(self) -> None:
+        """Stop the engine and the mover, then release the rings (the mover must not touch a closed ring)."""
         self.quit.set()
         self.running = False
         if self.engine is not None:
             self.engine.stop(timeout=1.0)
+        if self.mover_thread is not None:
+            self.mover_thread.join(1.0)
+            if self.mover_thread.is_alive():
+                return  # leave the rings to the process's exit
         for ring in (self.in_ring, self.out_ring):
             ring.close()
 
@@ -362,7 +368,8 @@ def worker_main(conn, in_name: str, out_name: str, ckpt_path: str, config_blob: 
         reporter = threading.Thread(target=worker.reporter, name="lmdm-worker-reporter", daemon=True)
         reporter.start()
         worker.load(ckpt_path, preload_text_encoder)
-        threading.Thread(target=worker.mover, name="lmdm-worker-mover", daemon=True).start()
+        worker.mover_thread = threading.Thread(target=worker.mover, name="lmdm-worker-mover", daemon=True)
+        worker.mover_thread.start()
         worker.serve()
     except BaseException as e:
         line = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__  # the traceback's last line, unqualified
