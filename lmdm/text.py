@@ -92,6 +92,16 @@ def _load_model():
     return _MODEL
 
 
+def load_text_encoder() -> None:
+    """Load the text encoder now (about 5 s once per process: the sentence-transformers import and the weights),
+    so that the first prompt nobody embedded before is embedded at once. The live worker calls it while warming up.
+
+    Raises:
+        TextEncoderError: the bundled encoder is missing or its weights do not match.
+    """
+    _load_model()
+
+
 @contextlib.contextmanager
 def fresh_prompt_cache() -> Iterator[None]:
     """Within the block every prompt is encoded as if never seen: an empty memory cache and an empty temporary
