@@ -1,10 +1,19 @@
 """The widgets in a real browser: JupyterLab started here on 127.0.0.1, Debian's Chromium driven by Playwright,
-a WAV file as the microphone. Screenshots go to test-artifacts/browser/.
+a WAV file as the microphone. Screenshots and the measured readouts (JSON) go to test-artifacts/browser/.
+
+The live targets (issue "The live path") are asserted with one competing CPU-bound process that the test starts
+and stops itself: first answer <= 5 s after start (<= 3 s quiet), kernel round trip <= 100 ms while generating,
+microphone-to-heard <= 1.5 s, no underrun after the first answer over a 60-second session, a prompt change heard
+from the next block; with two competing processes answers still arrive and underruns are counted and shown.
 
 Without Chromium these tests are skipped with the command that installs it, except under CI (the ``CI``
 environment variable set, not "0" or "false"), where a missing Chromium fails ``test_chromium_is_installed``."""
+import contextlib
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +35,38 @@ def in_ci() -> bool:
 
 
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
+
+
+@contextlib.contextmanager
+def cpu_load(processes: int):
+    """``processes`` CPU-bound competitors (a Python busy loop each, as a musician's other programs), started
+    here and killed on exit."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        time.sleep(0.5)
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def readout(page, widget: str) -> dict:
+    """The widget's measured figures, from the data-* attributes its JS keeps (numbers where they are numbers)."""
+    data = page.evaluate(f"() => Object.assign({{}}, document.querySelector('{widget}').dataset)")
+    out = {}
+    for k, v in data.items():
+        try:
+            out[k] = float(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def wait_ready(page, widget: str, timeout_ms: int = 120_000) -> None:
+    """Wait until the widget's generation worker has warmed up (status "ready" or already "stopped")."""
+    page.wait_for_function(
+        f"() => ['ready', 'stopped'].includes(document.querySelector('{widget}').dataset.status)", timeout=timeout_ms)
 
 
 def test_chromium_is_installed():
@@ -90,6 +131,7 @@ def test_prompt_panel_type_start_hear_stop(page):
     box = panel.locator("input.lmdm-prompt")
     box.fill("a lively Irish dance tune on flute")
     box.press("Enter")
+    wait_ready(page, ".lmdm-prompt-panel")
     panel.locator("button.lmdm-start").click()
     page.wait_for_function(
         "() => /blocks [1-9]/.test(document.querySelector('.lmdm-prompt-panel .lmdm-stats').textContent)",
@@ -98,7 +140,12 @@ def test_prompt_panel_type_start_hear_stop(page):
         "() => /buffered [1-9]/.test(document.querySelector('.lmdm-prompt-panel .lmdm-stats').textContent)"
         " || /underruns \\d+ \\(browser [1-9]/.test(document.querySelector('.lmdm-prompt-panel .lmdm-stats').textContent)",
         timeout=30_000)
+    page.wait_for_function(
+        "() => parseInt(document.querySelector('.lmdm-prompt-panel .lmdm-view').dataset.blocks || '0') >= 2",
+        timeout=30_000)
     shot(page, "02_prompt_panel_running")
+    first = readout(page, ".lmdm-prompt-panel")["firstAnswerMs"]
+    assert first <= 3000, f"first answer {first} ms after start on a quiet machine (target 3 s)"
     panel.locator("button.lmdm-start").click()
     page.wait_for_function("() => document.querySelector('.lmdm-prompt-panel button.lmdm-start').textContent === 'start'",
                            timeout=10_000)
@@ -126,6 +173,7 @@ def test_sketch_pad_drag_reaches_the_kernel(page):
 def test_microphone_reaches_the_kernel_and_the_answer_comes_back(page):
     mic = page.locator(".lmdm-mic-jam")
     mic.scroll_into_view_if_needed()
+    wait_ready(page, ".lmdm-mic-jam")
     mic.locator("button.lmdm-mic-start").click()
     page.wait_for_function(
         "() => { const m = /heard ([0-9.]+) s/.exec(document.querySelector('.lmdm-input-stats').textContent);"
@@ -140,5 +188,66 @@ def test_microphone_reaches_the_kernel_and_the_answer_comes_back(page):
     hz = float(heard.split("· ")[-1].split(" Hz")[0])
     assert abs(hz - TONE_HZ) < 15, heard
     assert abs(rms - TONE_AMP / np.sqrt(2)) < 0.05, heard
-    (ARTIFACTS / "microphone_readout.json").write_text(json.dumps({"heard": heard, "stats": stats}, indent=1))
+    figures = readout(page, ".lmdm-mic-jam")
+    (ARTIFACTS / "microphone_readout.json").write_text(json.dumps({"heard": heard, "stats": stats,
+                                                                   "figures": figures}, indent=1))
+    assert figures["firstAnswerMs"] <= 3000, figures  # quiet machine: within 3 s of start
     mic.locator("button.lmdm-mic-start").click()
+    page.wait_for_function("() => document.querySelector('.lmdm-mic-jam').dataset.status === 'stopped'",
+                           timeout=10_000)
+
+
+def _mic_session(page, seconds: float, change_prompt_at: float | None = None) -> dict:
+    """Start the microphone, keep it running for ``seconds`` after the first answer (optionally changing the
+    prompt part way), stop it, and return the readout with the prompt change's block indices."""
+    mic = page.locator(".lmdm-mic-jam")
+    mic.scroll_into_view_if_needed()
+    wait_ready(page, ".lmdm-mic-jam")
+    mic.locator("button.lmdm-mic-start").click()
+    page.wait_for_function("() => document.querySelector('.lmdm-mic-jam').dataset.firstAnswerMs !== '–'",
+                           timeout=60_000)
+    t_first = time.monotonic()
+    change = {}
+    if change_prompt_at is not None:
+        page.wait_for_timeout(1000 * change_prompt_at)
+        before = readout(page, ".lmdm-mic-jam")
+        box = mic.locator("input.lmdm-prompt")
+        box.fill("solo flute")
+        box.dispatch_event("change")
+        page.wait_for_function(
+            "() => document.querySelector('.lmdm-mic-jam').dataset.lastBlockPrompt === 'solo flute'", timeout=20_000)
+        after = readout(page, ".lmdm-mic-jam")
+        change = {"last_block_before": before["lastBlock"], "first_block_with_new_prompt": after["lastBlock"]}
+    page.wait_for_timeout(max(0.0, 1000 * (seconds - (time.monotonic() - t_first))))
+    figures = {**readout(page, ".lmdm-mic-jam"), **change,
+               "readout": mic.locator(".lmdm-stats").inner_text()}
+    mic.locator("button.lmdm-mic-start").click()
+    page.wait_for_function("() => document.querySelector('.lmdm-mic-jam').dataset.status === 'stopped'",
+                           timeout=10_000)
+    return figures
+
+
+@needs_chromium
+def test_microphone_under_load_meets_the_live_targets(page):
+    with cpu_load(1):
+        figures = _mic_session(page, 60.0, change_prompt_at=10.0)
+        shot(page, "05_microphone_under_load")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "microphone_under_load.json").write_text(json.dumps(figures, indent=1))
+    assert figures["firstAnswerMs"] <= 5000, figures
+    assert figures["rttMs"] <= 100, figures
+    assert figures["heardMs"] <= 1500, figures
+    assert figures["underrunsAfterFirst"] == 0, figures
+    # the block being generated when the prompt changed keeps the old one; the next block has the new prompt
+    assert figures["first_block_with_new_prompt"] <= figures["last_block_before"] + 2, figures
+    assert page.evaluate("() => parseInt(document.querySelector('.lmdm-mic-jam .lmdm-view').dataset.blocks)") > 0
+
+
+@needs_chromium
+def test_microphone_with_two_competing_processes_still_answers_and_counts_underruns(page):
+    with cpu_load(2):
+        figures = _mic_session(page, 15.0)
+        shot(page, "06_microphone_two_loads")
+    (ARTIFACTS / "microphone_two_loads.json").write_text(json.dumps(figures, indent=1))
+    assert figures["answerChunks"] > 0, figures
+    assert isinstance(figures["underruns"], float) and "underruns" in figures["readout"], figures

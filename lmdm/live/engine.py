@@ -11,7 +11,8 @@ background thread). Modes:
 * ``"sketch"`` — controls from a drawn sketch (``set_controls``).
 
 Timing model (real time and simulated alike). Output sample ``s`` plays at ``t0 + s / sr``, where ``t0`` is when
-the first input sample arrived (jam) or when the session started. Block ``n`` needs input up to sample
+the first input sample arrived (jam) or, in real time, when the first block was ready (generate and sketch:
+playback cannot start earlier; simulated: the session start). Block ``n`` needs input up to sample
 ``(n + 1) * B * spf - delay``; its audio (which begins ``crossfade`` samples before the seam) is due when it
 starts playing. A block finished after that is an **underrun**: counted, never waited for, and the output stays
 contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the last input sample a
@@ -391,6 +392,8 @@ class LiveEngine:
     def _account(self, n: int, need: int, t_start: float, compute: float, audio: np.ndarray) -> None:
         with self._lock:
             if self.realtime:
+                if n == 0 and self.cfg.mode != "jam":  # playback starts when the first block exists
+                    self.t0 = t_start + compute
                 t0 = self.t0 if self.t0 is not None else t_start + compute  # no input yet: pre-roll, on time
                 heard = self._arrival_time(need) if need else t0
                 done = t_start + compute

@@ -1,6 +1,6 @@
 """What the widgets share: their browser half (``lmdm/widgets/static/*.js``, package data loaded with
 ``importlib.resources``, so a plain ``pip install`` works from any folder), sending audio to the browser as binary
-messages, and the pump that forwards a live engine's output and statistics."""
+messages, and the pump that forwards a generation worker's output, live view and statistics."""
 from __future__ import annotations
 
 import threading
@@ -39,55 +39,88 @@ def send_audio(widget, audio: np.ndarray, sample_rate: int, seq: int) -> None:
                 buffers=[data.tobytes()])
 
 
-class EnginePump:
-    """A thread that forwards a live engine's output to the browser every ``period`` seconds and publishes its
-    statistics to the widget's ``stats`` trait twice a second.
+class WorkerPump:
+    """A thread that, for a widget's lifetime, moves what its generation worker produces to the browser: audio
+    as binary messages every ``period`` seconds, one ``view`` message per block (``lmdm.live.view``: mel image,
+    LUFS, peak, clipped count), one ``block`` message per block (index, compute time, lateness, prompt), and the
+    worker's ``status``, statistics and errors into the widget's traits.
+
+    Nothing here waits on the worker (``WorkerClient`` never blocks), so a slow or dead worker cannot stall the
+    kernel: a crash shows its message in ``error``, ``status`` becomes "crashed" and ``running`` goes back to False;
+    the next start restarts the worker.
 
     Args:
-        widget: the widget (``send`` and a ``stats`` trait).
-        engine: a started ``LiveEngine``.
+        widget: the widget (``send``, and the ``status``, ``stats``, ``error``, ``running`` traits).
+        worker: its ``lmdm.live.worker.WorkerClient``.
         period: seconds between forwards.
+
+    Attributes:
+        timeline: the ``block`` events of the current session, in order (dicts with ``block``, ``prompt``, ...).
+        samples_sent: audio samples sent to the browser in the current session.
     """
 
-    def __init__(self, widget, engine, period: float = 0.04):
-        self.widget, self.engine, self.period = widget, engine, period
+    def __init__(self, widget, worker, period: float = 0.02):
+        self.widget, self.worker, self.period = widget, worker, period
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lmdm-widget-pump", daemon=True)
         self.seq = 0
         self.samples_sent = 0
+        self.timeline: list[dict] = []
 
-    def start(self) -> "EnginePump":
+    def start(self) -> "WorkerPump":
         """Start forwarding; returns self."""
         self._thread.start()
         return self
 
+    def new_session(self) -> None:
+        """Forget the previous session's timeline and sample count (called at each start)."""
+        self.timeline, self.samples_sent = [], 0
+
     def _run(self) -> None:
-        last_stats = 0.0
         while not self._stop.is_set():
-            audio = self.engine.read_output()
-            if len(audio):
-                send_audio(self.widget, audio, self.engine.sr, self.seq)
-                self.seq += 1
-                self.samples_sent += len(audio)
-            now = time.monotonic()
-            if now - last_stats > 0.5:
-                self.widget.stats = stats_dict(self.engine)
-                last_stats = now
+            try:
+                self.pump_once()
+            except Exception as e:  # a bug here must not end the pump silently: show it and keep going
+                self.widget.error = f"widget pump: {type(e).__name__}: {e}"
             self._stop.wait(self.period)
 
+    def pump_once(self) -> None:
+        """Forward everything that is waiting (also called directly by tests)."""
+        w = self.widget
+        for event in self.worker.poll():
+            kind = event[0]
+            if kind == "stats":
+                w.stats = {**clean_stats(event[1]), "samples_sent": self.samples_sent}
+            elif kind == "block":
+                self.timeline.append(event[2])
+                w.send({"type": "block", **event[2]})
+            elif kind == "view":
+                w.send(event[1], buffers=[event[2]])
+            elif kind == "error":
+                w.error = str(event[1])
+        audio = self.worker.read_output()
+        if len(audio):
+            send_audio(w, audio, self.worker.sample_rate, self.seq)
+            self.seq += 1
+            self.samples_sent += len(audio)
+        status = self.worker.status
+        if w.status != status:
+            w.status = status
+        if status == "crashed":
+            if self.worker.error and w.error != self.worker.error:
+                w.error = self.worker.error
+            if w.running:
+                w.running = False
+
     def stop(self) -> None:
-        """Stop forwarding and publish the final statistics."""
+        """Stop forwarding (after one last forward)."""
         self._stop.set()
         self._thread.join(timeout=1.0)
-        self.widget.stats = stats_dict(self.engine)
 
 
-def stats_dict(engine) -> dict:
-    """JSON-ready engine statistics for a widget's readout."""
-    s = engine.stats().summary()
-    clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in s.items()}
-    clean["running"] = engine.running
-    return clean
+def clean_stats(stats: dict) -> dict:
+    """Statistics made JSON-ready for a widget trait: NaN becomes None."""
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in stats.items()}
 
 
 def dominant_frequency(audio: np.ndarray, sample_rate: int) -> float:
@@ -99,17 +132,23 @@ def dominant_frequency(audio: np.ndarray, sample_rate: int) -> float:
 
 
 class EngineWidgetMixin(traitlets.HasTraits):
-    """What the live-engine widgets (``PromptPanel``, ``MicJam``) share: the ``prompt``, ``running``, ``stats`` and
-    ``error`` traits, start/stop of a real-time ``LiveEngine`` and its :class:`EnginePump`, the prompt observer
-    (a change applies from the next block), and the message loop (rate limit, ping -> pong, errors shown in
-    ``error``; nothing a browser sends can raise into the kernel).
+    """What the live-engine widgets (``PromptPanel``, ``MicJam``) share: the ``prompt``, ``running``, ``status``,
+    ``stats`` and ``error`` traits, a generation worker process (``lmdm.live.worker.WorkerClient``) prepared when
+    the widget is created (warm start: model, text encoder, feature extraction and one warm-up block are ready
+    before start is pressed) and its :class:`WorkerPump`, the prompt observer (a change applies from the next
+    block; the worker encodes the text off its audio path), and the message loop (rate limit, ping -> pong,
+    errors shown in ``error``; nothing a browser sends can raise into the kernel).
 
-    A subclass calls :meth:`_init_engine_widget` before ``super().__init__``, defines :meth:`engine_config`, and
-    overrides :meth:`_on_message` for message types other than ``ping``.
+    The kernel side only moves bytes and updates traits: generation, decoding and the live view run in the worker,
+    with torch threads of its own, so a busy kernel and the audio path do not wait for each other.
+
+    A subclass calls :meth:`_init_engine_widget` before ``super().__init__``, :meth:`_start_worker` after it,
+    defines :meth:`engine_config`, and overrides :meth:`_on_message` for message types other than ``ping``.
     """
 
     prompt = traitlets.Unicode("").tag(sync=True)
     running = traitlets.Bool(False).tag(sync=True)
+    status = traitlets.Unicode("stopped").tag(sync=True)  # loading, ready, running, stopped, crashed, closed
     stats = traitlets.Dict().tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
 
@@ -120,8 +159,21 @@ class EngineWidgetMixin(traitlets.HasTraits):
         self.ckpt = ckpt or load_checkpoint()
         self.limits = limits
         self._rate = RateLimiter(limits.max_messages_per_second)
-        self.engine = None
-        self.pump: EnginePump | None = None
+        self.worker = None
+        self.pump: WorkerPump | None = None
+
+    def _start_worker(self) -> None:
+        """Spawn the generation worker with :meth:`engine_config` and start the pump (``status`` shows "loading"
+        until the worker has warmed up, then "ready"). A config or checkpoint it refuses is shown in ``error``."""
+        from lmdm.live.worker import WorkerClient
+
+        try:
+            self.worker = WorkerClient(self.ckpt, self.engine_config())
+        except LmdmError as e:
+            self.error = str(e)
+            return
+        self.status = self.worker.status
+        self.pump = WorkerPump(self, self.worker).start()
 
     def engine_config(self):
         """The ``EngineConfig`` a start uses (subclasses define it from their traits)."""
@@ -135,51 +187,58 @@ class EngineWidgetMixin(traitlets.HasTraits):
     def _prompt_changed(self, change) -> None:
         try:
             text = text_from_message(change["new"], self.limits)
-            if self.engine is not None:
-                self.engine.set_prompt(text)  # applies from the next block
+            if self.worker is not None:
+                self.worker.set_prompt(text)  # applies from the next block
         except (MessageError, LmdmError) as e:
             self.error = str(e)
 
     def start(self) -> None:
-        """Start a real-time engine with :meth:`engine_config` (returns at once; the browser plays the blocks).
-        A config or checkpoint the engine refuses is shown in ``error`` and ``running`` goes back to False."""
-        from lmdm.live.engine import LiveEngine
-
-        if self.pump is not None:  # a session is running (one that is only stopping is left to finish on its own)
-            return
+        """Start a real-time session in the worker with :meth:`engine_config` (returns at once; the browser plays
+        the blocks). A worker that crashed is restarted (warm again) first; while it is still loading, the session
+        begins as soon as it is ready. A config the engine refuses is shown in ``error`` and ``running`` goes back
+        to False."""
         try:
-            self.engine = LiveEngine(self.ckpt, self.engine_config(), realtime=True)
-            self.engine.warmup()
-            self.engine.start()
+            config = self.engine_config()
+            if self.worker is None:
+                self._start_worker()
+            elif self.worker.status in ("crashed", "closed"):
+                self.worker.restart()
+            if self.worker is None:
+                raise LmdmError(self.error or "the generation worker could not start")
+            self.pump.new_session()
+            self.stats = {}  # the previous session's figures would read as this one's until the first update
+            self.worker.start(config)
         except LmdmError as e:
             self.error = str(e)
             self.running = False
             return
-        self.pump = EnginePump(self, self.engine).start()
         self.error = ""
         if not self.running:
             self.running = True
 
     def stop(self) -> None:
-        """Stop the stream (returns within one block) and publish the final statistics."""
-        if self.engine is not None:
-            self.engine.stop()
-        if self.pump is not None:
-            self.pump.stop()
-            self.pump = None
+        """Stop the stream (the worker stays warm for the next start)."""
+        if self.worker is not None:
+            self.worker.stop()
         if self.running:
             self.running = False
 
     def close(self) -> None:
-        """Closing the widget stops its engine and pump threads."""
+        """Closing the widget ends its pump thread and its worker process."""
         self.stop()
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump = None
+        if self.worker is not None:
+            self.worker.close()
+            self.status = self.worker.status
         super().close()
 
-    def refresh_stats(self) -> dict:
-        """Publish the engine's current statistics to the ``stats`` trait (and return them)."""
-        if self.engine is not None:
-            self.stats = stats_dict(self.engine)
-        return self.stats
+    @property
+    def timeline(self) -> list[dict]:
+        """The current session's blocks as the worker reported them (``block``, ``prompt``, ``compute_s``,
+        ``late_s``), in order."""
+        return list(self.pump.timeline) if self.pump is not None else []
 
     def _on_msg(self, _widget, content, buffers) -> None:
         try:

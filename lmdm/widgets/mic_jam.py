@@ -4,6 +4,7 @@ messages; the kernel feeds them to a real-time jam engine and streams the answer
 through a small jitter buffer. ClipJam records one phrase with ipywebrtc's AudioRecorder and jams on it."""
 from __future__ import annotations
 
+import collections
 import io
 import time
 from dataclasses import replace
@@ -28,13 +29,19 @@ class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
     seconds, RMS, dominant frequency of the last 2 s), ``rtt_ms`` (kernel websocket round trip, measured by the
     browser), ``error``.
 
+    The kernel sanitises what arrives (``lmdm.audio.sanitize``: one stateful resampler to the model rate; each
+    repair counted in ``input_stats["repairs"]``) and moves it into the generation worker's shared input ring;
+    generation, feature extraction and the live view (input and answer spectrograms, per-block LUFS and clip light,
+    block boundaries) run in the worker, prepared when the widget is created (``status``: "loading", then "ready").
+
     Args:
         ckpt: a loaded checkpoint (default: the bundled one).
         config: the jam engine's settings (its prompt is replaced by the ``prompt`` trait at each start).
         limits: what the kernel accepts from the browser.
+        warm: prepare the generation worker now (False: at the first start).
     """
 
-    _esm = asset("audio_player.js", "mic_jam.js")
+    _esm = asset("audio_player.js", "live_view.js", "mic_jam.js")
     _css = asset("widgets.css")
     prompt = traitlets.Unicode("string ensemble").tag(sync=True)
     monitor_volume = traitlets.Float(0.0).tag(sync=True)
@@ -42,7 +49,7 @@ class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
     rtt_ms = traitlets.Float(None, allow_none=True).tag(sync=True)  # None until the browser measured it
 
     def __init__(self, ckpt: Checkpoint | None = None, config: EngineConfig | None = None,
-                 limits: Limits = Limits(), **kwargs):
+                 limits: Limits = Limits(), warm: bool = True, **kwargs):
         self._init_engine_widget(ckpt, limits)
         self.config = config or EngineConfig(mode="jam")
         sr = self.ckpt.codec.sample_rate
@@ -51,8 +58,11 @@ class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
         self.received = RingBuffer(2 * sr)
         self.received_seconds = 0.0
         self._last_input_stats = 0.0
+        self.repairs: collections.Counter = collections.Counter()
         super().__init__(**kwargs)
         self.on_msg(self._on_msg)
+        if warm:
+            self._start_worker()
 
     def engine_config(self) -> EngineConfig:
         """The jam engine's settings with the current prompt."""
@@ -61,9 +71,9 @@ class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
     def _on_message(self, kind, content, buffers) -> None:
         if kind == "audio":
             audio, rate = audio_from_message(content, buffers, self.limits)
-            self._received(audio, rate)
-            if self.engine is not None and self.engine.running:
-                self.engine.push_input(audio, rate)
+            clean = self._received(audio, rate)
+            if self.running and self.worker is not None:
+                self.worker.push_input(clean)
         elif kind == "rtt":
             value = content.get("ms")
             if isinstance(value, (int, float)) and 0 <= value < 60_000:
@@ -71,15 +81,20 @@ class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
         else:
             raise MessageError(f"unexpected message {str(content)[:80]!r}")
 
-    def _received(self, audio: np.ndarray, rate: int) -> None:
-        """Keep the last 2 s of what arrived (sanitised, at the model rate) and publish ``input_stats`` at most
-        four times a second.
+    def _received(self, audio: np.ndarray, rate: int) -> np.ndarray:
+        """Sanitise what arrived to the model rate (repairs counted), keep its last 2 s, and publish
+        ``input_stats`` (seconds, RMS and dominant frequency of the last 2 s, repairs) at most four times a second.
+
+        Returns:
+            the sanitised audio ``(samples,)`` float32 at the model's sample rate.
 
         Raises:
             AudioError: audio the sanitiser refuses (shown in ``error``; nothing is kept).
         """
         sr = self.ckpt.codec.sample_rate
-        x = self._sanitizer(audio, rate).audio
+        clean = self._sanitizer(audio, rate)
+        x = clean.audio
+        self.repairs.update(clean.repairs)
         self.received.write(x)
         self.received_seconds += len(audio) / rate
         now = time.monotonic()
@@ -89,7 +104,8 @@ class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
             last = last[np.argmax(last != 0):] if np.any(last) else last
             self.input_stats = {"seconds": round(self.received_seconds, 3),
                                 "rms": float(np.sqrt(np.mean(last**2))) if len(last) else 0.0,
-                                "dominant_hz": dominant_frequency(last, sr)}
+                                "dominant_hz": dominant_frequency(last, sr), "repairs": dict(self.repairs)}
+        return x
 
 
 class ClipJam:

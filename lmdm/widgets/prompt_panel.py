@@ -25,23 +25,30 @@ class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     ``cfg_scale`` and ``seed`` are checked by building a :class:`lmdm.streaming.streamer.SamplerConfig`, so its
     ranges are the only ones: a value it refuses keeps the previous one and shows the reason in ``error``.
 
+    ``status`` reads "loading" while the generation worker prepares (model, text encoder, one warm-up block),
+    then "ready": a start then begins at once. The browser shows a live view of what is generated (scrolling mel
+    spectrogram, per-block LUFS meter with a clip light, block boundaries marked; ``lmdm.live.view``).
+
     Args:
         ckpt: a loaded checkpoint (default: the bundled one).
         limits: what the kernel accepts from the browser.
+        warm: prepare the generation worker now (False: at the first start, e.g. for a widget never shown).
     """
 
-    _esm = asset("audio_player.js", "prompt_panel.js")
+    _esm = asset("audio_player.js", "live_view.js", "prompt_panel.js")
     _css = asset("widgets.css")
     prompt = traitlets.Unicode("a slow Bach chorale on church organ").tag(sync=True)
     cfg_scale = traitlets.Float(PANEL_SAMPLER.cfg_scale).tag(sync=True)
     steps = traitlets.Int(PANEL_SAMPLER.steps).tag(sync=True)
     seed = traitlets.Int(PANEL_SAMPLER.seed).tag(sync=True)
 
-    def __init__(self, ckpt: Checkpoint | None = None, limits: Limits = Limits(), **kwargs):
+    def __init__(self, ckpt: Checkpoint | None = None, limits: Limits = Limits(), warm: bool = True, **kwargs):
         self._init_engine_widget(ckpt, limits)
         self._sampler_error = None
         super().__init__(**kwargs)
         self.on_msg(self._on_msg)
+        if warm:
+            self._start_worker()
 
     @property
     def sampler(self) -> SamplerConfig:

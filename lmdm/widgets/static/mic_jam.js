@@ -1,5 +1,8 @@
 // MicJam: the microphone through an AudioWorklet to the kernel (Float32 binary messages), the generative
-// delay's answer back through the jitter buffer; level meter, monitor volume, latency and underrun readout.
+// delay's answer back through the jitter buffer; level meter, monitor volume, latency and underrun readout, and the
+// live view (LiveView: input and answer mel spectrograms, per-block LUFS and clip light, block boundaries). The
+// readout's figures are also data-* attributes of the widget (data-first-answer-ms, data-heard-ms, data-rtt-ms,
+// data-underruns-after-first, ...) for tests and users.
 const CAPTURE_WORKLET = `
 class LmdmCapture extends AudioWorkletProcessor {
   constructor() { super(); this.buf = new Float32Array(2048); this.n = 0; }
@@ -30,12 +33,16 @@ export default {
     const readout = el("div", { className: "lmdm-readout lmdm-stats" });
     const heard = el("div", { className: "lmdm-readout lmdm-input-stats" });
     const error = el("div", { className: "lmdm-error" });
-    root.append(el("div", { className: "lmdm-widget lmdm-mic-jam" }, [
-      el("div", { className: "lmdm-row" }, [el("label", {}, ["answer as ", prompt]), button]),
+    const state = el("span", { className: "lmdm-status" });
+    const view = new LiveView({ rows: ["input", "output"], seconds: 12 });
+    const box = el("div", { className: "lmdm-widget lmdm-mic-jam" }, [
+      el("div", { className: "lmdm-row" }, [el("label", {}, ["answer as ", prompt]), button, state]),
       el("div", { className: "lmdm-row" }, [el("span", { textContent: "input" }), meter,
                                             el("label", {}, ["monitor ", monitor])]),
-      readout, heard, error]));
+      readout, heard, view.el, error]);
+    root.append(box);
     let stream = null, node = null, source = null, monitorGain = null, sent = 0, rtt = NaN;
+    let clicked = NaN, firstAnswer = NaN, underrunsAtFirst = 0, browserAtFirst = 0;
     const loaded = new WeakMap();  // one worklet module per AudioContext: registering it twice throws
 
     function loadWorklet(ctx) {
@@ -47,6 +54,7 @@ export default {
     }
 
     async function start() {
+      clicked = performance.now(); firstAnswer = NaN; view.clear();
       try {
         const ctx = player.ensure();
         stream = await navigator.mediaDevices.getUserMedia({
@@ -91,7 +99,10 @@ export default {
     });
     const show = () => {
       const s = model.get("stats") || {}, i = model.get("input_stats") || {};
+      const status = model.get("status");
       button.textContent = stream ? "stop" : "start microphone";
+      state.textContent = status === "loading" ? "loading the model…" : status;
+      state.dataset.status = status;
       // input -> heard: the block's first sample plays (block + compute latency) after its input, plus the wait in
       // the player; delay = block + margin bounds block + latency, so this is an upper estimate
       const audible = (s.delay_ms || 0) + 1000 * (Number.isNaN(player.lastLead) ? 0 : player.lastLead) +
@@ -99,12 +110,30 @@ export default {
       readout.textContent = `delay ${fmt(s.delay_ms, 0, " ms")} · answer ready ${fmt(s.latency_ms_mean, 0, " ms")}` +
         ` after the input · heard ≈ ${fmt(audible, 0, " ms")} later · RTF ${fmt(s.rtf, 3)}` +
         ` · underruns ${fmt(s.underruns)} (browser ${player.underruns}, dropped ${player.dropped}) · round trip ${fmt(rtt, 1, " ms")}` +
-        ` · chunks sent ${sent}, answer chunks ${player.chunks}`;
+        ` · chunks sent ${sent}, answer chunks ${player.chunks} · first answer ${fmt(firstAnswer / 1000, 2, " s")}` +
+        (s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : "");
+      const after = Number.isNaN(firstAnswer) ? NaN : ((s.underruns || 0) - underrunsAtFirst) + (player.underruns - browserAtFirst);
+      Object.assign(box.dataset, { firstAnswerMs: fmt(firstAnswer, 0), heardMs: fmt(audible, 0), rttMs: fmt(rtt, 1),
+        underruns: fmt(s.underruns), browserUnderruns: player.underruns, dropped: player.dropped,
+        underrunsAfterFirst: fmt(after), answerChunks: player.chunks, status });
       heard.textContent = `kernel heard ${fmt(i.seconds, 2, " s")} · rms ${fmt(i.rms, 3)} · ${fmt(i.dominant_hz, 0, " Hz")}`;
       error.textContent = model.get("error") || "";
     };
-    for (const name of ["stats", "input_stats", "error", "running"]) model.on(`change:${name}`, show);
-    const onMsg = (msg, buffers) => { if (msg && msg.type === "audio" && buffers && buffers.length) { player.play(buffers[0], msg.rate); show(); } };
+    for (const name of ["stats", "input_stats", "error", "running", "status"]) model.on(`change:${name}`, show);
+    const onMsg = (msg, buffers) => {
+      if (msg && msg.type === "block") {  // the worker made a block: its index and the prompt it was made with
+        Object.assign(box.dataset, { lastBlock: msg.block, lastBlockPrompt: msg.prompt });
+        return;
+      }
+      if (!msg || !buffers || !buffers.length) return;
+      if (msg.type === "audio") {
+        if (Number.isNaN(firstAnswer) && stream) {
+          firstAnswer = performance.now() - clicked;
+          underrunsAtFirst = (model.get("stats") || {}).underruns || 0; browserAtFirst = player.underruns;
+        }
+        player.play(buffers[0], msg.rate); show();
+      } else if (msg.type === "view") view.add(msg, buffers[0]);
+    };
     model.on("msg:custom", onMsg);
     const stopPing = startPing(model, (v) => { rtt = v; model.send({ type: "rtt", ms: v }); show(); });
     show();

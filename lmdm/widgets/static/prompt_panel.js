@@ -1,4 +1,6 @@
-// PromptPanel: prompt, guidance, steps, seed, start/stop, live readout; plays the stream the kernel sends.
+// PromptPanel: prompt, guidance, steps, seed, start/stop, live readout and live view (LiveView: mel spectrogram,
+// per-block LUFS and clip light); plays the stream the kernel sends. The readout's figures are also kept as
+// data-* attributes of the widget (data-first-answer-ms, data-rtt-ms, data-underruns, ...) for tests and users.
 export default {
   render({ model, el: root }) {
     const player = new AudioPlayer(0.2);
@@ -10,13 +12,16 @@ export default {
     const seed = el("input", { type: "number", step: 1, value: model.get("seed"), style: "width:5em" });
     const button = el("button", { className: "lmdm-start", textContent: "start" });
     const readout = el("div", { className: "lmdm-readout lmdm-stats" });
+    const state = el("span", { className: "lmdm-status" });
     const error = el("div", { className: "lmdm-error" });
-    let rtt = NaN;
+    const view = new LiveView({ rows: ["output"], seconds: 12 });
+    let rtt = NaN, clicked = NaN, firstAnswer = NaN;
     const box = el("div", { className: "lmdm-widget lmdm-prompt-panel" }, [
       el("div", { className: "lmdm-row" }, [el("label", {}, ["prompt ", prompt])]),
       el("div", { className: "lmdm-row" }, [
-        el("label", {}, ["guidance ", cfg]), el("label", {}, ["steps ", steps]), el("label", {}, ["seed ", seed]), button]),
-      readout, error]);
+        el("label", {}, ["guidance ", cfg]), el("label", {}, ["steps ", steps]), el("label", {}, ["seed ", seed]), button,
+        state]),
+      readout, view.el, error]);
     root.append(box);
 
     const send = () => { prompt.value !== model.get("prompt") && model.set("prompt", prompt.value); model.save_changes(); };
@@ -28,20 +33,36 @@ export default {
     }
     button.addEventListener("click", () => {
       const on = !model.get("running");
-      if (on) player.ensure(); else player.stop();
+      if (on) { player.ensure(); view.clear(); clicked = performance.now(); firstAnswer = NaN; } else player.stop();
       model.set("running", on); model.save_changes();
     });
     const show = () => {
       const s = model.get("stats") || {};
+      const status = model.get("status");
       button.textContent = model.get("running") ? "stop" : "start";
+      state.textContent = status === "loading" ? "loading the model…" : status;
+      state.dataset.status = status;
+      const late = s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : "";
       readout.textContent = `blocks ${fmt(s.blocks)} · RTF ${fmt(s.rtf, 3)} · underruns ${fmt(s.underruns)}` +
         ` (browser ${player.underruns}) · buffered ${fmt(1000 * player.bufferedSeconds(), 0, " ms")}` +
-        ` · kernel round trip ${fmt(rtt, 1, " ms")}`;
+        ` · first answer ${fmt(firstAnswer / 1000, 2, " s")} · kernel round trip ${fmt(rtt, 1, " ms")}${late}`;
+      Object.assign(box.dataset, { firstAnswerMs: fmt(firstAnswer, 0), rttMs: fmt(rtt, 1), blocks: fmt(s.blocks),
+        underruns: fmt(s.underruns), browserUnderruns: player.underruns, status });
       error.textContent = model.get("error") || "";
     };
-    model.on("change:stats", show); model.on("change:running", show); model.on("change:error", show);
+    for (const name of ["stats", "running", "error", "status"]) model.on(`change:${name}`, show);
     model.on("change:prompt", () => { if (document.activeElement !== prompt) prompt.value = model.get("prompt"); });
-    const onMsg = (msg, buffers) => { if (msg && msg.type === "audio" && buffers && buffers.length) { player.play(buffers[0], msg.rate); show(); } };
+    const onMsg = (msg, buffers) => {
+      if (msg && msg.type === "block") {  // the worker made a block: its index and the prompt it was made with
+        Object.assign(box.dataset, { lastBlock: msg.block, lastBlockPrompt: msg.prompt });
+        return;
+      }
+      if (!msg || !buffers || !buffers.length) return;
+      if (msg.type === "audio") {
+        if (Number.isNaN(firstAnswer) && !Number.isNaN(clicked)) firstAnswer = performance.now() - clicked;
+        player.play(buffers[0], msg.rate); show();
+      } else if (msg.type === "view") view.add(msg, buffers[0]);
+    };
     model.on("msg:custom", onMsg);
     const stopPing = startPing(model, (v) => { rtt = v; show(); });
     show();
