@@ -226,7 +226,7 @@ def test_jam_answers_the_input_one_delay_later(tiny_ckpt):
         jam_module.LiveEngine = original
     rms = lambda a, b: float(np.sqrt(np.mean(r.output[int(a * sr) : int(b * sr)] ** 2)))
     d, blk = r.stats.delay_s, 4 * 1024 / sr  # delay = one block + margin; the tiny model's blocks are 4 frames
-    assert abs(d - (blk + 0.1)) < 1e-3
+    assert abs(d - (blk + EngineConfig().margin_s)) < 1e-3
     # the input is loud from 2 s to 4 s: the answer is loud one delay later (to within a block), quiet elsewhere
     loud = rms(2 + d + blk, 4 + d - blk)
     assert loud > 10 * rms(0.3, 2 + d - blk) and loud > 10 * rms(4 + d + blk, 6.0)

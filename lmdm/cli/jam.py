@@ -15,8 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--out", default="jam.wav", help="the answer, aligned with the input")
     j.add_argument("--mix", default=None, help="also write a stereo mix (input left, answer right)")
     add_sampler_options(j, steps=4, sampler="pingpong", cfg_scale=1.0, seed=0, help={
-        "steps": "denoising steps per block (default %(default)s: fits the 100 ms margin on 2 cores)"})
-    j.add_argument("--margin", type=float, default=0.1, help="compute margin in seconds (latency = block + margin)")
+        "steps": "denoising steps per block (default %(default)s: fits the 250 ms margin on 2 cores, also beside a busy process)"})
+    j.add_argument("--margin", type=float, default=None,
+                   help="compute margin in seconds (latency = block + margin; default: EngineConfig's, 0.25)")
     j.add_argument("--tracker", default="yin", choices=["yin", "pyin"])
     j.add_argument("--checkpoint", default=None)
     add_device_option(j)
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     use_device(args)
     out = check_writable(args.out)
     mix = check_writable(args.mix) if args.mix else None
-    cfg = EngineConfig(mode="jam", prompt=args.prompt, sampler=sampler_config(args), margin_s=args.margin,
+    margin = EngineConfig.margin_s if args.margin is None else args.margin
+    cfg = EngineConfig(mode="jam", prompt=args.prompt, sampler=sampler_config(args), margin_s=margin,
                        tracker=args.tracker)
     use_live_threads()  # the thread policy of live use (lmdm.streaming.threads), measured by lmdm bench
     ckpt = load_checkpoint(args.checkpoint)
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         save_audio(mix, result.mix(), result.sample_rate)
     s = result.stats.summary()
     print(f"wrote {out}" + (f" and the stereo mix {mix} (input left, answer right)" if mix else ""))
-    print(f"generative delay {s['delay_ms']:.0f} ms (one block + {1000 * args.margin:.0f} ms margin): the answer to "
+    print(f"generative delay {s['delay_ms']:.0f} ms (one block + {1000 * cfg.margin_s:.0f} ms margin): the answer to "
           f"what you play is heard that much later")
     print(f"latency (input heard -> answer available): mean {s['latency_ms_mean']:.0f} ms, max "
           f"{s['latency_ms_max']:.0f} ms; real-time factor {s['rtf']:.3f}; underruns {s['underruns']} of "

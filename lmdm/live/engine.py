@@ -14,8 +14,9 @@ Timing model (real time and simulated alike). Output sample ``s`` plays at ``t0 
 the first input sample arrived (jam) or, in real time, when the first block was ready (generate and sketch:
 playback cannot start earlier; simulated: the session start). Block ``n`` needs input up to sample
 ``(n + 1) * B * spf - delay``; its audio (which begins ``crossfade`` samples before the seam) is due when it
-starts playing. A block finished after that is an **underrun**: counted, never waited for, and the output stays
-contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the last input sample a
+starts playing. A block finished after that is an **underrun**: counted (from block 1 on: block 0 starts the stream,
+so a late block 0 only shifts or cuts the start of the answer; its lateness stays in the timeline), never waited
+for, and the output stays contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the last input sample a
 block depends on to that block being available; the answer is *heard* ``delay`` seconds after the input.
 
 Bad input never stops the engine: :meth:`LiveEngine.push_input` repairs what it can with the one audio sanitiser
@@ -87,7 +88,7 @@ class EngineConfig:
     mode: str = "jam"
     prompt: str = ""
     sampler: SamplerConfig = ENGINE_SAMPLER
-    margin_s: float = 0.1
+    margin_s: float = 0.33  # a 4-step live jam block: ~0.07 s on a quiet 2-core machine, up to ~0.3 s beside a busy process and a browser
     crossfade_s: float = 0.02
     gl_iters: int = 16
     tracker: str = "yin"
@@ -197,6 +198,7 @@ class LiveEngine:
         self._controls: tuple[np.ndarray, np.ndarray] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.computing = threading.Event()  # set while a block is being generated (see wait_idle)
         self._reset_stream()
 
     # ---- session state ----------------------------------------------------------------------------------------
@@ -237,6 +239,17 @@ class LiveEngine:
         embedded = encode_prompts(prompt)
         with self._lock:
             self._prompt = (prompt, embedded)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait (up to ``timeout`` seconds) until no block is being generated; returns whether it is idle. Work
+        that would compete with the generation thread for the cores (a prompt's text encoding) waits here, so on a
+        busy machine it lands in the gap between blocks instead of stretching one."""
+        deadline = time.perf_counter() + timeout
+        while self.computing.is_set():
+            if time.perf_counter() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     def set_controls(self, features: np.ndarray | None, present: np.ndarray | None = None) -> None:
         """Controls for sketch mode: ``features (frames, 4)`` for the whole stream from its start and the group
@@ -353,6 +366,7 @@ class LiveEngine:
         if self._input.total < need:
             return False
         t_start = time.perf_counter()
+        self.computing.set()
         with self._lock:
             prompt, self._prompt = self._prompt, None
         if prompt is not None:
@@ -369,6 +383,7 @@ class LiveEngine:
             with self._lock:
                 audio = self.decoder.push(block[0].cpu())  # the codec decodes on the CPU
         except _Stopped:
+            self.computing.clear()
             raise
         except Exception as e:
             with self._lock:
@@ -376,6 +391,7 @@ class LiveEngine:
                 self.streamer.reset()  # the cache may hold half a block: start the stream afresh
                 audio = np.zeros(self.block_samples, dtype=np.float32)
         compute = time.perf_counter() - t_start
+        self.computing.clear()
         self._account(n, need, t_start, compute, audio)
         if self.on_block is not None:
             try:
@@ -410,7 +426,7 @@ class LiveEngine:
             s.blocks += 1
             s.compute_s += compute
             s.audio_s += self.block_s
-            s.underruns += late > 0
+            s.underruns += late > 0 and n > 0  # block 0 starts the stream: a late one shifts or cuts its start
             s.late_s.append(late)
             if need:
                 s.latency_s.append(done - heard)
@@ -427,12 +443,13 @@ class LiveEngine:
         return time.perf_counter()
 
     def warmup(self) -> None:
-        """Run one block of generation and feature extraction so one-time costs (imports, JIT, allocations) do
-        not land on the first live block; the stream is reset afterwards."""
+        """Run two blocks of generation, decoding and feature extraction so one-time costs (imports, allocations,
+        the cached path's first use) do not land on the first live blocks; the stream is reset afterwards."""
         if self.cfg.mode == "jam":
             features_from_audio(np.zeros(self.block_samples, np.float32), self.sr, self.spf, self.cfg.tracker)
-        self.streamer.next_block()
-        self.decoder.push(torch.zeros(self.B, self.codec.channels))
+        for _ in range(2):  # block 0 runs without context; block 1 takes the cached path (fused first step)
+            block = self.streamer.next_block(self._block_controls(0) if self.cfg.mode == "jam" else None)
+            self.decoder.push(block[0].cpu())
         self._reset_stream()
 
     # ---- real time --------------------------------------------------------------------------------------------

@@ -166,6 +166,14 @@ class ShmRing:
         skipped, self.position = end - self.position, end
         return skipped
 
+    def seek(self, position: int) -> int:
+        """Read next from absolute sample ``position`` (clamped to what the ring still holds: at most
+        ``capacity`` samples back, at most :attr:`written`); nothing is counted as dropped. Returns the position
+        set. A reader that had already read past ``position`` reads those samples again."""
+        end = self.written
+        self.position = min(max(int(position), end - self.capacity, 0), end)
+        return self.position
+
     def close(self) -> None:
         """Release this end (the creator also unlinks the block); idempotent."""
         if self.closed:

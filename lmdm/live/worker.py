@@ -38,7 +38,7 @@ import numpy as np
 from lmdm.errors import UsageError
 from lmdm.live.shm_ring import ShmRing
 from lmdm.live.worker_process import FATAL, one_line, set_env, worker_main
-from lmdm.streaming.threads import LIVE_POLICY, ThreadPolicy
+from lmdm.streaming.threads import WORKER_POLICY, ThreadPolicy
 
 if TYPE_CHECKING:
     from lmdm.checkpoint import Checkpoint
@@ -123,7 +123,7 @@ class WorkerClient:
         CheckpointError: the checkpoint folder is missing or not a checkpoint.
     """
 
-    def __init__(self, checkpoint: Checkpoint | str | Path, config: EngineConfig, policy: ThreadPolicy = LIVE_POLICY,
+    def __init__(self, checkpoint: Checkpoint | str | Path, config: EngineConfig, policy: ThreadPolicy = WORKER_POLICY,
                  input_seconds: float = 10.0, output_seconds: float = 10.0, preload_text_encoder: bool = True):
         from lmdm.live.engine import EngineConfig
 
@@ -234,7 +234,7 @@ class WorkerClient:
             self.config = config
         if self._status == "crashed":
             self.restart()
-        self._send(("start", config))
+        self._send(("start", config, self._in.written))  # input pushed from now on belongs to this session
 
     def stop(self) -> None:
         """Stop the session (the worker stays warm)."""

@@ -5,7 +5,10 @@ torch only inside :func:`worker_main`, after the thread policy's variables are i
 
 Commands (kernel -> worker), each a tuple:
 
-* ``("start", EngineConfig | None)``: a fresh session at once (None: the current settings). The engine is rebuilt
+* ``("start", EngineConfig | None[, input position])``: a fresh session at once (None: the current settings); its
+  input begins at that absolute input-ring sample (the kernel's write position when it asked; default: whatever
+  arrives next), so the engine's input sample 0 is the first sample the kernel pushed for this session and the
+  browser can schedule the answer against its own capture clock. The engine is rebuilt
   and warmed up only when the settings differ in more than the prompt; a new prompt is applied with ``set_prompt``.
 * ``("stop",)``, ``("prompt", text)`` (embedded on the command thread, never the generation thread),
   ``("controls", features (frames, 4) | None, present (3,) bool | None)``, ``("quit",)``.
@@ -54,10 +57,13 @@ from lmdm.errors import UsageError
 from lmdm.live.shm_ring import ShmRing
 from lmdm.streaming.threads import ThreadPolicy
 
-COMMANDS = {"start": (0, 1), "stop": (0, 0), "prompt": (1, 1), "controls": (1, 2), "quit": (0, 0)}  # arg counts
+COMMANDS = {"start": (0, 2), "stop": (0, 0), "prompt": (1, 1), "controls": (1, 2), "quit": (0, 0)}  # arg counts
 #: How an error event of a worker that is exiting begins (the client quotes it in its crash message).
 FATAL = "the generation worker failed: "
-MOVE_PERIOD_S = 0.005
+# The mover runs every 20 ms (not 5): every wake-up takes the GIL from the generation thread, which releases it at
+# each torch op; on a starved machine a mover descheduled while holding the GIL stalls the block being computed.
+MOVE_PERIOD_S = 0.02
+SWITCH_INTERVAL_S = 0.02  # the generation thread keeps the GIL this long before it must offer it (default 5 ms)
 STATS_PERIOD_S = 0.5
 PARENT_CHECK_S = 0.25
 MAX_QUEUED_BLOCKS = 32  # block events held while the kernel does not read; older views are skipped beyond 4
@@ -93,7 +99,8 @@ class Worker:
         self.quit = threading.Event()
         self.engine = None
         self.running = False
-        self.session = 0  # bumped at each start: the mover then drops input that arrived before it
+        self.session = 0  # bumped at each start: the mover then drops input from before the session
+        self.input_from: int | None = None  # the input ring position the kernel started the session at
         self.events_dropped = 0
         self.late_s = None
         self.last_error = None  # the engine's last error already reported
@@ -161,9 +168,9 @@ class Worker:
         session = self.session
         while not self.quit.is_set():
             engine = self.engine
-            if session != self.session:
+            if session != self.session:  # a new session reads input from where the kernel started it
                 session = self.session
-                self.in_ring.skip()
+                self.in_ring.skip() if self.input_from is None else self.in_ring.seek(self.input_from)
             x = self.in_ring.read()
             if engine is not None:
                 if len(x) and self.running and engine.cfg.mode == "jam":
@@ -274,8 +281,13 @@ class Worker:
             self.emit("error", one_line(f"{name} failed: {type(e).__name__}: {e}"))
             return None
 
-    def do_start(self, config=None) -> None:
+    def do_start(self, config=None, input_from=None) -> None:
         from lmdm.live.engine import EngineConfig
+
+        if input_from is not None and (isinstance(input_from, bool) or not isinstance(input_from, int)
+                                       or input_from < 0):
+            raise UsageError(f"start's input position must be a sample index >= 0 or None, got {input_from!r}")
+        self.input_from = input_from
 
         if config is not None and not isinstance(config, EngineConfig):
             raise UsageError(f"start takes an EngineConfig or None, got {type(config).__name__}")
@@ -307,7 +319,10 @@ class Worker:
     def do_prompt(self, text) -> None:
         if not isinstance(text, str):
             raise UsageError(f"a prompt must be text, got {type(text).__name__}")
-        self.engine.set_prompt(text)  # embedded here, on the command thread
+        # embedded here, on the command thread, between blocks: on a starved machine an encoding that overlaps a
+        # block stretched it by 0.2 s (the browser test's prompt change, beside a busy process)
+        self.engine.wait_idle(timeout=self.engine.block_s)
+        self.engine.set_prompt(text)
         self.config = replace(self.config, prompt=text)
 
     def do_controls(self, features, present=None) -> None:
@@ -357,6 +372,7 @@ def worker_main(conn, in_name: str, out_name: str, ckpt_path: str, config_blob: 
     imported, loads and warms up, then serves commands until ``quit`` or the kernel's death. A failure sends
     ``("error", FATAL + its last traceback line)`` and exits with code 1."""
     torch_preloaded = "torch" in sys.modules
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel decides when the worker ends (Ctrl-C is the kernel's)
     set_env(env)  # already inherited from the kernel at spawn; set again for whatever reads it from here on
     done = threading.Event()

@@ -80,6 +80,14 @@ class ThreadPolicy:
 LIVE_POLICY = ThreadPolicy()
 
 
+#: The policy of the widgets' generation worker (``lmdm.live.worker``): one thread. A live block is computed after
+#: about a second of idle waiting for its input, and waking OpenMP's second thread then costs more than it gives:
+#: ``python scripts/worker_threads.py`` (real-time jam, 15 s, 2 cores) measured a block's compute median / max at
+#: 69 / 83 ms with one thread against 99 / 113 ms with two, quiet, and 70 / 95 against 81 / 97 ms beside one
+#: CPU-bound process (2 threads, passive wait: 88 / 127 and 80 / 105).
+WORKER_POLICY = ThreadPolicy(threads=1)
+
+
 def use_live_threads() -> ThreadPolicy:
     """Apply :data:`LIVE_POLICY` to this process (the live commands call it before they load a model)."""
     LIVE_POLICY.apply()

@@ -3,6 +3,9 @@
 // With dropBacklog (the live microphone), a chunk that would start more than half a chunk later than the jitter
 // buffer asks is dropped instead of queued: after a stall (a busy kernel, a slow start) the answer catches up
 // with the player instead of lagging by the backlog for the rest of the session.
+// With schedule(t) (the live microphone), output sample s plays at exactly t + s / rate: the answer keeps a fixed
+// distance from the input (the generative delay plus this buffer), and a chunk that arrives after its slot is
+// an underrun whose late part is cut (counted in trimmedSeconds) instead of delaying everything after it.
 class AudioPlayer {
   constructor(jitterSeconds = 0.15, { dropBacklog = false } = {}) {
     this.jitter = jitterSeconds;
@@ -15,6 +18,18 @@ class AudioPlayer {
     this.chunks = 0;
     this.underruns = 0;
     this.samples = 0;
+    this.anchor = null;
+    this.received = 0;
+    this.trimmedSeconds = 0;
+    this.lateLog = [];
+    this.leads = [];  // the first chunks' lead (ms before their slot) and length, for diagnosis
+  }
+  schedule(t) {  // output sample 0 plays at AudioContext time t (see the header)
+    this.anchor = t;
+    this.received = 0;
+    this.scheduledChunks = 0;
+    this.lateLog = [];
+    this.leads = [];
   }
   ensure() {
     if (!this.ctx) {
@@ -27,8 +42,36 @@ class AudioPlayer {
   }
   play(buffer, rate) {
     const ctx = this.ensure();
-    const data = new Float32Array(buffer.buffer ? buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength) : buffer);
+    let data = new Float32Array(buffer.buffer ? buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength) : buffer);
     if (data.length === 0) return;
+    if (this.anchor !== null) {
+      const slot = this.anchor + this.received / rate, now = ctx.currentTime, guard = 0.003;  // one render quantum
+      if (this.leads.length < 12) this.leads.push(`${Math.round(1000 * (slot - now))}/${data.length}`);
+      this.received += data.length;
+      let start = slot;
+      if (slot < now) {                   // late: keep the schedule, cut what can no longer play on time
+        const skip = Math.ceil((now + guard - slot) * rate);
+        if (this.scheduledChunks > 0) this.underruns += 1;  // the session's first chunk starts it: never an underrun
+        this.lateLog.push(`${this.scheduledChunks}:${Math.round(1000 * (now - slot))}`);  // chunk index: ms late
+        if (this.lateLog.length > 20) this.lateLog.shift();
+        this.trimmedSeconds += Math.min(skip, data.length) / rate;
+        if (skip >= data.length) { this.dropped += 1; this.scheduledChunks += 1; return; }
+        data = data.subarray(skip);
+        start = slot + skip / rate;
+      }
+      const audio = ctx.createBuffer(1, data.length, rate);
+      audio.copyToChannel(data, 0);
+      const src = ctx.createBufferSource();
+      src.buffer = audio;
+      src.connect(this.gain);
+      src.start(start);
+      this.scheduledChunks += 1;
+      this.lastLead = start - now;
+      this.nextTime = start + audio.duration;
+      this.chunks += 1;
+      this.samples += data.length;
+      return;
+    }
     const audio = ctx.createBuffer(1, data.length, rate);
     audio.copyToChannel(data, 0);
     const src = ctx.createBufferSource();
@@ -55,6 +98,7 @@ class AudioPlayer {
   }
   stop() {
     this.nextTime = 0;
+    this.anchor = null;
     if (this.ctx) { this.ctx.close(); this.ctx = null; }
   }
 }
@@ -94,4 +138,24 @@ function el(tag, attrs = {}, children = []) {
 
 function fmt(v, digits = 0, unit = "") {
   return (v === null || v === undefined || Number.isNaN(v)) ? "–" : `${Number(v).toFixed(digits)}${unit}`;
+}
+
+// Readouts update a few times a second at most, and only what changed: every DOM write in JupyterLab costs a style
+// recalculation and a layout of the page, which on 2 cores competes with the music (measured: 63 layouts a second
+// and 61% of the renderer's main thread while the microphone ran, before this).
+function throttled(fn, ms = 250) {
+  let timer = 0;
+  const run = () => { timer = 0; fn(); };
+  return () => { if (!timer) timer = setTimeout(run, ms); };
+}
+
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function setData(node, values) {
+  for (const [k, v] of Object.entries(values)) {
+    const s = String(v);
+    if (node.dataset[k] !== s) node.dataset[k] = s;
+  }
 }

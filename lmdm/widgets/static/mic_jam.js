@@ -5,7 +5,9 @@
 // data-underruns-after-first, ...) for tests and users.
 const CAPTURE_WORKLET = `
 class LmdmCapture extends AudioWorkletProcessor {
-  constructor() { super(); this.buf = new Float32Array(2048); this.n = 0; }
+  // 4096 samples (85 ms at 48 kHz) per message: each message to the kernel also makes JupyterLab redraw the
+  // kernel's busy/idle status twice, so 2048 (23 messages a second) cost the page 46 layouts a second
+  constructor() { super(); this.buf = new Float32Array(4096); this.n = 0; }
   process(inputs) {
     const input = inputs[0];
     if (input && input.length) {
@@ -25,7 +27,7 @@ registerProcessor("lmdm-capture", LmdmCapture);
 
 export default {
   render({ model, el: root }) {
-    const player = new AudioPlayer(0.12, { dropBacklog: true });
+    const player = new AudioPlayer(0.08);  // scheduled against the capture clock at each start (see start())
     const prompt = el("input", { type: "text", className: "lmdm-prompt", value: model.get("prompt") });
     const button = el("button", { className: "lmdm-mic-start", textContent: "start microphone" });
     const meter = el("div", { className: "lmdm-meter" }, [el("div")]);
@@ -42,7 +44,8 @@ export default {
       readout, heard, view.el, error]);
     root.append(box);
     let stream = null, node = null, source = null, monitorGain = null, sent = 0, rtt = NaN;
-    let clicked = NaN, firstAnswer = NaN, underrunsAtFirst = 0, browserAtFirst = 0;
+    let level = 0, meterFrame = 0;
+    let clicked = NaN, firstAnswer = NaN, underrunsAtFirst = 0, browserAtFirst = 0, late = [];
     const loaded = new WeakMap();  // one worklet module per AudioContext: registering it twice throws
 
     function loadWorklet(ctx) {
@@ -54,7 +57,7 @@ export default {
     }
 
     async function start() {
-      clicked = performance.now(); firstAnswer = NaN; view.clear();
+      clicked = performance.now(); firstAnswer = NaN; view.clear(); late = []; box.dataset.lateBlocks = "";
       try {
         const ctx = player.ensure();
         stream = await navigator.mediaDevices.getUserMedia({
@@ -68,11 +71,19 @@ export default {
         monitorGain = ctx.createGain();
         monitorGain.gain.value = model.get("monitor_volume");
         source.connect(monitorGain); monitorGain.connect(ctx.destination);
+        let scheduled = false;
         node.port.onmessage = (e) => {
           const chunk = e.data;
+          if (!scheduled) {  // the session's input sample 0 was captured one chunk ago: its answer plays
+            // delay + the jitter buffer later (the engine's output sample s answers input sample s - delay)
+            player.schedule(ctx.currentTime - chunk.length / ctx.sampleRate + player.jitter);
+            scheduled = true;
+          }
           let sum = 0;
           for (let i = 0; i < chunk.length; i++) sum += chunk[i] * chunk[i];
-          meter.firstChild.style.width = `${Math.min(100, 300 * Math.sqrt(sum / chunk.length))}%`;
+          level = Math.min(1, 3 * Math.sqrt(sum / chunk.length));
+          if (!meterFrame) meterFrame = requestAnimationFrame(() => {  // compositor only: no layout
+            meterFrame = 0; meter.firstChild.style.transform = `scaleX(${level.toFixed(2)})`; });
           model.send({ type: "audio", rate: ctx.sampleRate }, undefined, [chunk.buffer]);
           sent += 1;
         };
@@ -100,29 +111,38 @@ export default {
     const show = () => {
       const s = model.get("stats") || {}, i = model.get("input_stats") || {};
       const status = model.get("status");
-      button.textContent = stream ? "stop" : "start microphone";
-      state.textContent = status === "loading" ? "loading the model…" : status;
-      state.dataset.status = status;
-      // input -> heard: the block's first sample plays (block + compute latency) after its input, plus the wait in
-      // the player; delay = block + margin bounds block + latency, so this is an upper estimate
-      const audible = (s.delay_ms || 0) + 1000 * (Number.isNaN(player.lastLead) ? 0 : player.lastLead) +
-        (Number.isNaN(rtt) ? 0 : rtt / 2);
-      readout.textContent = `delay ${fmt(s.delay_ms, 0, " ms")} · answer ready ${fmt(s.latency_ms_mean, 0, " ms")}` +
-        ` after the input · heard ≈ ${fmt(audible, 0, " ms")} later · RTF ${fmt(s.rtf, 3)}` +
-        ` · underruns ${fmt(s.underruns)} (browser ${player.underruns}, dropped ${player.dropped}) · round trip ${fmt(rtt, 1, " ms")}` +
+      setText(button, stream ? "stop" : "start microphone");
+      setText(state, status === "loading" ? "loading the model…" : status);
+      setData(state, { status });
+      // input -> heard: the player schedules output sample s at (capture time of input sample 0) + jitter + s/rate,
+      // and output sample s answers input sample s - delay: heard = delay + jitter + the output device's latency,
+      // exactly, for every chunk that arrived on time (a late one is an underrun, counted below)
+      const ctx = player.ctx;
+      const device = ctx ? (ctx.baseLatency || 0) + (ctx.outputLatency || 0) : 0;
+      const audible = s.delay_ms === undefined || s.delay_ms === null ? NaN : s.delay_ms + 1000 * (player.jitter + device);
+      setText(readout, `delay ${fmt(s.delay_ms, 0, " ms")} · answer ready ${fmt(s.latency_ms_mean, 0, " ms")}` +
+        ` (max ${fmt(s.latency_ms_max, 0, " ms")}) after the input · heard ≈ ${fmt(audible, 0, " ms")} later · RTF ${fmt(s.rtf, 3)}` +
+        ` · underruns ${fmt(s.underruns)} (browser ${player.underruns}, cut ${fmt(1000 * player.trimmedSeconds, 0, " ms")})` +
+        ` · round trip ${fmt(rtt, 1, " ms")}` +
         ` · chunks sent ${sent}, answer chunks ${player.chunks} · first answer ${fmt(firstAnswer / 1000, 2, " s")}` +
-        (s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : "");
+        (s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : ""));
       const after = Number.isNaN(firstAnswer) ? NaN : ((s.underruns || 0) - underrunsAtFirst) + (player.underruns - browserAtFirst);
-      Object.assign(box.dataset, { firstAnswerMs: fmt(firstAnswer, 0), heardMs: fmt(audible, 0), rttMs: fmt(rtt, 1),
+      setData(box, { firstAnswerMs: fmt(firstAnswer, 0), readyMaxMs: fmt(s.latency_ms_max, 0), heardMs: fmt(audible, 0), rttMs: fmt(rtt, 1),
         underruns: fmt(s.underruns), browserUnderruns: player.underruns, dropped: player.dropped,
-        underrunsAfterFirst: fmt(after), answerChunks: player.chunks, status });
-      heard.textContent = `kernel heard ${fmt(i.seconds, 2, " s")} · rms ${fmt(i.rms, 3)} · ${fmt(i.dominant_hz, 0, " Hz")}`;
-      error.textContent = model.get("error") || "";
+        underrunsAfterFirst: fmt(after), answerChunks: player.chunks, browserLate: player.lateLog.join(" "),
+        browserLeads: player.leads.join(" "), status });
+      setText(heard, `kernel heard ${fmt(i.seconds, 2, " s")} · rms ${fmt(i.rms, 3)} · ${fmt(i.dominant_hz, 0, " Hz")}`);
+      setText(error, model.get("error") || "");
     };
-    for (const name of ["stats", "input_stats", "error", "running", "status"]) model.on(`change:${name}`, show);
+    const update = throttled(show);
+    for (const name of ["stats", "input_stats", "error", "running", "status"]) model.on(`change:${name}`, update);
     const onMsg = (msg, buffers) => {
       if (msg && msg.type === "block") {  // the worker made a block: its index and the prompt it was made with
-        Object.assign(box.dataset, { lastBlock: msg.block, lastBlockPrompt: msg.prompt });
+        setData(box, { lastBlock: msg.block, lastBlockPrompt: msg.prompt });
+        if (msg.late_s > 0) {  // the late blocks of this session (index:ms late, compute ms), for the readout and tests
+          late.push(`${msg.block}:${Math.round(1000 * msg.late_s)}/${Math.round(1000 * msg.compute_s)}`);
+          box.dataset.lateBlocks = late.slice(-20).join(" ");
+        }
         return;
       }
       if (!msg || !buffers || !buffers.length) return;
@@ -131,11 +151,11 @@ export default {
           firstAnswer = performance.now() - clicked;
           underrunsAtFirst = (model.get("stats") || {}).underruns || 0; browserAtFirst = player.underruns;
         }
-        player.play(buffers[0], msg.rate); show();
+        player.play(buffers[0], msg.rate); update();
       } else if (msg.type === "view") view.add(msg, buffers[0]);
     };
     model.on("msg:custom", onMsg);
-    const stopPing = startPing(model, (v) => { rtt = v; model.send({ type: "rtt", ms: v }); show(); });
+    const stopPing = startPing(model, (v) => { rtt = v; model.send({ type: "rtt", ms: v }); update(); });
     show();
     return () => { stopPing(); model.off("msg:custom", onMsg); stop(); player.stop(); };
   },

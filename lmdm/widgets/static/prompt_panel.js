@@ -39,32 +39,33 @@ export default {
     const show = () => {
       const s = model.get("stats") || {};
       const status = model.get("status");
-      button.textContent = model.get("running") ? "stop" : "start";
-      state.textContent = status === "loading" ? "loading the model…" : status;
-      state.dataset.status = status;
+      setText(button, model.get("running") ? "stop" : "start");
+      setText(state, status === "loading" ? "loading the model…" : status);
+      setData(state, { status });
       const late = s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : "";
-      readout.textContent = `blocks ${fmt(s.blocks)} · RTF ${fmt(s.rtf, 3)} · underruns ${fmt(s.underruns)}` +
+      setText(readout, `blocks ${fmt(s.blocks)} · RTF ${fmt(s.rtf, 3)} · underruns ${fmt(s.underruns)}` +
         ` (browser ${player.underruns}) · buffered ${fmt(1000 * player.bufferedSeconds(), 0, " ms")}` +
-        ` · first answer ${fmt(firstAnswer / 1000, 2, " s")} · kernel round trip ${fmt(rtt, 1, " ms")}${late}`;
-      Object.assign(box.dataset, { firstAnswerMs: fmt(firstAnswer, 0), rttMs: fmt(rtt, 1), blocks: fmt(s.blocks),
+        ` · first answer ${fmt(firstAnswer / 1000, 2, " s")} · kernel round trip ${fmt(rtt, 1, " ms")}${late}`);
+      setData(box, { firstAnswerMs: fmt(firstAnswer, 0), rttMs: fmt(rtt, 1), blocks: fmt(s.blocks),
         underruns: fmt(s.underruns), browserUnderruns: player.underruns, status });
-      error.textContent = model.get("error") || "";
+      setText(error, model.get("error") || "");
     };
-    for (const name of ["stats", "running", "error", "status"]) model.on(`change:${name}`, show);
+    const update = throttled(show);
+    for (const name of ["stats", "running", "error", "status"]) model.on(`change:${name}`, update);
     model.on("change:prompt", () => { if (document.activeElement !== prompt) prompt.value = model.get("prompt"); });
     const onMsg = (msg, buffers) => {
       if (msg && msg.type === "block") {  // the worker made a block: its index and the prompt it was made with
-        Object.assign(box.dataset, { lastBlock: msg.block, lastBlockPrompt: msg.prompt });
+        setData(box, { lastBlock: msg.block, lastBlockPrompt: msg.prompt });
         return;
       }
       if (!msg || !buffers || !buffers.length) return;
       if (msg.type === "audio") {
         if (Number.isNaN(firstAnswer) && !Number.isNaN(clicked)) firstAnswer = performance.now() - clicked;
-        player.play(buffers[0], msg.rate); show();
+        player.play(buffers[0], msg.rate); update();
       } else if (msg.type === "view") view.add(msg, buffers[0]);
     };
     model.on("msg:custom", onMsg);
-    const stopPing = startPing(model, (v) => { rtt = v; show(); });
+    const stopPing = startPing(model, (v) => { rtt = v; update(); });
     show();
     return () => { stopPing(); model.off("msg:custom", onMsg); player.stop(); };
   },
