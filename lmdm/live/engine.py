@@ -16,8 +16,8 @@ playback cannot start earlier; simulated: the session start). Block ``n`` needs 
 ``(n + 1) * B * spf - delay``; its audio (which begins ``crossfade`` samples before the seam) is due when it
 starts playing. A block finished after that is an **underrun**: counted (from block 1 on: block 0 starts the stream,
 so a late block 0 only shifts or cuts the start of the answer; its lateness stays in the timeline), never waited
-for, and the output stays contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the last input sample a
-block depends on to that block being available; the answer is *heard* ``delay`` seconds after the input.
+for, and the output stays contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the
+last input sample a block depends on to that block being available; the answer is *heard* ``delay`` seconds after the input.
 
 Bad input never stops the engine: :meth:`LiveEngine.push_input` repairs what it can with the one audio sanitiser
 (``lmdm.audio.sanitize``: NaN/inf, clipping, stereo, integer PCM, other sample rates via a stateful soxr stream,
@@ -88,7 +88,9 @@ class EngineConfig:
     mode: str = "jam"
     prompt: str = ""
     sampler: SamplerConfig = ENGINE_SAMPLER
-    margin_s: float = 0.33  # a 4-step live jam block: ~0.07 s on a quiet 2-core machine, up to ~0.3 s beside a busy process and a browser
+    # a live 4-step jam block takes ~0.07 s on a quiet 2-core machine, up to ~0.3 s beside a busy process and a
+    # browser (README, "The live path"); 0.1 s left most live blocks late
+    margin_s: float = 0.33
     crossfade_s: float = 0.02
     gl_iters: int = 16
     tracker: str = "yin"

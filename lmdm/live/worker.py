@@ -3,14 +3,16 @@
 In the kernel a :class:`LiveEngine`'s Python work and torch threads compete with the kernel's message handling
 (the first answer took 19 s and the round trip reached 2 s on a busy laptop). :class:`WorkerClient` runs the engine
 in a fresh process instead (``spawn``: a kernel with torch threads is never forked), under the live thread policy
-(``lmdm.streaming.threads``): the policy's variables are in the worker's environment from its first instruction
-(``OMP_WAIT_POLICY`` only counts if set before torch is imported), and the worker's module imports torch only
-after setting them. (``spawn`` re-imports the parent's ``__main__`` script, if it has one, before the worker's code runs; a
-notebook has none.)
+(``lmdm.streaming.threads.WORKER_POLICY``: one thread, measured by ``scripts/worker_threads.py``): the policy's
+variables are in the worker's environment from its first instruction (``OMP_WAIT_POLICY`` only counts if set
+before torch is imported), and the worker's module imports torch only after setting them. ``spawn`` re-imports the
+parent's ``__main__`` script, if it has one, before the worker's code runs (a notebook has none): a plain script
+that creates a widget or a ``WorkerClient`` must do so under ``if __name__ == "__main__":``, as with any
+``multiprocessing`` code.
 
 **Warm start.** The worker starts at once: it loads the checkpoint and the text encoder, embeds the prompt, builds
-the engine and runs one block of warm-up, and only then reports ``ready``; a start after that begins generating
-at once. A start sent while it loads waits in the pipe and runs as soon as the worker is ready.
+the engine and runs two blocks of warm-up (``LiveEngine.warmup``), and only then reports ``ready``; a start after
+that begins generating at once. A start sent while it loads waits in the pipe and runs as soon as the worker is ready.
 
 **Audio** moves through two shared-memory rings (``lmdm.live.shm_ring``): the kernel writes input samples (model
 rate) and reads output samples; neither side ever waits for the other. **Messages** go over one
