@@ -230,3 +230,17 @@ def test_jam_answers_the_input_one_delay_later(tiny_ckpt):
     # the input is loud from 2 s to 4 s: the answer is loud one delay later (to within a block), quiet elsewhere
     loud = rms(2 + d + blk, 4 + d - blk)
     assert loud > 10 * rms(0.3, 2 + d - blk) and loud > 10 * rms(4 + d + blk, 6.0)
+
+
+def test_wait_block_end_waits_for_the_next_block_only_while_running(tiny_ckpt):
+    eng = LiveEngine(tiny_ckpt, EngineConfig(mode="generate", sampler=sampler(), lookahead_blocks=0))
+    assert eng.wait_block_end(timeout=0.0)  # no session: nothing to wait for
+    eng.start()
+    try:
+        wait_for(lambda: eng.block_index >= 1, what="a first block")
+        before = eng.block_index
+        assert eng.wait_block_end(timeout=30.0) and eng.block_index > before
+    finally:
+        eng.stop(timeout=30.0)
+    t = time.perf_counter()
+    assert eng.wait_block_end(timeout=10.0) and time.perf_counter() - t < 0.5  # stopped: returns at once

@@ -200,7 +200,6 @@ class LiveEngine:
         self._controls: tuple[np.ndarray, np.ndarray] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.computing = threading.Event()  # set while a block is being generated (see wait_idle)
         self._reset_stream()
 
     # ---- session state ----------------------------------------------------------------------------------------
@@ -242,13 +241,18 @@ class LiveEngine:
         with self._lock:
             self._prompt = (prompt, embedded)
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait (up to ``timeout`` seconds) until no block is being generated; returns whether it is idle. Work
-        that would compete with the generation thread for the cores (a prompt's text encoding) waits here, so on a
-        busy machine it lands in the gap between blocks instead of stretching one."""
+    def wait_block_end(self, timeout: float) -> bool:
+        """While a session runs, wait (up to ``timeout`` seconds) for the next block to be finished; returns whether
+        one was (at once, True, when no session runs). Work that would compete with the generation thread for the
+        cores (a prompt's text encoding) waits here, so on a busy machine it starts at the beginning of the gap
+        between blocks instead of stretching one (the new prompt applies from the next block either way: a block
+        reads the prompt when it starts)."""
+        if not self.running:
+            return True
+        first = self.block_index
         deadline = time.perf_counter() + timeout
-        while self.computing.is_set():
-            if time.perf_counter() >= deadline:
+        while self.block_index == first:
+            if time.perf_counter() >= deadline or not self.running:
                 return False
             time.sleep(0.005)
         return True
@@ -368,7 +372,6 @@ class LiveEngine:
         if self._input.total < need:
             return False
         t_start = time.perf_counter()
-        self.computing.set()
         with self._lock:
             prompt, self._prompt = self._prompt, None
         if prompt is not None:
@@ -385,7 +388,6 @@ class LiveEngine:
             with self._lock:
                 audio = self.decoder.push(block[0].cpu())  # the codec decodes on the CPU
         except _Stopped:
-            self.computing.clear()
             raise
         except Exception as e:
             with self._lock:
@@ -393,7 +395,6 @@ class LiveEngine:
                 self.streamer.reset()  # the cache may hold half a block: start the stream afresh
                 audio = np.zeros(self.block_samples, dtype=np.float32)
         compute = time.perf_counter() - t_start
-        self.computing.clear()
         self._account(n, need, t_start, compute, audio)
         if self.on_block is not None:
             try:

@@ -319,9 +319,9 @@ class Worker:
     def do_prompt(self, text) -> None:
         if not isinstance(text, str):
             raise UsageError(f"a prompt must be text, got {type(text).__name__}")
-        # embedded here, on the command thread, between blocks: on a starved machine an encoding that overlaps a
-        # block stretched it by 0.2 s (the browser test's prompt change, beside a busy process)
-        self.engine.wait_idle(timeout=self.engine.block_s)
+        # embedded here, on the command thread, right after a block: on a starved machine an encoding that overlapped
+        # a block stretched it by 0.2 s (the browser test's prompt change, beside a busy process)
+        self.engine.wait_block_end(timeout=2 * self.engine.block_s)
         self.engine.set_prompt(text)
         self.config = replace(self.config, prompt=text)
 

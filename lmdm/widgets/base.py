@@ -87,6 +87,11 @@ class WorkerPump:
     def pump_once(self) -> None:
         """Forward everything that is waiting (also called directly by tests)."""
         w = self.widget
+        audio = self.worker.read_output()  # audio first: it is the only thing with a deadline
+        if len(audio):
+            send_audio(w, audio, self.worker.sample_rate, self.seq)
+            self.seq += 1
+            self.samples_sent += len(audio)
         for event in self.worker.poll():
             kind = event[0]
             if kind == "stats":
@@ -98,11 +103,6 @@ class WorkerPump:
                 w.send(event[1], buffers=[event[2]])
             elif kind == "error":
                 w.error = str(event[1])
-        audio = self.worker.read_output()
-        if len(audio):
-            send_audio(w, audio, self.worker.sample_rate, self.seq)
-            self.seq += 1
-            self.samples_sent += len(audio)
         status = self.worker.status
         if w.status != status:
             w.status = status
