@@ -3,6 +3,7 @@ abandoned on stop, and the offline jam is deterministic.
 
 No test waits a guessed time: the threaded test waits on conditions (with generous timeouts for a busy machine),
 the rest drive the engine step by step on its simulated clock."""
+import math
 import threading
 import time
 
@@ -232,15 +233,19 @@ def test_jam_answers_the_input_one_delay_later(tiny_ckpt):
     assert loud > 10 * rms(0.3, 2 + d - blk) and loud > 10 * rms(4 + d + blk, 6.0)
 
 
-def test_wait_block_end_waits_for_the_next_block_only_while_running(tiny_ckpt):
-    eng = LiveEngine(tiny_ckpt, EngineConfig(mode="generate", sampler=sampler(), lookahead_blocks=0))
-    assert eng.wait_block_end(timeout=0.0)  # no session: nothing to wait for
+def test_wait_for_gap_lets_side_work_run_between_blocks_only(tiny_ckpt):
+    eng = LiveEngine(tiny_ckpt, EngineConfig(mode="jam", sampler=sampler()))
+    assert eng.seconds_to_next_block() == math.inf and eng.wait_for_gap(0.3, timeout=0.0)  # no session
     eng.start()
     try:
-        wait_for(lambda: eng.block_index >= 1, what="a first block")
-        before = eng.block_index
-        assert eng.wait_block_end(timeout=30.0) and eng.block_index > before
+        # the first blocks need no input (the delay covers them); then the engine waits for input it never gets
+        wait_for(lambda: eng.needed_input(eng.block_index) > 0 and not eng.computing.is_set(),
+                 what="the first block that needs input")
+        # without input, the next block is exactly that input's duration away
+        need = eng.needed_input(eng.block_index) / eng.sr
+        assert eng.seconds_to_next_block() == pytest.approx(need) and eng.wait_for_gap(need - 0.01, timeout=0.0)
+        assert not eng.wait_for_gap(need + 0.01, timeout=0.05)  # too close, and no input arrives: timed out
+        eng.push_input(np.zeros(eng.needed_input(eng.block_index), np.float32))
+        assert eng.seconds_to_next_block() == 0.0  # its input is there: it starts now
     finally:
         eng.stop(timeout=30.0)
-    t = time.perf_counter()
-    assert eng.wait_block_end(timeout=10.0) and time.perf_counter() - t < 0.5  # stopped: returns at once

@@ -200,6 +200,7 @@ class LiveEngine:
         self._controls: tuple[np.ndarray, np.ndarray] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.computing = threading.Event()  # set while a block is being generated (seconds_to_next_block)
         self._reset_stream()
 
     # ---- session state ----------------------------------------------------------------------------------------
@@ -241,18 +242,28 @@ class LiveEngine:
         with self._lock:
             self._prompt = (prompt, embedded)
 
-    def wait_block_end(self, timeout: float) -> bool:
-        """While a session runs, wait (up to ``timeout`` seconds) for the next block to be finished; returns whether
-        one was (at once, True, when no session runs). Work that would compete with the generation thread for the
-        cores (a prompt's text encoding) waits here, so on a busy machine it starts at the beginning of the gap
-        between blocks instead of stretching one (the new prompt applies from the next block either way: a block
-        reads the prompt when it starts)."""
+    def seconds_to_next_block(self) -> float:
+        """Estimated seconds until the next block starts: 0 while one is being generated or its input is already
+        there; in jam mode, until the input it needs has arrived; in real-time generate and sketch modes, until
+        the wall-clock pacing lets it start; inf when no session runs."""
         if not self.running:
-            return True
-        first = self.block_index
+            return math.inf
+        if self.computing.is_set():
+            return 0.0
+        if self.cfg.mode == "jam":
+            return max(0.0, (self.needed_input(self.block_index) - self._input.total) / self.sr)
+        ahead = self.block_index - self.cfg.lookahead_blocks
+        return max(0.0, (self.t0 or 0.0) + ahead * self.block_s - time.perf_counter())
+
+    def wait_for_gap(self, seconds: float, timeout: float) -> bool:
+        """Wait (up to ``timeout`` seconds) until the next block is at least ``seconds`` away, or no session runs;
+        returns whether it is. Work that would compete with the generation thread for the cores (a prompt's text
+        encoding) waits here, so on a busy machine it runs between blocks instead of stretching one: right away
+        when the gap allows, else just after the coming block (a block reads the prompt when it starts, so a
+        change made at once would apply to the same block either way)."""
         deadline = time.perf_counter() + timeout
-        while self.block_index == first:
-            if time.perf_counter() >= deadline or not self.running:
+        while self.seconds_to_next_block() < seconds:
+            if time.perf_counter() >= deadline:
                 return False
             time.sleep(0.005)
         return True
@@ -372,6 +383,7 @@ class LiveEngine:
         if self._input.total < need:
             return False
         t_start = time.perf_counter()
+        self.computing.set()
         with self._lock:
             prompt, self._prompt = self._prompt, None
         if prompt is not None:
@@ -388,6 +400,7 @@ class LiveEngine:
             with self._lock:
                 audio = self.decoder.push(block[0].cpu())  # the codec decodes on the CPU
         except _Stopped:
+            self.computing.clear()
             raise
         except Exception as e:
             with self._lock:
@@ -395,6 +408,7 @@ class LiveEngine:
                 self.streamer.reset()  # the cache may hold half a block: start the stream afresh
                 audio = np.zeros(self.block_samples, dtype=np.float32)
         compute = time.perf_counter() - t_start
+        self.computing.clear()
         self._account(n, need, t_start, compute, audio)
         if self.on_block is not None:
             try:

@@ -63,7 +63,8 @@ FATAL = "the generation worker failed: "
 # The mover runs every 20 ms (not 5): every wake-up takes the GIL from the generation thread, which releases it at
 # each torch op; on a starved machine a mover descheduled while holding the GIL stalls the block being computed.
 MOVE_PERIOD_S = 0.02
-SWITCH_INTERVAL_S = 0.02  # the generation thread keeps the GIL this long before it must offer it (default 5 ms)
+SWITCH_INTERVAL_S = 0.02
+PROMPT_GAP_S = 0.3  # a prompt's encoding starts only when the next block is at least this far away  # the generation thread keeps the GIL this long before it must offer it (default 5 ms)
 STATS_PERIOD_S = 0.5
 PARENT_CHECK_S = 0.25
 MAX_QUEUED_BLOCKS = 32  # block events held while the kernel does not read; older views are skipped beyond 4
@@ -319,9 +320,9 @@ class Worker:
     def do_prompt(self, text) -> None:
         if not isinstance(text, str):
             raise UsageError(f"a prompt must be text, got {type(text).__name__}")
-        # embedded here, on the command thread, right after a block: on a starved machine an encoding that overlapped
-        # a block stretched it by 0.2 s (the browser test's prompt change, beside a busy process)
-        self.engine.wait_block_end(timeout=2 * self.engine.block_s)
+        # embedded here, on the command thread, between blocks: on a starved machine an encoding that overlapped a
+        # block stretched it by 0.2 s (the browser test's prompt change, beside a busy process)
+        self.engine.wait_for_gap(PROMPT_GAP_S, timeout=2 * self.engine.block_s)
         self.engine.set_prompt(text)
         self.config = replace(self.config, prompt=text)
 
