@@ -17,7 +17,8 @@ playback cannot start earlier; simulated: the session start). Block ``n`` needs 
 starts playing. A block finished after that is an **underrun**: counted (from block 1 on: block 0 starts the stream,
 so a late block 0 only shifts or cuts the start of the answer; its lateness stays in the timeline), never waited
 for, and the output stays contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the
-last input sample a block depends on to that block being available; the answer is *heard* ``delay`` seconds after the input.
+last input sample a block depends on to that block being available; the answer is *heard* ``delay`` seconds after
+the input.
 
 Bad input never stops the engine: :meth:`LiveEngine.push_input` repairs what it can with the one audio sanitiser
 (``lmdm.audio.sanitize``: NaN/inf, clipping, stereo, integer PCM, other sample rates via a stateful soxr stream,

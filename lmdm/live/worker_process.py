@@ -63,8 +63,8 @@ FATAL = "the generation worker failed: "
 # The mover runs every 20 ms (not 5): every wake-up takes the GIL from the generation thread, which releases it at
 # each torch op; on a starved machine a mover descheduled while holding the GIL stalls the block being computed.
 MOVE_PERIOD_S = 0.02
-SWITCH_INTERVAL_S = 0.02
-PROMPT_GAP_S = 0.3  # a prompt's encoding starts only when the next block is at least this far away  # the generation thread keeps the GIL this long before it must offer it (default 5 ms)
+SWITCH_INTERVAL_S = 0.02  # the generation thread keeps the GIL this long before it must offer it (default 5 ms)
+PROMPT_GAP_S = 0.3  # a prompt's encoding starts only when the next block is at least this far away
 STATS_PERIOD_S = 0.5
 PARENT_CHECK_S = 0.25
 MAX_QUEUED_BLOCKS = 32  # block events held while the kernel does not read; older views are skipped beyond 4
