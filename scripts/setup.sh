@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up of lmdm: a virtual environment in .venv with the CPU build of torch, lmdm (editable) and
 # its test tools. As root on Debian/Ubuntu it also installs, where missing, FluidSynth and a General MIDI SoundFont
-# (needed to build training data and by the data tests), Chromium (the browser tests drive the widgets in it) and a
-# C++ compiler (TorchInductor, for the opt-in `--compile`),
+# (needed to build training data and by the data tests) and Chromium (the browser tests drive the widgets in it),
 # so that the README's test command `.venv/bin/python -m pytest` passes on a fresh machine.
 #
 #   bash scripts/setup.sh            # then: .venv/bin/lmdm generate "a slow Bach chorale on church organ"
@@ -17,7 +16,6 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 missing=()
 command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth fluid-soundfont-gm)
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing+=(chromium)
-command -v g++ >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1 || missing+=(g++)  # torch.compile on the CPU
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing ${missing[*]} (apt)"
@@ -27,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
       || echo "note: apt-get could not install ${missing[*]}; the tests that need them will say so"
   else
     echo "note: not installed: ${missing[*]}. FluidSynth is needed for 'lmdm data build' and the data tests,"
-    echo "      Chromium for the browser tests (skipped without it), g++ for --compile. Debian/Ubuntu:"
+    echo "      Chromium for the browser tests (skipped without it). Debian/Ubuntu:"
     echo "      sudo apt-get install ${missing[*]}   (or run this script as root); macOS: brew install fluid-synth"
   fi
 fi

@@ -18,9 +18,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mask", default="block_causal", choices=["block_causal", "enc_dec", "outpainting"],
                    help="streamer: block_causal (LMDM, persistent KV cache), enc_dec, outpainting (baseline)")
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
-    g.add_argument("--compile", action="store_true",
-                   help="compile the model's layers with torch.compile first (~30 s; then ~1.2x faster per block; "
-                        "pays for long streams, needs a C++ compiler on the CPU)")
     add_device_option(g)
     g.set_defaults(func=run)
 
@@ -49,10 +46,6 @@ def run(args: argparse.Namespace) -> int:
 
     use_live_threads()  # the thread policy of live use (lmdm.streaming.threads), measured by lmdm bench
     ckpt = load_checkpoint(args.checkpoint)
-    if args.compile:
-        from lmdm.model.compile import compile_blocks
-
-        compile_blocks(ckpt.model)
     n_blocks = -(-math.ceil(seconds * ckpt.codec.frame_rate) // ckpt.model.cfg.block_frames)
     bar = tqdm(total=n_blocks, desc="generating", unit="block", disable=args.quiet)
     gen = generate(ckpt, args.prompt, seconds, sampler, mask=args.mask, on_block=lambda i, a: bar.update(1))
