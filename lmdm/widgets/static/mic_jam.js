@@ -126,10 +126,13 @@ export default {
         ` · round trip ${fmt(rtt, 1, " ms")}` +
         ` · chunks sent ${sent}, answer chunks ${player.chunks} · first answer ${fmt(firstAnswer / 1000, 2, " s")}` +
         (s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : ""));
-      const after = Number.isNaN(firstAnswer) ? NaN : ((s.underruns || 0) - underrunsAtFirst) + (player.underruns - browserAtFirst);
+      // after the first answer: chunks heard late (cut in the browser) and blocks the engine finished after their
+      // design deadline (the same late block usually shows in both; only the first is heard)
+      const heardLate = Number.isNaN(firstAnswer) ? NaN : player.underruns - browserAtFirst;
+      const engineLate = Number.isNaN(firstAnswer) ? NaN : (s.underruns || 0) - underrunsAtFirst;
       setData(box, { firstAnswerMs: fmt(firstAnswer, 0), readyMaxMs: fmt(s.latency_ms_max, 0), heardMs: fmt(audible, 0), rttMs: fmt(rtt, 1),
         underruns: fmt(s.underruns), browserUnderruns: player.underruns, dropped: player.dropped,
-        underrunsAfterFirst: fmt(after), answerChunks: player.chunks, browserLate: player.lateLog.join(" "),
+        heardUnderrunsAfterFirst: fmt(heardLate), engineLateAfterFirst: fmt(engineLate), answerChunks: player.chunks, browserLate: player.lateLog.join(" "),
         browserLeads: player.leads.join(" "), status });
       setText(heard, `kernel heard ${fmt(i.seconds, 2, " s")} · rms ${fmt(i.rms, 3)} · ${fmt(i.dominant_hz, 0, " Hz")}`);
       setText(error, model.get("error") || "");
