@@ -44,52 +44,43 @@ class AudioPlayer {
     const ctx = this.ensure();
     let data = new Float32Array(buffer.buffer ? buffer.buffer.slice(buffer.byteOffset, buffer.byteOffset + buffer.byteLength) : buffer);
     if (data.length === 0) return;
+    const now = ctx.currentTime, duration = data.length / rate;
+    let start;
     if (this.anchor !== null) {
-      const slot = this.anchor + this.received / rate, now = ctx.currentTime, guard = 0.003;  // one render quantum
+      const slot = this.anchor + this.received / rate, guard = 0.003;  // one render quantum
       if (this.leads.length < 12) this.leads.push(`${Math.round(1000 * (slot - now))}/${data.length}`);
       this.received += data.length;
-      let start = slot;
+      start = slot;
       if (slot < now) {                   // late: keep the schedule, cut what can no longer play on time
         const skip = Math.ceil((now + guard - slot) * rate);
         if (this.scheduledChunks > 0) this.underruns += 1;  // the session's first chunk starts it: never an underrun
         this.lateLog.push(`${this.scheduledChunks}:${Math.round(1000 * (now - slot))}`);  // chunk index: ms late
         if (this.lateLog.length > 20) this.lateLog.shift();
         this.trimmedSeconds += Math.min(skip, data.length) / rate;
-        if (skip >= data.length) { this.dropped += 1; this.scheduledChunks += 1; return; }
+        this.scheduledChunks += 1;
+        if (skip >= data.length) { this.dropped += 1; return; }
         data = data.subarray(skip);
         start = slot + skip / rate;
+      } else this.scheduledChunks += 1;
+    } else {
+      if (this.nextTime < now) {          // the buffer ran dry: start again one jitter buffer ahead
+        if (this.chunks > 0) this.underruns += 1;
+        this.nextTime = now + this.jitter;
       }
-      const audio = ctx.createBuffer(1, data.length, rate);
-      audio.copyToChannel(data, 0);
-      const src = ctx.createBufferSource();
-      src.buffer = audio;
-      src.connect(this.gain);
-      src.start(start);
-      this.scheduledChunks += 1;
-      this.lastLead = start - now;
-      this.nextTime = start + audio.duration;
-      this.chunks += 1;
-      this.samples += data.length;
-      return;
+      start = this.nextTime;              // this chunk waits start - now before it is heard
+      if (this.dropBacklog && start - now > this.jitter + 0.5 * duration) {
+        this.dropped += 1;
+        return;
+      }
     }
     const audio = ctx.createBuffer(1, data.length, rate);
     audio.copyToChannel(data, 0);
     const src = ctx.createBufferSource();
     src.buffer = audio;
     src.connect(this.gain);
-    const now = ctx.currentTime;
-    if (this.nextTime < now) {            // the buffer ran dry: start again one jitter buffer ahead
-      if (this.chunks > 0) this.underruns += 1;
-      this.nextTime = now + this.jitter;
-    }
-    const lead = this.nextTime - now;     // how long this chunk waits before it is heard
-    if (this.dropBacklog && lead > this.jitter + 0.5 * audio.duration) {
-      this.dropped += 1;
-      return;
-    }
-    this.lastLead = lead;
-    src.start(this.nextTime);
-    this.nextTime += audio.duration;
+    src.start(start);
+    this.lastLead = start - now;
+    this.nextTime = start + audio.duration;
     this.chunks += 1;
     this.samples += data.length;
   }
