@@ -159,6 +159,9 @@ def test_under_load_underruns_are_counted_output_stays_contiguous_and_stop_is_pr
     late = [t["late_s"] for t in stats.timeline]
     # block 0 starts playback (never late); block 1 is due one block after it and took 2.5 blocks
     assert late[0] == 0 and stats.underruns == sum(x > 0 for x in late) == 1 and late[1] >= slow - block_s
+    # the slow block slept: its wall time is neither the thread's CPU time nor a wait for a core
+    t1 = stats.timeline[1]
+    assert t1["cpu_s"] < 0.5 * t1["compute_s"] and t1["run_queue_s"] < 0.5 * t1["compute_s"], t1
     out = np.concatenate(chunks + [eng.read_output()])
     assert len(out) == stats.blocks * eng.block_samples - eng.xf  # no gap, no repeat: every block, in order
     streamer.parked.clear()
@@ -249,3 +252,31 @@ def test_wait_for_gap_lets_side_work_run_between_blocks_only(tiny_ckpt):
         assert eng.seconds_to_next_block() == 0.0  # its input is there: it starts now
     finally:
         eng.stop(timeout=30.0)
+
+
+def test_run_queue_wait_counts_the_time_a_busy_thread_waits_for_a_core():
+    import os
+    import subprocess
+    import sys
+
+    from lmdm.live.engine import run_queue_wait
+
+    def spin(seconds):
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    w0 = run_queue_wait()
+    spin(0.2)
+    quiet = run_queue_wait() - w0
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))]
+    try:
+        time.sleep(0.3)
+        w0, t0 = run_queue_wait(), time.perf_counter()
+        spin(0.2)  # 0.2 s of CPU among 2x as many busy processes as cores: about as long again waiting
+        loaded, wall = run_queue_wait() - w0, time.perf_counter() - t0
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert quiet < 0.1 and loaded > 0.1 and loaded <= wall, (quiet, loaded, wall)

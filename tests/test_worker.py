@@ -198,6 +198,8 @@ def test_worker_is_warm_before_start_under_the_thread_policy(worker):
     assert c.status == "ready", c.error
     assert c.info["torch_threads"] == 1 and c.info["omp_wait_policy"] == "PASSIVE"
     assert c.info["block_samples"] == 4096 and c.info["warmup_s"] > 0
+    # its own session (Linux autogroup: its CPU share does not shrink with the busy threads of the kernel's session)
+    assert c.info["own_session"] is True and os.getsid(c.info["pid"]) == c.info["pid"] != os.getsid(0)
     print(f"\nworker ready {time.monotonic() - t0:.1f} s after the first poll: {c.info}")
     time.sleep(0.3)
     worker.pump()
@@ -213,7 +215,11 @@ def test_generate_streams_contiguous_audio_in_real_time(worker):
     worker.until(lambda: len(worker.of("block")) >= 8, what="8 blocks")
     blocks = worker.of("block")
     assert [b[1] for b in blocks] == list(range(len(blocks)))
-    assert all(set(b[2]) == {"block", "compute_s", "late_s", "prompt", "samples"} for b in blocks)
+    assert all(set(b[2]) == {"block", "compute_s", "cpu_s", "run_queue_s", "late_s", "prompt", "samples"}
+               for b in blocks)
+    # where the wall time of a block went: CPU of the generation thread, and (Linux) waiting for a core
+    assert all(0 < b[2]["cpu_s"] <= b[2]["compute_s"] + 0.005 for b in blocks), blocks
+    assert all(0 <= b[2]["run_queue_s"] <= b[2]["compute_s"] + 0.005 for b in blocks), blocks
     # every sample each block queued comes out of the ring, none lost or repeated
     worker.until(lambda: worker.samples == sum(b[2]["samples"] for b in worker.of("block")), what="the output")
     elapsed = time.monotonic() - t0

@@ -52,6 +52,16 @@ MODES = ("generate", "jam", "sketch")
 ENGINE_SAMPLER = SamplerConfig(steps=4, sampler="pingpong", cfg_scale=1.0, seed=0)
 
 
+def run_queue_wait() -> float:
+    """Seconds the calling thread has spent runnable but waiting for a core since it started (Linux's
+    ``/proc/thread-self/schedstat``, second field); NaN where that is not available."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 class EngineBusy(LmdmError, RuntimeError):
     """A session was started while the previous one is still stopping; try again in a moment."""
 
@@ -132,7 +142,15 @@ class EngineConfig:
 
 @dataclass
 class EngineStats:
-    """Counters and timings of a session (read them at any time with ``LiveEngine.stats()``)."""
+    """Counters and timings of a session (read them at any time with ``LiveEngine.stats()``).
+
+    ``timeline`` holds one dict per block: ``block``; ``input_heard_s``, ``generated_s`` and ``plays_s`` (seconds
+    from the session's clock origin: the input it needed arrived, it was ready, it starts playing); ``late_s``;
+    ``compute_s`` (wall time of the block), ``cpu_s`` (CPU time the generating thread spent on it) and
+    ``run_queue_s`` (time it was ready to run but waited for a core, from Linux's ``/proc/thread-self/schedstat``;
+    NaN elsewhere): wall time far above CPU time is waiting, for a core when ``run_queue_s`` accounts for it,
+    otherwise for a lock (the GIL); ``prompt``.
+    """
 
     blocks: int = 0
     underruns: int = 0
@@ -383,7 +401,7 @@ class LiveEngine:
         need = self.needed_input(n)
         if self._input.total < need:
             return False
-        t_start = time.perf_counter()
+        t_start, cpu_start, wait_start = time.perf_counter(), time.thread_time(), run_queue_wait()
         self.computing.set()
         with self._lock:
             prompt, self._prompt = self._prompt, None
@@ -408,9 +426,10 @@ class LiveEngine:
                 self._stats.last_error = f"block {n} failed and was replaced by silence: {type(e).__name__}: {e}"
                 self.streamer.reset()  # the cache may hold half a block: start the stream afresh
                 audio = np.zeros(self.block_samples, dtype=np.float32)
-        compute = time.perf_counter() - t_start
+        compute, cpu = time.perf_counter() - t_start, time.thread_time() - cpu_start
+        waited = run_queue_wait() - wait_start
         self.computing.clear()
-        self._account(n, need, t_start, compute, audio)
+        self._account(n, need, t_start, compute, audio, cpu, waited)
         if self.on_block is not None:
             try:
                 heard = None
@@ -423,7 +442,8 @@ class LiveEngine:
                     self._stats.last_error = f"block {n} observer failed: {type(e).__name__}: {e}"
         return True
 
-    def _account(self, n: int, need: int, t_start: float, compute: float, audio: np.ndarray) -> None:
+    def _account(self, n: int, need: int, t_start: float, compute: float, audio: np.ndarray,
+                 cpu: float = float("nan"), waited: float = float("nan")) -> None:
         with self._lock:
             if self.realtime:
                 if n == 0 and self.cfg.mode != "jam":  # playback starts when the first block exists
@@ -449,7 +469,8 @@ class LiveEngine:
             if need:
                 s.latency_s.append(done - heard)
             s.timeline.append({"block": n, "input_heard_s": heard - t0, "generated_s": done - t0,
-                               "plays_s": due - t0, "late_s": late, "compute_s": compute,
+                               "plays_s": due - t0, "late_s": late, "compute_s": compute, "cpu_s": cpu,
+                               "run_queue_s": waited,
                                "prompt": self.prompt_text})
             self._out.append(audio)
             self.block_index += 1

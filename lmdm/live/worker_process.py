@@ -20,23 +20,34 @@ Events (worker -> kernel), each a tuple:
 
 * ``("status", "loading" | "ready" | "running" | "stopped")``;
 * ``("info", dict)`` once the worker is ready: pid, torch threads, ``OMP_WAIT_POLICY``, whether torch was already
-  imported when the worker's code began (by the parent's ``__main__`` script), seconds spent loading
+  imported when the worker's code began (by the parent's ``__main__`` script), whether it leads a session of its own
+  (see "Scheduling"), seconds spent loading
   (checkpoint, text encoder) and warming up (engine, prompt, one block), sample rate, block size, whether views
   are sent;
 * ``("stats", dict)`` twice a second while running and once after a stop: the engine's ``stats().summary()`` with
   NaN as None, plus ``running``, ``late_s`` (the last block's lateness), ``input_dropped`` (input samples the
   worker lost because it fell a whole input ring behind) and ``events_dropped``;
-* ``("block", n, {"block", "compute_s", "late_s", "prompt", "samples"})`` per block (``samples``: the audio it
+* ``("block", n, {"block", "compute_s", "cpu_s", "run_queue_s", "late_s", "prompt", "samples"})`` per block
+  (``cpu_s`` and ``run_queue_s``: the generation thread's CPU time and wait for a core, against ``compute_s`` wall
+  time, as in ``EngineStats.timeline``; ``samples``: the audio it
   queued for output);
 * ``("view", header, bytes)`` per block from ``lmdm.live.view.block_view`` when that module exists (in jam mode also
   one for the block's input, ``source="input"``);
 * ``("error", one line)``: a refused command or input, an engine error (also in the stats' ``last_error``), or,
   beginning with :data:`FATAL`, the reason the worker is exiting (with code 1).
 
-Threads in the worker: the engine's generation thread; the *mover* (every 5 ms: input ring -> ``push_input`` in
-jam mode while running, ``read_output`` -> output ring); the *reporter*, the only one that writes to the pipe
-(events in order, the views computed off the generation thread, stats); the main thread's command loop, which
-leaves when the kernel dies (checked every 0.25 s; a watchdog thread ends a worker still loading 2 s after).
+Threads in the worker: the engine's generation thread, which also writes each block's audio to the output ring the
+moment the block exists (``on_block``: no polling delay on the way out); the *mover* (input ring -> ``push_input`` in
+jam mode while running: every 5 ms while the engine waits for input, every 20 ms while a block is computed, when it
+needs no input); the *reporter*, the only one that writes to the pipe (events in order, the views computed off the
+generation thread, stats); the main thread's command loop, which leaves when the kernel dies (checked every 0.25 s;
+a watchdog thread ends a worker still loading 2 s after).
+
+Scheduling: the worker starts a session of its own (``os.setsid``, where the platform has it). On Linux, whose
+default scheduler groups the processes of a session (*autogroup*, ``/proc/sys/kernel/sched_autogroup_enabled``), the
+worker's share of the CPU then no longer shrinks with every busy thread of the session that started the notebook:
+it competes as one group, as an audio engine's elevated priority would let it, without privileges (real-time
+priority needs ``CAP_SYS_NICE`` or rtkit). Where autogroup is off, or on other systems, this changes nothing.
 """
 from __future__ import annotations
 
@@ -60,9 +71,12 @@ from lmdm.streaming.threads import ThreadPolicy
 COMMANDS = {"start": (0, 2), "stop": (0, 0), "prompt": (1, 1), "controls": (1, 2), "quit": (0, 0)}  # arg counts
 #: How an error event of a worker that is exiting begins (the client quotes it in its crash message).
 FATAL = "the generation worker failed: "
-# The mover runs every 20 ms (not 5): every wake-up takes the GIL from the generation thread, which releases it at
-# each torch op; on a starved machine a mover descheduled while holding the GIL stalls the block being computed.
+# While a block is computed the mover wakes only every 20 ms: every wake-up takes the GIL from the generation thread,
+# which releases it at each torch op, and on a starved machine a mover descheduled while holding the GIL stalls the
+# block. A block needs no input that arrives while it is computed, so nothing waits for it then; between blocks,
+# when the engine waits for its input, it moves input every 5 ms.
 MOVE_PERIOD_S = 0.02
+MOVE_PERIOD_IDLE_S = 0.005
 SWITCH_INTERVAL_S = 0.02  # the generation thread keeps the GIL this long before it must offer it (default 5 ms)
 PROMPT_GAP_S = 0.3  # a prompt's encoding starts only when the next block is at least this far away
 STATS_PERIOD_S = 0.5
@@ -107,6 +121,7 @@ class Worker:
         self.last_error = None  # the engine's last error already reported
         self.block_view = None
         self.mover_thread: threading.Thread | None = None
+        self.own_session = False  # whether the worker leads a session of its own (``own_session``)
 
     def emit(self, *event) -> None:
         """Queue an event for the reporter (never blocks)."""
@@ -135,7 +150,8 @@ class Worker:
         t2 = time.perf_counter()
         self.emit("info", {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                           "torch_preloaded": self.torch_preloaded, "load_s": t1 - t0, "warmup_s": t2 - t1,
+                           "torch_preloaded": self.torch_preloaded, "own_session": self.own_session,
+                           "load_s": t1 - t0, "warmup_s": t2 - t1,
                            "sample_rate": self.engine.sr, "block_samples": self.engine.block_samples,
                            "views": self.block_view is not None})
         self.emit("status", "ready")
@@ -153,9 +169,15 @@ class Worker:
 
     # ---- generation thread -------------------------------------------------------------------------------------
     def on_block(self, engine, n: int, audio: np.ndarray, heard: np.ndarray | None) -> None:
-        """Called by the engine after each block, on the generation thread: queue it, nothing more."""
+        """Called by the engine after each block, on the generation thread: its audio goes to the output ring at
+        once (this thread is the ring's only writer), the rest is queued for the reporter."""
+        y = engine.read_output()
+        if len(y):
+            self.out_ring.write(y)
         entry = engine.stats().timeline[-1]
-        info = {"block": int(n), "compute_s": float(entry["compute_s"]), "late_s": float(entry["late_s"]),
+        info = {"block": int(n), "compute_s": float(entry["compute_s"]), "cpu_s": float(entry["cpu_s"]),
+                "run_queue_s": float(entry["run_queue_s"]),
+                "late_s": float(entry["late_s"]),
                 "prompt": entry["prompt"], "samples": int(len(audio))}
         self.late_s = info["late_s"]
         if self.events.qsize() > MAX_QUEUED_BLOCKS:
@@ -165,7 +187,8 @@ class Worker:
 
     # ---- mover thread ------------------------------------------------------------------------------------------
     def mover(self) -> None:
-        """Input ring -> engine, engine -> output ring, every ``MOVE_PERIOD_S``."""
+        """Input ring -> engine: every ``MOVE_PERIOD_IDLE_S`` while the engine waits for input, every
+        ``MOVE_PERIOD_S`` while it computes a block."""
         session = self.session
         while not self.quit.is_set():
             engine = self.engine
@@ -179,10 +202,8 @@ class Worker:
                         engine.push_input(x, engine.sr)
                     except Exception as e:  # InputError: refused, counted by the engine; the stream goes on
                         self.emit("error", one_line(e))
-                y = engine.read_output()
-                if len(y):
-                    self.out_ring.write(y)
-            self.quit.wait(MOVE_PERIOD_S)
+            busy = engine is None or engine.computing.is_set() or not self.running
+            self.quit.wait(MOVE_PERIOD_S if busy else MOVE_PERIOD_IDLE_S)
 
     # ---- reporter thread ---------------------------------------------------------------------------------------
     def reporter(self) -> None:
@@ -333,11 +354,11 @@ class Worker:
         return "quit"
 
     def shutdown(self) -> None:
-        """Stop the engine and the mover, then release the rings (the mover must not touch a closed ring)."""
+        """Stop the engine and the mover, then release the rings (neither may touch a closed ring)."""
         self.quit.set()
         self.running = False
-        if self.engine is not None:
-            self.engine.stop(timeout=1.0)
+        if self.engine is not None and not self.engine.stop(timeout=1.0):
+            return  # a block still in progress writes to the output ring: leave the rings to the process's exit
         if self.mover_thread is not None:
             self.mover_thread.join(1.0)
             if self.mover_thread.is_alive():
@@ -353,6 +374,16 @@ def set_env(env: dict) -> None:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+def own_session() -> bool:
+    """Start a session of this process's own (see the module docstring, "Scheduling"); True if it did. A process
+    that already leads a group, or a platform without sessions, keeps what it has."""
+    try:
+        os.setsid()
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _watch_parent(done: threading.Event) -> None:
@@ -373,6 +404,7 @@ def worker_main(conn, in_name: str, out_name: str, ckpt_path: str, config_blob: 
     imported, loads and warms up, then serves commands until ``quit`` or the kernel's death. A failure sends
     ``("error", FATAL + its last traceback line)`` and exits with code 1."""
     torch_preloaded = "torch" in sys.modules
+    session = own_session()
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the kernel decides when the worker ends (Ctrl-C is the kernel's)
     set_env(env)  # already inherited from the kernel at spawn; set again for whatever reads it from here on
@@ -382,6 +414,7 @@ def worker_main(conn, in_name: str, out_name: str, ckpt_path: str, config_blob: 
     reporter = None
     try:
         worker = Worker(conn, in_name, out_name, pickle.loads(config_blob), policy, torch_preloaded)
+        worker.own_session = session
         reporter = threading.Thread(target=worker.reporter, name="lmdm-worker-reporter", daemon=True)
         reporter.start()
         worker.load(ckpt_path, preload_text_encoder)

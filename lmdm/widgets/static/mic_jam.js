@@ -143,7 +143,9 @@ export default {
       if (msg && msg.type === "block") {  // the worker made a block: its index and the prompt it was made with
         setData(box, { lastBlock: msg.block, lastBlockPrompt: msg.prompt });
         if (msg.late_s > 0) {  // the late blocks of this session (index:ms late, compute ms), for the readout and tests
-          late.push(`${msg.block}:${Math.round(1000 * msg.late_s)}/${Math.round(1000 * msg.compute_s)}`);
+          // block:ms late/ms wall/ms CPU/ms waiting for a core, of the generation thread (EngineStats.timeline)
+          const ms = (x) => Math.round(1000 * (x ?? NaN));
+          late.push(`${msg.block}:${ms(msg.late_s)}/${ms(msg.compute_s)}/${ms(msg.cpu_s)}/${ms(msg.run_queue_s)}`);
           box.dataset.lateBlocks = late.slice(-20).join(" ");
         }
         return;
