@@ -89,6 +89,10 @@ def test_generate_rtf_prompt_change_and_targets_are_reported(quick):
     assert set(targets) == {"wall_ratio_over_flop_ratio", "rtf_end_to_end", "fused_over_subsequent_step",
                             "lmdm_speedup_over_lmm", "rtf_under_load", "jam_underruns_under_load"}
     assert targets["rtf_end_to_end"]["met"] == (g["rtf"] <= 0.1)
+    # the ceiling the GEMM rates allow: the small shape's rate over the outpainting shape's, both measured in the run
+    small, big = sorted((r for r in result["gemm_peak"]["shapes"] if r["m"] != 1024), key=lambda r: r["m"])
+    assert s["wall_over_flop_ceiling"] == pytest.approx(small["GFLOP_s"] / big["GFLOP_s"])
+    assert s["jam_policy"] == "1 thread, wait default"
     assert result["thread_policies"] is None and targets["rtf_under_load"]["met"] is None  # --no-load
 
 
@@ -127,7 +131,10 @@ def test_markdown_table_is_printed_from_the_json_with_one_row_per_streamer(quick
     assert main(["bench", "--from-json", str(saved), "--markdown"]) == 0
     md = capsys.readouterr().out
     policy_rows = _table(md, "thread policy")
-    assert len(policy_rows) == 2 and "(live default)" in policy_rows[0]
+    assert len(policy_rows) == 2 and "(live default)" in policy_rows[0] and "(live jam)" in policy_rows[1]
+    # generate under load is read from the live policy's row, the jam from the live jam's (the worker's) row
+    assert "generate RTF 3.000 (torch default threads, wait default" in md
+    assert "jam of 4 s, 0 underruns of 6 blocks, RTF 0.100 (1 thread, wait default" in md
     assert len(_table(md, "streamer")) == 5
 
 

@@ -98,7 +98,7 @@ def prompt_change_latency(ckpt: Checkpoint, sampler: SamplerConfig, changes: int
 
 
 def jam_session(ckpt: Checkpoint, seconds: float) -> dict:
-    """A ``seconds``-long jam (``lmdm jam``'s defaults: 4 ping-pong steps, no guidance, 250 ms margin) on the
+    """A ``seconds``-long jam (``lmdm jam``'s defaults: 4 ping-pong steps, no guidance, ``EngineConfig``'s margin) on the
     bundled example recording, looped; its underruns, RTF and latency."""
     from lmdm.audio.io import load_audio
     from lmdm.data.example import EXAMPLE_PATH

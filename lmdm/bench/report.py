@@ -57,7 +57,9 @@ def _rows(result: dict) -> tuple[list[str], list[list[str]]]:
 def _policy_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     pol = result.get("thread_policies") or {"rows": []}
     head = ["thread policy"] + [h for _, h, _ in POLICY_COLUMNS]
-    body = [[r["policy"] + (" (live default)" if r["policy"] == pol.get("live_policy") else "")]
+    jam = (result.get("summary") or {}).get("jam_policy")
+    body = [[r["policy"] + (" (live default)" if r["policy"] == pol.get("live_policy") else "")
+             + (" (live jam)" if r["policy"] == jam else "")]
             + [_cell(r.get(k), f) for k, _, f in POLICY_COLUMNS] for r in pol["rows"]]
     return head, body
 
@@ -91,7 +93,10 @@ def headlines(result: dict) -> list[str]:
         (f"outpainting / block-causal FLOPs: {fr['counted']:.2f}x counted, {fr['analytic']:.2f}x analytic "
         f"({100 * fr['counted_vs_analytic']:+.1f}%)"),
         (f"outpainting / block-causal wall time: {s['wall_ratio_outpainting_over_block_causal']:.2f}x "
-        f"= {s['wall_ratio_over_flop_ratio']:.2f} of the FLOP ratio"),
+        f"= {s['wall_ratio_over_flop_ratio']:.2f} of the FLOP ratio"
+        + (f"; the GEMM rates of the two steps' shapes, measured above, allow at most "
+           f"{s['wall_over_flop_ceiling']:.2f} ({small['GFLOP_s']:.0f} vs {s['gemm_outpainting_GFLOP_s']:.0f} GFLOP/s)"
+           if s.get("wall_over_flop_ceiling") else "")),
         (f"LMDM ({s['best_lmdm']}) vs LMM at matched guidance, per second of audio: "
         f"{s['lmdm_speedup_over_lmm']:.1f}x faster"),
         f"fused first step / subsequent step (block-causal): {s['fused_over_subsequent_step']:.2f}x",
@@ -103,10 +108,15 @@ def headlines(result: dict) -> list[str]:
     pol = result.get("thread_policies")
     if pol:
         live = next((r for r in pol["rows"] if r["policy"] == pol["live_policy"]), None)
+        jam = next((r for r in pol["rows"] if r["policy"] == s.get("jam_policy")), None)
         if live is not None:
-            lines.append(f"under a competing {pol['load_threads']}-thread load ({live['policy']}): generate RTF "
-                         f"{live['rtf_loaded']:.3f}; jam of {result['config']['jam_seconds']:g} s: "
-                         f"{live['jam_underruns_loaded']} underruns of {live['jam_blocks']} blocks")
+            lines.append(f"under a competing {pol['load_threads']}-thread load: generate RTF {live['rtf_loaded']:.3f} "
+                         f"({live['policy']}, generate's policy)")
+        if jam is not None:
+            lines.append(f"under a competing {pol['load_threads']}-thread load: jam of "
+                         f"{result['config']['jam_seconds']:g} s, {jam['jam_underruns_loaded']} underruns of "
+                         f"{jam['jam_blocks']} blocks, RTF {jam['jam_rtf_loaded']:.3f} ({jam['policy']}, the live "
+                         f"jam's policy: lmdm jam and the widgets' worker)")
         lines.append(f"thread policy best under load: {pol['best_under_load']}; live default {pol['live_policy']}; "
                      f"recommendation (lmdm.streaming.threads.LIVE_POLICY): {pol['recommendation']}")
     met = {True: "met", False: "MISSED", None: "not measured"}

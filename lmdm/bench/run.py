@@ -47,7 +47,7 @@ from lmdm.errors import UsageError
 from lmdm.model.dit import DiT
 from lmdm.streaming.generate import check_seconds
 from lmdm.streaming.streamer import SamplerConfig, make_streamer
-from lmdm.streaming.threads import ThreadPolicy
+from lmdm.streaming.threads import WORKER_POLICY, ThreadPolicy
 
 #: Every streamer of the table: the three over the DiT, the LMM at matched guidance, the LMM without guidance.
 STREAMERS = ("outpainting", "enc_dec", "block_causal", "lmm", "lmm_unguided")
@@ -343,9 +343,10 @@ def summarize(rows: list[dict], e2e: dict, prompt_change: dict, policies: dict |
     wall_ratio = by["outpainting"]["wall_ms_per_block"] / by["block_causal"]["wall_ms_per_block"]
     best = min(("enc_dec", "block_causal"), key=lambda n: by[n]["wall_ms_per_block"])
     bc = by["block_causal"]
-    live = None
-    if policies:
+    live = jam = None
+    if policies:  # generate under load with the live policy; the jam with the live jam's (the worker's) policy
         live = next((r for r in policies["rows"] if r["policy"] == policies["live_policy"]), None)
+        jam = next((r for r in policies["rows"] if r["policy"] == WORKER_POLICY.name), None)
     s = {
         "flop_ratio_outpainting_over_block_causal": {"counted": flop_ratio, "analytic": analytic_ratio,
                                                      "counted_vs_analytic": flop_ratio / analytic_ratio - 1},
@@ -355,16 +356,30 @@ def summarize(rows: list[dict], e2e: dict, prompt_change: dict, policies: dict |
         "lmdm_speedup_over_lmm": by["lmm"]["wall_ms_per_block"] / by[best]["wall_ms_per_block"],
         "fused_over_subsequent_step": bc["fused_first_step_ms"] / bc["subsequent_step_ms"],
         "gemm_peak_GFLOP_s": peak["peak_GFLOP_s"],
+        **_gemm_ceiling(peak),
         "rtf_end_to_end": e2e["rtf"], "rtf_model": e2e["rtf_model"], "rtf_decode": e2e["rtf_decode"],
         "prompt_change_ms": prompt_change["prompt_change_ms"],
         "rtf_under_load": None if live is None else live["rtf_loaded"],
-        "jam_underruns_under_load": None if live is None else live["jam_underruns_loaded"],
-        "jam_blocks_under_load": None if live is None else live["jam_blocks"],
+        "jam_policy": WORKER_POLICY.name,
+        "jam_underruns_under_load": None if jam is None else jam["jam_underruns_loaded"],
+        "jam_blocks_under_load": None if jam is None else jam["jam_blocks"],
     }
     s["targets"] = [{"name": k, "value": s[k], "op": op, "target": t,
                      "met": None if s[k] is None else (s[k] >= t if op == ">=" else s[k] <= t)}
                     for k, (op, t) in TARGETS.items()]
     return s
+
+
+def _gemm_ceiling(peak: dict) -> dict:
+    """The wall/FLOP ratio that the GEMM rates allow: a block-causal step multiplies ``2B``-row matrices, an
+    outpainting step ``2(C + B)``-row ones (``lmdm.bench.peak.model_shapes``, the first two shapes); if each step
+    ran at its shape's measured GEMM rate, outpainting / block-causal wall time would be the FLOP ratio times
+    ``rate(2B rows) / rate(2(C + B) rows)``. Empty when those shapes were not measured."""
+    rows = sorted((r for r in peak.get("shapes", []) if r["m"] != 1024), key=lambda r: r["m"])
+    if len(rows) < 2:
+        return {}
+    return {"wall_over_flop_ceiling": rows[0]["GFLOP_s"] / rows[1]["GFLOP_s"],
+            "gemm_outpainting_GFLOP_s": rows[1]["GFLOP_s"]}
 
 
 def run_sweeps(ckpt: Checkpoint, cfg: BenchConfig) -> dict:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from lmdm.checkpoint import load_checkpoint
     from lmdm.live.engine import EngineConfig
     from lmdm.live.jam import jam
-    from lmdm.streaming.threads import use_live_threads
+    from lmdm.streaming.threads import WORKER_POLICY, use_live_threads
 
     use_device(args)
     out = check_writable(args.out)
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     margin = EngineConfig.margin_s if args.margin is None else args.margin
     cfg = EngineConfig(mode="jam", prompt=args.prompt, sampler=sampler_config(args), margin_s=margin,
                        tracker=args.tracker)
-    use_live_threads()  # the thread policy of live use (lmdm.streaming.threads), measured by lmdm bench
+    use_live_threads(WORKER_POLICY)  # the live jam's thread policy (lmdm.streaming.threads), measured by lmdm bench
     ckpt = load_checkpoint(args.checkpoint)
     audio = load_audio(args.input, ckpt.codec.sample_rate)
     if len(audio) == 0:

@@ -1,4 +1,5 @@
-"""Thread policy of live use (``lmdm generate``, ``lmdm jam``): decided here, once.
+"""Thread policies of live use: ``lmdm generate`` (:data:`LIVE_POLICY`), live jams and the widgets' worker
+(:data:`WORKER_POLICY`): decided here, once.
 
 A live stream must stay real time when another process competes for the cores. Two settings decide how PyTorch
 behaves then:
@@ -80,15 +81,18 @@ class ThreadPolicy:
 LIVE_POLICY = ThreadPolicy()
 
 
-#: The policy of the widgets' generation worker (``lmdm.live.worker``): one thread. A live block is computed after
+#: The policy of live jams, ``lmdm jam`` and the widgets' generation worker (``lmdm.live.worker``): one thread; the
+#: bench's jam under a competing load is measured with it (``lmdm.bench.run.summarize``). A live block is computed after
 #: about a second of idle waiting for its input, and waking OpenMP's second thread then costs more than it gives:
 #: ``python scripts/worker_threads.py`` (real-time jam, 15 s, 2 cores) measured a block's compute median / max at
 #: 69 / 83 ms with one thread against 99 / 113 ms with two, quiet, and 70 / 95 against 81 / 97 ms beside one
-#: CPU-bound process (2 threads, passive wait: 88 / 127 and 80 / 105).
+#: CPU-bound process (2 threads, passive wait: 88 / 127 and 80 / 105). Under ``lmdm bench``'s competing 2-thread load
+#: a jam's blocks take a third of the time with one thread (README, "Streaming and cost").
 WORKER_POLICY = ThreadPolicy(threads=1)
 
 
-def use_live_threads() -> ThreadPolicy:
-    """Apply :data:`LIVE_POLICY` to this process (the live commands call it before they load a model)."""
-    LIVE_POLICY.apply()
-    return LIVE_POLICY
+def use_live_threads(policy: ThreadPolicy = LIVE_POLICY) -> ThreadPolicy:
+    """Apply ``policy`` (default :data:`LIVE_POLICY`; ``lmdm jam`` passes :data:`WORKER_POLICY`) to this process; the
+    live commands call it before they load a model."""
+    policy.apply()
+    return policy
