@@ -100,6 +100,7 @@ def _one_error(capsys, argv):
 def test_eval_command_answers_bad_input_in_one_line(tmp_path, capsys, real_data):
     assert "seconds must be a positive number" in _one_error(capsys, ["--quiet", "eval", "--seconds", "0"])
     assert "no such folder" in _one_error(capsys, ["--quiet", "eval", "--data", str(tmp_path / "none")])
+    assert "--gl-iters must be a whole number >= 1" in _one_error(capsys, ["--quiet", "eval", "--gl-iters", "0"])
     (tmp_path / "empty.txt").write_text("")
     assert "holds no prompt" in _one_error(capsys, ["--quiet", "eval", "--data", str(real_data),
                                                     "--prompts", str(tmp_path / "empty.txt")])
@@ -173,10 +174,12 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     (tmp_path / "p.txt").write_text("solo flute\n")
     out = tmp_path / "report.json"
     rc = main(["--quiet", "eval", "--quick", "--data", str(both_splits), "--prompts", str(tmp_path / "p.txt"),
-               "--steps", "2", "--json", str(out), "--plots", str(tmp_path / "plots")])
+               "--steps", "2", "--gl-iters", "8", "--json", str(out), "--plots", str(tmp_path / "plots")])
     text = capsys.readouterr().out
     assert rc == 0
     report = json.loads(out.read_text())
+    # every decode (the system's and the ceiling rows') with the Griffin-Lim iterations asked for
+    assert report["decoder"] == {"gl_iters": 8} and report["rows"][-1]["info"]["gl_iters"] == 8
     names = [r["name"] for r in report["rows"]]
     # the bundled model diffuses a learned latent: real music through it and the decoder is a second ceiling
     assert names == ["real validation (noise floor)", "real through codec + decoder (ceiling)",

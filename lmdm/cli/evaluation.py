@@ -24,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", default=None, help="also write the whole report to this JSON file")
     e.add_argument("--plots", default=None, metavar="DIR", help="write per-lens bar plots with CIs here")
     e.add_argument("--transcriber", default=None, help="transcriber folder (default: the bundled one)")
+    e.add_argument("--gl-iters", type=int, default=None, metavar="N",
+                   help="Griffin-Lim iterations of every decode, the systems' and the ceiling rows' (default: the "
+                        "codec's); compares decoder settings with every lens")
     add_sampler_options(e, steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)
     add_device_option(e)
     e.set_defaults(func=run)
@@ -33,13 +36,14 @@ def run(args: argparse.Namespace) -> int:
     """Measure the checkpoints and the calibration rows; print the tables (and write JSON and plots).
 
     Raises:
-        UsageError: ``--seconds``/``--seeds`` out of range, a checkpoint whose codec differs from the embedder's,
+        UsageError: ``--seconds``/``--seeds``/``--gl-iters`` out of range, a checkpoint whose codec differs from the embedder's,
             a prompts file with no prompt, an unwritable ``--json``.
         DataError: ``--data`` has no usable train or validation split.
         CheckpointError, EmbedderError, TranscriberError: a model folder is missing or corrupt.
     """
     from tqdm.auto import tqdm
 
+    from lmdm.audio.codec import MelCodec
     from lmdm.checkpoint import load_checkpoint
     from lmdm.control.evaluate import evaluate as evaluate_sketches
     from lmdm.eval.suite import EvalConfig, evaluate, format_table, plot_report
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.json)
     if args.seconds is not None:
         check_seconds(args.seconds)
+    if args.gl_iters is not None and args.gl_iters < 1:
+        raise UsageError(f"--gl-iters must be a whole number >= 1 (Griffin-Lim iterations), got {args.gl_iters}")
     changes = {k: v for k, v in (("seconds", args.seconds), ("seeds", args.seeds), ("window_s", args.window))
                if v is not None}
     sampler = sampler_config(args)
@@ -67,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     systems, info, sketches, latents = {}, {}, {}, {}
     for path in args.checkpoint or [None]:
         ckpt = load_checkpoint(path)
-        if dataclasses.asdict(ckpt.codec.cfg) != emb_codec:
+        if args.gl_iters is not None:  # a decoding setting, not the mel representation: checked by CodecConfig
+            ckpt.codec = MelCodec(dataclasses.replace(ckpt.codec.cfg, gl_iters=args.gl_iters), ckpt.codec.autoencoder)
+        if mel_settings(dataclasses.asdict(ckpt.codec.cfg)) != mel_settings(emb_codec):
             raise UsageError(f"checkpoint {ckpt.path} uses another mel codec than the embedder and the data set "
                              f"({dataclasses.asdict(ckpt.codec.cfg)} vs {emb_codec}); the lenses cannot compare them")
         name = system_name(Path(ckpt.path), systems)
@@ -81,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         if cfg.sketch_n:
             sketches[name] = lambda ckpt=ckpt: [r["correlation"] for r in evaluate_sketches(
                 ckpt, cfg.data, cfg.sketch_n, cfg.sketch_seconds, progress=False)["results"]]
-        info[name] = {"checkpoint": str(ckpt.path), "sampler": dataclasses.asdict(sampler)}
+        info[name] = {"checkpoint": str(ckpt.path), "sampler": dataclasses.asdict(sampler),
+                      "gl_iters": ckpt.codec.cfg.gl_iters}
     transcriber = load_transcriber(args.transcriber)
     bar = tqdm(desc="lmdm eval", unit="stage", disable=args.quiet)
 
@@ -92,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(systems, prompts, cfg, ckpt.codec.cfg, embedder, transcriber.transcribe, progress, info,
                       sketches, latents, ckpt.model.cfg.block_frames)
     bar.close()
+    report["decoder"] = {"gl_iters": ckpt.codec.cfg.gl_iters}  # of every decode: systems and ceiling rows
     report["transcriber"] = {k: v for k, v in (transcriber.info.get("eval") or {}).items() if k != "per_work"}
     print(format_table(report))
     if args.plots:
@@ -103,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
         write_text(args.json, json.dumps(report, indent=1, default=float))
         print(f"wrote {args.json}")
     return 0
+
+
+def mel_settings(codec: dict) -> dict:
+    """A codec config without its decoding setting (Griffin-Lim iterations): what the lenses need to agree on."""
+    return {k: v for k, v in codec.items() if k != "gl_iters"}
 
 
 def system_name(path: Path, taken) -> str:
