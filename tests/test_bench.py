@@ -263,7 +263,8 @@ def test_thread_policy_env_and_validation():
     env = ThreadPolicy(threads=2, omp_wait="PASSIVE").env(base)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert ThreadPolicy(threads=1).name == "1 thread, wait default"
-    for bad in ({"threads": 0}, {"threads": True}, {"threads": 1.5}, {"omp_wait": "passive"}):
+    assert ThreadPolicy(adaptive=True).name == "torch default threads, wait default, adaptive"
+    for bad in ({"threads": 0}, {"threads": True}, {"threads": 1.5}, {"omp_wait": "passive"}, {"adaptive": 1}):
         with pytest.raises(ConfigError):
             ThreadPolicy(**bad)
 
@@ -310,3 +311,54 @@ def test_sampler_config_refuses_seeds_torch_cannot_take(seed):
 
     with pytest.raises(ConfigError, match="^seed must be an integer"):
         SamplerConfig(seed=seed)
+
+
+def test_the_thread_governor_drops_to_one_thread_while_contended_and_probes_back():
+    import torch
+
+    from lmdm.streaming.threads import ThreadGovernor
+
+    before = torch.get_num_threads()
+    try:
+        gov = ThreadGovernor(threads=2, contended=0.25, probe_every=3)
+        assert gov.current == 2 == torch.get_num_threads()
+        assert gov.after_block(0.1, 0.01) == 2  # 10% of the block in the run queue: not contended
+        assert gov.after_block(0.1, float("nan")) == 2  # unknown (no schedstat): no change
+        assert gov.after_block(0.1, 0.05) == 1 and torch.get_num_threads() == 1 and gov.drops == 1
+        assert [gov.after_block(0.1, 0.0) for _ in range(3)] == [1, 1, 2]  # three blocks at one, then a probe
+        assert gov.after_block(0.1, 0.09) == 1 and gov.drops == 2  # still contended: back to one
+        torch.set_num_threads(3)
+        gov.close()
+        assert torch.get_num_threads() == gov.start_threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_generate_runs_the_governor_of_an_adaptive_policy_and_restores_the_threads(monkeypatch, tiny_ckpt):
+    """Every block seen as contended (a fake run-queue clock that advances as fast as the wall clock): the stream
+    drops to one thread, probes back, and ends with the thread count it started with."""
+    import torch
+
+    import lmdm.streaming.threads as threads
+    from lmdm.streaming.generate import generate
+    from lmdm.streaming.streamer import SamplerConfig
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_APPLIED", None)
+    assert threads.stream_governor() is None  # no policy applied: nothing adapts
+    seen = []
+    real = threads.ThreadGovernor.after_block
+    monkeypatch.setattr(threads, "run_queue_wait", time.perf_counter)
+    monkeypatch.setattr(threads.ThreadGovernor, "after_block",
+                        lambda self, wall, queued: seen.append(real(self, wall, queued)) or seen[-1])
+    before = torch.get_num_threads()
+    try:
+        threads.ThreadPolicy(threads=2, adaptive=True).apply()
+        generate(tiny_ckpt, "", 12 * tiny_ckpt.model.cfg.block_frames / tiny_ckpt.codec.frame_rate,
+                 SamplerConfig(steps=1))
+        assert seen[:1] == [1] and 2 in seen[8:11], seen  # dropped at once; a probe at two threads after 8 blocks
+        assert torch.get_num_threads() == 2  # the count the stream started with
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert threads.stream_governor() is None  # the user's thread count wins
+    finally:
+        torch.set_num_threads(before)

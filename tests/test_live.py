@@ -259,7 +259,7 @@ def test_run_queue_wait_counts_the_time_a_busy_thread_waits_for_a_core():
     import subprocess
     import sys
 
-    from lmdm.live.engine import run_queue_wait
+    from lmdm.streaming.threads import run_queue_wait
 
     def spin(seconds):
         end = time.thread_time() + seconds

@@ -143,6 +143,7 @@ def measure_policies(checkpoint: str | None, policies: tuple[ThreadPolicy, ...],
             loaded = _run_policy(policy, checkpoint, sampler, generate_seconds, jam_seconds)
         jam = loaded.get("jam") or {}
         rows.append({"policy": policy.name, "threads": policy.threads, "omp_wait": policy.omp_wait,
+                     "adaptive": policy.adaptive,
                      "torch_threads": quiet["torch_threads"], "loadavg_before_quiet": load_avg,
                      "rtf_quiet": quiet["generate"]["rtf"],
                      "rtf_loaded": loaded["generate"]["rtf"], "rtf_model_loaded": loaded["generate"]["rtf_model"],

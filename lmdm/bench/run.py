@@ -54,7 +54,7 @@ STREAMERS = ("outpainting", "enc_dec", "block_causal", "lmm", "lmm_unguided")
 #: The streamers of the sweeps (the guided LMM only: it is the matched baseline).
 SWEEP_STREAMERS = STREAMERS[:4]
 #: Thread policies measured by default (torch's default first: it is the live commands' policy until measured).
-POLICIES = (ThreadPolicy(), ThreadPolicy(omp_wait="PASSIVE"), ThreadPolicy(threads=1),
+POLICIES = (ThreadPolicy(), ThreadPolicy(adaptive=True), ThreadPolicy(omp_wait="PASSIVE"), ThreadPolicy(threads=1),
             ThreadPolicy(threads=1, omp_wait="PASSIVE"))
 #: Targets of issue 14, checked in ``summary["targets"]``: name -> (comparison, target).
 TARGETS = {"wall_ratio_over_flop_ratio": (">=", 0.8), "rtf_end_to_end": ("<=", 0.1),

@@ -45,21 +45,12 @@ from lmdm.control.features import GROUPS, control_input, features_from_audio
 from lmdm.errors import LmdmError
 from lmdm.live.ringbuffer import RingBuffer
 from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig, Streamer
+from lmdm.streaming.threads import run_queue_wait
 from lmdm.text import encode_prompts
 
 MODES = ("generate", "jam", "sketch")
 #: The engine's denoising defaults: few steps and no guidance keep jam latency low.
 ENGINE_SAMPLER = SamplerConfig(steps=4, sampler="pingpong", cfg_scale=1.0, seed=0)
-
-
-def run_queue_wait() -> float:
-    """Seconds the calling thread has spent runnable but waiting for a core since it started (Linux's
-    ``/proc/thread-self/schedstat``, second field); NaN where that is not available."""
-    try:
-        with open("/proc/thread-self/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return float("nan")
 
 
 class EngineBusy(LmdmError, RuntimeError):

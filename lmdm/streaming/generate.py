@@ -18,6 +18,7 @@ from lmdm.audio.decoder import StreamingDecoder
 from lmdm.checkpoint import Checkpoint
 from lmdm.errors import UsageError
 from lmdm.streaming.streamer import MASKS, SamplerConfig, StreamStats, make_streamer
+from lmdm.streaming.threads import stream_governor
 from lmdm.text import encode_prompts
 
 MAX_SECONDS = 3600.0
@@ -122,26 +123,35 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
     streamer.reset()
     chunks, current = [], None
     model_s = decode_s = 0.0
+    governor = stream_governor()  # an adaptive thread policy (lmdm.streaming.threads), or None
     spb = B / codec.cfg.frame_rate
-    for i in range(n_blocks):
-        text = [p for t, p in sched if t <= i * spb + 1e-9][-1]
-        key = id(text) if isinstance(text, torch.Tensor) else text
-        if key != current:
-            streamer.set_prompt(*by_text[key])
-            current = key
-        ctrl = None
-        if controls is not None:
-            part = controls[i * B : (i + 1) * B]
-            ctrl = torch.cat([part, part.new_zeros(B - part.shape[0], part.shape[1])])[None] if len(part) else None
-        t0 = time.perf_counter()
-        block = streamer.next_block(ctrl)
-        t1 = time.perf_counter()
-        audio = decoder.push(block[0].cpu())  # the codec decodes on the CPU, whatever the model's device
-        decode_s += time.perf_counter() - t1
-        model_s += t1 - t0
-        chunks.append(audio)
-        if on_block is not None:
-            on_block(i, audio)
+    try:
+        for i in range(n_blocks):
+            text = [p for t, p in sched if t <= i * spb + 1e-9][-1]
+            key = id(text) if isinstance(text, torch.Tensor) else text
+            if key != current:
+                streamer.set_prompt(*by_text[key])
+                current = key
+            ctrl = None
+            if controls is not None:
+                part = controls[i * B : (i + 1) * B]
+                ctrl = torch.cat([part, part.new_zeros(B - part.shape[0], part.shape[1])])[None] if len(part) else None
+            t0 = time.perf_counter()
+            if governor is not None:
+                governor.start_block()
+            block = streamer.next_block(ctrl)
+            if governor is not None:
+                governor.end_block()
+            t1 = time.perf_counter()
+            audio = decoder.push(block[0].cpu())  # the codec decodes on the CPU, whatever the model's device
+            decode_s += time.perf_counter() - t1
+            model_s += t1 - t0
+            chunks.append(audio)
+            if on_block is not None:
+                on_block(i, audio)
+    finally:
+        if governor is not None:
+            governor.close()  # the thread count the stream started with
     chunks.append(decoder.flush())
     n = int(round(seconds * codec.cfg.sample_rate))
     audio = np.concatenate(chunks)[:n]

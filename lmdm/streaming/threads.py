@@ -17,10 +17,16 @@ behaves then:
 commands use. It is torch's default (one thread per physical core, the runtime's wait policy) until a
 measurement on a quiet machine shows another policy better *both* under load and not worse when quiet; change it
 here, with the numbers in the README's measured table, and nowhere else. A user's ``OMP_NUM_THREADS`` always wins.
+
+A policy may also be **adaptive** (:class:`ThreadGovernor`): a stream starts with the policy's threads and drops to
+one thread for as long as its thread waits for a core (Linux's run-queue accounting, :func:`run_queue_wait`), trying
+its threads again every few blocks. Two threads pay on a quiet machine; under contention every parallel region waits
+for the thread the scheduler took away, and one thread does not.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from lmdm.config import ConfigError
@@ -36,10 +42,13 @@ class ThreadPolicy:
         threads: ``torch.set_num_threads``; None keeps torch's default (one per physical core).
         omp_wait: ``OMP_WAIT_POLICY`` for a fresh process, "ACTIVE" or "PASSIVE"; None keeps the runtime's default
             (GNU libgomp: spin about 300k iterations, then sleep).
+        adaptive: streams (``lmdm.streaming.generate``) drop to one thread while their thread waits for a core
+            (:class:`ThreadGovernor`).
     """
 
     threads: int | None = None
     omp_wait: str | None = None
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         """Raises ConfigError: threads not a positive integer or None, or an unknown wait policy."""
@@ -49,12 +58,15 @@ class ThreadPolicy:
         if self.omp_wait is not None and self.omp_wait not in WAIT_POLICIES:
             raise ConfigError(f"unknown OpenMP wait policy {self.omp_wait!r}; "
                               f"choose one of {', '.join(WAIT_POLICIES)}")
+        if not isinstance(self.adaptive, bool):
+            raise ConfigError(f"adaptive must be true or false, got {self.adaptive!r}")
 
     @property
     def name(self) -> str:
         """A short label, e.g. ``"2 threads, wait passive"``."""
         threads = "torch default threads" if self.threads is None else f"{self.threads} thread" + "s" * (self.threads > 1)
-        return f"{threads}, wait {'default' if self.omp_wait is None else self.omp_wait.lower()}"
+        return (f"{threads}, wait {'default' if self.omp_wait is None else self.omp_wait.lower()}"
+                + (", adaptive" if self.adaptive else ""))
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """Environment for a fresh process that runs under this policy (``base`` default: ``os.environ``): the
@@ -71,10 +83,94 @@ class ThreadPolicy:
     def apply(self) -> None:
         """Set this process's thread count (the wait policy needs a fresh process: :meth:`env`). A thread count
         the user chose with ``OMP_NUM_THREADS`` is kept."""
+        global _APPLIED
+        _APPLIED = self
         if self.threads is not None and "OMP_NUM_THREADS" not in os.environ:
             import torch
 
             torch.set_num_threads(self.threads)
+
+
+_APPLIED: ThreadPolicy | None = None  # the policy this process applied last (``ThreadPolicy.apply``)
+
+
+def run_queue_wait() -> float:
+    """Seconds the calling thread has spent runnable but waiting for a core since it started (Linux's
+    ``/proc/thread-self/schedstat``, second field); NaN where that is not available."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+class ThreadGovernor:
+    """The adaptive part of a thread policy, for one stream on the calling thread.
+
+    After each block (:meth:`after_block`, given its wall time and its run-queue wait), a block that waited for a
+    core more than ``contended`` of its wall time drops torch to one thread; after ``probe_every`` blocks at one
+    thread, the next block tries the full count again (and drops back if still contended). :meth:`close` restores
+    the count the stream started with.
+
+    Args:
+        threads: the count to run with when not contended (default: torch's current count).
+        contended: run-queue wait over wall time above which a block counts as contended.
+        probe_every: blocks at one thread before trying ``threads`` again.
+    """
+
+    def __init__(self, threads: int | None = None, contended: float = 0.25, probe_every: int = 8):
+        import torch
+
+        self._torch = torch
+        self.start_threads = torch.get_num_threads()
+        self.threads = threads or self.start_threads
+        self.contended, self.probe_every = contended, probe_every
+        self.current = self.threads
+        self.at_one = 0  # blocks run at one thread since the last drop
+        self.drops = 0  # times the stream dropped to one thread
+        self.blocks_at_one = 0
+        self._set(self.threads)
+        self._mark = (time.perf_counter(), run_queue_wait())
+
+    def _set(self, n: int) -> None:
+        if self._torch.get_num_threads() != n:
+            self._torch.set_num_threads(n)
+        self.current = n
+
+    def start_block(self) -> None:
+        """Mark the start of a block (the wall time and run-queue wait of :meth:`end_block` count from here)."""
+        self._mark = (time.perf_counter(), run_queue_wait())
+
+    def end_block(self) -> int:
+        """:meth:`after_block` with the wall time and run-queue wait since :meth:`start_block`."""
+        t0, w0 = self._mark
+        return self.after_block(time.perf_counter() - t0, run_queue_wait() - w0)
+
+    def after_block(self, wall_s: float, queued_s: float) -> int:
+        """Decide the next block's thread count from this block's ``wall_s`` and run-queue wait ``queued_s``
+        (seconds; NaN = unknown: no change); returns it."""
+        if self.current == 1 and self.threads > 1:
+            self.blocks_at_one += 1
+            self.at_one += 1
+            if self.at_one >= self.probe_every:
+                self._set(self.threads)
+        elif self.current > 1 and wall_s > 0 and queued_s > self.contended * wall_s:
+            self._set(1)
+            self.at_one = 0
+            self.drops += 1
+        return self.current
+
+    def close(self) -> None:
+        """Restore the thread count the stream started with."""
+        self._set(self.start_threads)
+
+
+def stream_governor() -> ThreadGovernor | None:
+    """A :class:`ThreadGovernor` for a new stream when the policy this process applied is adaptive, and the user
+    did not fix the thread count with ``OMP_NUM_THREADS``; otherwise None."""
+    if _APPLIED is None or not _APPLIED.adaptive or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return ThreadGovernor(_APPLIED.threads)
 
 
 #: The policy of ``lmdm generate`` and ``lmdm jam`` (see the module docstring for how it is chosen).
