@@ -13,10 +13,10 @@ behaves then:
   chosen for a fresh process (:meth:`ThreadPolicy.env`); :meth:`ThreadPolicy.apply` sets the thread count only.
 
 ``lmdm bench`` measures a few policies, each in a fresh process, quiet and under a competing 2-thread load
-(``lmdm.bench.live.measure_policies``), and prints which one did best. :data:`LIVE_POLICY` is the policy the live
-commands use. It is torch's default (one thread per physical core, the runtime's wait policy) until a
-measurement on a quiet machine shows another policy better *both* under load and not worse when quiet; change it
-here, with the numbers in the README's measured table, and nowhere else. A user's ``OMP_NUM_THREADS`` always wins.
+(``lmdm.bench.live.measure_policies``), and prints which one did best. :data:`LIVE_POLICY` is ``generate``'s: torch's
+default threads made adaptive (below), chosen because the bench measured it better under load and not worse when
+quiet; a policy changes here, with the numbers in the README's measured table, and nowhere else. A user's
+``OMP_NUM_THREADS`` always wins.
 
 A policy may also be **adaptive** (:class:`ThreadGovernor`): a stream starts with the policy's threads and drops to
 one thread for as long as its thread waits for a core (Linux's run-queue accounting, :func:`run_queue_wait`), trying
