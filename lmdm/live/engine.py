@@ -239,6 +239,12 @@ class LiveEngine:
                                s.input_s, collections.Counter(s.repairs), s.rejected, s.last_error, s.delay_s,
                                list(s.timeline))
 
+    def last_block(self) -> dict | None:
+        """A copy of the latest ``stats().timeline`` entry (None before the first block), without copying the rest
+        of the session's statistics (what a per-block observer needs, on the generation thread)."""
+        with self._lock:
+            return dict(self._stats.timeline[-1]) if self._stats.timeline else None
+
     def set_prompt(self, prompt: str) -> None:
         """Change the prompt; it applies from the next block. The text is embedded here, in the caller's thread,
         so the generation thread never waits for the text encoder.
@@ -433,8 +439,8 @@ class LiveEngine:
                     self._stats.last_error = f"block {n} observer failed: {type(e).__name__}: {e}"
         return True
 
-    def _account(self, n: int, need: int, t_start: float, compute: float, audio: np.ndarray,
-                 cpu: float = float("nan"), waited: float = float("nan")) -> None:
+    def _account(self, n: int, need: int, t_start: float, compute: float, audio: np.ndarray, cpu: float,
+                 waited: float) -> None:
         with self._lock:
             if self.realtime:
                 if n == 0 and self.cfg.mode != "jam":  # playback starts when the first block exists

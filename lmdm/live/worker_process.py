@@ -174,7 +174,7 @@ class Worker:
         y = engine.read_output()
         if len(y):
             self.out_ring.write(y)
-        entry = engine.stats().timeline[-1]
+        entry = engine.last_block()
         info = {"block": int(n), "compute_s": float(entry["compute_s"]), "cpu_s": float(entry["cpu_s"]),
                 "run_queue_s": float(entry["run_queue_s"]),
                 "late_s": float(entry["late_s"]),

@@ -133,7 +133,6 @@ class ThreadGovernor:
         self.current = self.threads
         self.at_one = 0  # blocks run at one thread since the last drop
         self.drops = 0  # times the stream dropped to one thread
-        self.blocks_at_one = 0
         self._set(self.threads)
         self._mark = (time.perf_counter(), run_queue_wait())
 
@@ -155,7 +154,6 @@ class ThreadGovernor:
         """Decide the next block's thread count from this block's ``wall_s`` and run-queue wait ``queued_s``
         (seconds; NaN = unknown: no change); returns it."""
         if self.current == 1 and self.threads > 1:
-            self.blocks_at_one += 1
             self.at_one += 1
             if self.at_one >= self.interval:
                 self._set(self.threads)
