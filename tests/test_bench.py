@@ -92,7 +92,7 @@ def test_generate_rtf_prompt_change_and_targets_are_reported(quick):
     # the ceiling the GEMM rates allow: the small shape's rate over the outpainting shape's, both measured in the run
     small, big = sorted((r for r in result["gemm_peak"]["shapes"] if r["m"] != 1024), key=lambda r: r["m"])
     assert s["wall_over_flop_ceiling"] == pytest.approx(small["GFLOP_s"] / big["GFLOP_s"])
-    assert s["jam_policy"] == "1 thread, wait default"
+    assert s["jam_policy"] == "1 thread, wait default, real-time 1"  # the widgets worker's policy (WORKER_POLICY)
     assert result["thread_policies"] is None and targets["rtf_under_load"]["met"] is None  # --no-load
 
 
@@ -122,10 +122,10 @@ def test_markdown_table_is_printed_from_the_json_with_one_row_per_streamer(quick
     result = dict(result, thread_policies={
         "rows": [{"policy": "torch default threads, wait default", "torch_threads": 2, "rtf_quiet": 0.1,
                   "rtf_loaded": 3.0, "jam_underruns_loaded": 5, "jam_blocks": 6, "jam_rtf_loaded": 1.0},
-                 {"policy": "1 thread, wait default", "torch_threads": 1, "rtf_quiet": 0.2, "rtf_loaded": 0.4,
+                 {"policy": "1 thread, wait default, real-time 1", "torch_threads": 1, "rtf_quiet": 0.2, "rtf_loaded": 0.4,
                   "jam_underruns_loaded": 0, "jam_blocks": 6, "jam_rtf_loaded": 0.1}],
         "load_threads": 2, "live_policy": "torch default threads, wait default",
-        "best_under_load": "1 thread, wait default", "recommendation": "keep"})
+        "best_under_load": "1 thread, wait default, real-time 1", "recommendation": "keep"})
     saved = tmp_path / "with_policies.json"
     saved.write_text(json.dumps(result))
     assert main(["bench", "--from-json", str(saved), "--markdown"]) == 0
@@ -134,7 +134,7 @@ def test_markdown_table_is_printed_from_the_json_with_one_row_per_streamer(quick
     assert len(policy_rows) == 2 and "(live default)" in policy_rows[0] and "(live jam)" in policy_rows[1]
     # generate under load is read from the live policy's row, the jam from the live jam's (the worker's) row
     assert "generate RTF 3.000 (torch default threads, wait default" in md
-    assert "jam of 4 s, 0 underruns of 6 blocks, RTF 0.100 (1 thread, wait default" in md
+    assert "jam of 4 s, 0 underruns of 6 blocks, RTF 0.100 (1 thread, wait default, real-time 1" in md
     assert len(_table(md, "streamer")) == 5
 
 
@@ -187,10 +187,14 @@ def test_thread_policies_are_measured_in_fresh_processes_and_the_load_is_stopped
     from lmdm.streaming.streamer import SamplerConfig
     from lmdm.streaming.threads import ThreadPolicy
 
-    res = measure_policies(None, (ThreadPolicy(threads=1, omp_wait="PASSIVE"),), SamplerConfig(steps=2),
+    res = measure_policies(None, (ThreadPolicy(threads=1, omp_wait="PASSIVE", realtime=5),), SamplerConfig(steps=2),
                            generate_seconds=1.0, jam_seconds=2.0, progress=lambda m: None)
     (row,) = res["rows"]
-    assert row["policy"] == "1 thread, wait passive" and row["torch_threads"] == 1 and row["loadavg_before_quiet"] >= 0
+    assert row["policy"] == "1 thread, wait passive, real-time 5" and row["torch_threads"] == 1
+    assert row["loadavg_before_quiet"] >= 0 and row["realtime"] == 5
+    may = subprocess.run([sys.executable, "-c", "import os; os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(5))"],
+                         capture_output=True).returncode == 0
+    assert row["realtime_granted"] is may  # the measuring thread got the priority exactly where the system allows it
     assert row["rtf_quiet"] > 0 and row["rtf_loaded"] > 0 and row["jam_blocks"] >= 2
     assert 0 <= row["jam_underruns_loaded"] <= row["jam_blocks"]
     assert len(res["load_pids"]) == 1 and not any(alive(pid) for pid in res["load_pids"])
@@ -264,7 +268,9 @@ def test_thread_policy_env_and_validation():
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2" and env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert ThreadPolicy(threads=1).name == "1 thread, wait default"
     assert ThreadPolicy(adaptive=True).name == "torch default threads, wait default, adaptive"
-    for bad in ({"threads": 0}, {"threads": True}, {"threads": 1.5}, {"omp_wait": "passive"}, {"adaptive": 1}):
+    assert ThreadPolicy(threads=1, realtime=10).name == "1 thread, wait default, real-time 10"
+    for bad in ({"threads": 0}, {"threads": True}, {"threads": 1.5}, {"omp_wait": "passive"}, {"adaptive": 1},
+                {"realtime": 0}, {"realtime": 100}, {"realtime": True}, {"realtime": 5.0}):
         with pytest.raises(ConfigError):
             ThreadPolicy(**bad)
 

@@ -280,3 +280,42 @@ def test_run_queue_wait_counts_the_time_a_busy_thread_waits_for_a_core():
             h.kill()
             h.wait()
     assert loaded > 0.1 and loaded > quiet and loaded <= wall, (quiet, loaded, wall)
+
+
+def test_a_realtime_thread_waits_for_no_busy_process_where_the_system_permits_it():
+    """``request_realtime`` moves only the calling thread; where granted (root, CAP_SYS_NICE or RLIMIT_RTPRIO), a
+    spinning real-time thread among 2x as many busy processes as cores hardly waits for a core."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from lmdm.streaming.threads import is_realtime, request_realtime, run_queue_wait
+
+    with pytest.raises(ValueError, match="from 1 to 99"):
+        request_realtime(0)
+    may = subprocess.run([sys.executable, "-c", "import os; os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(3))"],
+                         capture_output=True).returncode == 0
+    out = {}
+
+    def rt_thread():
+        out["granted"] = request_realtime(3)
+        out["is_rt"] = is_realtime()
+        w0, end = run_queue_wait(), time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+        out["waited"] = run_queue_wait() - w0
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))]
+    try:
+        time.sleep(0.3)
+        t = threading.Thread(target=rt_thread)
+        t.start()
+        t.join()
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert out["granted"] is may and out["is_rt"] is may and not is_realtime()  # this thread was left as it was
+    if may:  # with real-time priority it runs as soon as it is runnable: (nearly) no run-queue wait
+        assert out["waited"] < 0.02, out

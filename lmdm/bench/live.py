@@ -30,7 +30,7 @@ import numpy as np
 
 from lmdm.checkpoint import Checkpoint
 from lmdm.streaming.streamer import SamplerConfig
-from lmdm.streaming.threads import LIVE_POLICY, ThreadPolicy
+from lmdm.streaming.threads import LIVE_POLICY, ThreadPolicy, request_realtime
 
 GENERATE_PROMPT = "a slow Bach chorale on church organ"
 JAM_PROMPT = "string ensemble"
@@ -143,7 +143,8 @@ def measure_policies(checkpoint: str | None, policies: tuple[ThreadPolicy, ...],
             loaded = _run_policy(policy, checkpoint, sampler, generate_seconds, jam_seconds)
         jam = loaded.get("jam") or {}
         rows.append({"policy": policy.name, "threads": policy.threads, "omp_wait": policy.omp_wait,
-                     "adaptive": policy.adaptive,
+                     "adaptive": policy.adaptive, "realtime": policy.realtime,
+                     "realtime_granted": loaded.get("realtime", False),
                      "torch_threads": quiet["torch_threads"], "loadavg_before_quiet": load_avg,
                      "rtf_quiet": quiet["generate"]["rtf"],
                      "rtf_loaded": loaded["generate"]["rtf"], "rtf_model_loaded": loaded["generate"]["rtf_model"],
@@ -205,9 +206,11 @@ def policy_child() -> None:
     a = json.loads(sys.argv[1])
     policy = ThreadPolicy(**a["policy"])
     policy.apply()
+    realtime = policy.realtime is not None and request_realtime(policy.realtime)  # this thread carries the audio
     sampler = SamplerConfig(**a["sampler"])
     ckpt = load_checkpoint(a["checkpoint"], device="cpu")
     out = {"torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "realtime": realtime,
            "generate": generate_rtf(ckpt, sampler, a["generate_seconds"])}
     if a["jam_seconds"] > 0:
         out["jam"] = jam_session(ckpt, a["jam_seconds"])

@@ -55,7 +55,7 @@ STREAMERS = ("outpainting", "enc_dec", "block_causal", "lmm", "lmm_unguided")
 SWEEP_STREAMERS = STREAMERS[:4]
 #: Thread policies measured by default (generate's live policy first, then torch's default and the fixed ones).
 POLICIES = (ThreadPolicy(adaptive=True), ThreadPolicy(), ThreadPolicy(omp_wait="PASSIVE"), ThreadPolicy(threads=1),
-            ThreadPolicy(threads=1, omp_wait="PASSIVE"))
+            ThreadPolicy(threads=1, omp_wait="PASSIVE"), WORKER_POLICY)
 #: Targets of issue 14, checked in ``summary["targets"]``: name -> (comparison, target).
 TARGETS = {"wall_ratio_over_flop_ratio": (">=", 0.8), "rtf_end_to_end": ("<=", 0.1),
            "fused_over_subsequent_step": ("<=", 1.3), "lmdm_speedup_over_lmm": (">=", 2.0),
@@ -133,7 +133,7 @@ class BenchConfig:
         policies, 2 s of ``generate``, a 4 s jam."""
         base = dict(rounds=2, blocks_per_round=1, lmm_depth=4, sweep_context_chunks=(1, 4), sweep_steps=(2, 8),
                     sweep_blocks=1, memory=False, gemm_repeats=3, generate_seconds=2.0, prompt_changes=2,
-                    policies=(ThreadPolicy(adaptive=True), ThreadPolicy(threads=1)), jam_seconds=4.0)
+                    policies=(ThreadPolicy(adaptive=True), WORKER_POLICY), jam_seconds=4.0)
         base.update(kw)
         return cls(**base)
 

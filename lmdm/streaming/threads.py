@@ -22,6 +22,15 @@ A policy may also be **adaptive** (:class:`ThreadGovernor`): a stream starts wit
 one thread for as long as its thread waits for a core (Linux's run-queue accounting, :func:`run_queue_wait`), trying
 its threads again every few blocks. Two threads pay on a quiet machine; under contention every parallel region waits
 for the thread the scheduler took away, and one thread does not.
+
+A policy may ask for **real-time priority** (``realtime``): the threads that carry live audio (the widgets' worker's
+generation and input threads) then call :func:`request_realtime`, which moves the calling thread to the round-robin
+real-time class (``SCHED_RR``) at a low priority, as audio servers do (JACK, PipeWire through rtkit). Such a thread
+runs as soon as it is runnable instead of waiting behind busy processes for its CFS share; Linux still keeps 5% of
+every second for ordinary threads (``/proc/sys/kernel/sched_rt_runtime_us``), and a live block needs ~10% of a core.
+It needs ``CAP_SYS_NICE`` or an ``RLIMIT_RTPRIO`` of at least the priority (e.g. the ``@audio - rtprio 95`` line
+many Linux distributions ship in ``/etc/security/limits.d``); where neither is granted the thread keeps its normal
+class and the caller reports that it did.
 """
 from __future__ import annotations
 
@@ -44,11 +53,14 @@ class ThreadPolicy:
             (GNU libgomp: spin about 300k iterations, then sleep).
         adaptive: streams (``lmdm.streaming.generate``) drop to one thread while their thread waits for a core
             (:class:`ThreadGovernor`).
+        realtime: the real-time priority (1-99, ``SCHED_RR``) that live audio threads ask for with
+            :func:`request_realtime`; None: they stay in the normal class.
     """
 
     threads: int | None = None
     omp_wait: str | None = None
     adaptive: bool = False
+    realtime: int | None = None
 
     def __post_init__(self) -> None:
         """Raises ConfigError: threads not a positive integer or None, or an unknown wait policy."""
@@ -60,13 +72,17 @@ class ThreadPolicy:
                               f"choose one of {', '.join(WAIT_POLICIES)}")
         if not isinstance(self.adaptive, bool):
             raise ConfigError(f"adaptive must be true or false, got {self.adaptive!r}")
+        if self.realtime is not None and (isinstance(self.realtime, bool) or not isinstance(self.realtime, int)
+                                          or not 1 <= self.realtime <= 99):
+            raise ConfigError(f"realtime must be a priority from 1 to 99 or None, got {self.realtime!r}")
 
     @property
     def name(self) -> str:
         """A short label, e.g. ``"2 threads, wait passive"``."""
         threads = "torch default threads" if self.threads is None else f"{self.threads} thread" + "s" * (self.threads > 1)
         return (f"{threads}, wait {'default' if self.omp_wait is None else self.omp_wait.lower()}"
-                + (", adaptive" if self.adaptive else ""))
+                + (", adaptive" if self.adaptive else "")
+                + (f", real-time {self.realtime}" if self.realtime is not None else ""))
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """Environment for a fresh process that runs under this policy (``base`` default: ``os.environ``): the
@@ -102,6 +118,34 @@ def run_queue_wait() -> float:
             return int(f.read().split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return float("nan")
+
+
+def request_realtime(priority: int) -> bool:
+    """Move the calling thread to the real-time round-robin class (``SCHED_RR``) at ``priority`` (1-99; see the
+    module docstring); True if it is now there. Threads it starts afterwards inherit the class.
+
+    Returns False, changing nothing, where the platform has no ``SCHED_RR`` or the process may not use it (no
+    ``CAP_SYS_NICE`` and an ``RLIMIT_RTPRIO`` below ``priority``).
+
+    Raises:
+        ValueError: ``priority`` outside 1-99.
+    """
+    if not 1 <= priority <= 99:
+        raise ValueError(f"a real-time priority is from 1 to 99, got {priority}")
+    if not hasattr(os, "sched_setscheduler") or not hasattr(os, "SCHED_RR"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))  # pid 0: the calling thread (Linux)
+    except (PermissionError, OSError):
+        return False
+    return True
+
+
+def is_realtime() -> bool:
+    """Whether the calling thread runs in a real-time class (``SCHED_RR`` or ``SCHED_FIFO``)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return False
+    return os.sched_getscheduler(0) in (getattr(os, "SCHED_RR", -1), getattr(os, "SCHED_FIFO", -1))
 
 
 class ThreadGovernor:
@@ -196,7 +240,13 @@ LIVE_POLICY = ThreadPolicy(adaptive=True)
 #: 69 / 83 ms with one thread against 99 / 113 ms with two, quiet, and 70 / 95 against 81 / 97 ms beside one
 #: CPU-bound process (2 threads, passive wait: 88 / 127 and 80 / 105). Under ``lmdm bench``'s competing 2-thread load
 #: a jam's blocks take a third of the time with one thread (README, "Streaming and cost").
-WORKER_POLICY = ThreadPolicy(threads=1)
+#: Its generation and input threads ask for real-time priority 1 (``SCHED_RR``, the lowest) where the system grants
+#: it (see the module docstring): above every ordinary thread, below the audio I/O threads that ask for more. Chromium
+#: runs its audio input, output and AudioWorklet threads at ``SCHED_RR`` 8 when it may; with the worker at 10, a
+#: block's 90 ms of compute preempted them, and in 4 of 11 runs of the browser test under load the page's capture
+#: stalled (no answer within 60 s, or only after 58 s). A producer with a third of a second of margin must never
+#: preempt the device's own deadline.
+WORKER_POLICY = ThreadPolicy(threads=1, realtime=1)
 
 
 def use_live_threads(policy: ThreadPolicy = LIVE_POLICY) -> ThreadPolicy:
