@@ -31,6 +31,12 @@ def gone(pid: int) -> bool:
         return True
 
 
+def _may_realtime(priority: int) -> bool:
+    """Whether this process could give a thread real-time priority ``priority``, tried in a child process."""
+    code = f"import os; os.sched_setscheduler(0, os.SCHED_RR, os.sched_param({priority}))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
 def wait_for(condition, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -182,7 +188,7 @@ def worker(tiny_ckpt):
     from lmdm.streaming.threads import ThreadPolicy
 
     env = dict(os.environ)
-    client = WorkerClient(tiny_ckpt, gen_config(), policy=ThreadPolicy(threads=1, omp_wait="PASSIVE"),
+    client = WorkerClient(tiny_ckpt, gen_config(), policy=ThreadPolicy(threads=1, omp_wait="PASSIVE", realtime=7),
                           input_seconds=4.0, output_seconds=4.0)
     assert dict(os.environ) == env, "the kernel's environment must be left as it was"
     yield Session(client)
@@ -200,6 +206,7 @@ def test_worker_is_warm_before_start_under_the_thread_policy(worker):
     assert c.info["block_samples"] == 4096 and c.info["warmup_s"] > 0
     # its own session (Linux autogroup: its CPU share does not shrink with the busy threads of the kernel's session)
     assert c.info["own_session"] is True and os.getsid(c.info["pid"]) == c.info["pid"] != os.getsid(0)
+    assert c.info["realtime"] == {"requested": 7, "permitted": _may_realtime(7)}
     print(f"\nworker ready {time.monotonic() - t0:.1f} s after the first poll: {c.info}")
     time.sleep(0.3)
     worker.pump()
@@ -230,6 +237,13 @@ def test_generate_streams_contiguous_audio_in_real_time(worker):
     assert n_blocks <= (elapsed + 2.5 * 0.256) / 0.256 + 2, f"{n_blocks} blocks in {elapsed:.2f} s"
     worker.until(lambda: c.stats.get("blocks", 0) > 0 and c.stats.get("running"), what="stats")
     assert c.stats["rtf"] is not None and c.stats["latency_ms_mean"] is None  # NaN is sent as None
+    # the generation and mover threads run at the policy's real-time priority where this system permits it, and
+    # no other thread of the worker does (loading, the reporter and torch's own threads stay ordinary)
+    granted = c.info["realtime"]["permitted"]
+    assert c.stats["realtime"] == {"requested": 7, "generation": granted, "mover": granted}
+    policies = [(os.sched_getscheduler(int(t)), os.sched_getparam(int(t)).sched_priority)
+                for t in os.listdir(f"/proc/{c.info['pid']}/task")]
+    assert sorted(p for p in policies if p[0] != os.SCHED_OTHER) == [(os.SCHED_RR, 7)] * (2 if granted else 0), policies
 
 
 def test_a_prompt_change_applies_from_a_later_block(worker):

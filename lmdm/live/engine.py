@@ -186,6 +186,9 @@ class LiveEngine:
             never stops the stream.
 
     Attributes:
+        on_thread_start: called with no arguments first thing on each session's generation thread (:meth:`start`),
+            e.g. to set that thread's scheduling (the widgets' worker asks for real-time priority there); what it
+            raises is kept in ``stats().last_error`` and the session goes on.
         prompt_text: the prompt of the latest generated block (each ``stats().timeline`` entry records the prompt
             its block was generated with, so a prompt change can be traced to the block it applied from).
     """
@@ -193,6 +196,7 @@ class LiveEngine:
     def __init__(self, ckpt: Checkpoint, cfg: EngineConfig = EngineConfig(), streamer: Streamer | None = None,
                  realtime: bool = False, on_block: Callable[[int, np.ndarray, np.ndarray | None], None] | None = None):
         self.ckpt, self.cfg, self.realtime, self.on_block = ckpt, cfg, realtime, on_block
+        self.on_thread_start: Callable[[], None] | None = None
         self.codec = c = ckpt.codec
         self.sr, self.spf = c.sample_rate, c.samples_per_frame
         self.B = ckpt.model.cfg.block_frames
@@ -510,6 +514,12 @@ class LiveEngine:
         self._thread.start()
 
     def _run(self, stop: threading.Event) -> None:
+        if self.on_thread_start is not None:
+            try:
+                self.on_thread_start()
+            except Exception as e:  # the session runs without what the hook wanted
+                with self._lock:
+                    self._stats.last_error = f"thread start hook failed: {type(e).__name__}: {e}"
         while not stop.is_set():
             try:
                 if self.cfg.mode != "jam":

@@ -46,8 +46,11 @@ a watchdog thread ends a worker still loading 2 s after).
 Scheduling: the worker starts a session of its own (``os.setsid``, where the platform has it). On Linux, whose
 default scheduler groups the processes of a session (*autogroup*, ``/proc/sys/kernel/sched_autogroup_enabled``), the
 worker's share of the CPU then no longer shrinks with every busy thread of the session that started the notebook:
-it competes as one group, as an audio engine's elevated priority would let it, without privileges (real-time
-priority needs ``CAP_SYS_NICE`` or rtkit). Where autogroup is off, or on other systems, this changes nothing.
+it competes as one group, without privileges. Where autogroup is off, or on other systems, this changes nothing.
+When the thread policy asks for real-time priority (``ThreadPolicy.realtime``; ``lmdm.streaming.threads.WORKER_POLICY`` does), the
+generation and mover threads ask for it as they start (``lmdm.streaming.threads.request_realtime``): granted where
+the process has ``CAP_SYS_NICE`` or an ``RLIMIT_RTPRIO`` that allows it, a block then waits for no ordinary process.
+``info["realtime"]`` says what was requested and whether it is permitted; ``stats["realtime"]`` which threads got it.
 """
 from __future__ import annotations
 
@@ -66,7 +69,7 @@ import numpy as np
 
 from lmdm.errors import UsageError
 from lmdm.live.shm_ring import ShmRing
-from lmdm.streaming.threads import ThreadPolicy
+from lmdm.streaming.threads import ThreadPolicy, request_realtime
 
 COMMANDS = {"start": (0, 2), "stop": (0, 0), "prompt": (1, 1), "controls": (1, 2), "quit": (0, 0)}  # arg counts
 #: How an error event of a worker that is exiting begins (the client quotes it in its crash message).
@@ -115,6 +118,7 @@ class Worker:
         self.engine = None
         self.running = False
         self.session = 0  # bumped at each start: the mover then drops input from before the session
+        self.session_lock = threading.Lock()  # held while ``session`` and ``running`` change, and by the mover
         self.input_from: int | None = None  # the input ring position the kernel started the session at
         self.events_dropped = 0
         self.late_s = None
@@ -122,6 +126,7 @@ class Worker:
         self.block_view = None
         self.mover_thread: threading.Thread | None = None
         self.own_session = False  # whether the worker leads a session of its own (``own_session``)
+        self.realtime = {"requested": policy.realtime, "generation": False, "mover": False}  # see "Scheduling"
 
     def emit(self, *event) -> None:
         """Queue an event for the reporter (never blocks)."""
@@ -151,6 +156,7 @@ class Worker:
         self.emit("info", {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                            "torch_preloaded": self.torch_preloaded, "own_session": self.own_session,
+                           "realtime": {"requested": self.policy.realtime, "permitted": realtime_permitted(self.policy)},
                            "load_s": t1 - t0, "warmup_s": t2 - t1,
                            "sample_rate": self.engine.sr, "block_samples": self.engine.block_samples,
                            "views": self.block_view is not None})
@@ -164,8 +170,15 @@ class Worker:
             self.engine.stop(timeout=2.0)
         engine = LiveEngine(self.ckpt, config, realtime=True)
         engine.on_block = lambda n, audio, heard: self.on_block(engine, n, audio, heard)
+        engine.on_thread_start = lambda: self.thread_priority("generation")
         engine.warmup()
         self.engine, self.config = engine, config
+
+    def thread_priority(self, thread: str) -> None:
+        """Ask for the policy's real-time priority on the calling thread (``"generation"`` or ``"mover"``) and
+        record whether it was granted (reported in ``info`` and ``stats`` as ``realtime``)."""
+        if self.policy.realtime is not None:
+            self.realtime[thread] = request_realtime(self.policy.realtime)
 
     # ---- generation thread -------------------------------------------------------------------------------------
     def on_block(self, engine, n: int, audio: np.ndarray, heard: np.ndarray | None) -> None:
@@ -189,15 +202,18 @@ class Worker:
     def mover(self) -> None:
         """Input ring -> engine: every ``MOVE_PERIOD_IDLE_S`` while the engine waits for input, every
         ``MOVE_PERIOD_S`` while it computes a block."""
+        self.thread_priority("mover")
         session = self.session
         while not self.quit.is_set():
             engine = self.engine
-            if session != self.session:  # a new session reads input from where the kernel started it
-                session = self.session
-                self.in_ring.skip() if self.input_from is None else self.in_ring.seek(self.input_from)
-            x = self.in_ring.read()
+            with self.session_lock:  # a session's number and running flag change together (do_start)
+                if session != self.session:  # a new session reads input from where the kernel started it
+                    session = self.session
+                    self.in_ring.skip() if self.input_from is None else self.in_ring.seek(self.input_from)
+                x = self.in_ring.read()
+                running = self.running
             if engine is not None:
-                if len(x) and self.running and engine.cfg.mode == "jam":
+                if len(x) and running and engine.cfg.mode == "jam":
                     try:
                         engine.push_input(x, engine.sr)
                     except Exception as e:  # InputError: refused, counted by the engine; the stream goes on
@@ -260,7 +276,7 @@ class Worker:
             self.conn.send(("error", one_line(f"the generation thread stopped: {stats.get('last_error')}")))
             self.conn.send(("status", "stopped"))
         stats.update(running=engine.running, late_s=self.late_s, input_dropped=self.in_ring.dropped,
-                     events_dropped=self.events_dropped)
+                     events_dropped=self.events_dropped, realtime=dict(self.realtime))
         self.conn.send(("stats", stats))
 
     # ---- command loop (main thread) ----------------------------------------------------------------------------
@@ -328,8 +344,9 @@ class Worker:
             self.engine.set_prompt(config.prompt)
             self.config = config
         self.engine.start()
-        self.session += 1
-        self.running = True
+        with self.session_lock:  # else the mover could seek to the session's input and drop it as not running
+            self.session += 1
+            self.running = True
         self.emit("status", "running")
 
     def do_stop(self) -> None:
@@ -384,6 +401,18 @@ def own_session() -> bool:
     except (AttributeError, OSError):
         return False
     return True
+
+
+def realtime_permitted(policy: ThreadPolicy) -> bool:
+    """Whether this process may give a thread ``policy.realtime`` priority, tried on a short-lived thread (False
+    when the policy asks for none)."""
+    if policy.realtime is None:
+        return False
+    granted = []
+    probe = threading.Thread(target=lambda: granted.append(request_realtime(policy.realtime)), name="lmdm-rt-probe")
+    probe.start()
+    probe.join()
+    return bool(granted and granted[0])
 
 
 def _watch_parent(done: threading.Event) -> None:
