@@ -201,12 +201,18 @@ def test_microphone_reaches_the_kernel_and_the_answer_comes_back(page):
 def _mic_session(page, seconds: float, change_prompt_at: float | None = None) -> dict:
     """Start the microphone, keep it running for ``seconds`` after the first answer (optionally changing the
     prompt part way), stop it, and return the readout with the prompt change's block indices."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     mic = page.locator(".lmdm-mic-jam")
     mic.scroll_into_view_if_needed()
     wait_ready(page, ".lmdm-mic-jam")
     mic.locator("button.lmdm-mic-start").click()
-    page.wait_for_function("() => document.querySelector('.lmdm-mic-jam').dataset.firstAnswerMs !== '–'",
-                           timeout=60_000)
+    try:
+        page.wait_for_function("() => document.querySelector('.lmdm-mic-jam').dataset.firstAnswerMs !== '–'",
+                               timeout=60_000)
+    except PlaywrightTimeoutError:  # say what the widget showed: input heard by the kernel, the engine's stats, errors
+        raise AssertionError(f"no answer within 60 s; the widget read {mic.inner_text()!r} and "
+                             f"{readout(page, '.lmdm-mic-jam')}") from None
     t_first = time.monotonic()
     change = {}
     if change_prompt_at is not None:
@@ -238,13 +244,17 @@ def test_microphone_under_load_meets_the_live_targets(page):
     assert figures["firstAnswerMs"] <= 5000, figures
     assert figures["rttMs"] <= 100, figures
     assert figures["heardMs"] <= 1500, figures
-    # The issue's target is 0 heard underruns over the 60 s; it is not met reliably on 2 cores beside a busy process
-    # and a browser: nine runs of this revision read 0, 3, 3, 6, 2, 0, 0, 6, 0 answer chunks of ~58 cut in the browser
-    # (0-5 blocks past the engine's deadline). Each late block's timeline shows why: ~90 ms of CPU and 150-225 ms
-    # waiting for a core (run-queue time), more than the 330 ms margin and 80 ms jitter buffer can hide within the
-    # 1.5 s heard-after budget. These bounds catch a regression (before the worker process: 56 of 58 blocks late),
-    # not the target.
-    assert figures["heardUnderrunsAfterFirst"] <= 10 and figures["engineLateAfterFirst"] <= 12, figures
+    # The issue's target is 0 heard underruns over the 60 s. With real-time priority for the worker's generation and
+    # input threads (granted to root, CAP_SYS_NICE or an RLIMIT_RTPRIO; this machine and CI run as root), ten runs read
+    # 0, 0, 0, 1, 0, 0, 0, 0, 0, 0 answer chunks of ~59 heard late, the one late block 57 ms past its deadline: the
+    # target is met in all but one run; the bound allows a few on a slower machine. Without it (a user without the privilege) a late
+    # block is ~90 ms of CPU plus 150-225 ms waiting for a core, and runs read 0-6 here and 16 on CI: that bound only
+    # catches a regression (before the worker process: 56 of 58 blocks late).
+    if figures["realtime"] == "true":
+        assert figures["heardUnderrunsAfterFirst"] <= 3 and figures["engineLateAfterFirst"] <= 3, figures
+    else:
+        assert figures["realtime"] == "false", figures  # the worker reports its priority
+        assert figures["heardUnderrunsAfterFirst"] <= 20 and figures["engineLateAfterFirst"] <= 24, figures
     # the block being generated when the prompt changed keeps the old one; the next block has the new prompt
     assert figures["first_block_with_new_prompt"] <= figures["last_block_before"] + 2, figures
     assert page.evaluate("() => parseInt(document.querySelector('.lmdm-mic-jam .lmdm-view').dataset.blocks)") > 0

@@ -245,7 +245,11 @@ def test_prompt_panel_prompt_change_takes_effect_from_the_next_block(tiny_ckpt):
     timeline = panel.timeline
     prompts = [t["prompt"] for t in timeline]
     out = np.concatenate([np.frombuffer(b[0], "<f4") for c, b in sent if c["type"] == "audio"])
+    stats = dict(panel.stats)
     panel.close()
+    # the readout's figures: the longest wait between two forwards (at least the pump's 20 ms period), and the
+    # worker's scheduling (WORKER_POLICY asks for real-time priority; granted or not, it is reported)
+    assert 20 <= stats["pump_gap_ms"] < 60_000 and stats["realtime"]["requested"] == 1, stats
     m = prompts.index("church organ")
     assert prompts == ["solo flute"] * m + ["church organ"] * (len(prompts) - m)
     assert [t["block"] for t in timeline] == list(range(len(prompts)))

@@ -57,6 +57,8 @@ class WorkerPump:
     Attributes:
         timeline: the ``block`` events of the current session, in order (dicts with ``block``, ``prompt``, ...).
         samples_sent: audio samples sent to the browser in the current session.
+        max_gap_s: the longest time between two forwards in the current session (seconds; the period plus whatever
+            held the pump up: a slow send, the kernel's GIL), reported in the widget's ``stats`` as ``pump_gap_ms``.
     """
 
     def __init__(self, widget, worker, period: float = 0.02):
@@ -66,6 +68,8 @@ class WorkerPump:
         self.seq = 0
         self.samples_sent = 0
         self.timeline: list[dict] = []
+        self.max_gap_s = 0.0
+        self._last = None
 
     def start(self) -> "WorkerPump":
         """Start forwarding; returns self."""
@@ -74,7 +78,7 @@ class WorkerPump:
 
     def new_session(self) -> None:
         """Forget the previous session's timeline and sample count (called at each start)."""
-        self.timeline, self.samples_sent = [], 0
+        self.timeline, self.samples_sent, self.max_gap_s = [], 0, 0.0
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -87,6 +91,10 @@ class WorkerPump:
     def pump_once(self) -> None:
         """Forward everything that is waiting (also called directly by tests)."""
         w = self.widget
+        now = time.perf_counter()
+        if self._last is not None:
+            self.max_gap_s = max(self.max_gap_s, now - self._last)
+        self._last = now
         audio = self.worker.read_output()  # audio first: it is the only thing with a deadline
         if len(audio):
             send_audio(w, audio, self.worker.sample_rate, self.seq)
@@ -95,7 +103,8 @@ class WorkerPump:
         for event in self.worker.poll():
             kind = event[0]
             if kind == "stats":
-                w.stats = {**clean_stats(event[1]), "samples_sent": self.samples_sent}
+                w.stats = {**clean_stats(event[1]), "samples_sent": self.samples_sent,
+                           "pump_gap_ms": round(1000 * self.max_gap_s, 1)}
             elif kind == "block":
                 self.timeline.append(event[2])
                 w.send({"type": "block", **event[2]})
