@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from lmdm.live.shm_ring import ShmRing
+from tests.support.realtime import may_realtime
 
 ROOT = Path(__file__).resolve().parent.parent
 SR = 16000
@@ -29,12 +30,6 @@ def gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
-
-
-def _may_realtime(priority: int) -> bool:
-    """Whether this process could give a thread real-time priority ``priority``, tried in a child process."""
-    code = f"import os; os.sched_setscheduler(0, os.SCHED_RR, os.sched_param({priority}))"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 def wait_for(condition, timeout=30.0, what="condition"):
@@ -206,7 +201,7 @@ def test_worker_is_warm_before_start_under_the_thread_policy(worker):
     assert c.info["block_samples"] == 4096 and c.info["warmup_s"] > 0
     # its own session (Linux autogroup: its CPU share does not shrink with the busy threads of the kernel's session)
     assert c.info["own_session"] is True and os.getsid(c.info["pid"]) == c.info["pid"] != os.getsid(0)
-    assert c.info["realtime"] == {"requested": 7, "permitted": _may_realtime(7)}
+    assert c.info["realtime"] == {"requested": 7, "permitted": may_realtime(7)}
     print(f"\nworker ready {time.monotonic() - t0:.1f} s after the first poll: {c.info}")
     time.sleep(0.3)
     worker.pump()
