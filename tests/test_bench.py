@@ -122,7 +122,8 @@ def test_markdown_table_is_printed_from_the_json_with_one_row_per_streamer(quick
     result = dict(result, thread_policies={
         "rows": [{"policy": "torch default threads, wait default", "torch_threads": 2, "rtf_quiet": 0.1,
                   "rtf_loaded": 3.0, "jam_underruns_loaded": 5, "jam_blocks": 6, "jam_rtf_loaded": 1.0},
-                 {"policy": "1 thread, wait default, real-time 1", "torch_threads": 1, "rtf_quiet": 0.2, "rtf_loaded": 0.4,
+                 {"policy": "1 thread, wait default, real-time 1", "torch_threads": 1, "rtf_quiet": 0.2,
+                  "rtf_loaded": 0.4,
                   "jam_underruns_loaded": 0, "jam_blocks": 6, "jam_rtf_loaded": 0.1}],
         "load_threads": 2, "live_policy": "torch default threads, wait default",
         "best_under_load": "1 thread, wait default, real-time 1", "recommendation": "keep"})
@@ -194,7 +195,8 @@ def test_thread_policies_are_measured_in_fresh_processes_and_the_load_is_stopped
     assert row["loadavg_before_quiet"] >= 0 and row["realtime"] == 5
     from tests.support.realtime import may_realtime
 
-    assert row["realtime_granted"] is may_realtime(5)  # the measuring thread got the priority exactly where the system allows it
+    # the measuring thread got the priority exactly where the system allows it
+    assert row["realtime_granted"] is may_realtime(5)
     assert row["rtf_quiet"] > 0 and row["rtf_loaded"] > 0 and row["jam_blocks"] >= 2
     assert 0 <= row["jam_underruns_loaded"] <= row["jam_blocks"]
     assert len(res["load_pids"]) == 1 and not any(alive(pid) for pid in res["load_pids"])

@@ -245,11 +245,11 @@ def test_microphone_under_load_meets_the_live_targets(page):
     assert figures["rttMs"] <= 100, figures
     assert figures["heardMs"] <= 1500, figures
     # The target is 0 heard underruns over the 60 s. With real-time priority for the worker's generation and
-    # input threads (granted to root, CAP_SYS_NICE or an RLIMIT_RTPRIO; this machine and CI run as root), ten runs read
-    # 0, 0, 0, 1, 0, 0, 0, 0, 0, 0 answer chunks of ~59 heard late, the one late block 57 ms past its deadline: the
-    # target is met in all but one run; the bound allows a few on a slower machine. Without it (a user without the privilege) a late
-    # block is ~90 ms of CPU plus 150-225 ms waiting for a core, and runs read 0-6 here and 16 on CI: that bound only
-    # catches a regression (before the worker process: 56 of 58 blocks late).
+    # input threads (granted to root, CAP_SYS_NICE or an RLIMIT_RTPRIO; this machine and CI run as root), ten runs
+    # read 0, 0, 0, 1, 0, 0, 0, 0, 0, 0 answer chunks of ~59 heard late, the one late block 57 ms past its deadline:
+    # the target is met in all but one run; the bound allows a few on a slower machine. Without the priority (a user
+    # without the privilege) a late block is ~90 ms of CPU plus 150-225 ms waiting for a core, and runs read 0-6 here
+    # and 16 on CI: that bound only catches a regression (before the worker process: 56 of 58 blocks late).
     if figures["realtime"] == "true":
         assert figures["heardUnderrunsAfterFirst"] <= 3 and figures["engineLateAfterFirst"] <= 3, figures
     else:

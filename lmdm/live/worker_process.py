@@ -47,7 +47,7 @@ Scheduling: the worker starts a session of its own (``os.setsid``, where the pla
 default scheduler groups the processes of a session (*autogroup*, ``/proc/sys/kernel/sched_autogroup_enabled``), the
 worker's share of the CPU then no longer shrinks with every busy thread of the session that started the notebook:
 it competes as one group, without privileges. Where autogroup is off, or on other systems, this changes nothing.
-When the thread policy asks for real-time priority (``ThreadPolicy.realtime``; ``lmdm.streaming.threads.WORKER_POLICY`` does), the
+When the thread policy asks for real-time priority (``ThreadPolicy.realtime``; ``WORKER_POLICY`` does), the
 generation and mover threads ask for it as they start (``lmdm.streaming.threads.request_realtime``): granted where
 the process has ``CAP_SYS_NICE`` or an ``RLIMIT_RTPRIO`` that allows it, a block then waits for no ordinary process.
 ``info["realtime"]`` says what was requested and whether it is permitted; ``stats["realtime"]`` which threads got it.
@@ -156,7 +156,8 @@ class Worker:
         self.emit("info", {"pid": os.getpid(), "torch_threads": torch.get_num_threads(),
                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                            "torch_preloaded": self.torch_preloaded, "own_session": self.own_session,
-                           "realtime": {"requested": self.policy.realtime, "permitted": realtime_permitted(self.policy)},
+                           "realtime": {"requested": self.policy.realtime,
+                                        "permitted": realtime_permitted(self.policy)},
                            "load_s": t1 - t0, "warmup_s": t2 - t1,
                            "sample_rate": self.engine.sr, "block_samples": self.engine.block_samples,
                            "views": self.block_view is not None})
