@@ -299,6 +299,28 @@ def test_stop_then_start_again(worker):
     assert worker.of("block")[0][1] == 0 and ("status", "loading") not in worker.events
 
 
+def test_a_new_session_never_plays_what_the_previous_one_left_unread(worker):
+    """A session stopped while its output was not read leaves audio in the ring; the next start skips it, so the
+    first audio read is the new session's block 0 (same settings and seed: the same samples as the first session's)."""
+    c = worker.client
+    worker.clear()
+    c.start()
+    worker.until(lambda: c.status == "running" and len(worker.of("block")) >= 2, what="generating")
+    worker.until(lambda: worker.samples >= 4096, what="the first block's audio")
+    first = np.concatenate(worker.audio)[:4096]
+    n = len(worker.of("block"))
+    wait_for(lambda: len([e for e in c.poll() if e[0] == "block"]) + n > n, what="a block nobody reads")
+    c.stop()
+    events = []
+    wait_for(lambda: events.extend(c.poll()) or c.status == "stopped", what="stopped")
+    assert c._out.available > 0, "the stopped session left audio unread"
+    worker.clear()
+    c.start()  # same settings and seed: a fresh session
+    worker.until(lambda: worker.samples >= 4096, what="the new session's audio")
+    second = np.concatenate(worker.audio)[:4096]
+    assert np.abs(first).max() > 0 and np.array_equal(second, first), (np.abs(first).max(), np.abs(second).max())
+
+
 def test_bad_commands_are_answered_with_errors_and_the_worker_goes_on(worker):
     c = worker.client
     worker.clear()

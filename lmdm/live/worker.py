@@ -182,6 +182,7 @@ class WorkerClient:
         child.close()
         self._res.proc, self._res.conn = proc, conn
         self._status, self.error, self.info = "loading", None, {}
+        self._awaiting_output = False  # after start(): read nothing until the worker says where the session begins
         self._stats: dict = {}
         self._fatal: str | None = None
 
@@ -236,6 +237,7 @@ class WorkerClient:
             self.config = config
         if self._status == "crashed":
             self.restart()
+        self._awaiting_output = True  # what the output ring holds now may be an earlier session's tail
         self._send(("start", config, self._in.written))  # input pushed from now on belongs to this session
 
     def stop(self) -> None:
@@ -291,8 +293,10 @@ class WorkerClient:
 
     def read_output(self) -> np.ndarray:
         """Everything the worker generated since the last call: ``(n,)`` float32 at :attr:`sample_rate`, contiguous
-        (samples lost because the caller read too rarely are counted in :attr:`output_dropped`)."""
-        if self._status == "closed":
+        (samples lost because the caller read too rarely are counted in :attr:`output_dropped`). After
+        :meth:`start`, nothing until :meth:`poll` has seen where the new session's output begins: what an earlier
+        session left unread is skipped, never played as the new session's first audio."""
+        if self._status == "closed" or self._awaiting_output:
             return np.zeros(0, dtype=np.float32)
         return self._out.read()
 
@@ -339,6 +343,9 @@ class WorkerClient:
             self._stats = event[1]
         elif kind == "info" and len(event) == 2 and isinstance(event[1], dict):
             self.info = event[1]
+        elif kind == "output_from" and len(event) == 2 and isinstance(event[1], int):
+            self._out.seek(event[1])
+            self._awaiting_output = False
         elif kind == "error" and len(event) == 2:
             self.error = str(event[1])
             if self.error.startswith(FATAL):

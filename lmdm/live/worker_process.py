@@ -19,6 +19,9 @@ is answered with an ``error`` event; the worker goes on.
 Events (worker -> kernel), each a tuple:
 
 * ``("status", "loading" | "ready" | "running" | "stopped")``;
+* ``("output_from", position)`` at each start, before ``running``: the output-ring sample where the new session's
+  audio begins (the previous session's engine has stopped by then), so the client can skip what an earlier session
+  left unread;
 * ``("info", dict)`` once the worker is ready: pid, torch threads, ``OMP_WAIT_POLICY``, whether torch was already
   imported when the worker's code began (by the parent's ``__main__`` script), whether it leads a session of its own
   (see "Scheduling"), seconds spent loading
@@ -344,6 +347,7 @@ class Worker:
         elif config.prompt != self.config.prompt:
             self.engine.set_prompt(config.prompt)
             self.config = config
+        self.emit("output_from", self.out_ring.written)  # the previous engine has stopped: nothing older comes after
         self.engine.start()
         with self.session_lock:  # else the mover could seek to the session's input and drop it as not running
             self.session += 1
