@@ -46,6 +46,10 @@ export default {
     let stream = null, node = null, source = null, monitorGain = null, sent = 0, rtt = NaN;
     let level = 0, meterFrame = 0;
     let clicked = NaN, firstAnswer = NaN, underrunsAtFirst = 0, browserAtFirst = 0, late = [];
+    // The session's first block needs no input (the delay covers it), so with a fast worker its audio can arrive
+    // before the first captured chunk has fixed the schedule: it waits here until then instead of being placed on
+    // the previous session's schedule (and lost, shifting every later chunk a block late).
+    let unscheduled = null;
     const loaded = new WeakMap();  // one worklet module per AudioContext: registering it twice throws
 
     function loadWorklet(ctx) {
@@ -58,6 +62,7 @@ export default {
 
     async function start() {
       clicked = performance.now(); firstAnswer = NaN; view.clear(); late = []; box.dataset.lateBlocks = "";
+      unscheduled = [];
       try {
         const ctx = player.ensure();
         stream = await navigator.mediaDevices.getUserMedia({
@@ -78,6 +83,9 @@ export default {
             // delay + the jitter buffer later (the engine's output sample s answers input sample s - delay)
             player.schedule(ctx.currentTime - chunk.length / ctx.sampleRate + player.jitter);
             scheduled = true;
+            const early = unscheduled || [];
+            unscheduled = null;
+            for (const [buffer, rate] of early) player.play(buffer, rate);
           }
           let sum = 0;
           for (let i = 0; i < chunk.length; i++) sum += chunk[i] * chunk[i];
@@ -92,6 +100,7 @@ export default {
         error.textContent = `microphone: ${err.name}: ${err.message}`;
         if (stream) stream.getTracks().forEach((t) => t.stop());  // never leave the microphone on
         stream = null;
+        unscheduled = null;
       }
     }
     function stop() {
@@ -99,6 +108,7 @@ export default {
       if (node) node.disconnect();
       if (source) source.disconnect();
       stream = node = source = null;
+      unscheduled = null;
       model.set("running", false); model.save_changes();
     }
     button.addEventListener("click", () => (stream ? stop() : start()));
@@ -158,7 +168,8 @@ export default {
           firstAnswer = performance.now() - clicked;
           underrunsAtFirst = (model.get("stats") || {}).underruns || 0; browserAtFirst = player.underruns;
         }
-        player.play(buffers[0], msg.rate); update();
+        if (unscheduled) unscheduled.push([buffers[0], msg.rate]); else player.play(buffers[0], msg.rate);
+        update();
       } else if (msg.type === "view") view.add(msg, buffers[0]);
     };
     model.on("msg:custom", onMsg);
