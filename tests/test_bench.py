@@ -271,6 +271,7 @@ def test_thread_policy_env_and_validation():
     assert ThreadPolicy(threads=1).name == "1 thread, wait default"
     assert ThreadPolicy(adaptive=True).name == "torch default threads, wait default, adaptive"
     assert ThreadPolicy(threads=1, realtime=10).name == "1 thread, wait default, real-time 10"
+    assert ThreadPolicy().ask_realtime() is False  # a policy that asks for no priority changes nothing
     for bad in ({"threads": 0}, {"threads": True}, {"threads": 1.5}, {"omp_wait": "passive"}, {"adaptive": 1},
                 {"realtime": 0}, {"realtime": 100}, {"realtime": True}, {"realtime": 5.0}):
         with pytest.raises(ConfigError):

@@ -30,7 +30,7 @@ import numpy as np
 
 from lmdm.checkpoint import Checkpoint
 from lmdm.streaming.streamer import SamplerConfig
-from lmdm.streaming.threads import LIVE_POLICY, ThreadPolicy, request_realtime
+from lmdm.streaming.threads import LIVE_POLICY, ThreadPolicy
 
 GENERATE_PROMPT = "a slow Bach chorale on church organ"
 JAM_PROMPT = "string ensemble"
@@ -206,7 +206,7 @@ def policy_child() -> None:
     a = json.loads(sys.argv[1])
     policy = ThreadPolicy(**a["policy"])
     policy.apply()
-    realtime = policy.realtime is not None and request_realtime(policy.realtime)  # this thread carries the audio
+    realtime = policy.ask_realtime()  # this thread carries the audio
     sampler = SamplerConfig(**a["sampler"])
     ckpt = load_checkpoint(a["checkpoint"], device="cpu")
     out = {"torch_threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),

@@ -72,7 +72,7 @@ import numpy as np
 
 from lmdm.errors import UsageError
 from lmdm.live.shm_ring import ShmRing
-from lmdm.streaming.threads import ThreadPolicy, request_realtime
+from lmdm.streaming.threads import ThreadPolicy
 
 COMMANDS = {"start": (0, 2), "stop": (0, 0), "prompt": (1, 1), "controls": (1, 2), "quit": (0, 0)}  # arg counts
 #: How an error event of a worker that is exiting begins (the client quotes it in its crash message).
@@ -181,8 +181,7 @@ class Worker:
     def thread_priority(self, thread: str) -> None:
         """Ask for the policy's real-time priority on the calling thread (``"generation"`` or ``"mover"``) and
         record whether it was granted (reported in ``info`` and ``stats`` as ``realtime``)."""
-        if self.policy.realtime is not None:
-            self.realtime[thread] = request_realtime(self.policy.realtime)
+        self.realtime[thread] = self.policy.ask_realtime()
 
     # ---- generation thread -------------------------------------------------------------------------------------
     def on_block(self, engine, n: int, audio: np.ndarray, heard: np.ndarray | None) -> None:
@@ -411,10 +410,8 @@ def own_session() -> bool:
 def realtime_permitted(policy: ThreadPolicy) -> bool:
     """Whether this process may give a thread ``policy.realtime`` priority, tried on a short-lived thread (False
     when the policy asks for none)."""
-    if policy.realtime is None:
-        return False
     granted = []
-    probe = threading.Thread(target=lambda: granted.append(request_realtime(policy.realtime)), name="lmdm-rt-probe")
+    probe = threading.Thread(target=lambda: granted.append(policy.ask_realtime()), name="lmdm-rt-probe")
     probe.start()
     probe.join()
     return bool(granted and granted[0])

@@ -29,8 +29,8 @@ real-time class (``SCHED_RR``) at a low priority, as audio servers do (JACK, Pip
 runs as soon as it is runnable instead of waiting behind busy processes for its CFS share; Linux still keeps 5% of
 every second for ordinary threads (``/proc/sys/kernel/sched_rt_runtime_us``), and a live block needs ~10% of a core.
 It needs ``CAP_SYS_NICE`` or an ``RLIMIT_RTPRIO`` of at least the priority (e.g. the ``@audio - rtprio 95`` line
-many Linux distributions ship in ``/etc/security/limits.d``); where neither is granted the thread keeps its normal
-class and the caller reports that it did.
+JACK's packages put in ``/etc/security/limits.d``); where neither is granted the thread keeps its normal class and
+the caller reports that it did.
 """
 from __future__ import annotations
 
@@ -95,6 +95,11 @@ class ThreadPolicy:
             else:
                 env[key] = str(value)
         return env
+
+    def ask_realtime(self) -> bool:
+        """:func:`request_realtime` at this policy's ``realtime`` priority, for the calling thread; True if it now
+        runs there (False, changing nothing, when the policy asks for none or the system refuses)."""
+        return self.realtime is not None and request_realtime(self.realtime)
 
     def apply(self) -> None:
         """Set this process's thread count (the wait policy needs a fresh process: :meth:`env`). A thread count

@@ -144,6 +144,16 @@ function setText(node, text) {
   if (node.textContent !== text) node.textContent = text;
 }
 
+// The worker's scheduling and lateness, as both live widgets show them: the readout's suffix, and the value of
+// their data-realtime attribute ("true" / "false" / "–" before the first stats).
+function engineNotes(s) {
+  return (s.realtime ? ` · ${s.realtime.generation ? "real-time" : "normal"} priority` : "") +
+    (s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : "");
+}
+function realtimeData(s) {
+  return s.realtime ? String(Boolean(s.realtime.generation)) : "–";
+}
+
 function setData(node, values) {
   for (const [k, v] of Object.entries(values)) {
     const s = String(v);

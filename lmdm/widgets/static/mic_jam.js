@@ -135,8 +135,7 @@ export default {
         ` · underruns ${fmt(s.underruns)} (browser ${player.underruns}, cut ${fmt(1000 * player.trimmedSeconds, 0, " ms")})` +
         ` · round trip ${fmt(rtt, 1, " ms")}` +
         ` · chunks sent ${sent}, answer chunks ${player.chunks} · first answer ${fmt(firstAnswer / 1000, 2, " s")}` +
-        (s.realtime ? ` · ${s.realtime.generation ? "real-time" : "normal"} priority` : "") +
-        (s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : ""));
+        engineNotes(s));
       // after the first answer: chunks heard late (cut in the browser) and blocks the engine finished after their
       // design deadline (the same late block usually shows in both; only the first is heard)
       const heardLate = Number.isNaN(firstAnswer) ? NaN : player.underruns - browserAtFirst;
@@ -145,7 +144,7 @@ export default {
         underruns: fmt(s.underruns), browserUnderruns: player.underruns, dropped: player.dropped,
         heardUnderrunsAfterFirst: fmt(heardLate), engineLateAfterFirst: fmt(engineLate), answerChunks: player.chunks, browserLate: player.lateLog.join(" "),
         browserLeads: player.leads.join(" "), pumpGapMs: fmt(s.pump_gap_ms, 0),
-        realtime: s.realtime ? String(Boolean(s.realtime.generation)) : "–", status });
+        realtime: realtimeData(s), status });
       setText(heard, `kernel heard ${fmt(i.seconds, 2, " s")} · rms ${fmt(i.rms, 3)} · ${fmt(i.dominant_hz, 0, " Hz")}`);
       setText(error, model.get("error") || "");
     };

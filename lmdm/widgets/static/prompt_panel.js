@@ -42,14 +42,12 @@ export default {
       setText(button, model.get("running") ? "stop" : "start");
       setText(state, status === "loading" ? "loading the model…" : status);
       setData(state, { status });
-      const late = (s.realtime ? ` · ${s.realtime.generation ? "real-time" : "normal"} priority` : "") +
-        (s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : "");
       setText(readout, `blocks ${fmt(s.blocks)} · RTF ${fmt(s.rtf, 3)} · underruns ${fmt(s.underruns)}` +
         ` (browser ${player.underruns}) · buffered ${fmt(1000 * player.bufferedSeconds(), 0, " ms")}` +
-        ` · first answer ${fmt(firstAnswer / 1000, 2, " s")} · kernel round trip ${fmt(rtt, 1, " ms")}${late}`);
+        ` · first answer ${fmt(firstAnswer / 1000, 2, " s")} · kernel round trip ${fmt(rtt, 1, " ms")}${engineNotes(s)}`);
       setData(box, { firstAnswerMs: fmt(firstAnswer, 0), rttMs: fmt(rtt, 1), blocks: fmt(s.blocks),
         underruns: fmt(s.underruns), browserUnderruns: player.underruns,
-        realtime: s.realtime ? String(Boolean(s.realtime.generation)) : "–", status });
+        realtime: realtimeData(s), status });
       setText(error, model.get("error") || "");
     };
     const update = throttled(show);
