@@ -163,7 +163,7 @@ def test_under_load_underruns_are_counted_output_stays_contiguous_and_stop_is_pr
     t1 = stats.timeline[1]
     assert t1["cpu_s"] < 0.5 * t1["compute_s"] and t1["run_queue_s"] < 0.5 * t1["compute_s"], t1
     out = np.concatenate(chunks + [eng.read_output()])
-    assert len(out) == stats.blocks * eng.block_samples - eng.xf  # no gap, no repeat: every block, in order
+    assert len(out) == stats.blocks * eng.block_samples - eng.decoder.latency_samples  # no gap, no repeat: every block, in order
     streamer.parked.clear()
     eng.start()  # a fresh session after a stop: the stream starts again from block 0
     wait_for(lambda: eng.stats().blocks >= 1, what="a block of the new session")

@@ -64,3 +64,29 @@ def test_streamed_decode_is_deterministic_for_a_seed():
 def test_crossfade_longer_than_overlap_is_rejected():
     with pytest.raises(ValueError, match="shorter than the overlap"):
         StreamingDecoder(MelCodec(), overlap_mel_frames=2, crossfade_s=0.04)
+    with pytest.raises(ValueError, match="shorter than the overlap"):  # the lookahead is held back as well
+        StreamingDecoder(MelCodec(), overlap_mel_frames=8, crossfade_s=0.04, lookahead_mel_frames=6)
+    with pytest.raises(ValueError, match="push more frames"):
+        StreamingDecoder(MelCodec()).push(torch.zeros(1, MelCodec().channels))
+
+
+def test_streamed_decode_has_no_spectral_seam_at_block_boundaries():
+    """The re-encoded spectrogram of a block-by-block decode jumps no more at block boundaries than elsewhere
+    (block seam ratio, ``lmdm.eval.seams``) once each boundary waits for the next block's decode; with the
+    crossfade at the boundary itself (lookahead 0) the same tone jumps more than twice as much there."""
+    from lmdm.eval.seams import seam_ratios
+
+    codec = MelCodec()
+    z = codec.encode_numpy(tone(12.0))
+    B = 16
+
+    def block_seam(lookahead):
+        dec = StreamingDecoder(codec, seed=0, lookahead_mel_frames=lookahead)
+        assert dec.latency_samples == lookahead * codec.cfg.hop + 640
+        out = np.concatenate([dec.push(z[i : i + B]) for i in range(0, z.shape[0], B)] + [dec.flush()])
+        assert len(out) == z.shape[0] * codec.cfg.samples_per_frame
+        mel = codec.audio_to_mel(torch.from_numpy(out)[None])[0].numpy()
+        return seam_ratios(mel, codec.cfg.patch, B * codec.cfg.patch)["block"]
+
+    assert block_seam(4) <= 1.1
+    assert block_seam(0) > 2.0

@@ -228,7 +228,8 @@ def test_prompt_panel_prompt_change_takes_effect_from_the_next_block(tiny_ckpt):
     sent = _recording(panel)
     cfg = panel.engine_config()
     block_samples = tiny_ckpt.model.cfg.block_frames * tiny_ckpt.codec.samples_per_frame
-    xf = int(round(cfg.crossfade_s * tiny_ckpt.codec.sample_rate))
+    # the decoder holds back its lookahead and the crossfade until the next block
+    held = cfg.decoder_lookahead * tiny_ckpt.codec.cfg.hop + int(round(cfg.crossfade_s * tiny_ckpt.codec.sample_rate))
     try:
         wait_for(lambda: panel.status == "ready", what="the worker to warm up")
         panel.running = True  # what the start button does
@@ -254,7 +255,7 @@ def test_prompt_panel_prompt_change_takes_effect_from_the_next_block(tiny_ckpt):
     assert prompts == ["solo flute"] * m + ["church organ"] * (len(prompts) - m)
     assert [t["block"] for t in timeline] == list(range(len(prompts)))
     assert m <= before + 3  # at most the block in progress and the look-ahead keep the old prompt
-    assert len(out) == len(prompts) * block_samples - xf  # every block reached the browser, in order
+    assert len(out) == len(prompts) * block_samples - held  # every block reached the browser, in order
 
     def offline(switch_at):
         eng = LiveEngine(tiny_ckpt, cfg)  # the session's settings, started with the old prompt
@@ -265,7 +266,7 @@ def test_prompt_panel_prompt_change_takes_effect_from_the_next_block(tiny_ckpt):
         return eng.read_output()
 
     same_prompt, switched = offline(None), offline(m)
-    seam = m * block_samples - xf  # audio before this was emitted before block m was made
+    seam = m * block_samples - held  # audio before this was emitted before block m was made
     np.testing.assert_allclose(out, switched, atol=1e-4)
     np.testing.assert_allclose(out[:seam], same_prompt[:seam], atol=1e-4)
     assert np.abs(out[seam:] - same_prompt[seam:]).max() > 1e-3  # the new prompt changed what was generated

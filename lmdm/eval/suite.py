@@ -242,10 +242,12 @@ def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequ
     rms = float(np.median(np.sqrt((val.windows**2).mean(1))))
     rows = [val]
     say("real music through the codec and Griffin-Lim")
-    rows.append(through_codec(val, codec, cfg.seed, "real through codec + decoder (ceiling)"))
+    # decoded block by block with the streaming decoder, as every system's stream is
+    rows.append(through_codec(val, codec, cfg.seed, "real through codec + decoder (ceiling)", block_frames))
     for label, latent_codec in (latent_codecs or {}).items():
         say(f"real music through {label}")
-        rows.append(through_codec(val, latent_codec, cfg.seed, f"real through {label} + decoder (ceiling)"))
+        rows.append(through_codec(val, latent_codec, cfg.seed, f"real through {label} + decoder (ceiling)",
+                                  block_frames))
     rows.append(noise_windows(len(val), cfg.window_s, sr, rms, cfg.seed))
     rows.append(silence_windows(len(val), cfg.window_s, sr))
     for name, gen in systems.items():

@@ -114,14 +114,28 @@ def real_windows(data_dir: str | Path, split: str, window_s: float, max_pieces: 
                      {"data": str(data_dir), "split": split})
 
 
-def through_codec(ws: WindowSet, codec: MelCodec, seed: int = 0, name: str = "real through codec + decoder"
-                  ) -> WindowSet:
-    """The windows encoded to latents and decoded back with Griffin-Lim: the vocoder ceiling of a row."""
+def through_codec(ws: WindowSet, codec: MelCodec, seed: int = 0, name: str = "real through codec + decoder",
+                  block_frames: int | None = None) -> WindowSet:
+    """The windows encoded to latents and decoded back with Griffin-Lim: the vocoder ceiling of a row.
+
+    Args:
+        block_frames: decode block by block with the streaming decoder, as generated streams are
+            (``lmdm.audio.decoder.StreamingDecoder``, blocks of this many latent frames from the window's start);
+            None decodes each window whole, which hides the streaming decoder's own seams.
+    """
+    from lmdm.audio.decoder import StreamingDecoder
+
     g = torch.Generator().manual_seed(seed)
     out = []
-    for w in ws.windows:
+    for i, w in enumerate(ws.windows):
         lat = codec.encode_numpy(w)
-        out.append(codec.decode(lat[None], generator=g)[0].numpy()[: len(w)])
+        if block_frames is None:
+            audio = codec.decode(lat[None], generator=g)[0].numpy()
+        else:
+            dec = StreamingDecoder(codec, seed=seed + i)
+            audio = np.concatenate([dec.push(lat[j : j + block_frames]) for j in range(0, len(lat), block_frames)]
+                                   + [dec.flush()])
+        out.append(audio[: len(w)])
     return WindowSet(name, "calibration", np.stack(out).astype(np.float32), list(ws.piece), list(ws.instrument),
                      ws.sample_rate, {"from": ws.name})
 

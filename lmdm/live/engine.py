@@ -78,8 +78,11 @@ class EngineConfig:
             default (:data:`ENGINE_SAMPLER`: 4 ping-pong steps, no guidance) keeps jam latency low. Its seed also
             seeds the Griffin-Lim phases.
         margin_s: jam compute budget per block; the input delay is one block plus this.
-        crossfade_s: seam crossfade length (also output held back until the next block).
+        crossfade_s: seam crossfade length (held back until the next block, with the decoder's lookahead).
         gl_iters: Griffin-Lim iterations per block.
+        decoder_lookahead: mel frames (16 ms each) before every block boundary that the streaming decoder leaves to
+            the next block's decode (``lmdm.audio.decoder``): 3 frames + the 20 ms crossfade hold back 68 ms of each
+            block, which the compute margin pays for; 0 puts the crossfade at the boundary (spectral block seams).
         tracker: pitch tracker for jam input ("yin": fast, "pyin": accurate).
         feature_context_s: input audio before a block's window given to the pitch tracker.
         input_seconds: input ring buffer capacity.
@@ -95,6 +98,7 @@ class EngineConfig:
     margin_s: float = 0.33
     crossfade_s: float = 0.02
     gl_iters: int = 16
+    decoder_lookahead: int = 3
     tracker: str = "yin"
     feature_context_s: float = 0.25
     input_seconds: float = 30.0
@@ -114,7 +118,7 @@ class EngineConfig:
         if not isinstance(self.prompt, str):
             raise ConfigError(f"prompt must be text, got {type(self.prompt).__name__}")
         numbers = ("margin_s", "crossfade_s", "gl_iters", "feature_context_s", "input_seconds", "max_chunk_seconds",
-                   "lookahead_blocks")
+                   "lookahead_blocks", "decoder_lookahead")
         wrong = [k for k in numbers if isinstance(getattr(self, k), bool)
                  or not isinstance(getattr(self, k), (int, float)) or not math.isfinite(getattr(self, k))]
         if wrong:
@@ -123,12 +127,14 @@ class EngineConfig:
         checks = {"margin_s": self.margin_s >= 0, "crossfade_s": self.crossfade_s >= 0,
                   "feature_context_s": self.feature_context_s >= 0, "input_seconds": self.input_seconds > 0,
                   "max_chunk_seconds": self.max_chunk_seconds > 0, "gl_iters": self.gl_iters >= 1,
-                  "lookahead_blocks": self.lookahead_blocks >= 0}
-        checks.update({k: checks[k] and isinstance(getattr(self, k), int) for k in ("gl_iters", "lookahead_blocks")})
+                  "lookahead_blocks": self.lookahead_blocks >= 0, "decoder_lookahead": self.decoder_lookahead >= 0}
+        checks.update({k: checks[k] and isinstance(getattr(self, k), int)
+                       for k in ("gl_iters", "lookahead_blocks", "decoder_lookahead")})
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid engine settings: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
-                              "(times and sizes must be positive; gl_iters >= 1 and lookahead_blocks >= 0 whole numbers)")
+                              "(times and sizes must be positive; gl_iters >= 1, lookahead_blocks >= 0 and decoder_lookahead >= 0 "
+                              "whole numbers)")
 
 
 @dataclass
@@ -223,9 +229,10 @@ class LiveEngine:
         controls are kept)."""
         with self._lock:
             self.streamer.reset()
-            overlap = max(8, -(-self.xf // self.codec.cfg.hop) + 1)
+            overlap = max(8, self.cfg.decoder_lookahead - (-self.xf // self.codec.cfg.hop) + 1)
             self.decoder = StreamingDecoder(self.codec, overlap_mel_frames=overlap, crossfade_s=self.xf / self.sr,
-                                            seed=self.cfg.sampler.seed, gl_iters=self.cfg.gl_iters)
+                                            seed=self.cfg.sampler.seed, gl_iters=self.cfg.gl_iters,
+                                            lookahead_mel_frames=self.cfg.decoder_lookahead)
             self._input = RingBuffer(int(self.cfg.input_seconds * self.sr))
             self._sanitizer = StreamSanitizer(self.sr, max_seconds=self.cfg.max_chunk_seconds)
             self._out: collections.deque[np.ndarray] = collections.deque()
@@ -456,7 +463,7 @@ class LiveEngine:
                 t0, heard = 0.0, need / self.sr
                 if need:
                     self.sim_now = max(self.sim_now, heard) + compute
-            due = t0 + max(0, n * self.block_samples - self.xf) / self.sr
+            due = t0 + max(0, n * self.block_samples - self.decoder.latency_samples) / self.sr
             if not self.realtime:
                 # blocks that need no input are generated before the input starts (pre-roll)
                 done = self.sim_now if need else min(due, self.sim_now)

@@ -71,4 +71,4 @@ class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     def engine_config(self) -> EngineConfig:
         """The engine's settings: the current prompt and sampler (steps, guidance and seed apply at each start)."""
         return EngineConfig(mode="generate", prompt=self.prompt, sampler=self.sampler, crossfade_s=0.04, gl_iters=32,
-                            lookahead_blocks=2)
+                            decoder_lookahead=4, lookahead_blocks=2)
