@@ -1,8 +1,12 @@
 """Print `lmdm eval` JSON reports as the README's markdown tables (so no number is copied by hand).
 
     python scripts/eval_table.py runs/eval/final.json [--extra "lmdm-small=CPU h:3.1" ...]
+    python scripts/eval_table.py --merge "pingpong 8, CFG 2=runs/eval/a.json" "Euler 16, CFG 1=runs/eval/b.json"
 
 Each report prints one table (``lmdm.eval.suite.markdown_table``); ``--extra ROW=COLUMN:TEXT`` adds a cell.
+``--merge LABEL=FILE ...`` prints one table of several runs of the same suite (other sampler settings, say): the
+first report's real-music rows once, then every report's system rows, prefixed with its label; the runs must have
+drawn the same real rows (checked: their noise-floor row must be identical).
 """
 from __future__ import annotations
 
@@ -13,10 +17,28 @@ from pathlib import Path
 from lmdm.eval.suite import markdown_table
 
 
+def merged(specs: list[str]) -> dict:
+    """One report of the first report's calibration rows and every report's system rows (``LABEL=FILE`` specs)."""
+    out, real = None, None
+    for spec in specs:
+        label, _, path = spec.rpartition("=")
+        if not label:
+            raise SystemExit(f"--merge {spec!r}: expected LABEL=FILE")
+        report = json.loads(Path(path).read_text())
+        if out is None:
+            out = {**report, "rows": [r for r in report["rows"] if r["kind"] != "system"]}
+            real = json.dumps(report["rows"][0], sort_keys=True)
+        elif json.dumps(report["rows"][0], sort_keys=True) != real:
+            raise SystemExit(f"{path}: its real rows differ from the first report's; runs cannot be merged")
+        out["rows"] += [{**r, "name": f"{label}: {r['name']}"} for r in report["rows"] if r["kind"] == "system"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("reports", nargs="+", help="JSON files written by `lmdm eval --json`")
+    ap.add_argument("reports", nargs="*", help="JSON files written by `lmdm eval --json`")
     ap.add_argument("--extra", action="append", default=[], metavar="ROW=COLUMN:TEXT")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="LABEL=FILE")
     args = ap.parse_args()
     extra: dict[str, dict[str, str]] = {}
     for e in args.extra:
@@ -25,6 +47,10 @@ def main() -> None:
         if not (row and col):
             ap.error(f"--extra {e!r}: expected ROW=COLUMN:TEXT")
         extra.setdefault(row, {})[col] = text
+    if args.merge:
+        print(f"<!-- {' '.join(args.merge)} -->")
+        print(markdown_table(merged(args.merge), extra))
+        print()
     for path in args.reports:
         print(f"<!-- {path} -->")
         print(markdown_table(json.loads(Path(path).read_text()), extra))
