@@ -5,8 +5,9 @@
 
 Each report prints one table (``lmdm.eval.suite.markdown_table``); ``--extra ROW=COLUMN:TEXT`` adds a cell.
 ``--merge LABEL=FILE ...`` prints one table of several runs of the same suite (other sampler settings, say): the
-first report's real-music rows once, then every report's system rows, prefixed with its label; the runs must have
-drawn the same real rows (checked: their noise-floor row must be identical).
+first report's real-music and calibration rows once, then every report's system rows, named "LABEL: system" (the
+names ``--extra`` then uses); the runs must have measured the same real and calibration rows with the same prompts
+(checked: identical, else the script stops).
 """
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ import json
 from pathlib import Path
 
 from lmdm.eval.suite import markdown_table
+
+
+def same(report: dict) -> str:
+    """What merged runs must share: every non-system row and the prompts, as canonical JSON."""
+    return json.dumps({"rows": [r for r in report["rows"] if r["kind"] != "system"],
+                       "prompts": report.get("prompts")}, sort_keys=True)
 
 
 def merged(specs: list[str]) -> dict:
@@ -27,9 +34,10 @@ def merged(specs: list[str]) -> dict:
         report = json.loads(Path(path).read_text())
         if out is None:
             out = {**report, "rows": [r for r in report["rows"] if r["kind"] != "system"]}
-            real = json.dumps(report["rows"][0], sort_keys=True)
-        elif json.dumps(report["rows"][0], sort_keys=True) != real:
-            raise SystemExit(f"{path}: its real rows differ from the first report's; runs cannot be merged")
+            real = same(report)
+        elif same(report) != real:
+            raise SystemExit(f"{path}: its real or calibration rows, or its prompts, differ from the first "
+                             "report's; runs cannot be merged")
         out["rows"] += [{**r, "name": f"{label}: {r['name']}"} for r in report["rows"] if r["kind"] == "system"]
     return out
 
@@ -40,6 +48,8 @@ def main() -> None:
     ap.add_argument("--extra", action="append", default=[], metavar="ROW=COLUMN:TEXT")
     ap.add_argument("--merge", nargs="+", default=[], metavar="LABEL=FILE")
     args = ap.parse_args()
+    if not (args.reports or args.merge):
+        ap.error("give report files, or --merge LABEL=FILE ...")
     extra: dict[str, dict[str, str]] = {}
     for e in args.extra:
         row, _, cell = e.partition("=")

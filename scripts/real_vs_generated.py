@@ -42,7 +42,10 @@ def main() -> None:
         val = [r for r in csv.DictReader(f) if r["split"] == "val"]
     fig, axes = plt.subplots(2, len(FORMS), figsize=(15, 5.5), sharey=True)
     for j, form in enumerate(FORMS):
-        piece = next(r for r in val if r["form"] == form)
+        piece = next((r for r in val if r["form"] == form), None)
+        if piece is None:
+            raise SystemExit(f"no validation piece of form {form!r} in {args.data}; build the data set with "
+                             "`lmdm data build --hours 10`")
         real = load_audio(Path(args.data) / piece["audio"], sr)[5 * sr : 15 * sr]
         gen = generate(ckpt, piece["caption"], 20.0, SamplerConfig(seed=1)).audio[10 * sr : 20 * sr]
         for i, (label, audio) in enumerate((("real", real), ("generated", gen))):

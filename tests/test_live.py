@@ -63,6 +63,17 @@ def test_engine_config_holds_a_sampler_config_and_refuses_bad_settings():
             EngineConfig(**bad)
     with pytest.raises(ValueError, match="steps"):  # the sampler's own ranges are SamplerConfig's
         EngineConfig(sampler=SamplerConfig(steps=0))
+    with pytest.raises(ConfigError, match="decoder_lookahead"):
+        EngineConfig(decoder_lookahead=1.5)
+
+
+def test_an_engine_whose_decoder_would_hold_back_a_whole_block_is_refused(tiny_ckpt):
+    """The decoder's lookahead and crossfade must leave part of each block to play: a clear error at creation,
+    not a session of silent blocks."""
+    block_mel = tiny_ckpt.model.cfg.block_frames * tiny_ckpt.codec.cfg.patch
+    with pytest.raises(ConfigError, match="hold back .* not less than a block"):
+        LiveEngine(tiny_ckpt, EngineConfig(decoder_lookahead=block_mel, sampler=sampler()))
+    LiveEngine(tiny_ckpt, EngineConfig(decoder_lookahead=block_mel // 2, sampler=sampler()))  # fits: no error
 
 
 def test_bad_input_is_repaired_or_refused_and_the_engine_keeps_going(tiny_ckpt):

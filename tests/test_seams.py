@@ -66,8 +66,18 @@ def test_crossfade_longer_than_overlap_is_rejected():
         StreamingDecoder(MelCodec(), overlap_mel_frames=2, crossfade_s=0.04)
     with pytest.raises(ValueError, match="shorter than the overlap"):  # the lookahead is held back as well
         StreamingDecoder(MelCodec(), overlap_mel_frames=8, crossfade_s=0.04, lookahead_mel_frames=6)
-    with pytest.raises(ValueError, match="push more frames"):
+    with pytest.raises(ValueError, match="first block must be longer than the decoder's latency"):
         StreamingDecoder(MelCodec()).push(torch.zeros(1, MelCodec().channels))
+
+
+def test_a_short_last_block_is_decoded():
+    """A stream whose last block is one latent frame (64 ms, shorter than the 104 ms held back) still comes out
+    whole: only the first block must outlast the decoder's latency."""
+    codec = MelCodec()
+    z = codec.encode_numpy(tone(2.2))[:33]  # two blocks of 16 latent frames and one of 1
+    dec = StreamingDecoder(codec, seed=0)
+    out = np.concatenate([dec.push(z[i : i + 16]) for i in range(0, 33, 16)] + [dec.flush()])
+    assert len(out) == 33 * codec.cfg.samples_per_frame and np.isfinite(out).all()
 
 
 def test_streamed_decode_has_no_spectral_seam_at_block_boundaries():

@@ -4,8 +4,11 @@ Each block is decoded with Griffin-Lim over ``[last overlap mel frames of the pr
 with the overlap frames' phase initialised from the previous block's output. Audio near the end of a decode is
 reconstructed without knowing what follows, so the last ``lookahead`` mel frames plus ``crossfade`` seconds of every
 decode are held back: the next decode, which sees both sides of the block boundary, re-synthesises them, and the
-two decodes are equal-power cross-faded (``lmdm.audio.seams``) ``lookahead`` frames *before* the boundary, where
-both are interior. The added latency is ``lookahead * hop + crossfade`` (4 x 16 ms + 40 ms = 104 ms by default).
+two decodes are equal-power cross-faded (``lmdm.audio.seams``) at the start of the held-back audio, ``lookahead``
+frames plus the crossfade *before* the boundary: away from the old decode's unfinished edge, inside the new
+decode's re-decoded overlap (with the defaults its first 384 samples lie before the crossfade; a 16-frame overlap
+measured the same seams). The added latency is ``lookahead * hop + crossfade`` (4 x 16 ms + 40 ms = 104 ms by
+default).
 
 Why the lookahead: with none (the crossfade at the boundary itself, between the old decode's unfinished edge and the
 new decode's start), real music encoded to the bundled latent and decoded block by block jumped 1.38x more at block
@@ -45,8 +48,9 @@ class StreamingDecoder:
         self.codec = codec
         self.overlap = overlap_mel_frames
         self.xf = int(round(crossfade_s * c.sample_rate))
-        if lookahead_mel_frames < 0:
-            raise ValueError(f"lookahead_mel_frames must be >= 0, got {lookahead_mel_frames}")
+        if isinstance(lookahead_mel_frames, bool) or not isinstance(lookahead_mel_frames, int) \
+                or lookahead_mel_frames < 0:
+            raise ValueError(f"lookahead_mel_frames must be a whole number >= 0, got {lookahead_mel_frames!r}")
         self.lookahead = lookahead_mel_frames
         if self.latency_samples >= self.overlap * c.hop:
             raise ValueError(f"lookahead + crossfade ({self.latency_samples} samples) must be shorter than the "
@@ -71,12 +75,19 @@ class StreamingDecoder:
 
         Over a stream, the returned chunks concatenated (plus :meth:`flush`) are exactly ``frames *
         samples_per_frame`` samples per block.
+
+        Raises:
+            ValueError: the stream's first block is not longer than :attr:`latency_samples`, or a later one is
+                shorter than the crossfade (a short last block of a stream is fine).
         """
         c = self.codec.cfg
         k = self.codec.decoder_context
-        if latent.shape[0] * self.codec.samples_per_frame <= self.latency_samples:
-            raise ValueError(f"a block of {latent.shape[0]} latent frames is shorter than the decoder's latency "
-                             f"({self.latency_samples} samples); push more frames at a time")
+        n_samples = latent.shape[0] * self.codec.samples_per_frame
+        if (n_samples <= self.latency_samples) if self.prev_mel is None else (n_samples < self.xf):
+            need = "longer than the decoder's latency" if self.prev_mel is None else "at least the crossfade"
+            raise ValueError(f"a block of {latent.shape[0]} latent frames ({n_samples} samples) is too short: the "
+                             f"{'first' if self.prev_mel is None else 'next'} block must be {need} "
+                             f"({self.latency_samples if self.prev_mel is None else self.xf} samples)")
         mel = self.codec.latent_to_mel(latent[None].float(), self.prev_latent)[0]  # (n, n_mels)
         if k:
             self.prev_latent = latent[None, -k:].float()

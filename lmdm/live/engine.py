@@ -13,8 +13,8 @@ background thread). Modes:
 Timing model (real time and simulated alike). Output sample ``s`` plays at ``t0 + s / sr``, where ``t0`` is when
 the first input sample arrived (jam) or, in real time, when the first block was ready (generate and sketch:
 playback cannot start earlier; simulated: the session start). Block ``n`` needs input up to sample
-``(n + 1) * B * spf - delay``; its audio (which begins ``crossfade`` samples before the seam) is due when it
-starts playing. A block finished after that is an **underrun**: counted (from block 1 on: block 0 starts the stream,
+``(n + 1) * B * spf - delay``; its audio (which begins ``decoder.latency_samples`` before the seam: the streaming
+decoder's lookahead frames and the crossfade) is due when it starts playing. A block finished after that is an **underrun**: counted (from block 1 on: block 0 starts the stream,
 so a late block 0 only shifts or cuts the start of the answer; its lateness stays in the timeline), never waited
 for, and the output stays contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the
 last input sample a block depends on to that block being available; the answer is *heard* ``delay`` seconds after
@@ -77,7 +77,9 @@ class EngineConfig:
         sampler: denoising per block, a :class:`lmdm.streaming.streamer.SamplerConfig` (its ranges apply); the
             default (:data:`ENGINE_SAMPLER`: 4 ping-pong steps, no guidance) keeps jam latency low. Its seed also
             seeds the Griffin-Lim phases.
-        margin_s: jam compute budget per block; the input delay is one block plus this.
+        margin_s: the input delay is one block plus this; a jam block's compute budget is this less what the decoder
+            holds back (``decoder_lookahead`` frames and the crossfade: 68 ms by default), so a margin below that
+            makes every answering block late.
         crossfade_s: seam crossfade length (held back until the next block, with the decoder's lookahead).
         gl_iters: Griffin-Lim iterations per block.
         decoder_lookahead: mel frames (16 ms each) before every block boundary that the streaming decoder leaves to
@@ -197,6 +199,9 @@ class LiveEngine:
             raises is kept in ``stats().last_error`` and the session goes on.
         prompt_text: the prompt of the latest generated block (each ``stats().timeline`` entry records the prompt
             its block was generated with, so a prompt change can be traced to the block it applied from).
+
+    Raises:
+        ConfigError: the decoder's lookahead and crossfade would hold back a whole block of the checkpoint.
     """
 
     def __init__(self, ckpt: Checkpoint, cfg: EngineConfig = EngineConfig(), streamer: Streamer | None = None,
@@ -209,6 +214,11 @@ class LiveEngine:
         self.block_samples = self.B * self.spf
         self.block_s = self.block_samples / self.sr
         self.xf = int(round(cfg.crossfade_s * self.sr))
+        held = cfg.decoder_lookahead * c.cfg.hop + self.xf
+        if held >= self.block_samples:
+            raise ConfigError(f"decoder_lookahead ({cfg.decoder_lookahead} frames) plus crossfade_s "
+                              f"({cfg.crossfade_s} s) hold back {held} samples, not less than a block "
+                              f"({self.block_samples}); lower either")
         self.delay = self.block_samples + int(round(cfg.margin_s * self.sr))
         self.streamer = streamer or BlockCausalStreamer(ckpt.model, cfg.sampler, keep_history=False)
         self._lock = threading.RLock()
@@ -358,7 +368,7 @@ class LiveEngine:
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
     def flush_output(self) -> np.ndarray:
-        """End of stream: the held-back crossfade tail."""
+        """End of stream: the audio the decoder still holds back (its lookahead frames and the crossfade)."""
         with self._lock:
             return self.decoder.flush()
 
