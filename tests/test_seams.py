@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmdm.audio.codec import MelCodec
-from lmdm.audio.decoder import StreamingDecoder
+from lmdm.audio.decoder import StreamingDecoder, decode_in_blocks
 from lmdm.audio.seams import crossfade, equal_power_ramps, seam_click_ratio
 
 SR = 16000
@@ -75,8 +75,7 @@ def test_a_short_last_block_is_decoded():
     whole: only the first block must outlast the decoder's latency."""
     codec = MelCodec()
     z = codec.encode_numpy(tone(2.2))[:33]  # two blocks of 16 latent frames and one of 1
-    dec = StreamingDecoder(codec, seed=0)
-    out = np.concatenate([dec.push(z[i : i + 16]) for i in range(0, 33, 16)] + [dec.flush()])
+    out = decode_in_blocks(StreamingDecoder(codec, seed=0), z, 16)
     assert len(out) == 33 * codec.cfg.samples_per_frame and np.isfinite(out).all()
 
 
@@ -93,7 +92,7 @@ def test_streamed_decode_has_no_spectral_seam_at_block_boundaries():
     def block_seam(lookahead):
         dec = StreamingDecoder(codec, seed=0, lookahead_mel_frames=lookahead)
         assert dec.latency_samples == lookahead * codec.cfg.hop + 640
-        out = np.concatenate([dec.push(z[i : i + B]) for i in range(0, z.shape[0], B)] + [dec.flush()])
+        out = decode_in_blocks(dec, z, B)
         assert len(out) == z.shape[0] * codec.cfg.samples_per_frame
         mel = codec.audio_to_mel(torch.from_numpy(out)[None])[0].numpy()
         return seam_ratios(mel, codec.cfg.patch, B * codec.cfg.patch)["block"]

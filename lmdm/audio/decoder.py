@@ -83,11 +83,13 @@ class StreamingDecoder:
         c = self.codec.cfg
         k = self.codec.decoder_context
         n_samples = latent.shape[0] * self.codec.samples_per_frame
-        if (n_samples <= self.latency_samples) if self.prev_mel is None else (n_samples < self.xf):
-            need = "longer than the decoder's latency" if self.prev_mel is None else "at least the crossfade"
+        first = self.prev_mel is None
+        limit, need = (self.latency_samples, "longer than the decoder's latency") if first else \
+            (self.xf - 1, "at least the crossfade")
+        if n_samples <= limit:
             raise ValueError(f"a block of {latent.shape[0]} latent frames ({n_samples} samples) is too short: the "
-                             f"{'first' if self.prev_mel is None else 'next'} block must be {need} "
-                             f"({self.latency_samples if self.prev_mel is None else self.xf} samples)")
+                             f"{'first' if first else 'next'} block must be {need} "
+                             f"({self.latency_samples if first else self.xf} samples)")
         mel = self.codec.latent_to_mel(latent[None].float(), self.prev_latent)[0]  # (n, n_mels)
         if k:
             self.prev_latent = latent[None, -k:].float()
@@ -123,3 +125,10 @@ class StreamingDecoder:
         self.tail = None
         self.samples_out += len(out)
         return out.astype(np.float32)
+
+
+def decode_in_blocks(decoder: StreamingDecoder, latent: torch.Tensor, block_frames: int) -> np.ndarray:
+    """A whole latent sequence ``(frames, channels)`` through ``decoder`` in blocks of ``block_frames`` latent frames
+    from its start (the last may be shorter), as a stream decodes it: ``(frames * samples_per_frame,)`` samples."""
+    chunks = [decoder.push(latent[i : i + block_frames]) for i in range(0, latent.shape[0], block_frames)]
+    return np.concatenate(chunks + [decoder.flush()])

@@ -15,9 +15,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--out", default="jam.wav", help="the answer, aligned with the input")
     j.add_argument("--mix", default=None, help="also write a stereo mix (input left, answer right)")
     add_sampler_options(j, steps=4, sampler="pingpong", cfg_scale=1.0, seed=0, help={
-        "steps": "denoising steps per block (default %(default)s: fits the 330 ms margin on 2 cores, also beside a busy process)"})
+        "steps": "denoising steps per block (default %(default)s: fits the 330 ms margin on 2 cores, "
+                 "also beside a busy process)"})
     j.add_argument("--margin", type=float, default=None,
-                   help="compute margin in seconds (latency = block + margin; default: EngineConfig's, 0.33; the decoder holds back 0.068 of it)")
+                   help="compute margin in seconds (latency = block + margin; default: EngineConfig's, 0.33, "
+                        "of which the streaming decoder holds back 0.068)")
     j.add_argument("--tracker", default="yin", choices=["yin", "pyin"])
     j.add_argument("--checkpoint", default=None)
     add_device_option(j)

@@ -123,7 +123,7 @@ def through_codec(ws: WindowSet, codec: MelCodec, seed: int = 0, name: str = "re
             (``lmdm.audio.decoder.StreamingDecoder``, blocks of this many latent frames from the window's start);
             None decodes each window whole, which hides the streaming decoder's own seams.
     """
-    from lmdm.audio.decoder import StreamingDecoder
+    from lmdm.audio.decoder import StreamingDecoder, decode_in_blocks
 
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -132,9 +132,7 @@ def through_codec(ws: WindowSet, codec: MelCodec, seed: int = 0, name: str = "re
         if block_frames is None:
             audio = codec.decode(lat[None], generator=g)[0].numpy()
         else:
-            dec = StreamingDecoder(codec, seed=seed + i)
-            audio = np.concatenate([dec.push(lat[j : j + block_frames]) for j in range(0, len(lat), block_frames)]
-                                   + [dec.flush()])
+            audio = decode_in_blocks(StreamingDecoder(codec, seed=seed + i), lat, block_frames)
         out.append(audio[: len(w)])
     return WindowSet(name, "calibration", np.stack(out).astype(np.float32), list(ws.piece), list(ws.instrument),
                      ws.sample_rate, {"from": ws.name})

@@ -14,11 +14,11 @@ Timing model (real time and simulated alike). Output sample ``s`` plays at ``t0 
 the first input sample arrived (jam) or, in real time, when the first block was ready (generate and sketch:
 playback cannot start earlier; simulated: the session start). Block ``n`` needs input up to sample
 ``(n + 1) * B * spf - delay``; its audio (which begins ``decoder.latency_samples`` before the seam: the streaming
-decoder's lookahead frames and the crossfade) is due when it starts playing. A block finished after that is an **underrun**: counted (from block 1 on: block 0 starts the stream,
-so a late block 0 only shifts or cuts the start of the answer; its lateness stays in the timeline), never waited
-for, and the output stays contiguous (no sample is dropped or repeated). **Latency** is the time from hearing the
-last input sample a block depends on to that block being available; the answer is *heard* ``delay`` seconds after
-the input.
+decoder's lookahead frames and the crossfade) is due when it starts playing. A block finished after that is an
+**underrun**: counted (from block 1 on: block 0 starts the stream, so a late block 0 only shifts or cuts the
+start of the answer; its lateness stays in the timeline), never waited for, and the output stays contiguous (no
+sample is dropped or repeated). **Latency** is the time from hearing the last input sample a block depends on to
+that block being available; the answer is *heard* ``delay`` seconds after the input.
 
 Bad input never stops the engine: :meth:`LiveEngine.push_input` repairs what it can with the one audio sanitiser
 (``lmdm.audio.sanitize``: NaN/inf, clipping, stereo, integer PCM, other sample rates via a stateful soxr stream,
@@ -135,8 +135,8 @@ class EngineConfig:
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError(f"invalid engine settings: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
-                              "(times and sizes must be positive; gl_iters >= 1, lookahead_blocks >= 0 and decoder_lookahead >= 0 "
-                              "whole numbers)")
+                              "(times and sizes must be positive; gl_iters >= 1, lookahead_blocks >= 0 and "
+                              "decoder_lookahead >= 0 whole numbers)")
 
 
 @dataclass
@@ -214,11 +214,6 @@ class LiveEngine:
         self.block_samples = self.B * self.spf
         self.block_s = self.block_samples / self.sr
         self.xf = int(round(cfg.crossfade_s * self.sr))
-        held = cfg.decoder_lookahead * c.cfg.hop + self.xf
-        if held >= self.block_samples:
-            raise ConfigError(f"decoder_lookahead ({cfg.decoder_lookahead} frames) plus crossfade_s "
-                              f"({cfg.crossfade_s} s) hold back {held} samples, not less than a block "
-                              f"({self.block_samples}); lower either")
         self.delay = self.block_samples + int(round(cfg.margin_s * self.sr))
         self.streamer = streamer or BlockCausalStreamer(ckpt.model, cfg.sampler, keep_history=False)
         self._lock = threading.RLock()
@@ -232,6 +227,10 @@ class LiveEngine:
         self._thread: threading.Thread | None = None
         self.computing = threading.Event()  # set while a block is being generated (seconds_to_next_block)
         self._reset_stream()
+        if self.decoder.latency_samples >= self.block_samples:
+            raise ConfigError(f"decoder_lookahead ({cfg.decoder_lookahead} frames) plus crossfade_s "
+                              f"({cfg.crossfade_s} s) hold back {self.decoder.latency_samples} samples, not less "
+                              f"than a block ({self.block_samples}); lower either")
 
     # ---- session state ----------------------------------------------------------------------------------------
     def _reset_stream(self) -> None:
