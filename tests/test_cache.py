@@ -318,6 +318,36 @@ def test_fused_first_step_is_one_pass_and_equals_the_reference_with_guidance_row
     assert [t.data_ptr() for t in cache._k + cache._v] == buffers
 
 
+def test_clean_chunks_skip_the_last_layers_attention_and_mlp(monkeypatch):
+    """Nothing reads a clean chunk's output after its last keys and values: in the fused first step the last layer
+    attends and runs the MLP for the target rows only, a write without a target and the enc-dec context encoding
+    stop after the last layer's projection (the outputs are those of the full pass: the equality tests above)."""
+    from lmdm.model.dit import DiTBlock
+
+    model = tiny_model(2)
+    B, ch, d, n_layers = model.cfg.block_frames, model.cfg.latent_channels, model.cfg.d_model, model.cfg.n_layers
+    seen = []
+    attend = DiTBlock.attend
+    monkeypatch.setattr(DiTBlock, "attend", lambda self, x, *a: seen.append(tuple(x.shape)) or attend(self, x, *a))
+    _, text_c = conds(model)
+    cache = BlockCausalKVCache(model)
+    cache.bootstrap(torch.randn(1, B, ch))
+    assert seen == [(1, 1, B, d)] * (n_layers - 1)  # the context chunk: keys only in the last layer
+    cache.step(torch.randn(1, B, ch), torch.rand(1), text_c)
+    cache.advance(torch.randn(1, B, ch))
+    seen.clear()
+    cache.step(torch.randn(1, B, ch), torch.rand(1), text_c)  # the fused first step
+    assert seen == [(1, 2, B, d)] * (n_layers - 1) + [(1, 1, B, d)]
+    cache.advance(torch.randn(1, B, ch))
+    seen.clear()
+    cache.write_pending()
+    assert seen == [(1, 1, B, d)] * (n_layers - 1) and cache.pending is None
+    enc = EncDecKVCache(model)
+    seen.clear()
+    enc.bootstrap(torch.randn(1, 2 * B, ch))
+    assert seen == [(1, 2 * B, d)] * (n_layers - 1) and len(enc.k) == n_layers
+
+
 def test_a_full_window_without_guidance_attends_without_a_mask():
     """Once the window is full, a later step of one row per stream sees every key: the mask is None."""
     model = tiny_model(2)

@@ -314,7 +314,7 @@ class BlockCausalKVCache:
             vb[:, :, WB : WB + L] = v
             return kb[:, :, : WB + L], vb[:, :, : WB + L]
 
-        h = m.run_blocks(h, layer_mods.__getitem__, plan.cos, plan.sin, plan.mask, keys)
+        h = m.run_blocks(h, layer_mods.__getitem__, plan.cos, plan.sin, plan.mask, keys, keys_only=n_clean)
         if n_clean:  # commit: the clean chunk's keys/values move from the scratch region into its ring slot
             s = (first % W) * B
             for kb, vb in zip(self._k, self._v):
@@ -326,7 +326,7 @@ class BlockCausalKVCache:
             self._passes.clear()
         if not r:
             return None
-        v = m.head(h[:, n_clean:], head_mod)  # (b, r, B, ch)
+        v = m.head(h, head_mod)  # (b, r, B, ch): run_blocks left the clean chunk out after its last keys
         return v.transpose(0, 1).reshape(r * b, B, -1)
 
 
@@ -372,7 +372,7 @@ class EncDecKVCache:
             self.v.append(v)
             return k, v
 
-        m.run_blocks(h, lambda layer: m.blocks[layer].modulation(mod_in), cos, sin, None, store)
+        m.run_blocks(h, lambda layer: m.blocks[layer].modulation(mod_in), cos, sin, None, store, keys_only=n)
 
     @torch.no_grad()
     def step(self, x_t: torch.Tensor, t: torch.Tensor, text_c: torch.Tensor,

@@ -328,7 +328,8 @@ class DiT(nn.Module):
         return h, pick, c_seg
 
     def run_blocks(self, h: torch.Tensor, mod: Callable[[int], torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
-                   mask: torch.Tensor | None = None, kv: KeyValueHook | None = None) -> torch.Tensor:
+                   mask: torch.Tensor | None = None, kv: KeyValueHook | None = None,
+                   keys_only: int = 0) -> torch.Tensor:
         """Run tokens through every block: project queries/keys/values, attend over ``[prefix keys | own keys]``,
         then the MLP. The one layer loop of the model: the uncached forward pass and both KV caches
         (``lmdm.model.cache``) call it.
@@ -341,15 +342,27 @@ class DiT(nn.Module):
             kv: ``kv(layer, k, v)`` gets the tokens' own rotated keys and values ``(b, H, L, hd)`` and returns the
                 keys and values to attend over ``(b, H, Lk, hd)`` (a cache puts its stored keys in front, and may
                 store ``k, v``); None attends over the tokens' own keys (``Lk = L``).
+            keys_only: the first ``keys_only`` entries along dim 1 of ``h`` (tokens, or chunks of the chunked
+                layout) are wanted only for their keys and values (a KV cache's clean chunks): the last layer
+                projects them, so ``kv`` still gets their keys, but neither attends nor runs the MLP for them --
+                nothing reads their output. With ``mod`` per entry (dim 1 > 1) it must match ``h`` along dim 1.
 
         Returns:
-            The hidden states after the last block (shape of ``h``).
+            The hidden states after the last block (shape of ``h``, less the ``keys_only`` leading entries).
         """
+        last = len(self.blocks) - 1
         for layer, blk in enumerate(self.blocks):
             m = mod(layer)
             q, k, v = blk.project(h, m, cos, sin)
             if kv is not None:
                 k, v = kv(layer, k, v)
+            if layer == last and keys_only:
+                per = q.shape[2] // h.shape[1]  # query tokens per entry of dim 1
+                h, q = h[:, keys_only:], q[:, :, keys_only * per :]
+                if h.shape[1] == 0:
+                    return h
+                m = m[:, keys_only:] if m.shape[1] > 1 else m
+                mask = None if mask is None else mask[..., keys_only * per :, :]
             h = blk.attend(h, m, q, k, v, mask)
         return h
 
