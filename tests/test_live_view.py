@@ -64,6 +64,16 @@ def test_header_fields_and_payload_size(codec):
     assert header["clipped"] == 0 and header["nonfinite"] == 0 and header["repaired"] is False
     assert -23 < header["lufs"] < -17  # -20 dBFS RMS music
     assert json.loads(json.dumps(header)) == header  # JSON-ready: plain types only
+    assert header["seam_s"] == 0.0
+
+
+def test_the_seam_says_where_the_block_begins_in_its_chunk(codec):
+    """An answer's chunk begins with the previous block's held-back tail: the header carries where the block's
+    seam lies, and a seam outside the audio is refused."""
+    assert block_view(3, music(1.024), codec, "output", seam_s=0.068)[0]["seam_s"] == pytest.approx(0.068)
+    for bad in (-0.01, 1.1):
+        with pytest.raises(ValueError, match="seam_s must lie within the audio"):
+            block_view(3, music(1.024), codec, "output", seam_s=bad)
 
 
 def test_round_trip_matches_the_codec_log_mel_within_half_a_step(codec):

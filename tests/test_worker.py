@@ -277,6 +277,10 @@ def test_jam_mode_answers_pushed_input(worker):
         worker.until(lambda: len(worker.of("view")) >= 2, what="views")
         sources = {e[1].get("source") for e in worker.of("view") if isinstance(e[1], dict) and "source" in e[1]}
         assert sources in (set(), {"output", "input"}), sources
+        # after block 0 an answer's chunk begins with the decoder's held-back tail (68 ms: 3 frames + 20 ms)
+        seams = {(e[1]["source"], e[1]["block"] > 0, round(e[1]["seam_s"], 4)) for e in worker.of("view")}
+        assert ("output", True, 0.068) in seams, seams
+        assert all(s == 0.0 for src, later, s in seams if (src, later) != ("output", True)), seams
     with pytest.raises(ValueError, match="mono"):
         c.push_input(np.zeros((10, 2)))
 
@@ -418,18 +422,21 @@ def test_views_of_output_and_input_follow_each_block_event():
     rings = [ShmRing.create(16), ShmRing.create(16)]
     try:
         w = Worker(there, rings[0].name, rings[1].name, gen_config(), LIVE_POLICY, torch_preloaded=False)
-        w.block_view = lambda n, x, codec, source: ({"block": n, "source": source, "n": len(x)}, x.tobytes())
-        w.send_block(3, {"block": 3}, np.ones(4, np.float32), np.zeros(2, np.float32), None)
+        w.block_view = lambda n, x, codec, source, seam_s: (
+            {"block": n, "source": source, "n": len(x), "seam_s": seam_s}, x.tobytes())
+        w.send_block(3, {"block": 3}, np.ones(4, np.float32), np.zeros(2, np.float32), None, 0.25)
         got = [here.recv() for _ in range(3)]
         assert got == [("block", 3, {"block": 3}),
-                       ("view", {"block": 3, "source": "output", "n": 4}, np.ones(4, np.float32).tobytes()),
-                       ("view", {"block": 3, "source": "input", "n": 2}, np.zeros(2, np.float32).tobytes())]
+                       ("view", {"block": 3, "source": "output", "n": 4, "seam_s": 0.25},
+                        np.ones(4, np.float32).tobytes()),  # the input's chunk begins at its block's seam
+                       ("view", {"block": 3, "source": "input", "n": 2, "seam_s": 0.0},
+                        np.zeros(2, np.float32).tobytes())]
 
-        def broken(n, x, codec, source):
+        def broken(n, x, codec, source, seam_s):
             raise ValueError("no pixels")
 
         w.block_view = broken
-        w.send_block(4, {"block": 4}, np.ones(4, np.float32), None, None)
+        w.send_block(4, {"block": 4}, np.ones(4, np.float32), None, None, 0.0)
         assert here.recv() == ("block", 4, {"block": 4})
         assert here.recv() == ("error", "block 4 output view failed: ValueError: no pixels")
         assert not here.poll(0.1)

@@ -25,6 +25,9 @@ Message format (header: JSON-ready dict; payload: bytes):
 ``db_min``,    the dB range the payload is quantised over (:data:`DB_MIN`, :data:`DB_MAX`)
 ``db_max``
 ``seconds``    block duration, s (``samples / sample_rate``)
+``seam_s``     where the block begins inside this audio, s: 0 for input, and for output after block 0 the streaming
+               decoder's hold-back (``StreamingDecoder.latency_samples``: each output chunk begins with the
+               previous block's held-back tail), so the browser draws the block line on the true boundary
 =============  ===================================================================================================
 
 Payload: ``frames * mels`` uint8, row-major ``(frames, mels)``, ``q = round(255 * (dB - db_min) / (db_max -
@@ -73,7 +76,7 @@ def block_lufs(audio: np.ndarray, sample_rate: int) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def block_view(block: int, audio: np.ndarray, codec, source: str) -> tuple[dict, bytes]:
+def block_view(block: int, audio: np.ndarray, codec, source: str, seam_s: float = 0.0) -> tuple[dict, bytes]:
     """One block's live-view message (format in the module docstring).
 
     Args:
@@ -83,13 +86,15 @@ def block_view(block: int, audio: np.ndarray, codec, source: str) -> tuple[dict,
             (``lmdm.audio.sanitize.sanitize``: non-finite zeroed, clipped to [-1, 1]) and the header says so.
         codec: a ``lmdm.audio.codec.MelCodec``; its ``audio_to_mel`` makes the image.
         source: ``"output"`` or ``"input"``.
+        seam_s: where block ``block`` begins inside ``audio``, seconds in ``[0, len(audio) / sample_rate]`` (the
+            output's chunks begin ``StreamingDecoder.latency_samples`` before the block's seam).
 
     Returns:
         ``(header, payload)``: a JSON-ready dict and ``frames * mels`` uint8 bytes. Measured: 0.84 ms median, 1.3 ms
         max for a 1.024 s block of the default codec (2 shared CPU cores, torch's default threads).
 
     Raises:
-        ValueError: an unknown ``source`` or a negative/non-integer ``block``;
+        ValueError: an unknown ``source``, a negative/non-integer ``block`` or a ``seam_s`` outside the audio;
             ``lmdm.audio.sanitize.AudioError`` (a ValueError) for what the sanitiser refuses (non-numbers, more
             than two dimensions).
     """
@@ -101,6 +106,8 @@ def block_view(block: int, audio: np.ndarray, codec, source: str) -> tuple[dict,
     raw = np.asarray(audio)
     clean = sanitize(raw, sr)
     x = clean.audio
+    if not 0.0 <= float(seam_s) <= len(x) / sr:
+        raise ValueError(f"seam_s must lie within the audio, 0 to {len(x) / sr:.3f} s, got {seam_s!r}")
     if raw.ndim == 1 and np.issubdtype(raw.dtype, np.floating):  # the input's own level, before the clip
         finite = np.isfinite(raw)
         nonfinite = int(raw.size - np.count_nonzero(finite))
@@ -122,6 +129,7 @@ def block_view(block: int, audio: np.ndarray, codec, source: str) -> tuple[dict,
         "frames": int(mel.shape[0]), "mels": int(mel.shape[1]),
         "db_min": DB_MIN, "db_max": DB_MAX,
         "seconds": len(x) / sr,
+        "seam_s": float(seam_s),
     }
     return header, payload
 

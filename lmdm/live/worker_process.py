@@ -199,7 +199,9 @@ class Worker:
         if self.events.qsize() > MAX_QUEUED_BLOCKS:
             self.events_dropped += 1
             return
-        self.events.put(("_block", n, info, audio, heard, engine.codec))
+        # the output chunk of a later block begins with the previous block's tail, which the decoder held back
+        seam_s = engine.decoder.latency_samples / engine.sr if n > 0 and len(audio) else 0.0
+        self.events.put(("_block", n, info, audio, heard, engine.codec, min(seam_s, len(audio) / engine.sr)))
 
     # ---- mover thread ------------------------------------------------------------------------------------------
     def mover(self) -> None:
@@ -252,7 +254,7 @@ class Worker:
                 self.quit.set()
                 return
 
-    def send_block(self, n: int, info: dict, audio, heard, codec) -> None:
+    def send_block(self, n: int, info: dict, audio, heard, codec, seam_s: float) -> None:
         self.conn.send(("block", n, info))
         if self.block_view is None or self.events.qsize() > 4:  # behind: the views of old blocks are skipped
             return
@@ -260,7 +262,7 @@ class Worker:
             if x is None:
                 continue
             try:
-                header, data = self.block_view(n, x, codec, source)
+                header, data = self.block_view(n, x, codec, source, seam_s if source == "output" else 0.0)
             except Exception as e:  # a view must never stop the stream
                 self.conn.send(("error", one_line(f"block {n} {source} view failed: {type(e).__name__}: {e}")))
                 continue

@@ -1,5 +1,5 @@
 // LiveView: draws the kernel's live-view messages (lmdm/live/view.py: a header {type: "view", source, block, lufs,
-// peak, clipped, nonfinite, repaired, frames, mels, db_min, db_max, seconds} and a uint8 (frames, mels) log-mel
+// peak, clipped, nonfinite, repaired, frames, mels, db_min, db_max, seconds, seam_s} and a uint8 (frames, mels) log-mel
 // payload) as one scrolling row per source: a mel spectrogram (new blocks enter on the right, low bands at the
 // bottom, inferno colours), a thin line and the block number at each block boundary, a per-block LUFS strip under
 // it, and a meter for the latest block (LUFS bar and value, clip light that stays lit for a few seconds).
@@ -163,14 +163,16 @@ class LiveView {
     const s = row.spec.getContext("2d");
     s.imageSmoothingEnabled = true;
     s.drawImage(row.off, 0, 0, frames, mels, x, 0, w, H);
+    // the block line where the block begins: an answer's chunk starts with the previous block's held-back tail
+    const seam = x + Math.min(w - 1, Math.max(0, Math.round((Number(h.seam_s) || 0) / h.seconds * w)));
     s.fillStyle = "rgba(255, 255, 255, 0.75)";
-    s.fillRect(x, 0, 1, H);
+    s.fillRect(seam, 0, 1, H);
     s.font = "10px monospace";
     s.textBaseline = "top";
     s.fillStyle = "rgba(0, 0, 0, 0.6)";
-    s.fillText(String(h.block), x + 4, 3);
+    s.fillText(String(h.block), seam + 4, 3);
     s.fillStyle = "#fff";
-    s.fillText(String(h.block), x + 3, 2);
+    s.fillText(String(h.block), seam + 3, 2);
     // the LUFS strip: the value on top, under it a bar per block (red: clipped, magenta: repaired NaN/inf)
     const st = row.strip.getContext("2d");
     const SH = row.strip.height, TEXT = 10, BAR = SH - TEXT;
