@@ -348,6 +348,23 @@ def test_clean_chunks_skip_the_last_layers_attention_and_mlp(monkeypatch):
     assert seen == [(1, 2 * B, d)] * (n_layers - 1) and len(enc.k) == n_layers
 
 
+def test_a_full_window_reuses_its_masks_every_w_blocks():
+    """The mask depends on chunk differences only: once the window is full, the fused first step W blocks later
+    attends with the very same mask tensor (built once), and the stream still equals the reference (above)."""
+    window = 2
+    model = tiny_model(window)
+    B, ch = model.cfg.block_frames, model.cfg.latent_channels
+    cache = BlockCausalKVCache(model, batch=1)
+    cache.bootstrap(torch.randn(1, window * B, ch))
+    _, text_c = conds(model)
+    masks = []
+    for n in range(3 * window):
+        cache.advance(torch.randn(1, B, ch))
+        masks.append(cache._plan(cache.next_chunk - 1, 1, 2).mask)
+        cache.step(torch.randn(2, B, ch), torch.rand(2), text_c.repeat(2, 1))
+    assert masks[0] is not masks[1] and all(masks[n] is masks[n + window] for n in range(window, 2 * window))
+
+
 def test_a_full_window_without_guidance_attends_without_a_mask():
     """Once the window is full, a later step of one row per stream sees every key: the mask is None."""
     model = tiny_model(2)

@@ -115,6 +115,9 @@ class BlockCausalKVCache:
         self.writes = 0
         self._newest = -1  # absolute index of the newest written chunk
         self._passes: dict[tuple[int, int, int], _Pass] = {}  # (first query chunk, clean chunks, segments) -> _Pass
+        # additive masks by the ring's layout relative to the first query chunk: the mask depends on chunk
+        # differences only, so once the window is full its W layouts repeat, and a block's plan reuses one
+        self._masks: dict[tuple, torch.Tensor | None] = {}
         self._clean_mod: list[torch.Tensor] | None = None  # per layer (1, 1, 1, 6d): the clean chunks' modulation
 
     def _alloc(self, scratch_chunks: int) -> None:
@@ -247,7 +250,8 @@ class BlockCausalKVCache:
 
     def _plan(self, first: int, n_clean: int, segments: int) -> _Pass:
         """RoPE tables and mask of a pass whose queries are ``n_clean`` (0 or 1) clean chunk ``first`` followed by
-        ``segments`` target segments of chunk ``first + n_clean``; cached until the ring changes."""
+        ``segments`` target segments of chunk ``first + n_clean``; cached until the ring changes, the mask
+        memoised by the ring's layout relative to ``first`` (so a full window reuses its W masks)."""
         key = (first, n_clean, segments)
         if key not in self._passes:
             B, W, dev = self.B, self.W, self.device
@@ -256,18 +260,20 @@ class BlockCausalKVCache:
             q_seg = torch.arange(n_clean + segments, device=dev)
             # ring slot s holds the chunk c = s (mod W) among the cached ones; an empty slot holds "no chunk"
             held = {c % W: c for c in self.cached_chunks()}
-            k_chunk = torch.cat([torch.tensor([held.get(s, -(2**40)) for s in range(W)], dtype=torch.long, device=dev),
-                                 q_chunk])
-            k_clean = torch.cat([torch.ones(W, dtype=torch.bool, device=dev), q_clean])
-            k_seg = torch.cat([torch.full((W,), -1, dtype=torch.long, device=dev), q_seg])
-            chunk_mask = block_causal_mask(q_chunk, q_clean, k_chunk, k_clean, W)  # (chunks, W + chunks)
-            chunk_mask &= q_clean[:, None] | k_clean[None, :] | (q_seg[:, None] == k_seg[None, :])  # segments apart
-            mask = chunk_mask.repeat_interleave(B, 0).repeat_interleave(B, 1)  # (L, W*B + L)
+            layout = (tuple(held[s] - first if s in held else None for s in range(W)), n_clean, segments)
+            if layout not in self._masks:
+                k_chunk = torch.cat([torch.tensor([held.get(s, -(2**40)) for s in range(W)], dtype=torch.long,
+                                                  device=dev), q_chunk])
+                k_clean = torch.cat([torch.ones(W, dtype=torch.bool, device=dev), q_clean])
+                k_seg = torch.cat([torch.full((W,), -1, dtype=torch.long, device=dev), q_seg])
+                chunk_mask = block_causal_mask(q_chunk, q_clean, k_chunk, k_clean, W)  # (chunks, W + chunks)
+                chunk_mask &= q_clean[:, None] | k_clean[None, :] | (q_seg[:, None] == k_seg[None, :])  # segments
+                mask = chunk_mask.repeat_interleave(B, 0).repeat_interleave(B, 1)  # (L, W*B + L)
+                self._masks[layout] = None if bool(mask.all()) else \
+                    torch.zeros(mask.shape, dtype=self.dtype, device=dev).masked_fill_(~mask, float("-inf"))
             pos = q_chunk.repeat_interleave(B) * B + torch.arange(B, device=dev).repeat(len(q_chunk))
             cos, sin = self.model.rope(pos)
-            add = None if bool(mask.all()) else \
-                torch.zeros(mask.shape, dtype=self.dtype, device=dev).masked_fill_(~mask, float("-inf"))
-            self._passes[key] = _Pass(cos, sin, add)
+            self._passes[key] = _Pass(cos, sin, self._masks[layout])
         return self._passes[key]
 
     def _run(self, clean: torch.Tensor | None, x_t: torch.Tensor | None, mods: TargetMod | None, first: int,
