@@ -9,6 +9,9 @@ LMDM's first claim (arXiv 2605.22717, section 3) is about cost per block. With c
   ``B`` target tokens, attending to the cached context.
 * **LMDM block-causal**: ``g(B | cache) + S * g(B | cache)`` -- only the just-finished block is encoded (fused
   into the first step), the rest of the context stays cached across blocks.
+
+Context tokens are needed only for their keys and values, so their last layer stops after its key/value projection
+(``DiT.run_blocks(keys_only=...)``): enc-dec's ``f(C)`` and the fused step's clean chunk count that way.
 * **LMM** (discrete AR, Magenta RealTime-like): ``f_enc(C) + sum_i g_dec(1 | i, C)`` over ``B * depth``
   sequential one-token decoder steps.
 
@@ -70,13 +73,16 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 # ---- the DiT --------------------------------------------------------------------------------------------------
-def _dit_tokens(cfg: DiTConfig, n: int, keys: int, head: int, embed_in: int) -> int:
+def _dit_tokens(cfg: DiTConfig, n: int, keys: int, head: int, embed_in: int, keys_only: int = 0) -> int:
     """FLOPs of ``n`` tokens through the input projection (``embed_in`` non-zero input channels: ``DiT.embed``
-    skips all-zero groups), every layer (each query attending to ``keys`` keys) and the head of ``head`` of them."""
+    skips all-zero groups), every layer (each query attending to ``keys`` keys) and the head of ``head`` of them;
+    ``keys_only`` of them (a cache's clean tokens) stop after the last layer's key/value projection
+    (``DiT.run_blocks``): no output projection, MLP or attention as queries there."""
     d, h, ch = cfg.d_model, cfg.mlp_hidden, cfg.latent_channels
     embed = n * embed_in * d
     layer = n * (4 * d * d + 2 * d * h) + 2 * n * keys * d
-    return 2 * (embed + cfg.n_layers * layer + head * d * ch)
+    skipped = keys_only * (d * d + 2 * d * h + 2 * keys * d)
+    return 2 * (embed + cfg.n_layers * layer - skipped + head * d * ch)
 
 
 def _dit_cond(cfg: DiTConfig, vectors: int, layers: bool = True, head: bool = False, t_embed: bool = False) -> int:
@@ -112,11 +118,11 @@ def dit_block_flops(cfg: DiTConfig, mask: str, steps: int, guided: bool = True, 
         return steps * per_step
     if mask == "enc_dec":
         target_step = rows * _dit_tokens(cfg, B, C + B, B, ch)
-        return _dit_tokens(cfg, C, C, 0, ch) + _dit_cond(cfg, 1) + steps * target_step
+        return _dit_tokens(cfg, C, C, 0, ch, keys_only=C) + _dit_cond(cfg, 1) + steps * target_step
     if mask == "block_causal":
         # guidance rows are segments of one row (lmdm.model.cache): each query meets all rB target keys, the
         # mask discards the other segments'; the fused first step adds the clean chunk's B tokens to the batch
-        fused = _dit_tokens(cfg, (1 + rows) * B, C + (1 + rows) * B, rows * B, ch)
+        fused = _dit_tokens(cfg, (1 + rows) * B, C + (1 + rows) * B, rows * B, ch, keys_only=B)
         return fused + (steps - 1) * _dit_tokens(cfg, rows * B, C + rows * B, rows * B, ch)
     raise UsageError(f"unknown mask {mask!r}; choose outpainting, enc_dec or block_causal")
 
