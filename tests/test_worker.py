@@ -278,6 +278,8 @@ def test_jam_mode_answers_pushed_input(worker):
         sources = {e[1].get("source") for e in worker.of("view") if isinstance(e[1], dict) and "source" in e[1]}
         assert sources in (set(), {"output", "input"}), sources
         # after block 0 an answer's chunk begins with the decoder's held-back tail (68 ms: 3 frames + 20 ms)
+        worker.until(lambda: any(e[1]["source"] == "output" and e[1]["block"] > 0 for e in worker.of("view")),
+                     what="a view of a later answer")
         seams = {(e[1]["source"], e[1]["block"] > 0, round(e[1]["seam_s"], 4)) for e in worker.of("view")}
         assert ("output", True, 0.068) in seams, seams
         assert all(s == 0.0 for src, later, s in seams if (src, later) != ("output", True)), seams
