@@ -366,6 +366,12 @@ class LiveEngine:
             self._out.clear()
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
+    def output_start(self, n: int) -> int:
+        """The stream sample where block ``n``'s output chunk begins: its seam ``n * block_samples`` less what the
+        streaming decoder holds back (``decoder.latency_samples``), 0 for block 0. The chunk plays from there, so
+        it is due then; its block begins ``n * block_samples - output_start(n)`` samples into it."""
+        return max(0, n * self.block_samples - self.decoder.latency_samples)
+
     def flush_output(self) -> np.ndarray:
         """End of stream: the audio the decoder still holds back (its lookahead frames and the crossfade)."""
         with self._lock:
@@ -472,7 +478,7 @@ class LiveEngine:
                 t0, heard = 0.0, need / self.sr
                 if need:
                     self.sim_now = max(self.sim_now, heard) + compute
-            due = t0 + max(0, n * self.block_samples - self.decoder.latency_samples) / self.sr
+            due = t0 + self.output_start(n) / self.sr
             if not self.realtime:
                 # blocks that need no input are generated before the input starts (pre-roll)
                 done = self.sim_now if need else min(due, self.sim_now)

@@ -200,7 +200,7 @@ class Worker:
             self.events_dropped += 1
             return
         # the output chunk of a later block begins with the previous block's tail, which the decoder held back
-        seam_s = engine.decoder.latency_samples / engine.sr if n > 0 and len(audio) else 0.0
+        seam_s = (n * engine.block_samples - engine.output_start(n)) / engine.sr
         self.events.put(("_block", n, info, audio, heard, engine.codec, min(seam_s, len(audio) / engine.sr)))
 
     # ---- mover thread ------------------------------------------------------------------------------------------
