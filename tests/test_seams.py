@@ -1,4 +1,7 @@
 """Block seams: equal-power crossfade keeps power; streamed decoding has no clicks where naive decoding does."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -68,6 +71,25 @@ def test_crossfade_longer_than_overlap_is_rejected():
         StreamingDecoder(MelCodec(), overlap_mel_frames=8, crossfade_s=0.04, lookahead_mel_frames=6)
     with pytest.raises(ValueError, match="first block must be longer than the decoder's latency"):
         StreamingDecoder(MelCodec()).push(torch.zeros(1, MelCodec().channels))
+
+
+def test_a_streams_first_block_imports_nothing():
+    """The decoder builds the filterbank (librosa's import: about 2 s in a fresh process) when it is made, not in
+    the first block's decode, where it made a cold ``lmdm generate`` report twice the decoding time of a warm one
+    and would make a live stream's first block late. Checked in a fresh interpreter: the first push imports no
+    module."""
+    code = (
+        "import sys, torch\n"
+        "from lmdm.audio.codec import MelCodec\n"
+        "from lmdm.audio.decoder import StreamingDecoder\n"
+        "codec = MelCodec()\n"
+        "dec = StreamingDecoder(codec)\n"
+        "before = set(sys.modules)\n"
+        "dec.push(torch.zeros(16, codec.channels))\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"the first push imported {out.strip()}"
 
 
 def test_a_short_last_block_is_decoded():

@@ -149,6 +149,13 @@ class MelCodec:
         """``(n_fft,)`` Hann window of the STFT."""
         return torch.hann_window(self.cfg.n_fft)
 
+    def prepare_decoding(self) -> None:
+        """Build what decoding needs (the filterbank's pseudo-inverse, the STFT window) now instead of on the first
+        decode. Building the filterbank imports librosa, about 2 s in a fresh process: a streaming decoder calls
+        this when it is made, so that a stream's first block does not wait for it (it made a cold ``lmdm
+        generate`` report twice the decoding time of a warm one)."""
+        _ = self.mel_pinv, self.window
+
     # ---- audio -> mel -> latent -------------------------------------------------------------------------------
     def audio_to_mel(self, audio: torch.Tensor) -> torch.Tensor:
         """Normalised log-mel of ``audio``.

@@ -59,6 +59,7 @@ class StreamingDecoder:
         if self.gl_iters < 1:
             raise ValueError(f"gl_iters must be >= 1, got {gl_iters}")
         self.generator = torch.Generator().manual_seed(seed)
+        codec.prepare_decoding()  # not inside the first push: a stream's first block must not pay librosa's import
         self.prev_mel: torch.Tensor | None = None  # (overlap, n_mels)
         self.prev_latent: torch.Tensor | None = None  # (1, decoder_context, channels): the decoder looks back
         self.prev_phase: torch.Tensor | None = None  # (bins, overlap)
