@@ -5,9 +5,10 @@
 
 Each report prints one table (``lmdm.eval.suite.markdown_table``); ``--extra ROW=COLUMN:TEXT`` adds a cell.
 ``--merge LABEL=FILE ...`` prints one table of several runs of the same suite (other sampler settings, say): the
-first report's real-music and calibration rows once, then every report's system rows, named "LABEL: system" (the
-names ``--extra`` then uses); the runs must have measured the same real and calibration rows with the same prompts
-(checked: identical, else the script stops).
+first report's real-music and calibration rows once (and a later report's calibration rows that the earlier ones did
+not measure, such as another checkpoint's latent ceiling), then every report's system rows, named "LABEL: system"
+(the names ``--extra`` then uses); the runs must have used the same prompts and measured every calibration row they
+share identically (checked, else the script stops).
 """
 from __future__ import annotations
 
@@ -18,26 +19,34 @@ from pathlib import Path
 from lmdm.eval.suite import markdown_table
 
 
-def same(report: dict) -> str:
-    """What merged runs must share: every non-system row and the prompts, as canonical JSON."""
-    return json.dumps({"rows": [r for r in report["rows"] if r["kind"] != "system"],
-                       "prompts": report.get("prompts")}, sort_keys=True)
-
-
 def merged(specs: list[str]) -> dict:
-    """One report of the first report's calibration rows and every report's system rows (``LABEL=FILE`` specs)."""
-    out, real = None, None
+    """One report of the calibration rows (each once) and every report's system rows (``LABEL=FILE`` specs).
+
+    Raises:
+        SystemExit: a spec without a label, or runs that differ in their prompts or in a calibration row they share.
+    """
+    out, calibration = None, {}
     for spec in specs:
         label, _, path = spec.rpartition("=")
         if not label:
             raise SystemExit(f"--merge {spec!r}: expected LABEL=FILE")
         report = json.loads(Path(path).read_text())
         if out is None:
-            out = {**report, "rows": [r for r in report["rows"] if r["kind"] != "system"]}
-            real = same(report)
-        elif same(report) != real:
-            raise SystemExit(f"{path}: its real or calibration rows, or its prompts, differ from the first "
-                             "report's; runs cannot be merged")
+            out = {**report, "rows": []}
+        elif report.get("prompts") != out.get("prompts"):
+            raise SystemExit(f"{path}: its prompts differ from the first report's; runs cannot be merged")
+        for r in report["rows"]:
+            if r["kind"] == "system":
+                continue
+            if r["name"] not in calibration:
+                calibration[r["name"]] = r
+                out["rows"].append(r)
+            elif json.dumps(calibration[r["name"]], sort_keys=True) != json.dumps(r, sort_keys=True):
+                raise SystemExit(f"{path}: its row {r['name']!r} differs from an earlier report's; runs cannot be "
+                                 "merged")
+    for spec in specs:
+        label, _, path = spec.rpartition("=")
+        report = json.loads(Path(path).read_text())
         out["rows"] += [{**r, "name": f"{label}: {r['name']}"} for r in report["rows"] if r["kind"] == "system"]
     return out
 

@@ -201,3 +201,29 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     assert len(table) == 2 + len(names) and all(line.count("|") == table[0].count("|") for line in table)
     assert table[-1].startswith("| lmdm-small | 0.1 | 2 | ") and table[6].startswith("| silence |  | 2 | −inf |")
     assert f"{system['level']['lufs']['mean']:.1f}".replace("-", "−") in table[-1]
+
+
+def test_eval_table_merges_runs_that_share_their_calibration_rows(tmp_path):
+    """``scripts/eval_table.py --merge``: calibration rows once (a later run's extra ceiling row added), every run's
+    systems under its label; a shared calibration row that differs, or other prompts, stop the merge."""
+    import runpy
+    from pathlib import Path
+
+    merged = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "eval_table.py"))["merged"]
+    real = {"name": "real validation", "kind": "real", "level": {"lufs": {"mean": -19.8}}}
+    ceiling = {"name": "real through base's latent", "kind": "ceiling"}
+    other = {"name": "real through arc's latent", "kind": "ceiling"}
+    system = {"name": "base", "kind": "system"}
+    files = {}
+    for name, rows, prompts in (("a", [real, ceiling, system], ["p"]), ("b", [real, ceiling, other, system], ["p"]),
+                                ("c", [{**real, "level": {"lufs": {"mean": -20.0}}}, system], ["p"]),
+                                ("d", [real, system], ["q"])):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_text(json.dumps({"rows": rows, "prompts": prompts}))
+    out = merged([f"8 steps={files['a']}", f"4 steps={files['b']}"])
+    assert [r["name"] for r in out["rows"]] == ["real validation", "real through base's latent",
+                                               "real through arc's latent", "8 steps: base", "4 steps: base"]
+    with pytest.raises(SystemExit, match="row 'real validation' differs"):
+        merged([f"x={files['a']}", f"y={files['c']}"])
+    with pytest.raises(SystemExit, match="prompts differ"):
+        merged([f"x={files['a']}", f"y={files['d']}"])
