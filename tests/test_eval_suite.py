@@ -204,18 +204,20 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
 
 
 def test_eval_table_merges_runs_that_share_their_calibration_rows(tmp_path):
-    """``scripts/eval_table.py --merge``: calibration rows once (a later run's extra ceiling row added), every run's
-    systems under its label; a shared calibration row that differs, or other prompts, stop the merge."""
+    """``scripts/eval_table.py --merge``: calibration rows once (a later run's extra ceiling row added; a bootstrap CI
+    that differs is the first run's), every run's systems under its label; a shared calibration row whose estimates
+    differ, or other prompts, stop the merge."""
     import runpy
     from pathlib import Path
 
     merged = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "eval_table.py"))["merged"]
-    real = {"name": "real validation", "kind": "real", "level": {"lufs": {"mean": -19.8}}}
+    real = {"name": "real validation", "kind": "real", "level": {"lufs": {"mean": -19.8, "ci": [-20.0, -19.5]}}}
     ceiling = {"name": "real through base's latent", "kind": "ceiling"}
     other = {"name": "real through arc's latent", "kind": "ceiling"}
     system = {"name": "base", "kind": "system"}
     files = {}
-    for name, rows, prompts in (("a", [real, ceiling, system], ["p"]), ("b", [real, ceiling, other, system], ["p"]),
+    resampled = {**real, "level": {"lufs": {"mean": -19.8, "ci": [-20.1, -19.4]}}}  # another bootstrap, same windows
+    for name, rows, prompts in (("a", [real, ceiling, system], ["p"]), ("b", [resampled, ceiling, other, system], ["p"]),
                                 ("c", [{**real, "level": {"lufs": {"mean": -20.0}}}, system], ["p"]),
                                 ("d", [real, system], ["q"])):
         files[name] = tmp_path / f"{name}.json"
