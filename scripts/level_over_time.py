@@ -18,7 +18,6 @@ import argparse
 from dataclasses import replace
 
 import numpy as np
-import torch
 
 from lmdm.checkpoint import load_checkpoint
 from lmdm.eval.level import clipped_fraction, integrated_loudness
