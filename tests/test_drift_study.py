@@ -16,6 +16,7 @@ from lmdm.metrics.drift_study import (
     StudyConfig,
     StudySystem,
     checkpoint_codec,
+    format_study,
     load_study,
     prompt_schedule,
     quick,
@@ -76,6 +77,22 @@ def test_aggregate_gives_medians_over_streams_and_the_first_last_verdict():
     assert "**DRIFT**" in verdict_table({"sys": agg})
     with pytest.raises(UsageError, match="same windows"):
         aggregate([_rows([1.0, 2.0]), _rows([1.0])], band)
+
+
+def test_the_streams_that_clip_are_counted_where_the_median_hides_them():
+    """One stream of three clips in one window: the median clipped fraction stays 0, the tail says 1 stream, 1 window."""
+    band = {m: {"mean": 0.0, "std": 1.0, "windows": 20} for m in METRICS}
+    streams = [_rows([-20.0, -20.0]), _rows([-19.0, -21.0]), _rows([-20.0, -20.0])]
+    for r in streams[0] + streams[1] + streams[2]:
+        r["clipped_fraction"] = 0.0
+    streams[1][1].update(lufs=4.5, clipped_fraction=0.25)
+    agg = aggregate(streams, band, n_boot=100, seed=0)
+    assert agg["windows"][1]["value"]["clipped_fraction"]["median"] == 0.0
+    assert agg["tail"] == {"streams_clipping": 1, "windows_clipping": 1, "windows": 6, "loudest_window_lufs": 4.5,
+                           "most_clipped_window": 0.25}
+    study = {"prompts": ["p"], "reference": "r", "real_music": band, "systems": {"sys": agg}, "wall_s": {"sys": 1.0}}
+    assert "1 of 3 streams clip, in 1 of 6 windows (the worst window 25.0% of its samples; loudest window 4.5 LUFS)" \
+        in format_study(study)
 
 
 def test_a_ratio_of_tiny_distances_is_not_drift_inside_the_band():

@@ -117,7 +117,7 @@ def aggregate(streams: Sequence[Sequence[Mapping]], real_music: Mapping, n_boot:
     Returns:
         ``n_streams``, ``windows`` (per window: ``start_s``, ``end_s``, ``value`` and ``distance``, each
         ``{metric: median_ci}``) and ``verdict`` (``{metric: first_last(...)}``), plus ``drift_lenses`` (the lenses
-        that flag drift).
+        that flag drift) and ``tail`` (:func:`level_tail`: what the medians hide, the streams that clip).
 
     Raises:
         UsageError: no stream, or streams with different windows.
@@ -137,7 +137,27 @@ def aggregate(streams: Sequence[Sequence[Mapping]], real_music: Mapping, n_boot:
                         "distance": {m: median_ci(dist[m][:, k], n_boot, rng) for m in METRICS}})
     verdict = {m: first_last(dist[m][:, 0], dist[m][:, -1], n_boot, rng) for m in METRICS}
     return {"n_streams": len(streams), "windows": windows, "verdict": verdict,
-            "drift_lenses": [m for m in METRICS if verdict[m]["drift"]]}
+            "drift_lenses": [m for m in METRICS if verdict[m]["drift"]], "tail": level_tail(streams)}
+
+
+def level_tail(streams: Sequence[Sequence[Mapping]]) -> dict:
+    """What a median over streams cannot show: a few streams that run away in level. A median over 12 streams stays
+    at 0% clipped while three of them clip a quarter of their samples for minutes (the drift study of ARC-Forcing's
+    student, README "Drift over 10 minutes").
+
+    Args:
+        streams: per stream, its window rows (each with ``lufs`` and ``clipped_fraction``).
+
+    Returns:
+        ``streams_clipping`` (streams with a sample at or above full scale in any window), ``windows_clipping`` (such
+        windows, over all streams), ``windows`` (all windows), ``loudest_window_lufs`` and
+        ``most_clipped_window`` (the largest clipped fraction of any window, 0..1).
+    """
+    clipped = [[r["clipped_fraction"] > 0 for r in s] for s in streams]
+    lufs = [r["lufs"] for s in streams for r in s if math.isfinite(r["lufs"])]
+    return {"streams_clipping": sum(any(c) for c in clipped), "windows_clipping": sum(map(sum, clipped)),
+            "windows": sum(map(len, clipped)), "loudest_window_lufs": max(lufs, default=float("nan")),
+            "most_clipped_window": max(r["clipped_fraction"] for s in streams for r in s)}
 
 
 def _g(x: float) -> str:

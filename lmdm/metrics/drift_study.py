@@ -336,5 +336,16 @@ def format_study(study: dict) -> str:
         lines.append(f"- {label} ({agg['n_streams']} streams, {study['wall_s'][label]:.0f} s each): ratio <= "
                      f"{MAX_RATIO} on {len(meets)}/{len(agg['verdict'])} lenses; drift flagged by "
                      f"{', '.join(agg['drift_lenses']) or 'no lens'}; last window outside the real band on "
-                     f"{', '.join(outside) or 'no lens'}")
+                     f"{', '.join(outside) or 'no lens'}" + _tail_text(agg))
     return "\n".join(lines)
+
+
+def _tail_text(agg: dict) -> str:
+    """The per-system line's clause on the streams that clip (``agg["tail"]``, ``drift_stats.level_tail``; "" for a
+    study saved before it existed)."""
+    tail = agg.get("tail")
+    if not tail:
+        return ""
+    return (f"; {tail['streams_clipping']} of {agg['n_streams']} streams clip, in {tail['windows_clipping']} of "
+            f"{tail['windows']} windows (the worst window {100 * tail['most_clipped_window']:.1f}% of its samples; "
+            f"loudest window {tail['loudest_window_lufs']:.1f} LUFS)")
