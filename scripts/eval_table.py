@@ -38,12 +38,13 @@ def merged(specs: list[str]) -> dict:
     Raises:
         SystemExit: a spec without a label, or runs that differ in their prompts or in a calibration row they share.
     """
-    out, calibration = None, {}
+    out, calibration, runs = None, {}, []
     for spec in specs:
         label, _, path = spec.rpartition("=")
         if not label:
             raise SystemExit(f"--merge {spec!r}: expected LABEL=FILE")
         report = json.loads(Path(path).read_text())
+        runs.append((label, report))
         if out is None:
             out = {**report, "rows": []}
         elif report.get("prompts") != out.get("prompts"):
@@ -57,9 +58,7 @@ def merged(specs: list[str]) -> dict:
             elif measured(calibration[r["name"]]) != measured(r):
                 raise SystemExit(f"{path}: its row {r['name']!r} differs from an earlier report's; runs cannot be "
                                  "merged")
-    for spec in specs:
-        label, _, path = spec.rpartition("=")
-        report = json.loads(Path(path).read_text())
+    for label, report in runs:
         out["rows"] += [{**r, "name": f"{label}: {r['name']}"} for r in report["rows"] if r["kind"] == "system"]
     return out
 

@@ -9,11 +9,11 @@ LMDM's first claim (arXiv 2605.22717, section 3) is about cost per block. With c
   ``B`` target tokens, attending to the cached context.
 * **LMDM block-causal**: ``g(B | cache) + S * g(B | cache)`` -- only the just-finished block is encoded (fused
   into the first step), the rest of the context stays cached across blocks.
+* **LMM** (discrete AR, Magenta RealTime-like): ``f_enc(C) + sum_i g_dec(1 | i, C)`` over ``B * depth``
+  sequential one-token decoder steps.
 
 Context tokens are needed only for their keys and values, so their last layer stops after its key/value projection
 (``DiT.run_blocks(keys_only=...)``): enc-dec's ``f(C)`` and the fused step's clean chunk count that way.
-* **LMM** (discrete AR, Magenta RealTime-like): ``f_enc(C) + sum_i g_dec(1 | i, C)`` over ``B * depth``
-  sequential one-token decoder steps.
 
 FLOPs count multiply-adds twice (``2 M N K`` for a matmul), attention as ``4 * queries * keys * d`` per layer
 (QK^T and AV), and nothing else (norms, activations, sampling). That is exactly what
