@@ -1,7 +1,8 @@
 """ARC-Forcing: losses equal their formulas; the exit step covers all S steps; rollouts carry controls and prompt
 dropout and equal inference for the same seed and exit step; the exit step's differentiable cache path computes
 what inference computes, and gradient reaches only the exit step of each block; each player's step leaves the
-other's weights untouched; the discriminator scores negative captions; a run resumes exactly. Negatives:
+other's weights untouched; the discriminator scores negative captions; a run resumes exactly; own streams continue
+where the last iteration left them, and a run with them resumes exactly. Negatives:
 ``tests/test_arc_negatives.py``; level: ``tests/test_arc_level.py``."""
 import math
 from dataclasses import replace
@@ -34,8 +35,11 @@ from lmdm.train.arc.trainer import (
     discriminator_step,
     draw_iteration,
     generator_step,
+    own_stream_iteration,
     with_pretraining_dropouts,
 )
+from lmdm.train.arc.streams import OwnStreams
+from lmdm.train.dataset import LatentSet
 from lmdm.train.state import latest_checkpoint
 
 softplus = lambda x: math.log1p(math.exp(x))
@@ -346,3 +350,96 @@ def test_arc_run_checkpoints_and_resumes_exactly(real_data, tmp_path):
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
     log = (tmp_path / "arc" / "log.csv").read_text().splitlines()
     assert log[0].split(",")[:3] == ["step", "loss_g", "loss_level"]
+
+
+# ---- own streams ----------------------------------------------------------------------------------------------
+def tiny_latent_set(frames=(40, 30, 50), seed=0) -> LatentSet:
+    """Three "train" works of random raw-mel latent frames, one caption each."""
+    g = torch.Generator().manual_seed(seed)
+    n, total = len(frames), sum(frames)
+    return LatentSet(latents=torch.randn(total, 512, generator=g).half(), features=torch.zeros(total, 4),
+                     frame_work=torch.cat([torch.full((f,), i) for i, f in enumerate(frames)]).int(),
+                     work_start=torch.tensor([sum(frames[:i]) for i in range(n)]), work_frames=torch.tensor(frames),
+                     captions=torch.randn(n, 384, generator=g), caption_start=torch.arange(n),
+                     caption_count=torch.ones(n, dtype=torch.long), work_ids=[f"w{i}" for i in range(n)],
+                     splits=["train"] * n, texts=[f"work {i}" for i in range(n)])
+
+
+def test_own_streams_continue_where_the_last_iteration_left_them(monkeypatch):
+    """An own-stream iteration starts each stream from a real crop's context the first time, continues it from
+    its own last W chunks afterwards, compares it with real crops of the stream's own work, and trains the
+    student; with ``own_stream_blocks = N`` every stream restarts every time."""
+    student, data = tiny_student(), tiny_latent_set()
+    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, ceiling_weight=1.0)
+    C, N, B = student.cfg.context_frames, cfg.rollout_blocks, student.cfg.block_frames
+    starts = data.valid_starts("train", C + N * B)
+    streams = OwnStreams(cfg.batch_size, C, 512)
+    seen = {"ctx": [], "blocks": [], "real_works": []}
+    real_rollout, real_starts = arc_trainer.rollout, arc_trainer.same_work_starts
+
+    def recording_rollout(model, context, *args, **kw):
+        seen["ctx"].append(context.detach().clone())
+        out = real_rollout(model, context, *args, **kw)
+        seen["blocks"].append(out.blocks.detach().float())
+        return out
+
+    def recording_starts(data_, work, frames, gen):
+        first = real_starts(data_, work, frames, gen)
+        seen["real_works"].append((data_.frame_work[first].long(), work.clone()))
+        return first
+
+    monkeypatch.setattr(arc_trainer, "rollout", recording_rollout)
+    monkeypatch.setattr(arc_trainer, "same_work_starts", recording_starts)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    gen, ceiling = torch.Generator().manual_seed(0), torch.full((128,), 0.5)
+    before = snapshot(student)
+    outs = [own_stream_iteration(student, opt, streams, data, starts, cfg, gen, MEL, ceiling) for _ in range(3)]
+    assert not same(student, before)
+    assert [o["stream_blocks"] for o in outs] == [2.0, 4.0, 6.0] and all(o["restarted"] == 0 for o in outs[1:])
+    assert all(o["loss_ceiling"] > 0 for o in outs)  # random mel rises above a ceiling of 0.5
+    # the first context is real music of the stream's work; each later one is the end of the stream before it
+    lat = data.latents.float()
+    for i in range(cfg.batch_size):
+        w = int(streams.work[i])
+        s0, n = int(data.work_start[w]), int(data.work_frames[w])
+        assert any(torch.equal(seen["ctx"][0][i], lat[s : s + C]) for s in range(s0, s0 + n - C + 1))
+    for found, work in seen["real_works"]:
+        assert torch.equal(found, work)
+    for k in (1, 2, 3):
+        stream = torch.cat([seen["ctx"][k - 1], seen["blocks"][k - 1]], 1)
+        now = seen["ctx"][k] if k < 3 else streams.context
+        assert torch.equal(now, stream[:, -C:]) and not torch.equal(now, seen["ctx"][k - 1])
+    # a mean length of N blocks restarts every stream every time
+    out = own_stream_iteration(student, opt, streams, data, starts, replace(cfg, own_stream_blocks=N), gen, MEL,
+                               None)
+    assert out["restarted"] == 1.0 and out["stream_blocks"] == N and out["loss_ceiling"] == 0.0
+
+
+def test_own_stream_settings_are_checked():
+    for bad in ({"own_stream_every": -1}, {"own_stream_every": 2, "own_stream_blocks": 1},
+                {"own_stream_every": 2, "level_weight": 0.0, "ceiling_weight": 0.0}, {"ceiling_weight": -1.0}):
+        with pytest.raises(ConfigError):
+            tiny_cfg(**bad)
+
+
+def test_arc_run_with_own_streams_and_ceiling_resumes_exactly(real_data, tmp_path):
+    """Every second iteration continues the own streams; the streams are checkpointed, so a run resumed before
+    an own-stream iteration continues the very same streams."""
+    base = tmp_path / "base"
+    save_checkpoint(base, tiny_student(), MelCodec(CodecConfig()), dtype=torch.float32)
+    cfg = ARCConfig(init_from=str(base), data=str(real_data), run_dir=str(tmp_path / "arc"), steps=2, batch_size=2,
+                    rollout_blocks=2, student_steps=3, disc_layers=1, disc_head_width=16, ckpt_every=1, log_every=1,
+                    own_stream_every=2, own_stream_blocks=100, ceiling_weight=1.0)
+    arc_train(cfg, progress=False)
+    streams = load_file(str(latest_checkpoint(tmp_path / "arc") / "streams.safetensors"))
+    assert streams["blocks"].tolist() == [2, 2] and streams["context"].abs().sum() > 0
+    r = arc_train(replace(cfg, steps=4), resume=True, progress=False)
+    straight = arc_train(replace(cfg, steps=4, run_dir=str(tmp_path / "straight")), progress=False)
+    assert r.last["stream_blocks"] == straight.last["stream_blocks"] == 4
+    assert r.last["loss_level"] == pytest.approx(straight.last["loss_level"], rel=1e-5)
+    for name in ("model", "disc", "ema", "streams"):
+        a = load_file(str(latest_checkpoint(tmp_path / "arc") / f"{name}.safetensors"))
+        b = load_file(str(latest_checkpoint(tmp_path / "straight") / f"{name}.safetensors"))
+        assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a), name
+    header = (tmp_path / "arc" / "log.csv").read_text().splitlines()[0].split(",")
+    assert "loss_ceiling" in header and "stream_blocks" in header

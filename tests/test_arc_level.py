@@ -1,5 +1,6 @@
 """Level in ARC-Forcing: the discriminator hears a level change of the decoded spectrogram; the level anchor is
-zero for real statistics, grows with a level offset and reaches the latent through a differentiable decoder."""
+zero for real statistics, grows with a level offset and reaches the latent through a differentiable decoder; the
+ceiling is the data's loudest value per band and costs only what rises above it."""
 import math
 
 import pytest
@@ -11,7 +12,7 @@ from lmdm.diffusion import add_noise
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.level import DecodedMel, band_moments, level_anchor_loss
+from lmdm.train.arc.level import DecodedMel, band_ceiling, band_moments, ceiling_loss, level_anchor_loss
 
 
 def tiny_student(latent_channels: int) -> DiT:
@@ -87,3 +88,30 @@ def test_decoded_mel_is_differentiable_and_matches_the_codec():
     assert not any(p.requires_grad for p in mel.parameters())
     with pytest.raises(ValueError, match="channels"):
         mel(torch.randn(1, 2, 8))
+
+
+def test_ceiling_costs_only_what_rises_above_the_datas_loudest_value_per_band():
+    torch.manual_seed(0)
+    codec = MelCodec(CodecConfig(), PatchAutoencoder(AutoencoderConfig(latent_channels=16, hidden=64, depth=1)))
+    mel = DecodedMel(codec)
+    works = [torch.randn(37, 16), torch.randn(5, 16) * 3]
+    # each work decoded on its own; chunks carry the decoder's look-back, so chunking changes nothing
+    whole = torch.maximum(mel(works[0][None]).amax((0, 1)), mel(works[1][None]).amax((0, 1)))
+    assert torch.allclose(band_ceiling(mel, works), whole)
+    assert torch.allclose(band_ceiling(mel, works, chunk=8), whole, atol=1e-6)
+    ceiling = whole
+    real = torch.cat([mel(w[None]) for w in works], 1)
+    assert ceiling_loss(real, ceiling).item() == 0.0  # the data never exceeds its own ceiling
+    fake = real.clone()
+    fake[0, :10, 3] = ceiling[3] + 1.0  # 10 frames one unit over in one band
+    fake[0, :10, 7] = ceiling[7] + 0.5
+    assert ceiling_loss(fake, ceiling).item() == pytest.approx(10 * (1.0 + 0.25) / fake.shape[1], rel=1e-5)
+    fake.requires_grad_(True)
+    ceiling_loss(fake, ceiling).backward()
+    over = torch.zeros_like(fake, dtype=torch.bool)
+    over[0, :10, 3] = over[0, :10, 7] = True
+    assert (fake.grad[over] > 0).all() and (fake.grad[~over] == 0).all()  # only what rises above is pushed down
+    with pytest.raises(ValueError, match="one per band"):
+        ceiling_loss(fake, ceiling[:64])
+    with pytest.raises(ValueError, match="at least one"):
+        band_ceiling(mel, [])

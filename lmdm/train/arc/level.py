@@ -64,6 +64,59 @@ def level_anchor_loss(fake_mel: torch.Tensor, real_mel: torch.Tensor) -> torch.T
     return ((mu_f - mu_r).pow(2) + (sd_f - sd_r).pow(2)).mean()
 
 
+def ceiling_loss(fake_mel: torch.Tensor, ceiling: torch.Tensor) -> torch.Tensor:
+    """Squared excess over each band's ceiling, summed over bands and averaged over items and frames:
+    ``mean_{b,t} sum_f relu(mel[b, t, f] - ceiling[f])^2``.
+
+    Zero while every value stays at or below its band's ceiling (all real training music, by construction of
+    :func:`band_ceiling`); one frame with one band one unit over (21.7 dB) adds ``1 / (b * frames)``, so a stream
+    whose frames all sit one unit over in five bands costs 5. Gradient reaches only the values above.
+
+    Args:
+        fake_mel: ``(b, frames, n_mels)`` decoded mel of generated frames.
+        ceiling: ``(n_mels,)`` the loudest value of each band in the training data.
+
+    Returns:
+        scalar (float32).
+
+    Raises:
+        ValueError: ``ceiling`` does not have one value per band.
+    """
+    if ceiling.shape != fake_mel.shape[-1:]:
+        raise ValueError(f"ceiling has shape {tuple(ceiling.shape)}, expected ({fake_mel.shape[-1]},): one per band")
+    return torch.relu(fake_mel.float() - ceiling.detach()).pow(2).sum(-1).mean()
+
+
+@torch.no_grad()
+def band_ceiling(mel: DecodedMel, works: list[torch.Tensor], chunk: int = 4096) -> torch.Tensor:
+    """The loudest value of each band of the decoded mel over ``works``, each decoded on its own (the decoder
+    looks back ``decoder_context`` frames, never across works), in chunks of ``chunk`` latent frames.
+
+    Args:
+        mel: the checkpoint's differentiable decoder (:class:`DecodedMel`; used without gradient).
+        works: each ``(frames, ch)`` latent frames of one work (e.g. the training split's).
+        chunk: latent frames decoded at once (each chunk after the first is decoded with the decoder's look-back
+            frames before it, so chunking changes nothing).
+
+    Returns:
+        ``(n_mels,)`` float32, on ``mel``'s device.
+
+    Raises:
+        ValueError: no frames at all.
+    """
+    dev = torch.device("cpu") if mel.autoencoder is None else next(mel.autoencoder.parameters()).device
+    back = 0 if mel.autoencoder is None else mel.autoencoder.cfg.decoder_context
+    top = None
+    for z in works:
+        for i in range(0, len(z), chunk):
+            lo = max(0, i - back)
+            part = mel(z[lo : i + chunk].to(dev).float()[None])[:, (i - lo) * mel.patch :].amax(dim=(0, 1))
+            top = part if top is None else torch.maximum(top, part)
+    if top is None:
+        raise ValueError("band_ceiling needs at least one latent frame")
+    return top
+
+
 class DecodedMel(nn.Module):
     """Latent frames ``(b, frames, ch)`` -> normalised log-mel ``(b, frames * patch, n_mels)``, differentiable in
     the latent (``MelCodec.latent_to_mel`` decodes under ``no_grad``): the frozen autoencoder's decoder (a copy,

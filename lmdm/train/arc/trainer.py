@@ -12,12 +12,15 @@ generations for ``N`` blocks (``lmdm.train.arc.rollout``) and trained against a 
 3. **generator step** (:func:`generator_step`): roll out ``N`` blocks after the real context (gradient only
    through each block's exit step); re-noise ``[context | rollout]`` and ``[context | real continuation]`` with the
    *same* noise and timestep; ``L_G = softplus(D(real) - D(fake))`` on the rollout region, plus the level anchor
-   (``lmdm.train.arc.level``: the rollouts' decoded mel matches the real continuations' per-band statistics); the
-   discriminator is frozen;
+   (``lmdm.train.arc.level``: the rollouts' decoded mel matches the real continuations' per-band statistics, and
+   no band is louder than the training data's loudest); the discriminator is frozen;
 4. **discriminator step** (:func:`discriminator_step`): ``L_D = softplus(-(D(real) - D(fake)))`` plus the
    contrastive loss (real audio with its own caption must outscore it with the negative caption); the student
    is not touched;
 5. EMA of the generator, LR, checkpoints, resume, log and export: the one loop of ``lmdm.train.loop``.
+
+With ``own_stream_every = k``, every ``k``-th iteration instead continues the student's own long streams
+(:func:`own_stream_iteration`, ``lmdm.train.arc.streams``): the runaway of long streams is met in training.
 
 The discriminator scores each sequence with the prompt flag and the control channels the rollout had.
 
@@ -45,12 +48,13 @@ from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.level import DecodedMel, level_anchor_loss
+from lmdm.train.arc.level import DecodedMel, band_ceiling, ceiling_loss, level_anchor_loss
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
 from lmdm.train.arc.negatives import Negatives
 from lmdm.train.arc.rollout import draw_exit_steps, rollout
+from lmdm.train.arc.streams import OwnStreams, same_work_starts
 from lmdm.train.config import TrainConfig
-from lmdm.train.dataset import encode_latent_set, load_latent_set
+from lmdm.train.dataset import LatentSet, encode_latent_set, load_latent_set
 from lmdm.train.distributed import Distributed, batch_plan, distributed_run
 from lmdm.train.loop import LoopSettings, LoopState, Task, optimizer_step, run_loop, settle_config, write_config
 from lmdm.train.objective import control_presence, logit_normal
@@ -91,6 +95,13 @@ class ARCConfig:
             and spread of the rollouts' decoded mel against the real continuations'; a uniform offset of ``g``
             dB costs ``(g / 21.7)^2``, so at 1.0 a 14 dB offset weighs about as much as the adversarial loss at
             equilibrium, ``ln 2``); 0 = off.
+        ceiling_weight: weight of the ceiling in the generator step (``lmdm.train.arc.level.ceiling_loss``: the
+            squared excess of the rollouts' decoded mel over the loudest value of each band in the training
+            split, summed over bands); 0 = off.
+        own_stream_every: every ``k``-th iteration is an own-stream iteration (:func:`own_stream_iteration`:
+            the student continues its own long streams, trained on the level anchor and the ceiling only); 0 =
+            off (every iteration starts from real music). One process only.
+        own_stream_blocks: mean length in blocks of an own stream before it restarts from real music.
         ema_decay: EMA of the student.
         t_logit_mean, t_logit_std: logit-normal re-noising timestep for the discriminator.
         grad_clip: gradient-norm clipping for both players.
@@ -119,6 +130,9 @@ class ARCConfig:
     lr_d: float = 1e-4
     contrastive_weight: float = 1.0
     level_weight: float = 1.0
+    ceiling_weight: float = 0.0
+    own_stream_every: int = 0
+    own_stream_blocks: int = 120
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
     t_logit_std: float = 1.0
@@ -140,9 +154,15 @@ class ARCConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be in [0, 1] (or null: as pretrained), got {value}")
-        if not self.level_weight >= 0 or not self.contrastive_weight >= 0:
-            raise ConfigError(f"level_weight and contrastive_weight must be >= 0, got {self.level_weight} and "
-                              f"{self.contrastive_weight}")
+        for name in ("level_weight", "contrastive_weight", "ceiling_weight"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.own_stream_every < 0 or self.own_stream_blocks < self.rollout_blocks:
+            raise ConfigError(f"own_stream_every must be >= 0 and own_stream_blocks >= rollout_blocks "
+                              f"({self.rollout_blocks}), got {self.own_stream_every} and {self.own_stream_blocks}")
+        if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0:
+            raise ConfigError("own-stream iterations train on the level anchor and the ceiling only: set "
+                              "level_weight or ceiling_weight > 0, or own_stream_every = 0")
 
 
 def with_pretraining_dropouts(cfg: ARCConfig, base_info: dict) -> ARCConfig:
@@ -265,7 +285,8 @@ class ScorePass(nn.Module):
 
 def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimizer, batch: ARCBatch,
                    draw: ARCDraw, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
-                   rollout_pass: nn.Module | None = None) -> tuple[torch.Tensor, dict]:
+                   rollout_pass: nn.Module | None = None,
+                   ceiling: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Step 3 of the module docstring: roll out, score against the real continuation with the discriminator
     frozen, and update the student only (``opt_g``).
 
@@ -277,10 +298,12 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
         gen: the rollout's noise.
         mel: the differentiable decoder of the level anchor (:class:`DecodedMel`, on the student's device).
         rollout_pass: :class:`RolloutPass` of ``student`` or its DDP wrapper (None: built here).
+        ceiling: ``(n_mels,)`` the training data's loudest decoded mel per band (:func:`band_ceiling`), or None
+            (no ceiling term).
 
     Returns:
         ``(x_fake, metrics)``: the re-noised ``[context | rollout]`` ``(b, (W + N) * B, ch)`` (detached, for the
-        discriminator step) and ``loss_g``, ``loss_level`` (floats).
+        discriminator step) and ``loss_g``, ``loss_level``, ``loss_ceiling`` (floats; 0 without a ceiling).
     """
     rollout_pass = rollout_pass or RolloutPass(student)
     dev = batch.x0.device
@@ -299,17 +322,21 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
                       disc(x_fake, draw.t, batch.text, draw.has_text, C, draw.controls))
         loss_g = relativistic_g_loss(*(s.float() for s in scores))
         start = C * mel.patch  # the rollout region's first mel frame (decoded with the context before it)
-        with torch.set_grad_enabled(cfg.level_weight > 0):
+        with torch.set_grad_enabled(cfg.level_weight > 0 or (ceiling is not None and cfg.ceiling_weight > 0)):
             fake_mel = mel(torch.cat([ctx, blocks.float()], 1))[:, start:]
         with torch.no_grad():
             real_mel = mel(batch.x0)[:, start:]
         loss_level = level_anchor_loss(fake_mel, real_mel)
+        loss_ceiling = torch.zeros(()) if ceiling is None else ceiling_loss(fake_mel, ceiling)
         total = loss_g + cfg.level_weight * loss_level if cfg.level_weight > 0 else loss_g
+        if ceiling is not None and cfg.ceiling_weight > 0:
+            total = total + cfg.ceiling_weight * loss_ceiling
         optimizer_step(total, opt_g, student.parameters(), cfg.grad_clip)
     finally:
         for p, flag in zip(disc.parameters(), flags):
             p.requires_grad_(flag)
-    return x_fake.detach(), {"loss_g": loss_g.item(), "loss_level": loss_level.item()}
+    return x_fake.detach(), {"loss_g": loss_g.item(), "loss_level": loss_level.item(),
+                             "loss_ceiling": loss_ceiling.item()}
 
 
 def discriminator_step(disc: Discriminator, opt_d: torch.optim.Optimizer, batch: ARCBatch, draw: ARCDraw,
@@ -343,7 +370,8 @@ def discriminator_step(disc: Discriminator, opt_d: torch.optim.Optimizer, batch:
 
 def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                   batch: ARCBatch, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
-                  rollout_pass: nn.Module | None = None, score_pass: nn.Module | None = None) -> dict:
+                  rollout_pass: nn.Module | None = None, score_pass: nn.Module | None = None,
+                  ceiling: torch.Tensor | None = None) -> dict:
     """One generator step and one discriminator step (steps 2-4 of the module docstring; ARC, arXiv 2505.08175,
     section 3).
 
@@ -357,19 +385,84 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
         mel: the level anchor's decoder (:class:`DecodedMel` of the checkpoint's codec, on the student's device).
         rollout_pass, score_pass: :class:`RolloutPass` of ``student`` and :class:`ScorePass` of ``disc``, or their
             ``DistributedDataParallel`` wrappers (None: built here, one process).
+        ceiling: the ceiling of :func:`generator_step` (None: no ceiling term).
 
     Returns:
-        ``loss_g``, ``loss_level``, ``loss_d``, ``loss_c``, mean ``d_real`` and ``d_fake`` (floats), the
-        ``exit_steps`` drawn and ``prompted``, the fraction of rollouts that had their prompt.
+        ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_d``, ``loss_c``, mean ``d_real`` and ``d_fake``
+        (floats), the ``exit_steps`` drawn and ``prompted``, the fraction of rollouts that had their prompt.
 
     Raises:
         ConfigError: a dropout of ``cfg`` is None.
     """
     batch = batch.to(next(student.parameters()).device)
     draw = draw_iteration(batch, cfg, gen)
-    x_fake, out = generator_step(student, disc, opt_g, batch, draw, cfg, gen, mel, rollout_pass)
+    x_fake, out = generator_step(student, disc, opt_g, batch, draw, cfg, gen, mel, rollout_pass, ceiling)
     out.update(discriminator_step(disc, opt_d, batch, draw, x_fake, cfg, student.cfg.context_frames, score_pass))
     return {**out, "exit_steps": list(draw.exit_steps), "prompted": draw.has_text.float().mean().item()}
+
+
+def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: OwnStreams, data: LatentSet,
+                         starts: torch.Tensor, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
+                         ceiling: torch.Tensor | None, rollout_pass: nn.Module | None = None) -> dict:
+    """An own-stream iteration (``lmdm.train.arc.streams``): restart some streams from real crops, continue every
+    stream by ``N`` blocks with all ``S`` steps (gradient through each block's final step), update the student on
+    ``level_weight * level anchor + ceiling_weight * ceiling`` against a fresh real crop of each stream's work,
+    and advance the streams. The discriminator is not involved.
+
+    Draws, on ``gen`` and in this order: the restarts, the restarted streams' crops and captions
+    (``LatentSet.draw`` over ``starts``) and prompt flags, the real crops of each stream's work, the rollout's noise.
+
+    Args:
+        student, opt_g: the student (updated) and its optimiser.
+        streams: the streams' state (updated in place; on the student's device).
+        data, starts: the data set and the valid first frames of a ``(W + N) * B`` crop of its training split.
+        cfg: rollout length, student steps, prompt dropout (set: :func:`with_pretraining_dropouts`), weights,
+            ``own_stream_blocks``, gradient clipping, mixed precision.
+        gen: the run's RNG.
+        mel: the level anchor's decoder (on the student's device).
+        ceiling: ``(n_mels,)`` the training data's loudest decoded mel per band, or None (no ceiling term).
+        rollout_pass: :class:`RolloutPass` of ``student`` (None: built here).
+
+    Returns:
+        ``loss_level``, ``loss_ceiling``, ``stream_blocks`` (the streams' mean length in blocks after this
+        iteration) and ``restarted`` (the fraction restarted), floats.
+
+    Raises:
+        ConfigError: ``cfg.prompt_dropout`` is None.
+    """
+    if cfg.prompt_dropout is None:
+        raise ConfigError("set the rollout dropouts first (with_pretraining_dropouts)")
+    rollout_pass = rollout_pass or RolloutPass(student)
+    dev = next(student.parameters()).device
+    C, B, N, S = student.cfg.context_frames, student.cfg.block_frames, cfg.rollout_blocks, cfg.student_steps
+    b, crop = len(streams.blocks), C + N * B
+    restart = streams.restarts(N, cfg.own_stream_blocks, gen)
+    first, captions = data.draw(starts, b, gen)
+    has_text = torch.rand(b, generator=gen, device=gen.device) >= cfg.prompt_dropout
+    fresh, _, _ = data.crops(first, captions, crop)
+    r = restart.cpu()
+    streams.work[restart] = data.frame_work[first[r]].long().to(dev)
+    streams.caption[restart] = captions[r].to(dev)
+    streams.has_text[restart] = has_text[r].to(dev)
+    real_first = same_work_starts(data, streams.work, crop, gen)
+    x_real, _, text = data.crops(real_first, streams.caption.cpu(), crop)
+    ctx = torch.where(restart[:, None, None], fresh[:, :C].to(dev), streams.context)
+    student.train()
+    with arc_autocast(dev, cfg.bf16):
+        blocks = rollout_pass(ctx, text.to(dev), streams.has_text, None, [S] * N, S, gen)
+    seq = torch.cat([ctx, blocks.float()], 1)
+    start = C * mel.patch
+    fake_mel = mel(seq)[:, start:]
+    with torch.no_grad():
+        real_mel = mel(x_real.to(dev))[:, start:]
+    loss_level = level_anchor_loss(fake_mel, real_mel)
+    loss_ceiling = torch.zeros((), device=dev) if ceiling is None else ceiling_loss(fake_mel, ceiling)
+    optimizer_step(cfg.level_weight * loss_level + cfg.ceiling_weight * loss_ceiling, opt_g, student.parameters(),
+                   cfg.grad_clip)
+    streams.context.copy_(seq[:, -C:].detach())
+    streams.blocks.copy_(torch.where(restart, N, streams.blocks + N))
+    return {"loss_level": loss_level.item(), "loss_ceiling": loss_ceiling.item(),
+            "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item()}
 
 
 def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool = True,
@@ -430,11 +523,25 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     crop = (student.cfg.window_chunks + cfg.rollout_blocks) * student.cfg.block_frames
     starts = data.valid_starts("train", crop)
     negatives = Negatives.of(data, "train")
+    ceiling = None
+    if cfg.ceiling_weight > 0:  # the training split's loudest decoded mel per band (deterministic: not saved)
+        train_works = [data.latents[s : s + n] for s, n, split in
+                       zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits) if split == "train"]
+        ceiling = band_ceiling(mel, train_works)
+    streams = None
+    if cfg.own_stream_every:
+        if distributed.active:
+            raise ConfigError("own_stream_every runs on one process; set it to 0 for a torchrun run")
+        streams = OwnStreams(cfg.batch_size, student.cfg.context_frames, student.cfg.latent_channels)
+        streams.to(distributed.device)
     # clean_cond conditions only the cache writes, which run without gradient: unused in the rollout's graph
     rollout_pass = distributed.wrap(RolloutPass(student), find_unused_parameters=True)
     score_pass = distributed.wrap(ScorePass(disc), find_unused_parameters=True)
 
     def train_step(state: LoopState) -> dict:
+        if streams is not None and (state.step + 1) % cfg.own_stream_every == 0:
+            return own_stream_iteration(student, opt_g, streams, data, starts, settled, gen, mel, ceiling,
+                                        rollout_pass)
         first, captions = data.draw(starts, cfg.batch_size, gen)
         negative = negatives.draw(captions, gen)  # the whole batch's, on every rank alike
         rows = plan.rows
@@ -444,8 +551,9 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
         if distributed.active:  # per-rank rollouts; the shared generator advances identically on every rank
             seed = int(torch.randint(2**62, (), generator=gen))
             rank_gen = torch.Generator().manual_seed(seed + distributed.rank)
-        out = arc_iteration(student, disc, opt_g, opt_d, batch, settled, rank_gen, mel, rollout_pass, score_pass)
-        for k in ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "prompted"):
+        out = arc_iteration(student, disc, opt_g, opt_d, batch, settled, rank_gen, mel, rollout_pass, score_pass,
+                            ceiling)
+        for k in ("loss_g", "loss_level", "loss_ceiling", "loss_d", "loss_c", "d_real", "d_fake", "prompted"):
             out[k] = distributed.mean(out[k])
         return out
 
@@ -455,10 +563,11 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                 "sampler": {"sampler": "pingpong", "steps": cfg.student_steps, "cfg_scale": 1.0},
                 "arc_config": to_dict(settled), "base_info": {k: base.info.get(k) for k in ("step", "val_loss")}}
 
-    task = Task(modules={"model": student, "disc": disc}, optimizers={"g": opt_g, "d": opt_d}, generator=gen,
+    modules = {"model": student, "disc": disc} | ({} if streams is None else {"streams": streams})
+    task = Task(modules=modules, optimizers={"g": opt_g, "d": opt_d}, generator=gen,
                 train_step=train_step, save_model=lambda path, m, info: save_checkpoint(path, m, base.codec, info),
                 export_info=export_info, ema_decay=lambda n: cfg.ema_decay)
-    metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake")
+    metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "loss_ceiling", "stream_blocks")
     settings = LoopSettings(run_dir=run, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
                             columns=tuple((k, ".5f") for k in metrics),
