@@ -396,7 +396,7 @@ def test_own_streams_continue_where_the_last_iteration_left_them(monkeypatch):
     outs = [own_stream_iteration(student, opt, streams, data, starts, cfg, gen, MEL, ceiling) for _ in range(3)]
     assert not same(student, before)
     assert [o["stream_blocks"] for o in outs] == [2.0, 4.0, 6.0] and all(o["restarted"] == 0 for o in outs[1:])
-    assert all(o["loss_ceiling"] > 0 for o in outs)  # random mel rises above a ceiling of 0.5
+    assert all(o["own_ceiling"] > 0 for o in outs)  # random mel rises above a ceiling of 0.5
     # the first context is real music of the stream's work; each later one is the end of the stream before it
     lat = data.latents.float()
     for i in range(cfg.batch_size):
@@ -412,7 +412,7 @@ def test_own_streams_continue_where_the_last_iteration_left_them(monkeypatch):
     # a mean length of N blocks restarts every stream every time
     out = own_stream_iteration(student, opt, streams, data, starts, replace(cfg, own_stream_blocks=N), gen, MEL,
                                None)
-    assert out["restarted"] == 1.0 and out["stream_blocks"] == N and out["loss_ceiling"] == 0.0
+    assert out["restarted"] == 1.0 and out["stream_blocks"] == N and out["own_ceiling"] == 0.0
 
 
 def test_own_stream_settings_are_checked():
@@ -436,10 +436,13 @@ def test_arc_run_with_own_streams_and_ceiling_resumes_exactly(real_data, tmp_pat
     r = arc_train(replace(cfg, steps=4), resume=True, progress=False)
     straight = arc_train(replace(cfg, steps=4, run_dir=str(tmp_path / "straight")), progress=False)
     assert r.last["stream_blocks"] == straight.last["stream_blocks"] == 4
-    assert r.last["loss_level"] == pytest.approx(straight.last["loss_level"], rel=1e-5)
+    assert r.last["own_level"] == pytest.approx(straight.last["own_level"], rel=1e-5)
     for name in ("model", "disc", "ema", "streams"):
         a = load_file(str(latest_checkpoint(tmp_path / "arc") / f"{name}.safetensors"))
         b = load_file(str(latest_checkpoint(tmp_path / "straight") / f"{name}.safetensors"))
         assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a), name
-    header = (tmp_path / "arc" / "log.csv").read_text().splitlines()[0].split(",")
-    assert "loss_ceiling" in header and "stream_blocks" in header
+    log = (tmp_path / "arc" / "log.csv").read_text().splitlines()
+    header, row4 = log[0].split(","), dict(zip(log[0].split(","), log[-1].split(",")))
+    assert {"loss_ceiling", "own_level", "own_ceiling", "stream_blocks"} <= set(header)
+    # a logged own-stream iteration also shows the newest real-context iteration's losses
+    assert row4["own_level"] and row4["loss_g"] and row4["loss_d"]

@@ -424,8 +424,9 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         rollout_pass: :class:`RolloutPass` of ``student`` (None: built here).
 
     Returns:
-        ``loss_level``, ``loss_ceiling``, ``stream_blocks`` (the streams' mean length in blocks after this
-        iteration) and ``restarted`` (the fraction restarted), floats.
+        ``own_level``, ``own_ceiling`` (the level anchor and the ceiling on the own streams), ``stream_blocks``
+        (the streams' mean length in blocks after this iteration) and ``restarted`` (the fraction restarted),
+        floats.
 
     Raises:
         ConfigError: ``cfg.prompt_dropout`` is None.
@@ -461,7 +462,7 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
                    cfg.grad_clip)
     streams.context.copy_(seq[:, -C:].detach())
     streams.blocks.copy_(torch.where(restart, N, streams.blocks + N))
-    return {"loss_level": loss_level.item(), "loss_ceiling": loss_ceiling.item(),
+    return {"own_level": loss_level.item(), "own_ceiling": loss_ceiling.item(),
             "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item()}
 
 
@@ -538,10 +539,12 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     rollout_pass = distributed.wrap(RolloutPass(student), find_unused_parameters=True)
     score_pass = distributed.wrap(ScorePass(disc), find_unused_parameters=True)
 
+    recent = {}  # the last real-context iteration's metrics, logged beside an own-stream iteration's
+
     def train_step(state: LoopState) -> dict:
         if streams is not None and (state.step + 1) % cfg.own_stream_every == 0:
-            return own_stream_iteration(student, opt_g, streams, data, starts, settled, gen, mel, ceiling,
-                                        rollout_pass)
+            return {**recent, **own_stream_iteration(student, opt_g, streams, data, starts, settled, gen, mel,
+                                                     ceiling, rollout_pass)}
         first, captions = data.draw(starts, cfg.batch_size, gen)
         negative = negatives.draw(captions, gen)  # the whole batch's, on every rank alike
         rows = plan.rows
@@ -555,6 +558,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                             ceiling)
         for k in ("loss_g", "loss_level", "loss_ceiling", "loss_d", "loss_c", "d_real", "d_fake", "prompted"):
             out[k] = distributed.mean(out[k])
+        recent.update(out)
         return out
 
     def export_info(state: LoopState) -> dict:
@@ -567,7 +571,8 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     task = Task(modules=modules, optimizers={"g": opt_g, "d": opt_d}, generator=gen,
                 train_step=train_step, save_model=lambda path, m, info: save_checkpoint(path, m, base.codec, info),
                 export_info=export_info, ema_decay=lambda n: cfg.ema_decay)
-    metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "loss_ceiling", "stream_blocks")
+    metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "loss_ceiling", "own_level",
+               "own_ceiling", "stream_blocks")
     settings = LoopSettings(run_dir=run, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
                             columns=tuple((k, ".5f") for k in metrics),
