@@ -74,6 +74,12 @@ def test_level_anchor_is_zero_for_real_statistics_and_grows_with_a_level_offset(
     assert (fake.grad.sum((0, 1)) > 0).all()
     with pytest.raises(ValueError, match="bands"):
         level_anchor_loss(real, real[..., :64])
+    # per item: one louder and one quieter item cancel in the pooled mean but each pays on its own
+    louder_quieter = real + torch.tensor([0.3, -0.3, 0.0])[:, None, None]
+    pooled, each = level_anchor_loss(louder_quieter, real), level_anchor_loss(louder_quieter, real, per_item=True)
+    assert each.item() > 3 * pooled.item() and level_anchor_loss(real, real, per_item=True).item() < 1e-10
+    with pytest.raises(ValueError, match="as many real items"):
+        level_anchor_loss(real, real[:2], per_item=True)
 
 
 def test_decoded_mel_is_differentiable_and_matches_the_codec():

@@ -41,7 +41,7 @@ def band_moments(mel: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, to
     return mean, ((flat - mean).pow(2).mean(0) + eps).sqrt()
 
 
-def level_anchor_loss(fake_mel: torch.Tensor, real_mel: torch.Tensor) -> torch.Tensor:
+def level_anchor_loss(fake_mel: torch.Tensor, real_mel: torch.Tensor, per_item: bool = False) -> torch.Tensor:
     """Feature matching on band statistics: ``mean_bands[(mu_fake - mu_real)^2 + (sd_fake - sd_real)^2]``.
 
     Zero when both have the same per-band statistics (e.g. the same frames in another order); a uniform level
@@ -50,15 +50,23 @@ def level_anchor_loss(fake_mel: torch.Tensor, real_mel: torch.Tensor) -> torch.T
     Args:
         fake_mel: ``(b, frames, n_mels)`` decoded mel of generated frames.
         real_mel: ``(b', frames', n_mels)`` decoded mel of real frames.
+        per_item: False = statistics over the whole batch (one louder and one quieter item can cancel); True =
+            item ``i`` of ``fake_mel`` against item ``i`` of ``real_mel`` (``b' = b``), averaged over items: a
+            stream that runs away pays on its own.
 
     Returns:
         scalar (float32).
 
     Raises:
-        ValueError: the two have different numbers of bands.
+        ValueError: the two have different numbers of bands, or of items with ``per_item``.
     """
     if fake_mel.shape[-1] != real_mel.shape[-1]:
         raise ValueError(f"fake and real mel have {fake_mel.shape[-1]} and {real_mel.shape[-1]} bands")
+    if per_item:
+        if fake_mel.shape[0] != real_mel.shape[0]:
+            raise ValueError(f"per_item needs as many real items as fake ones, got {real_mel.shape[0]} and "
+                             f"{fake_mel.shape[0]}")
+        return torch.stack([level_anchor_loss(f[None], r[None]) for f, r in zip(fake_mel, real_mel)]).mean()
     mu_f, sd_f = band_moments(fake_mel)
     mu_r, sd_r = (m.detach() for m in band_moments(real_mel))
     return ((mu_f - mu_r).pow(2) + (sd_f - sd_r).pow(2)).mean()

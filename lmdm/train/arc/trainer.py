@@ -102,6 +102,8 @@ class ARCConfig:
             the student continues its own long streams, trained on the level anchor and the ceiling only); 0 =
             off (every iteration starts from real music). One process only.
         own_stream_blocks: mean length in blocks of an own stream before it restarts from real music.
+        own_stream_per_item: the own-stream iterations' level anchor compares each stream with the real crop of
+            its own work (``level_anchor_loss(per_item=True)``) instead of the batch's pooled statistics.
         ema_decay: EMA of the student.
         t_logit_mean, t_logit_std: logit-normal re-noising timestep for the discriminator.
         grad_clip: gradient-norm clipping for both players.
@@ -133,6 +135,7 @@ class ARCConfig:
     ceiling_weight: float = 0.0
     own_stream_every: int = 0
     own_stream_blocks: int = 120
+    own_stream_per_item: bool = False
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
     t_logit_std: float = 1.0
@@ -456,7 +459,7 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     fake_mel = mel(seq)[:, start:]
     with torch.no_grad():
         real_mel = mel(x_real.to(dev))[:, start:]
-    loss_level = level_anchor_loss(fake_mel, real_mel)
+    loss_level = level_anchor_loss(fake_mel, real_mel, per_item=cfg.own_stream_per_item)
     loss_ceiling = torch.zeros((), device=dev) if ceiling is None else ceiling_loss(fake_mel, ceiling)
     optimizer_step(cfg.level_weight * loss_level + cfg.ceiling_weight * loss_ceiling, opt_g, student.parameters(),
                    cfg.grad_clip)
