@@ -202,6 +202,30 @@ def test_a_study_resumes_by_skipping_the_streams_it_has_finished(tmp_path, both_
     assert len(calls) == 2
 
 
+def test_a_checkpoint_retrained_into_the_same_folder_is_streamed_again(tmp_path, both_splits, real_audio):
+    """Stream files are keyed by the checkpoint's weights, not only its path: after ``lmdm arc`` exports a new
+    student to the same folder, the study does not reuse the old student's streams."""
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(BASE, ckpt)
+    calls = []
+
+    def generate(system, prompt, seed, seconds):
+        calls.append(seed)
+        return real_audio[: int(seconds * SR)]
+
+    cfg = _config(tmp_path, both_splits, systems=(StudySystem("a", str(ckpt), steps=1, cfg_scale=1.0),), seeds=(0,),
+                  minutes=10.5 / 60)
+    run_study(cfg, generate=generate, log=lambda line: None)
+    run_study(cfg, generate=generate, log=lambda line: None)
+    assert len(calls) == 2  # the same weights: both prompts' streams reused
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")  # "retrained": other weights, same folder
+    run_study(cfg, generate=generate, log=lambda line: None)
+    assert len(calls) == 4 and len(list((tmp_path / "study" / "streams").glob("*.json"))) == 4
+
+
 def test_prompt_switches_cycle_through_the_prompts():
     s = StudySystem("switch", BASE, switch_every_s=60.0)
     assert prompt_schedule(s, ["a", "b", "c"], 1, 150.0) == [(0.0, "b"), (60.0, "c"), (120.0, "a")]

@@ -161,10 +161,24 @@ def prompt_schedule(system: StudySystem, prompts: list[str], index: int, seconds
     return [(k * system.switch_every_s, prompts[(index + k) % len(prompts)]) for k in range(n)]
 
 
+def weights_digest(checkpoint: str | Path) -> str | None:
+    """SHA-1 (12 hex digits) of a checkpoint folder's ``model.safetensors`` (the DiT's weights), or None when the
+    folder has none: a retrained checkpoint written to the same folder is a different system."""
+    path = Path(checkpoint) / "model.safetensors"
+    if not path.is_file():
+        return None
+    h = hashlib.sha1()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:12]
+
+
 def stream_settings(cfg: StudyConfig, system: StudySystem, prompt, seed: int) -> dict:
-    """Everything a stream's rows depend on (its file's hash is of this)."""
-    return {"system": dataclasses.asdict(system), "prompt": prompt, "seed": seed, "minutes": cfg.minutes,
-            "window_s": cfg.window_s, "data": str(cfg.data)}
+    """Everything a stream's rows depend on (its file's hash is of this), the checkpoint's weights included
+    (:func:`weights_digest`)."""
+    return {"system": dataclasses.asdict(system), "weights": weights_digest(system.checkpoint), "prompt": prompt,
+            "seed": seed, "minutes": cfg.minutes, "window_s": cfg.window_s, "data": str(cfg.data)}
 
 
 def stream_path(out_dir: str | Path, settings: dict, index: int) -> Path:
