@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -166,6 +167,30 @@ def test_train_config_with_unknown_keys_or_a_wrong_tuple(tmp_path, capsys):
     cfg.write_text(json.dumps({"betas": [0.9, 0.99, 0.5]}))
     rc, _, err = run(["train", "--config", str(cfg)], capsys)
     assert rc == 2 and f"{cfg}.betas: expected tuple[float, float]" in one_error_line(err)
+
+
+def test_arc_set_changes_one_config_field_type_checked(tmp_path, capsys, monkeypatch):
+    """``lmdm arc --set KEY=VALUE`` changes a field of configs/arc.json (VALUE parsed as JSON), and a wrong key, type
+    or form is a one-line error before anything trains."""
+    import lmdm.train.arc.trainer as trainer
+
+    seen = {}
+
+    def fake_train(cfg, **kw):
+        seen["cfg"], seen["overrides"] = cfg, kw["overrides"]
+        return SimpleNamespace(step=0, hours=0.0, disc_params=0, last={}, final_dir=tmp_path)  # nothing trains
+
+    monkeypatch.setattr(trainer, "arc_train", fake_train)
+    config = str(Path(__file__).parents[1] / "configs" / "arc.json")
+    rc, _, _ = run(["arc", "--config", config, "--set", "own_stream_every=0", "--set", "lr_g=2e-5"], capsys)
+    assert rc == 0 and seen["cfg"].own_stream_every == 0 and seen["cfg"].lr_g == 2e-5
+    assert seen["cfg"].ceiling_weight == json.loads(Path(config).read_text())["ceiling_weight"]  # the rest kept
+    for bad, needle in [("own_stream_everyy=0", "own_stream_everyy"), ("own_stream_every=two", "own_stream_every"),
+                        ("own_stream_every", "KEY=VALUE")]:
+        rc, _, err = run(["arc", "--config", config, "--set", bad], capsys)
+        assert rc == 2 and needle in one_error_line(err), err
+    rc, _, _ = run(["arc", "--resume", "--run-dir", str(tmp_path), "--set", "max_hours=0.5"], capsys)
+    assert seen["cfg"] is None and seen["overrides"] == {"max_hours": 0.5}  # resume: passed on to be checked there
 
 
 def test_drift_refuses_bad_arguments_before_streaming(tmp_path, capsys):
