@@ -415,9 +415,32 @@ def test_own_streams_continue_where_the_last_iteration_left_them(monkeypatch):
     assert out["restarted"] == 1.0 and out["stream_blocks"] == N and out["own_ceiling"] == 0.0
 
 
+def test_own_streams_sample_with_own_stream_steps(monkeypatch):
+    """``own_stream_steps`` sets the own streams' sampler (every block exits at its last step); 0 keeps
+    ``student_steps``."""
+    student, data = tiny_student(), tiny_latent_set()
+    C, B = student.cfg.context_frames, student.cfg.block_frames
+    seen = []
+    real_rollout = arc_trainer.rollout
+
+    def recording_rollout(model, context, text, has_text, exit_steps, steps, *args, **kw):
+        seen.append((list(exit_steps), steps))
+        return real_rollout(model, context, text, has_text, exit_steps, steps, *args, **kw)
+
+    monkeypatch.setattr(arc_trainer, "rollout", recording_rollout)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    for own_steps, expect in ((0, 4), (2, 2)):
+        cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, student_steps=4, own_stream_steps=own_steps)
+        starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
+        streams = OwnStreams(cfg.batch_size, C, 512)
+        own_stream_iteration(student, opt, streams, data, starts, cfg, torch.Generator().manual_seed(0), MEL, None)
+        assert seen[-1] == ([expect] * cfg.rollout_blocks, expect)
+
+
 def test_own_stream_settings_are_checked():
     for bad in ({"own_stream_every": -1}, {"own_stream_every": 2, "own_stream_blocks": 1},
-                {"own_stream_every": 2, "level_weight": 0.0, "ceiling_weight": 0.0}, {"ceiling_weight": -1.0}):
+                {"own_stream_every": 2, "level_weight": 0.0, "ceiling_weight": 0.0}, {"ceiling_weight": -1.0},
+                {"own_stream_steps": -1}, {"own_stream_steps": 5, "student_steps": 4}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)
 

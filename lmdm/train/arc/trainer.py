@@ -104,6 +104,8 @@ class ARCConfig:
         own_stream_blocks: mean length in blocks of an own stream before it restarts from real music.
         own_stream_per_item: the own-stream iterations' level anchor compares each stream with the real crop of
             its own work (``level_anchor_loss(per_item=True)``) instead of the batch's pooled statistics.
+        own_stream_steps: denoising steps of the own streams' rollouts (0 = ``student_steps``); fewer steps
+            train the student against the faster sampler's runaway, which builds sooner.
         ema_decay: EMA of the student.
         t_logit_mean, t_logit_std: logit-normal re-noising timestep for the discriminator.
         grad_clip: gradient-norm clipping for both players.
@@ -136,6 +138,7 @@ class ARCConfig:
     own_stream_every: int = 0
     own_stream_blocks: int = 120
     own_stream_per_item: bool = False
+    own_stream_steps: int = 0
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
     t_logit_std: float = 1.0
@@ -163,6 +166,9 @@ class ARCConfig:
         if self.own_stream_every < 0 or self.own_stream_blocks < self.rollout_blocks:
             raise ConfigError(f"own_stream_every must be >= 0 and own_stream_blocks >= rollout_blocks "
                               f"({self.rollout_blocks}), got {self.own_stream_every} and {self.own_stream_blocks}")
+        if not 0 <= self.own_stream_steps <= self.student_steps:
+            raise ConfigError(f"own_stream_steps must be in 0..student_steps ({self.student_steps}), got "
+                              f"{self.own_stream_steps}")
         if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0:
             raise ConfigError("own-stream iterations train on the level anchor and the ceiling only: set "
                               "level_weight or ceiling_weight > 0, or own_stream_every = 0")
@@ -408,7 +414,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
                          starts: torch.Tensor, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
                          ceiling: torch.Tensor | None, rollout_pass: nn.Module | None = None) -> dict:
     """An own-stream iteration (``lmdm.train.arc.streams``): restart some streams from real crops, continue every
-    stream by ``N`` blocks with all ``S`` steps (gradient through each block's final step), update the student on
+    stream by ``N`` blocks with all ``S`` steps (``own_stream_steps``, else ``student_steps``; gradient through
+    each block's final step), update the student on
     ``level_weight * level anchor + ceiling_weight * ceiling`` against a fresh real crop of each stream's work,
     and advance the streams. The discriminator is not involved.
 
@@ -438,7 +445,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         raise ConfigError("set the rollout dropouts first (with_pretraining_dropouts)")
     rollout_pass = rollout_pass or RolloutPass(student)
     dev = next(student.parameters()).device
-    C, B, N, S = student.cfg.context_frames, student.cfg.block_frames, cfg.rollout_blocks, cfg.student_steps
+    C, B, N = student.cfg.context_frames, student.cfg.block_frames, cfg.rollout_blocks
+    S = cfg.own_stream_steps or cfg.student_steps
     b, crop = len(streams.blocks), C + N * B
     restart = streams.restarts(N, cfg.own_stream_blocks, gen)
     first, captions = data.draw(starts, b, gen)
