@@ -435,12 +435,21 @@ def test_own_streams_sample_with_own_stream_steps(monkeypatch):
         streams = OwnStreams(cfg.batch_size, C, 512)
         own_stream_iteration(student, opt, streams, data, starts, cfg, torch.Generator().manual_seed(0), MEL, None)
         assert seen[-1] == ([expect] * cfg.rollout_blocks, expect)
+    # alternate steps: the first half of the streams at own_stream_steps, the second half at the alternative
+    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, student_steps=4, batch_size=4, own_stream_alt_steps=2)
+    starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
+    streams = OwnStreams(cfg.batch_size, C, 512)
+    seen.clear()
+    out = own_stream_iteration(student, opt, streams, data, starts, cfg, torch.Generator().manual_seed(0), MEL, None)
+    assert seen == [([4] * cfg.rollout_blocks, 4), ([2] * cfg.rollout_blocks, 2)]
+    assert out["stream_blocks"] == cfg.rollout_blocks and streams.context.abs().sum() > 0
 
 
 def test_own_stream_settings_are_checked():
     for bad in ({"own_stream_every": -1}, {"own_stream_every": 2, "own_stream_blocks": 1},
                 {"own_stream_every": 2, "level_weight": 0.0, "ceiling_weight": 0.0}, {"ceiling_weight": -1.0},
-                {"own_stream_steps": -1}, {"own_stream_steps": 5, "student_steps": 4}):
+                {"own_stream_steps": -1}, {"own_stream_steps": 5, "student_steps": 4},
+                {"own_stream_alt_steps": 5, "student_steps": 4}, {"own_stream_alt_steps": 2, "batch_size": 1}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)
 

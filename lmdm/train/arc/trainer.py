@@ -106,6 +106,9 @@ class ARCConfig:
             its own work (``level_anchor_loss(per_item=True)``) instead of the batch's pooled statistics.
         own_stream_steps: denoising steps of the own streams' rollouts (0 = ``student_steps``); fewer steps
             train the student against the faster sampler's runaway, which builds sooner.
+        own_stream_alt_steps: 0 = off; ``n`` > 0: the second half of the own streams (rows ``batch_size // 2``
+            on) sample with ``n`` steps, the first half with ``own_stream_steps``: one run meets the runaway of
+            both samplers (each at its own pace), since training on either alone fixes that sampler only.
         ema_decay: EMA of the student.
         t_logit_mean, t_logit_std: logit-normal re-noising timestep for the discriminator.
         grad_clip: gradient-norm clipping for both players.
@@ -139,6 +142,7 @@ class ARCConfig:
     own_stream_blocks: int = 120
     own_stream_per_item: bool = False
     own_stream_steps: int = 0
+    own_stream_alt_steps: int = 0
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
     t_logit_std: float = 1.0
@@ -169,6 +173,10 @@ class ARCConfig:
         if not 0 <= self.own_stream_steps <= self.student_steps:
             raise ConfigError(f"own_stream_steps must be in 0..student_steps ({self.student_steps}), got "
                               f"{self.own_stream_steps}")
+        if not 0 <= self.own_stream_alt_steps <= self.student_steps or (self.own_stream_alt_steps
+                                                                         and self.batch_size < 2):
+            raise ConfigError(f"own_stream_alt_steps must be in 0..student_steps ({self.student_steps}) and needs "
+                              f"batch_size >= 2, got {self.own_stream_alt_steps} with batch_size {self.batch_size}")
         if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0:
             raise ConfigError("own-stream iterations train on the level anchor and the ceiling only: set "
                               "level_weight or ceiling_weight > 0, or own_stream_every = 0")
@@ -414,8 +422,9 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
                          starts: torch.Tensor, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
                          ceiling: torch.Tensor | None, rollout_pass: nn.Module | None = None) -> dict:
     """An own-stream iteration (``lmdm.train.arc.streams``): restart some streams from real crops, continue every
-    stream by ``N`` blocks with all ``S`` steps (``own_stream_steps``, else ``student_steps``; gradient through
-    each block's final step), update the student on
+    stream by ``N`` blocks with all ``S`` steps (``own_stream_steps``, else ``student_steps``; with
+    ``own_stream_alt_steps`` the second half of the streams with that many; gradient through each block's final
+    step), update the student on
     ``level_weight * level anchor + ceiling_weight * ceiling`` against a fresh real crop of each stream's work,
     and advance the streams. The discriminator is not involved.
 
@@ -460,8 +469,12 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     x_real, _, text = data.crops(real_first, streams.caption.cpu(), crop)
     ctx = torch.where(restart[:, None, None], fresh[:, :C].to(dev), streams.context)
     student.train()
+    groups = [(slice(0, b), S)] if not cfg.own_stream_alt_steps else \
+        [(slice(0, b // 2), S), (slice(b // 2, b), cfg.own_stream_alt_steps)]
+    text = text.to(dev)
     with arc_autocast(dev, cfg.bf16):
-        blocks = rollout_pass(ctx, text.to(dev), streams.has_text, None, [S] * N, S, gen)
+        blocks = torch.cat([rollout_pass(ctx[g], text[g], streams.has_text[g], None, [s] * N, s, gen)
+                            for g, s in groups])
     seq = torch.cat([ctx, blocks.float()], 1)
     start = C * mel.patch
     fake_mel = mel(seq)[:, start:]
