@@ -82,6 +82,12 @@ def test_generate_rtf_prompt_change_and_targets_are_reported(quick):
     assert g["seconds"] == pytest.approx(result["config"]["generate_seconds"], abs=1e-3)
     assert g["rtf_model"] > 0 and g["rtf_decode"] > 0 and g["rtf"] == pytest.approx(g["rtf_model"] + g["rtf_decode"])
     assert s["rtf_end_to_end"] == g["rtf"]
+    # lmdm generate's precision, and the float32 reference beside it wherever that is another one
+    from lmdm.model.precision import resolve_precision
+    assert g["precision"] == resolve_precision("auto") and g["gl_init"] == "gradient"
+    assert ("float32" in g) == (g["precision"] != "float32")
+    if "float32" in g:
+        assert g["float32"]["precision"] == "float32" and g["float32"]["rtf"] > 0
     assert pc["changes"] == result["config"]["prompt_changes"]
     assert pc["prompt_change_ms"] > 0 and pc["steady_block_ms"] > 0
     assert s["fused_over_subsequent_step"] > 0

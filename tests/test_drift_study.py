@@ -1,5 +1,6 @@
 """The drift study of issue 13: distances and verdicts with known answers, injected drifts that the lenses flag while
 real music passes, streams that resume, the shipped configs, and one-line errors for bad input."""
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -224,6 +225,44 @@ def test_a_checkpoint_retrained_into_the_same_folder_is_streamed_again(tmp_path,
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")  # "retrained": other weights, same folder
     run_study(cfg, generate=generate, log=lambda line: None)
     assert len(calls) == 4 and len(list((tmp_path / "study" / "streams").glob("*.json"))) == 4
+    # another decoder is another stream too: the study's override, then the checkpoint's own config
+    run_study(dataclasses.replace(cfg, gl_iters=32, gl_init="random"), generate=generate, log=lambda line: None)
+    assert len(calls) == 6
+    meta = json.loads((ckpt / "config.json").read_text())
+    meta["codec"]["gl_iters"] = 8
+    (ckpt / "config.json").write_text(json.dumps(meta))
+    run_study(cfg, generate=generate, log=lambda line: None)
+    assert len(calls) == 8
+
+
+def test_the_study_decodes_with_its_overrides_over_each_checkpoints_own(tmp_path, monkeypatch):
+    """``gl_iters``/``gl_init`` of the study replace each checkpoint's (a config that predates ``gl_init`` gets
+    the codec's default), and the generator decodes with them."""
+    from lmdm.metrics.drift_study import checkpoint_generator, stream_decoding
+
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = json.loads((Path(BASE) / "config.json").read_text())
+    meta["codec"].pop("gl_init", None)
+    meta["codec"]["gl_iters"] = 32
+    (old / "config.json").write_text(json.dumps(meta))
+    system = StudySystem("a", str(old))
+    assert stream_decoding(StudyConfig(systems=(system,)), system) == {"gl_iters": 32, "gl_init": "gradient"}
+    cfg = StudyConfig(systems=(system,), gl_init="random")
+    assert stream_decoding(cfg, system) == {"gl_iters": 32, "gl_init": "random"}
+    checkpoint_codec(StudyConfig(systems=(system, StudySystem("b", BASE))))  # only the decoding differs: one study
+    seen = {}
+    import lmdm.metrics.report as report
+
+    def fake_stream(ckpt, prompt, seconds, sampler, progress=False):
+        seen["codec"] = ckpt.codec.cfg
+        return np.zeros(16)
+
+    monkeypatch.setattr(report, "stream_audio", fake_stream)
+    checkpoint_generator(decoding={"gl_iters": 4, "gl_init": "random"})(StudySystem("b", BASE), "x", 0, 1.0)
+    assert seen["codec"].gl_iters == 4 and seen["codec"].gl_init == "random"
+    with pytest.raises(ConfigError, match="gl_init"):
+        StudyConfig(systems=(system,), gl_init="zeros")
 
 
 def test_prompt_switches_cycle_through_the_prompts():

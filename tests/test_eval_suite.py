@@ -174,12 +174,15 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     (tmp_path / "p.txt").write_text("solo flute\n")
     out = tmp_path / "report.json"
     rc = main(["--quiet", "eval", "--quick", "--data", str(both_splits), "--prompts", str(tmp_path / "p.txt"),
-               "--steps", "2", "--gl-iters", "8", "--json", str(out), "--plots", str(tmp_path / "plots")])
+               "--steps", "2", "--gl-iters", "8", "--gl-init", "random", "--json", str(out),
+               "--plots", str(tmp_path / "plots")])
     text = capsys.readouterr().out
     assert rc == 0
     report = json.loads(out.read_text())
-    # every decode (the system's and the ceiling rows') with the Griffin-Lim iterations asked for
-    assert report["decoder"] == {"gl_iters": 8} and report["rows"][-1]["info"]["gl_iters"] == 8
+    # every decode (the system's and the ceiling rows') with the Griffin-Lim iterations and start asked for
+    assert report["decoder"] == {"gl_iters": 8, "gl_init": "random"}
+    info = report["rows"][-1]["info"]
+    assert info["gl_iters"] == 8 and info["gl_init"] == "random" and info["precision"] == "float32"
     names = [r["name"] for r in report["rows"]]
     # the bundled model diffuses a learned latent: real music through it and the decoder is a second ceiling
     assert names == ["real validation (noise floor)", "real through codec + decoder (ceiling)",

@@ -1,11 +1,12 @@
 """The bundled checkpoints give the same latents and audio for the same seed as when the reference was recorded.
 
-``tests/data/golden_outputs.json`` holds every 997th latent value and every 1499th audio sample of short streams
-from ``data/checkpoints/lmdm-small`` and ``lmdm-small-arc`` (three streamers, guided ping-pong; unguided Euler),
-recorded before the package was reorganised. A refactor that changes any computation of the model, the streamers,
-the samplers or the decoder moves these numbers; thread count does not (measured: identical with 1 and 2 threads).
-When a bundled checkpoint is replaced on purpose, ``tests/support/record_golden.py NAME`` records its entries again
-(rerecording an unchanged checkpoint reproduces them to 1e-4).
+``tests/data/golden_outputs.json`` holds every 997th latent value and every 37th log-mel value of the audio
+(:func:`audio_fingerprint`) of short streams from ``data/checkpoints/lmdm-small`` and ``lmdm-small-arc`` (three
+streamers, guided ping-pong; unguided Euler), last recorded when the decoder moved to Griffin-Lim from the gradient
+phase. A refactor that changes any computation of the model, the streamers, the samplers or the decoder moves these
+numbers; thread count does not (measured: identical with 1 and 2 threads). When a bundled checkpoint is replaced on
+purpose, ``tests/support/record_golden.py NAME`` records its entries again (rerecording an unchanged checkpoint
+reproduces them to 1e-4).
 """
 import json
 from pathlib import Path
@@ -40,8 +41,19 @@ def test_same_seed_same_output_as_recorded(checkpoint, case):
     lat = g.latents.numpy()
     assert list(lat.shape) == want["latents_shape"] and len(g.audio) == want["audio_len"]
     np.testing.assert_allclose(lat.reshape(-1)[::997], want["latents_sample"], atol=2e-4)
-    scale = max(1.0, want["audio_rms"])
-    np.testing.assert_allclose(g.audio[::1499], want["audio_sample"], atol=2e-3 * scale)
+    # the audio by its log-mel spectrogram (audio_fingerprint): Griffin-Lim from the gradient phase turns latent
+    # differences of 1e-6 (another CPU's rounding) into waveform differences of 1e-2 but log-mel ones of 6e-4
+    # (mean), while another decoder setting (32 iterations from random phase, or 8 from the gradient) moves it 0.03-0.04
+    got = audio_fingerprint(ckpt.codec, g.audio)
+    assert np.abs(got - np.array(want["audio_mel_sample"])).mean() < 0.005
+    assert np.sqrt(np.mean(np.square(g.audio))) == pytest.approx(want["audio_rms"], rel=0.01)
+
+
+def audio_fingerprint(codec, audio: np.ndarray) -> np.ndarray:
+    """Every 37th value of the audio's normalised log-mel spectrogram ``(mel_frames, n_mels)``, flattened."""
+    import torch
+
+    return codec.audio_to_mel(torch.as_tensor(audio)[None])[0].numpy().reshape(-1)[::37]
 
 
 def test_bad_requests_are_usage_errors_before_any_generation():

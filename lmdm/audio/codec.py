@@ -29,7 +29,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from lmdm.audio.griffinlim import griffin_lim, stft
+from lmdm.audio.griffinlim import PHASE_INITS, griffin_lim, stft
 from lmdm.config import ConfigError
 
 
@@ -47,8 +47,12 @@ class CodecConfig:
         log_floor: magnitude floor before the log.
         mean, std: normalisation of the log-mel values (measured on the built data set, fixed here so that the
             codec is a pure function).
-        gl_iters: Griffin-Lim iterations when decoding.
+        gl_iters: Griffin-Lim iterations when decoding (16 from the gradient phase reach the spectral convergence
+            that 32 reached from random phase: ``scripts/gl_convergence.py``).
         gl_momentum: fast Griffin-Lim momentum.
+        gl_init: Griffin-Lim's starting phase, "gradient" (integrated from the magnitude, continuing a stream's
+            decoded frames; ``lmdm.audio.griffinlim.gradient_phase``) or "random" (what checkpoints decoded with
+            before; their configs lack the field and decode with the gradient phase now).
     """
 
     sample_rate: int = 16000
@@ -61,8 +65,9 @@ class CodecConfig:
     log_floor: float = 1e-5
     mean: float = -5.0
     std: float = 2.5
-    gl_iters: int = 32
+    gl_iters: int = 16
     gl_momentum: float = 0.99
+    gl_init: str = "gradient"
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.hop <= 0 or self.n_fft < self.hop or self.patch <= 0 or self.n_mels <= 0:
@@ -73,6 +78,8 @@ class CodecConfig:
             raise ConfigError(f"need gl_iters >= 1, 0 <= gl_momentum < 1, std > 0 and log_floor > 0, got "
                               f"gl_iters={self.gl_iters}, gl_momentum={self.gl_momentum}, std={self.std}, "
                               f"log_floor={self.log_floor}")
+        if self.gl_init not in PHASE_INITS:
+            raise ConfigError(f"gl_init must be one of {', '.join(PHASE_INITS)}, got {self.gl_init!r}")
 
     @property
     def samples_per_frame(self) -> int:
@@ -245,7 +252,8 @@ class MelCodec:
         c = self.cfg
         mag = self.mel_to_magnitude(self.latent_to_mel(latent))
         mag = torch.cat([mag, mag[..., -1:]], dim=-1)  # one more centred frame so the output ends on a frame
-        return griffin_lim(mag, c.n_fft, c.hop, n_iter or c.gl_iters, c.gl_momentum, generator=generator)
+        return griffin_lim(mag, c.n_fft, c.hop, n_iter or c.gl_iters, c.gl_momentum, generator=generator,
+                           phase_init=c.gl_init)
 
     def encode_numpy(self, audio: np.ndarray) -> torch.Tensor:
         """Mono numpy audio ``(samples,)`` -> latent ``(frames, channels)``."""

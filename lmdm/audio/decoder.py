@@ -32,7 +32,8 @@ class StreamingDecoder:
         codec: the mel codec.
         overlap_mel_frames: mel frames of the previous block re-decoded with the new one (phase continuity).
         crossfade_s: seam crossfade length in seconds.
-        seed: seeds Griffin-Lim's initial phase (same seed, same audio).
+        seed: seeds Griffin-Lim's initial phase when the codec starts it at random (``gl_init``; the gradient
+            phase needs no seed).
         gl_iters: Griffin-Lim iterations per block (default: the codec's).
         lookahead_mel_frames: mel frames before each block boundary that wait for the next block's decode
             (0 = crossfade at the boundary, the old behaviour).
@@ -102,7 +103,7 @@ class StreamingDecoder:
         if o:
             init[0, :, :o] = self.prev_phase
         audio = griffin_lim(mag, c.n_fft, c.hop, self.gl_iters, c.gl_momentum, init_phase=init,
-                            generator=self.generator)[0]
+                            generator=self.generator, phase_init=c.gl_init)[0]
         spec = stft(audio[None], c.n_fft, c.hop, self.codec.window)[0]
         total = mel_in.shape[0]
         keep = min(self.overlap, total)

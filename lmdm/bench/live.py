@@ -40,19 +40,27 @@ PROMPT_CHANGES = ("a fast jig on fiddle and flute", "a slow waltz on solo piano"
                   "a bright marimba rondo", "a clarinet and bassoon duet")
 
 
-def generate_rtf(ckpt: Checkpoint, sampler: SamplerConfig, seconds: float, prompt: str = GENERATE_PROMPT) -> dict:
-    """Real-time factors of ``generate`` (block-causal, as ``lmdm generate`` runs it): model, decode, total.
+def generate_rtf(ckpt: Checkpoint, sampler: SamplerConfig, seconds: float, prompt: str = GENERATE_PROMPT,
+                 precision: str = "auto") -> dict:
+    """Real-time factors of ``generate`` (block-causal, as ``lmdm generate`` runs it, with its ``--precision``
+    default): model, decode, total.
 
     A one-block ``generate`` runs first, so one-time costs of the process (first calls of the decoder's FFTs,
     allocations) stay out; the measured run's first block includes the bootstrap, amortised over ``seconds`` as in
     a real run.
     """
+    from dataclasses import replace
+
+    from lmdm.model.precision import resolve_precision, with_precision
     from lmdm.streaming.generate import generate
 
+    precision = resolve_precision(precision, next(ckpt.model.parameters()).device)
+    ckpt = replace(ckpt, model=with_precision(ckpt.model, precision))
     generate(ckpt, prompt, ckpt.model.cfg.block_frames / ckpt.codec.frame_rate, sampler)  # warm-up
     gen = generate(ckpt, prompt, seconds, sampler)
     return {"seconds": gen.seconds, "rtf_model": gen.model_s / gen.seconds, "rtf_decode": gen.decode_s / gen.seconds,
-            "rtf": gen.rtf, "blocks": len(gen.stats.block_s)}
+            "rtf": gen.rtf, "blocks": len(gen.stats.block_s), "precision": precision,
+            "gl_iters": ckpt.codec.cfg.gl_iters, "gl_init": ckpt.codec.cfg.gl_init}
 
 
 def prompt_change_latency(ckpt: Checkpoint, sampler: SamplerConfig, changes: int,

@@ -101,7 +101,10 @@ def headlines(result: dict) -> list[str]:
         f"{s['lmdm_speedup_over_lmm']:.1f}x faster"),
         f"fused first step / subsequent step (block-causal): {s['fused_over_subsequent_step']:.2f}x",
         (f"generate end to end ({g['seconds']:.0f} s): RTF model {g['rtf_model']:.3f} + decode {g['rtf_decode']:.3f} "
-        f"= {g['rtf']:.3f}"),
+        f"= {g['rtf']:.3f}" + (f" ({g['precision']} matrix multiplications, Griffin-Lim {g['gl_iters']} iterations "
+                               f"from the {g['gl_init']} phase: lmdm generate's defaults)" if "precision" in g else "")
+        + (f"; float32: model {g['float32']['rtf_model']:.3f} + decode {g['float32']['rtf_decode']:.3f} = "
+           f"{g['float32']['rtf']:.3f}" if "float32" in g else "")),
         (f"prompt change -> first block with the new prompt, decoded: {pc['prompt_change_ms']:.0f} ms median of "
         f"{pc['changes']} (a steady block: {pc['steady_block_ms']:.0f} ms; text encoding included)"),
     ]

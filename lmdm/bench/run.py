@@ -315,7 +315,9 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path = "runs/bench", progress=pri
         })
     del streamers
     progress(f"generate, end to end ({cfg.generate_seconds:g} s of audio)...")
-    e2e = generate_rtf(ckpt, sampler, cfg.generate_seconds)
+    e2e = generate_rtf(ckpt, sampler, cfg.generate_seconds)  # lmdm generate's precision (auto)
+    if e2e["precision"] != "float32":  # and the float32 reference, side by side
+        e2e["float32"] = generate_rtf(ckpt, sampler, cfg.generate_seconds, precision="float32")
     progress(f"prompt-change latency ({cfg.prompt_changes} changes)...")
     prompt_change = prompt_change_latency(ckpt, sampler, cfg.prompt_changes)
     policies = None

@@ -6,7 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from lmdm.cli.options import add_device_option, add_sampler_options, sampler_config, use_device
+from lmdm.audio.griffinlim import PHASE_INITS
+from lmdm.cli.options import add_device_option, add_precision_option, add_sampler_options, sampler_config, use_device
 from lmdm.errors import UsageError
 
 
@@ -27,8 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--gl-iters", type=int, default=None, metavar="N",
                    help="Griffin-Lim iterations of every decode, the systems' and the ceiling rows' (default: the "
                         "codec's); compares decoder settings with every lens")
+    e.add_argument("--gl-init", choices=PHASE_INITS, default=None,
+                   help="Griffin-Lim's starting phase of every decode (default: the codec's, gradient)")
     add_sampler_options(e, steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)
     add_device_option(e)
+    add_precision_option(e, default="float32")
     e.set_defaults(func=run)
 
 
@@ -50,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from lmdm.eval.transcriber import load_transcriber
     from lmdm.eval.windows import read_prompts, validation_prompts
     from lmdm.metrics.embedder import default_embedder_path, load_embedder
+    from lmdm.model.precision import resolve_precision, with_precision
     from lmdm.streaming.generate import check_seconds, generate
 
     if args.json:
@@ -73,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     systems, info, sketches, latents = {}, {}, {}, {}
     for path in args.checkpoint or [None]:
         ckpt = load_checkpoint(path)
-        if args.gl_iters is not None:  # a decoding setting, not the mel representation: checked by CodecConfig
-            ckpt.codec = MelCodec(dataclasses.replace(ckpt.codec.cfg, gl_iters=args.gl_iters), ckpt.codec.autoencoder)
+        ckpt.model = with_precision(ckpt.model, args.precision)
+        decoding = {k: v for k, v in (("gl_iters", args.gl_iters), ("gl_init", args.gl_init)) if v is not None}
+        if decoding:  # decoding settings, not the mel representation: checked by CodecConfig
+            ckpt.codec = MelCodec(dataclasses.replace(ckpt.codec.cfg, **decoding), ckpt.codec.autoencoder)
         if mel_settings(dataclasses.asdict(ckpt.codec.cfg)) != mel_settings(emb_codec):
             raise UsageError(f"checkpoint {ckpt.path} uses another mel codec than the embedder and the data set "
                              f"({dataclasses.asdict(ckpt.codec.cfg)} vs {emb_codec}); the lenses cannot compare them")
@@ -90,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
             sketches[name] = lambda ckpt=ckpt: [r["correlation"] for r in evaluate_sketches(
                 ckpt, cfg.data, cfg.sketch_n, cfg.sketch_seconds, progress=False)["results"]]
         info[name] = {"checkpoint": str(ckpt.path), "sampler": dataclasses.asdict(sampler),
-                      "gl_iters": ckpt.codec.cfg.gl_iters}
+                      "gl_iters": ckpt.codec.cfg.gl_iters, "gl_init": ckpt.codec.cfg.gl_init,
+                      "precision": resolve_precision(args.precision)}
     transcriber = load_transcriber(args.transcriber)
     bar = tqdm(desc="lmdm eval", unit="stage", disable=args.quiet)
 
@@ -101,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(systems, prompts, cfg, ckpt.codec.cfg, embedder, transcriber.transcribe, progress, info,
                       sketches, latents, ckpt.model.cfg.block_frames)
     bar.close()
-    report["decoder"] = {"gl_iters": ckpt.codec.cfg.gl_iters}  # of every decode: systems and ceiling rows
+    report["decoder"] = {"gl_iters": ckpt.codec.cfg.gl_iters, "gl_init": ckpt.codec.cfg.gl_init}  # of every decode: systems and ceiling rows
     report["transcriber"] = {k: v for k, v in (transcriber.info.get("eval") or {}).items() if k != "per_work"}
     print(format_table(report))
     if args.plots:
@@ -116,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def mel_settings(codec: dict) -> dict:
-    """A codec config without its decoding setting (Griffin-Lim iterations): what the lenses need to agree on."""
-    return {k: v for k, v in codec.items() if k != "gl_iters"}
+    """A codec config without its decoding settings (Griffin-Lim iterations and starting phase): what the lenses
+    need to agree on."""
+    return {k: v for k, v in codec.items() if k not in ("gl_iters", "gl_init")}
 
 
 def system_name(path: Path, taken) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from lmdm.cli.options import add_device_option, add_sampler_options, sampler_config, use_device
+from lmdm.cli.options import add_device_option, add_precision_option, add_sampler_options, sampler_config, use_device
 from lmdm.errors import UsageError
 
 
@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="streamer: block_causal (LMDM, persistent KV cache), enc_dec, outpainting (baseline)")
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
     add_device_option(g)
+    add_precision_option(g)
     g.set_defaults(func=run)
 
 
@@ -45,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from lmdm.streaming.threads import use_live_threads
 
     use_live_threads()  # the thread policy of live use (lmdm.streaming.threads), measured by lmdm bench
+    from lmdm.model.precision import resolve_precision, with_precision
+
     ckpt = load_checkpoint(args.checkpoint)
+    precision = resolve_precision(args.precision, next(ckpt.model.parameters()).device)
+    ckpt.model = with_precision(ckpt.model, precision)
     n_blocks = -(-math.ceil(seconds * ckpt.codec.frame_rate) // ckpt.model.cfg.block_frames)
     bar = tqdm(total=n_blocks, desc="generating", unit="block", disable=args.quiet)
     gen = generate(ckpt, args.prompt, seconds, sampler, mask=args.mask, on_block=lambda i, a: bar.update(1))
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     save_audio(out, gen.audio, gen.sample_rate)
     s = gen.stats.summary()
     print(f"wrote {out} ({gen.seconds:.2f} s, {gen.sample_rate} Hz) with the {args.mask} streamer, "
-          f"{sampler.steps} {sampler.sampler} steps, CFG {sampler.cfg_scale}, seed {sampler.seed}")
+          f"{sampler.steps} {sampler.sampler} steps, CFG {sampler.cfg_scale}, seed {sampler.seed}, "
+          f"{precision} matrix multiplications")
     print(f"real-time factor {gen.rtf:.3f} (model {gen.model_s / gen.seconds:.3f}, "
           f"decoding {gen.decode_s / gen.seconds:.3f}; below 1 is faster than real time)")
     print(f"latency: bootstrap {s['bootstrap_ms']:.1f} ms, fused first step {s['fused_first_step_ms']:.1f} ms, "

@@ -74,6 +74,15 @@ def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") ->
     return parser
 
 
+def add_precision_option(parser: argparse.ArgumentParser, default: str = "auto") -> argparse.ArgumentParser:
+    """Add ``--precision {auto,float32,bfloat16}``: the DiT's matrix multiplications (``lmdm.model.precision``);
+    ``auto`` is bfloat16 where the device multiplies it natively, else float32."""
+    parser.add_argument("--precision", default=default, choices=("auto", "float32", "bfloat16"),
+                        help="the model's matrix multiplications: auto (bfloat16 where the CPU or GPU has it "
+                             "natively, else float32), float32 (the reference) or bfloat16 (default %(default)s)")
+    return parser
+
+
 def use_device(args: argparse.Namespace):
     """Resolve ``--device`` and make it the device checkpoints load onto (``lmdm.device.set_default_device``).
 

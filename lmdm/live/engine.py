@@ -44,6 +44,7 @@ from lmdm.config import ConfigError
 from lmdm.control.features import GROUPS, control_input, features_from_audio
 from lmdm.errors import LmdmError
 from lmdm.live.ringbuffer import RingBuffer
+from lmdm.model.precision import PRECISIONS, with_precision
 from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig, Streamer
 from lmdm.streaming.threads import run_queue_wait
 from lmdm.text import encode_prompts
@@ -81,7 +82,8 @@ class EngineConfig:
             holds back (``decoder_lookahead`` frames and the crossfade: 68 ms by default), so a margin below that
             makes every answering block late.
         crossfade_s: seam crossfade length (held back until the next block, with the decoder's lookahead).
-        gl_iters: Griffin-Lim iterations per block.
+        gl_iters: Griffin-Lim iterations per block (8 from the gradient phase reconstruct as closely as the 16 from
+            random phase used before: ``scripts/gl_convergence.py``).
         decoder_lookahead: mel frames (16 ms each) before every block boundary that the streaming decoder leaves to
             the next block's decode (``lmdm.audio.decoder``): 3 frames + the 20 ms crossfade hold back 68 ms of each
             block, which the compute margin pays for; 0 puts the crossfade at the boundary (spectral block seams).
@@ -90,6 +92,9 @@ class EngineConfig:
         input_seconds: input ring buffer capacity.
         max_chunk_seconds: larger input chunks are refused.
         lookahead_blocks: in real-time generate mode, blocks generated ahead of playback.
+        precision: the model's matrix multiplications (``lmdm.model.precision``): "auto" (bfloat16 where the
+            device has it natively), "float32" or "bfloat16". A bfloat16 engine streams a copy of the model made
+            when the engine is built (later changes to the checkpoint's weights are not seen; float32 follows them).
     """
 
     mode: str = "jam"
@@ -99,13 +104,14 @@ class EngineConfig:
     # browser (README, "The live path"); 0.1 s left most live blocks late
     margin_s: float = 0.33
     crossfade_s: float = 0.02
-    gl_iters: int = 16
+    gl_iters: int = 8
     decoder_lookahead: int = 3
     tracker: str = "yin"
     feature_context_s: float = 0.25
     input_seconds: float = 30.0
     max_chunk_seconds: float = 60.0
     lookahead_blocks: int = 1
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         """Raises ConfigError: an unknown mode or tracker, a sampler that is not a SamplerConfig, a prompt that
@@ -119,6 +125,8 @@ class EngineConfig:
                               f"{type(self.sampler).__name__}")
         if not isinstance(self.prompt, str):
             raise ConfigError(f"prompt must be text, got {type(self.prompt).__name__}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         numbers = ("margin_s", "crossfade_s", "gl_iters", "feature_context_s", "input_seconds", "max_chunk_seconds",
                    "lookahead_blocks", "decoder_lookahead")
         wrong = [k for k in numbers if isinstance(getattr(self, k), bool)
@@ -215,7 +223,8 @@ class LiveEngine:
         self.block_s = self.block_samples / self.sr
         self.xf = int(round(cfg.crossfade_s * self.sr))
         self.delay = self.block_samples + int(round(cfg.margin_s * self.sr))
-        self.streamer = streamer or BlockCausalStreamer(ckpt.model, cfg.sampler, keep_history=False)
+        self.streamer = streamer or BlockCausalStreamer(with_precision(ckpt.model, cfg.precision), cfg.sampler,
+                                                        keep_history=False)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._input_lock = threading.Lock()  # one input chunk at a time through the stateful sanitiser

@@ -84,6 +84,9 @@ class StudyConfig:
         out_dir: where stream files, ``study.json`` and the plots go.
         n_boot: bootstrap resamples of every CI.
         sensitivity_streams: real validation streams per variant of the injected-drift check; 0 = no check.
+        gl_iters, gl_init: the Griffin-Lim decoding of every stream (``CodecConfig``'s fields), or None for each
+            checkpoint's own; set them to decode every system alike (e.g. as an earlier study did: 32 iterations
+            from "random" phase, the decoder before the gradient phase). Part of each stream file's key.
     """
 
     systems: tuple[StudySystem, ...]
@@ -97,6 +100,8 @@ class StudyConfig:
     out_dir: str = "runs/drift-study"
     n_boot: int = 1000
     sensitivity_streams: int = 3
+    gl_iters: int | None = None
+    gl_init: str | None = None
 
     def __post_init__(self) -> None:
         """Raises: ConfigError: no system, duplicate labels, minutes not in (0, 60], a window longer than a stream,
@@ -117,6 +122,10 @@ class StudyConfig:
             v = getattr(self, k)
             if isinstance(v, bool) or v < least:
                 raise ConfigError(f"{k} must be an integer >= {least}, got {v!r}")
+        if self.gl_iters is not None and (isinstance(self.gl_iters, bool) or self.gl_iters < 1):
+            raise ConfigError(f"gl_iters must be an integer >= 1 or null (each checkpoint's), got {self.gl_iters!r}")
+        if self.gl_init is not None and self.gl_init not in ("gradient", "random"):
+            raise ConfigError(f"gl_init must be gradient, random or null (each checkpoint's), got {self.gl_init!r}")
         if any(not p.strip() for p in self.prompts):
             raise ConfigError("prompts must not be empty strings (leave the list empty to draw validation captions)")
 
@@ -174,11 +183,31 @@ def weights_digest(checkpoint: str | Path) -> str | None:
     return h.hexdigest()[:12]
 
 
+def decoding_overrides(cfg: StudyConfig) -> dict:
+    """The study's decoding settings that replace the checkpoints' (``gl_iters``, ``gl_init`` where set)."""
+    return {k: getattr(cfg, k) for k in ("gl_iters", "gl_init") if getattr(cfg, k) is not None}
+
+
+def stream_decoding(cfg: StudyConfig, system: StudySystem) -> dict:
+    """How ``system``'s streams are decoded: ``{"gl_iters", "gl_init"}``, the study's overrides over the
+    checkpoint's codec config (its defaults where the config predates a field).
+
+    Raises:
+        CheckpointError: the checkpoint folder is missing or its config is unreadable.
+    """
+    from lmdm.audio.codec import CodecConfig
+    from lmdm.checkpoint import read_config
+
+    own = from_dict(CodecConfig, read_config(system.checkpoint)["codec"], f"{system.checkpoint}/config.json:codec")
+    return {"gl_iters": own.gl_iters, "gl_init": own.gl_init, **decoding_overrides(cfg)}
+
+
 def stream_settings(cfg: StudyConfig, system: StudySystem, prompt, seed: int) -> dict:
-    """Everything a stream's rows depend on (its file's hash is of this), the checkpoint's weights included
-    (:func:`weights_digest`)."""
+    """Everything a stream's rows depend on (its file's hash is of this), the checkpoint's weights
+    (:func:`weights_digest`) and the decoding (:func:`stream_decoding`) included."""
     return {"system": dataclasses.asdict(system), "weights": weights_digest(system.checkpoint), "prompt": prompt,
-            "seed": seed, "minutes": cfg.minutes, "window_s": cfg.window_s, "data": str(cfg.data)}
+            "seed": seed, "minutes": cfg.minutes, "window_s": cfg.window_s, "data": str(cfg.data),
+            "decoder": stream_decoding(cfg, system)}
 
 
 def stream_path(out_dir: str | Path, settings: dict, index: int) -> Path:
@@ -200,15 +229,19 @@ def checkpoint_codec(cfg: StudyConfig):
 
     codecs = {s.label: from_dict(CodecConfig, read_config(s.checkpoint)["codec"], f"{s.checkpoint}/config.json:codec")
               for s in cfg.systems}
-    if len(set(codecs.values())) > 1:
+    mel = {label: tuple((k, v) for k, v in dataclasses.asdict(c).items() if not k.startswith("gl_"))
+           for label, c in codecs.items()}  # the decoding may differ: each stream decodes with its own
+    if len(set(mel.values())) > 1:
         raise ConfigError(f"the systems' checkpoints use different mel codecs ({', '.join(codecs)}); one study "
                           "measures systems of one codec")
     return next(iter(codecs.values()))
 
 
-def checkpoint_generator(progress: bool = False) -> Callable[[StudySystem, object, int, float], np.ndarray]:
+def checkpoint_generator(progress: bool = False, decoding: dict | None = None
+                         ) -> Callable[[StudySystem, object, int, float], np.ndarray]:
     """The default ``generate(system, prompt, seed, seconds) -> (samples,)``: load each system's checkpoint once
-    (with its ``window_chunks``) and stream it with ``lmdm.metrics.report.stream_audio``."""
+    (with its ``window_chunks``, and its codec's decoding replaced by ``decoding``: :func:`decoding_overrides`)
+    and stream it with ``lmdm.metrics.report.stream_audio``."""
     from lmdm.checkpoint import load_checkpoint
     from lmdm.metrics.report import stream_audio
 
@@ -217,6 +250,10 @@ def checkpoint_generator(progress: bool = False) -> Callable[[StudySystem, objec
     def generate(system: StudySystem, prompt, seed: int, seconds: float) -> np.ndarray:
         if system.label not in loaded:
             ckpt = load_checkpoint(system.checkpoint)
+            if decoding:
+                from lmdm.audio.codec import MelCodec
+
+                ckpt.codec = MelCodec(dataclasses.replace(ckpt.codec.cfg, **decoding), ckpt.codec.autoencoder)
             if system.window_chunks is not None:
                 from lmdm.bench.run import with_window
 
@@ -254,7 +291,7 @@ def run_streams(cfg: StudyConfig, baseline, prompts: list[str], generate: Callab
     from lmdm.atomic import write_text
     from lmdm.metrics.report import window_rows
 
-    generate = generate or checkpoint_generator()
+    generate = generate or checkpoint_generator(decoding=decoding_overrides(cfg))
     sr, seconds = baseline.codec.cfg.sample_rate, cfg.minutes * 60
     (Path(cfg.out_dir) / "streams").mkdir(parents=True, exist_ok=True)
     total, done, out = len(cfg.systems) * len(prompts) * len(cfg.seeds), 0, {}

@@ -70,5 +70,5 @@ class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
 
     def engine_config(self) -> EngineConfig:
         """The engine's settings: the current prompt and sampler (steps, guidance and seed apply at each start)."""
-        return EngineConfig(mode="generate", prompt=self.prompt, sampler=self.sampler, crossfade_s=0.04, gl_iters=32,
+        return EngineConfig(mode="generate", prompt=self.prompt, sampler=self.sampler, crossfade_s=0.04, gl_iters=16,
                             decoder_lookahead=4, lookahead_blocks=2)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from lmdm.checkpoint import load_checkpoint  # noqa: E402
 from lmdm.streaming.generate import generate  # noqa: E402
-from tests.test_golden_outputs import CASES  # noqa: E402
+from tests.test_golden_outputs import CASES, audio_fingerprint  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "data" / "golden_outputs.json"
 
@@ -31,7 +31,7 @@ def record(name: str) -> dict:
         out[f"{name}/{case}"] = {
             "latents_shape": list(lat.shape), "latents_sample": lat.reshape(-1)[::997].tolist(),
             "latents_mean": float(lat.mean()), "latents_std": float(lat.std()), "audio_len": len(g.audio),
-            "audio_sample": np.asarray(g.audio[::1499]).tolist(),
+            "audio_mel_sample": audio_fingerprint(ckpt.codec, g.audio).tolist(),
             "audio_rms": float(np.sqrt(np.mean(np.square(g.audio)))),
         }
     return out
