@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from lmdm.cli.options import add_device_option, add_sampler_options, sampler_config, use_device
+from lmdm.cli.options import add_device_option, add_precision_option, add_sampler_options, sampler_config, use_device
 from lmdm.errors import UsageError
 
 
@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--tracker", default="yin", choices=["yin", "pyin"])
     j.add_argument("--checkpoint", default=None)
     add_device_option(j)
+    add_precision_option(j)
     j.set_defaults(func=run)
 
 
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     mix = check_writable(args.mix) if args.mix else None
     margin = EngineConfig.margin_s if args.margin is None else args.margin
     cfg = EngineConfig(mode="jam", prompt=args.prompt, sampler=sampler_config(args), margin_s=margin,
-                       tracker=args.tracker)
+                       tracker=args.tracker, precision=args.precision)
     use_live_threads(WORKER_POLICY)  # the live jam's thread policy (lmdm.streaming.threads), measured by lmdm bench
     ckpt = load_checkpoint(args.checkpoint)
     audio = load_audio(args.input, ckpt.codec.sample_rate)
