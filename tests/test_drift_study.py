@@ -250,6 +250,10 @@ def test_the_study_decodes_with_its_overrides_over_each_checkpoints_own(tmp_path
     assert stream_decoding(StudyConfig(systems=(system,)), system) == {"gl_iters": 32, "gl_init": "gradient"}
     cfg = StudyConfig(systems=(system,), gl_init="random")
     assert stream_decoding(cfg, system) == {"gl_iters": 32, "gl_init": "random"}
+    # the decoding of every stream measured before it was keyed keeps those streams' key; any other is keyed
+    from lmdm.metrics.drift_study import stream_settings
+    assert "decoder" not in stream_settings(cfg, system, "x", 0)
+    assert stream_settings(StudyConfig(systems=(system,)), system, "x", 0)["decoder"]["gl_init"] == "gradient"
     checkpoint_codec(StudyConfig(systems=(system, StudySystem("b", BASE))))  # only the decoding differs: one study
     seen = {}
     import lmdm.metrics.report as report

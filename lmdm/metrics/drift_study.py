@@ -202,12 +202,18 @@ def stream_decoding(cfg: StudyConfig, system: StudySystem) -> dict:
     return {"gl_iters": own.gl_iters, "gl_init": own.gl_init, **decoding_overrides(cfg)}
 
 
+# how every stream was decoded before the decoding was part of a stream's key: such files keep their key
+LEGACY_DECODING = {"gl_iters": 32, "gl_init": "random"}
+
+
 def stream_settings(cfg: StudyConfig, system: StudySystem, prompt, seed: int) -> dict:
     """Everything a stream's rows depend on (its file's hash is of this), the checkpoint's weights
-    (:func:`weights_digest`) and the decoding (:func:`stream_decoding`) included."""
-    return {"system": dataclasses.asdict(system), "weights": weights_digest(system.checkpoint), "prompt": prompt,
-            "seed": seed, "minutes": cfg.minutes, "window_s": cfg.window_s, "data": str(cfg.data),
-            "decoder": stream_decoding(cfg, system)}
+    (:func:`weights_digest`) and the decoding (:func:`stream_decoding`, left out when it is
+    :data:`LEGACY_DECODING`, so the streams measured before it was keyed are found again) included."""
+    settings = {"system": dataclasses.asdict(system), "weights": weights_digest(system.checkpoint), "prompt": prompt,
+                "seed": seed, "minutes": cfg.minutes, "window_s": cfg.window_s, "data": str(cfg.data)}
+    decoding = stream_decoding(cfg, system)
+    return settings if decoding == LEGACY_DECODING else {**settings, "decoder": decoding}
 
 
 def stream_path(out_dir: str | Path, settings: dict, index: int) -> Path:
