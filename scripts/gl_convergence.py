@@ -13,14 +13,12 @@ streams it (``StreamingDecoder``, 1.024 s blocks, each continuing the previous b
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmdm.audio.codec import MelCodec
 from lmdm.audio.decoder import StreamingDecoder, decode_in_blocks
 from lmdm.audio.griffinlim import PHASE_INITS, stft
 from lmdm.audio.io import load_audio
@@ -46,7 +44,7 @@ def main() -> None:
     print(f"{len(latents)} windows of 10 s; spectral convergence, mean (sd); decode seconds per second of audio, "
           f"{torch.get_num_threads()} threads")
     for init in PHASE_INITS:
-        codec = MelCodec(dataclasses.replace(c0, gl_init=init), ckpt.codec.autoencoder)
+        codec = ckpt.codec.with_decoding(gl_init=init)
         for it in args.iters:
             row = []
             for mode in ("whole", "streamed"):

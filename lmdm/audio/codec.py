@@ -23,7 +23,7 @@ and recovers phase with Griffin-Lim (``lmdm.audio.griffinlim``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -97,6 +97,16 @@ class CodecConfig:
         return self.patch * self.n_mels
 
 
+# the settings that only decide how a latent is decoded to audio, not what it means
+DECODING_FIELDS = ("gl_iters", "gl_momentum", "gl_init")
+
+
+def mel_settings(codec: dict) -> dict:
+    """A codec config (as a dict, e.g. a checkpoint's ``config.json["codec"]``) without its Griffin-Lim decoding
+    settings (:data:`DECODING_FIELDS`): what two codecs must share for their latents and lenses to compare."""
+    return {k: v for k, v in codec.items() if k not in DECODING_FIELDS}
+
+
 class MelCodec:
     """Audio <-> latent frames for one :class:`CodecConfig` and an optional learned latent.
 
@@ -115,6 +125,18 @@ class MelCodec:
         if autoencoder is not None and autoencoder.cfg.in_channels != cfg.channels:
             raise ValueError(f"the autoencoder encodes {autoencoder.cfg.in_channels}-number patches, the codec makes "
                              f"{cfg.channels} (patch * n_mels)")
+
+    def with_decoding(self, **settings) -> "MelCodec":
+        """The same mel settings and autoencoder, decoded with other Griffin-Lim ``settings``
+        (:data:`DECODING_FIELDS`, checked by :class:`CodecConfig`).
+
+        Raises:
+            ValueError: a setting that is not a decoding setting.
+        """
+        if set(settings) - set(DECODING_FIELDS):
+            raise ValueError(f"only decoding settings ({', '.join(DECODING_FIELDS)}) can change, "
+                             f"got {sorted(settings)}")
+        return MelCodec(replace(self.cfg, **settings), self.autoencoder)
 
     # the mel settings a caller usually needs, so a codec can stand in for its config
     @property

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     """
     from tqdm.auto import tqdm
 
-    from lmdm.audio.codec import MelCodec
+    from lmdm.audio.codec import mel_settings
     from lmdm.checkpoint import load_checkpoint
     from lmdm.control.evaluate import evaluate as evaluate_sketches
     from lmdm.eval.suite import EvalConfig, evaluate, format_table, plot_report
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         ckpt.model = with_precision(ckpt.model, args.precision)
         decoding = {k: v for k, v in (("gl_iters", args.gl_iters), ("gl_init", args.gl_init)) if v is not None}
         if decoding:  # decoding settings, not the mel representation: checked by CodecConfig
-            ckpt.codec = MelCodec(dataclasses.replace(ckpt.codec.cfg, **decoding), ckpt.codec.autoencoder)
+            ckpt.codec = ckpt.codec.with_decoding(**decoding)
         if mel_settings(dataclasses.asdict(ckpt.codec.cfg)) != mel_settings(emb_codec):
             raise UsageError(f"checkpoint {ckpt.path} uses another mel codec than the embedder and the data set "
                              f"({dataclasses.asdict(ckpt.codec.cfg)} vs {emb_codec}); the lenses cannot compare them")
@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(systems, prompts, cfg, ckpt.codec.cfg, embedder, transcriber.transcribe, progress, info,
                       sketches, latents, ckpt.model.cfg.block_frames)
     bar.close()
-    report["decoder"] = {"gl_iters": ckpt.codec.cfg.gl_iters, "gl_init": ckpt.codec.cfg.gl_init}  # of every decode: systems and ceiling rows
+    # of every decode: the systems' and the ceiling rows'
+    report["decoder"] = {"gl_iters": ckpt.codec.cfg.gl_iters, "gl_init": ckpt.codec.cfg.gl_init}
     report["transcriber"] = {k: v for k, v in (transcriber.info.get("eval") or {}).items() if k != "per_work"}
     print(format_table(report))
     if args.plots:
@@ -121,12 +122,6 @@ def run(args: argparse.Namespace) -> int:
         write_text(args.json, json.dumps(report, indent=1, default=float))
         print(f"wrote {args.json}")
     return 0
-
-
-def mel_settings(codec: dict) -> dict:
-    """A codec config without its decoding settings (Griffin-Lim iterations and starting phase): what the lenses
-    need to agree on."""
-    return {k: v for k, v in codec.items() if k not in ("gl_iters", "gl_init")}
 
 
 def system_name(path: Path, taken) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmdm.audio.griffinlim import PHASE_INITS
 from lmdm.config import ConfigError, from_dict, read_json, replace, to_dict
 from lmdm.errors import UsageError
 from lmdm.streaming.streamer import SamplerConfig
@@ -124,8 +125,9 @@ class StudyConfig:
                 raise ConfigError(f"{k} must be an integer >= {least}, got {v!r}")
         if self.gl_iters is not None and (isinstance(self.gl_iters, bool) or self.gl_iters < 1):
             raise ConfigError(f"gl_iters must be an integer >= 1 or null (each checkpoint's), got {self.gl_iters!r}")
-        if self.gl_init is not None and self.gl_init not in ("gradient", "random"):
-            raise ConfigError(f"gl_init must be gradient, random or null (each checkpoint's), got {self.gl_init!r}")
+        if self.gl_init is not None and self.gl_init not in PHASE_INITS:
+            raise ConfigError(f"gl_init must be {', '.join(PHASE_INITS)} or null (each checkpoint's), got "
+                              f"{self.gl_init!r}")
         if any(not p.strip() for p in self.prompts):
             raise ConfigError("prompts must not be empty strings (leave the list empty to draw validation captions)")
 
@@ -230,12 +232,12 @@ def checkpoint_codec(cfg: StudyConfig):
         CheckpointError: a checkpoint folder is missing or its config is invalid.
         ConfigError: the checkpoints use different codecs (one baseline cannot measure them all).
     """
-    from lmdm.audio.codec import CodecConfig
+    from lmdm.audio.codec import CodecConfig, mel_settings
     from lmdm.checkpoint import read_config
 
     codecs = {s.label: from_dict(CodecConfig, read_config(s.checkpoint)["codec"], f"{s.checkpoint}/config.json:codec")
               for s in cfg.systems}
-    mel = {label: tuple((k, v) for k, v in dataclasses.asdict(c).items() if not k.startswith("gl_"))
+    mel = {label: tuple(mel_settings(dataclasses.asdict(c)).items())
            for label, c in codecs.items()}  # the decoding may differ: each stream decodes with its own
     if len(set(mel.values())) > 1:
         raise ConfigError(f"the systems' checkpoints use different mel codecs ({', '.join(codecs)}); one study "
@@ -257,9 +259,7 @@ def checkpoint_generator(progress: bool = False, decoding: dict | None = None
         if system.label not in loaded:
             ckpt = load_checkpoint(system.checkpoint)
             if decoding:
-                from lmdm.audio.codec import MelCodec
-
-                ckpt.codec = MelCodec(dataclasses.replace(ckpt.codec.cfg, **decoding), ckpt.codec.autoencoder)
+                ckpt.codec = ckpt.codec.with_decoding(**decoding)
             if system.window_chunks is not None:
                 from lmdm.bench.run import with_window
 
