@@ -2,8 +2,11 @@
 
     python scripts/eval_table.py runs/eval/final.json [--extra "lmdm-small=CPU h:3.1" ...]
     python scripts/eval_table.py --merge "pingpong 8, CFG 2=runs/eval/a.json" "Euler 16, CFG 1=runs/eval/b.json"
+    python scripts/eval_table.py runs/eval/final.json --by-prompt
 
-Each report prints one table (``lmdm.eval.suite.markdown_table``); ``--extra ROW=COLUMN:TEXT`` adds a cell.
+Each report prints one table (``lmdm.eval.suite.markdown_table``); ``--extra ROW=COLUMN:TEXT`` adds a cell; ``--by-prompt``
+adds, after each table, the prompt-by-prompt means of the prompts' own pieces and the systems
+(``lmdm.eval.suite.markdown_prompt_table``).
 ``--merge LABEL=FILE ...`` prints one table of several runs of the same suite (other sampler settings, say): the
 first report's real-music and calibration rows once (and a later report's calibration rows that the earlier ones did
 not measure, such as another checkpoint's latent ceiling), then every report's system rows, named "LABEL: system"
@@ -16,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lmdm.eval.suite import markdown_table
+from lmdm.eval.suite import markdown_prompt_table, markdown_table
 
 
 # what depends on the bootstrap generator's position (which moves with the number of rows a run measured before),
@@ -68,6 +71,7 @@ def main() -> None:
     ap.add_argument("reports", nargs="*", help="JSON files written by `lmdm eval --json`")
     ap.add_argument("--extra", action="append", default=[], metavar="ROW=COLUMN:TEXT")
     ap.add_argument("--merge", nargs="+", default=[], metavar="LABEL=FILE")
+    ap.add_argument("--by-prompt", action="store_true", help="also print each report's per-prompt table")
     args = ap.parse_args()
     if not (args.reports or args.merge):
         ap.error("give report files, or --merge LABEL=FILE ...")
@@ -80,12 +84,20 @@ def main() -> None:
         extra.setdefault(row, {})[col] = text
     if args.merge:
         print(f"<!-- {' '.join(args.merge)} -->")
-        print(markdown_table(merged(args.merge), extra))
+        report = merged(args.merge)
+        print(markdown_table(report, extra))
         print()
+        if args.by_prompt:
+            print(markdown_prompt_table(report))
+            print()
     for path in args.reports:
         print(f"<!-- {path} -->")
-        print(markdown_table(json.loads(Path(path).read_text()), extra))
+        report = json.loads(Path(path).read_text())
+        print(markdown_table(report, extra))
         print()
+        if args.by_prompt:
+            print(markdown_prompt_table(report))
+            print()
 
 
 if __name__ == "__main__":

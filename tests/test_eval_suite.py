@@ -11,12 +11,14 @@ from lmdm.eval.suite import (
     EvalConfig,
     instrument_hits,
     markdown_table,
+    markdown_prompt_table,
     mean_ci,
     nearest_distances,
+    per_prompt_means,
     separation_checks,
     stream_seeds,
 )
-from lmdm.eval.windows import cut_windows, prompt_instrument, read_prompts
+from lmdm.eval.windows import cut_windows, prompt_index, prompt_instrument, prompt_piece_windows, read_prompts
 from lmdm.streaming.streamer import SamplerConfig
 
 
@@ -52,6 +54,55 @@ def test_windows_are_whole_and_non_overlapping():
     a = np.arange(25, dtype=np.float32)
     w = cut_windows(a, 1, 10.0)
     assert w.shape == (2, 10) and w[1, 0] == 10 and cut_windows(a, 1, 10.0, max_windows=1).shape == (1, 10)
+
+
+def test_per_prompt_means_group_a_systems_windows_by_prompt_and_skip_real_works():
+    pieces = ["prompt0-seed0", "prompt0-seed1", "prompt1-seed0", "prompt1-seed0"]
+    out = per_prompt_means(pieces, {"notes.mean_polyphony": [1.0, 2.0, float("nan"), 3.0],
+                                    "level.lufs": [float("-inf"), float("-inf"), -20.0, -22.0]})
+    assert out == {"notes.mean_polyphony": [1.5, 3.0], "level.lufs": [None, -21.0]}
+    assert per_prompt_means(["prompt0", "prompt1"], {"x": [1.0, 2.0]}) == {"x": [1.0, 2.0]}
+    assert per_prompt_means(["bach__bwv1", "prompt0"], {"x": [1.0, 2.0]}) == {}  # a real work: no prompts
+    assert prompt_index("prompt12-seed3") == 12 and prompt_index("prompt") is None and prompt_index("bach") is None
+
+
+def test_the_prompts_own_pieces_are_the_real_music_the_captions_describe(both_splits):
+    """Prompts that are validation captions get their pieces' first windows (as many as a stream on the prompt has,
+    fewer where a piece is shorter); a prompt that is no caption means no matched real row."""
+    import pandas as pd
+
+    from lmdm.audio.io import load_audio
+
+    df = pd.read_csv(both_splits / "manifest.csv", keep_default_na=False)
+    val = df[df.split == "val"].sort_values("work_id")
+    prompts = list(val.caption)[::-1]
+    audio = [load_audio(both_splits / val[val.caption == p].iloc[0].audio, 16000) for p in prompts]
+    whole = [len(a) // 80000 for a in audio]  # whole 5 s windows in each piece (at most 20 s)
+    assert min(whole) >= 1 and max(whole) >= 3
+    ws = prompt_piece_windows(both_splits, prompts, 5.0, 3, 16000)
+    assert ws is not None and ws.kind == "real" and len(ws) == sum(min(w, 3) for w in whole)
+    assert ws.piece == ["prompt0"] * min(whole[0], 3) + ["prompt1"] * min(whole[1], 3)
+    first = val[val.caption == prompts[0]].iloc[0]
+    assert np.array_equal(ws.windows[0], audio[0][:80000]) and ws.instrument[0] == first.instrument
+    assert len(prompt_piece_windows(both_splits, prompts[:1], 5.0, 10, 16000)) == whole[0]  # a shorter piece: fewer
+    assert prompt_piece_windows(both_splits, [prompts[0], "solo flute"], 5.0, 3, 16000) is None
+    assert prompt_piece_windows(both_splits, prompts, 30.0, 3, 16000) is None  # no piece holds a 30 s window
+
+
+def test_markdown_prompt_table_prints_each_prompt_for_each_row_with_values():
+    rows = [{"name": "real validation", "kind": "real"},
+            {"name": "real, the prompts' own pieces", "kind": "real",
+             "by_prompt": {"level.lufs": [-20.0, -19.0], "notes.notes_per_s": [3.0, 1.0],
+                           "notes.mean_polyphony": [1.0, 2.5], "notes.pitch_range": [9.0, 15.0]}},
+            {"name": "base", "kind": "system",
+             "by_prompt": {"level.lufs": [-21.0, None], "notes.notes_per_s": [2.0, 0.0],
+                           "notes.mean_polyphony": [1.0, None], "notes.pitch_range": [7.0, None]}}]
+    lines = markdown_prompt_table({"rows": rows, "prompts": ["a fiddle tune", "a chorale " * 10]}).splitlines()
+    assert len(lines) == 2 + 2 * 2 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert lines[4] == "| 1: " + ("a chorale " * 10)[:47] + "… | real, the prompts' own pieces | −19.0 | 1.00 | 2.50 | 15.0 |"
+    assert lines[5].endswith("| base | – | 0.00 | – | – |")
+    with pytest.raises(UsageError, match="per-prompt"):
+        markdown_prompt_table({"rows": rows[:1], "prompts": ["x"]})
 
 
 def _row(name, lufs, kad_ci):

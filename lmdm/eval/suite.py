@@ -1,6 +1,7 @@
 """``lmdm eval``: every lens over every row, with sample sizes, confidence intervals and calibration rows.
 
-Rows (``lmdm.eval.windows``): real validation (its distance to the reference is the noise floor), real through
+Rows (``lmdm.eval.windows``): real validation (its distance to the reference is the noise floor), the prompts' own
+pieces (when the prompts are validation captions: the same music the systems are asked for), real through
 codec + decoder (the vocoder ceiling), white noise and silence (trivial baselines), then each system. Lenses
 (DESIGN.md section 7), all measured on decoded audio, per non-overlapping window:
 
@@ -41,7 +42,8 @@ from lmdm.eval.distribution import compare_sets
 from lmdm.eval.level import level
 from lmdm.eval.notes import note_stats, pitch_class_histogram
 from lmdm.eval.seams import seam_ratios
-from lmdm.eval.windows import WindowSet, generated_windows, noise_windows, real_windows, silence_windows, through_codec
+from lmdm.eval.windows import (WindowSet, generated_windows, noise_windows, prompt_index, prompt_piece_windows,
+                               real_windows, silence_windows, through_codec, windows_per_stream)
 from lmdm.streaming.streamer import SamplerConfig
 
 LEVEL_FIELDS = ("lufs", "true_peak_dbtp", "clipped_fraction", "lra_lu")
@@ -198,6 +200,32 @@ def instrument_hits(logits: np.ndarray, wanted: Sequence[str], names: Sequence[s
     return [float("nan") if not w else float(b == w) for b, w in zip(best, wanted)]
 
 
+def per_prompt_means(pieces: Sequence[str], values: dict[str, list[float]]) -> dict[str, list[float | None]]:
+    """Per-prompt means of per-window values, for rows whose windows belong to prompts (``prompt{i}...`` pieces).
+
+    Args:
+        pieces: the row's ``n`` piece ids (``WindowSet.piece``).
+        values: ``{lens.value: n per-window values}``.
+
+    Returns:
+        ``{lens.value: [mean over prompt i's finite windows, or None where it has none]}`` (index = prompt index),
+        or ``{}`` for a row whose pieces are no prompts' (real works, calibration rows).
+    """
+    idx = [prompt_index(p) for p in pieces]
+    if not idx or any(i is None for i in idx):
+        return {}
+    n = max(idx) + 1
+    out: dict[str, list[float | None]] = {}
+    for key, vals in values.items():
+        sums, counts = [0.0] * n, [0] * n
+        for i, v in zip(idx, vals):
+            if math.isfinite(v):
+                sums[i] += v
+                counts[i] += 1
+        out[key] = [s / c if c else None for s, c in zip(sums, counts)]
+    return out
+
+
 def nearest_distances(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """``(n,)`` Euclidean distance of each row of ``x`` to its nearest row of ``ref``."""
     d2 = (x**2).sum(1)[:, None] + (ref**2).sum(1)[None] - 2 * x @ ref.T
@@ -226,8 +254,10 @@ def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequ
         block_frames: latent frames per block of the systems (the grid of the block seam ratio).
 
     Returns:
-        a JSON-ready report: ``config``, ``rows`` (per row: name, kind, n windows and pieces, and every lens's
-        mean/CI or distance dict), ``checks`` (which lenses separate the calibration rows).
+        a JSON-ready report: ``config``, ``rows`` (per row: name, kind, n windows and pieces, every lens's
+        mean/CI or distance dict, and ``by_prompt``: per-prompt means of the level and notes values for rows
+        streamed on the prompts or cut from their own pieces), ``checks`` (which lenses separate the calibration
+        rows).
 
     Raises:
         DataError: the data set lacks a train or validation split with whole windows.
@@ -241,6 +271,9 @@ def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequ
     val = real_windows(cfg.data, "val", cfg.window_s, cfg.max_pieces, sr, cfg.seed, "real validation (noise floor)")
     rms = float(np.median(np.sqrt((val.windows**2).mean(1))))
     rows = [val]
+    own = prompt_piece_windows(cfg.data, prompts, cfg.window_s, windows_per_stream(cfg.seconds, cfg.window_s), sr)
+    if own is not None:
+        rows.append(own)
     say("real music through the codec and Griffin-Lim")
     # decoded block by block with the streaming decoder, as every system's stream is
     rows.append(through_codec(val, codec, cfg.seed, "real through codec + decoder (ceiling)", block_frames))
@@ -273,6 +306,8 @@ def evaluate(systems: dict[str, Callable[[str, int], np.ndarray]], prompts: Sequ
                          for k, v in seam_values(ws, codec, block_frames, cfg.window_s).items()},
                "histograms": {"polyphony": [v for v in nv["mean_polyphony"] if math.isfinite(v)],
                               "pitch_class_seconds": pcs.tolist()},
+               "by_prompt": per_prompt_means(ws.piece, {**{f"level.{k}": v for k, v in lv.items()},
+                                                         **{f"notes.{k}": v for k, v in nv.items()}}),
                "distribution": compare_sets(emb, ref_emb, n_boot=cfg.n_boot, rng=rng),
                "adherence": {"instrument": mean_ci(instrument_hits(logits, ws.instrument, names), cfg.n_boot, rng),
                              "memorisation_nn_ratio": float(np.median(nn)) / val_nn if val_nn else float("nan")}}
@@ -413,6 +448,43 @@ def markdown_table(report: dict, extra: dict[str, dict[str, str]] | None = None)
                  _mean(A["instrument"]) if "instrument" in A else "–",
                  _fmt(A["sketch_contour"]) if "sketch_contour" in A else "–"]
         lines.append("| " + " | ".join(c.replace("-", "−") if c[:1] == "-" else c for c in cells) + " |")
+    return "\n".join(lines)
+
+
+#: the per-prompt columns of :func:`markdown_prompt_table`: (``by_prompt`` key, header, digits)
+PROMPT_COLUMNS = (("level.lufs", "LUFS", 1), ("notes.notes_per_s", "notes/s", 2),
+                  ("notes.mean_polyphony", "polyphony", 2), ("notes.pitch_range", "pitch range", 1))
+
+
+def markdown_prompt_table(report: dict, width: int = 48) -> str:
+    """Prompt by prompt, each row that has per-prompt values (the prompts' own pieces and the systems): mean LUFS,
+    notes per second, polyphony and pitch range over the prompt's windows, as one GitHub-markdown table.
+
+    Args:
+        report: an ``evaluate`` report (or its JSON).
+        width: prompts are cut to this many characters.
+
+    Returns:
+        A header, a rule and one line per (prompt, row); "–" where a prompt's windows had no finite value.
+
+    Raises:
+        UsageError: no row of the report has per-prompt values (a report from before they were kept, or prompts
+            that are no validation captions and no system row).
+    """
+    rows = [r for r in report["rows"] if r.get("by_prompt")]
+    if not rows:
+        raise UsageError("this report keeps no per-prompt values (rerun lmdm eval to get them)")
+    head = ["prompt", "row", *(h for _, h, _ in PROMPT_COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, prompt in enumerate(report.get("prompts", [])):
+        short = prompt if len(prompt) <= width else prompt[: width - 1] + "…"
+        for r in rows:
+            cells = [f"{i}: {short}", r["name"]]
+            for key, _, digits in PROMPT_COLUMNS:
+                vals = r["by_prompt"].get(key, [])
+                v = vals[i] if i < len(vals) else None
+                cells.append("–" if v is None else f"{v:.{digits}f}".replace("-", "−"))
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -6,6 +6,8 @@ row of the report per :class:`WindowSet` (DESIGN.md section 7):
 * the **reference**: one window from each of many distinct training pieces;
 * **real validation** windows, one per distinct validation piece: compared with the reference they give each
   lens's noise floor;
+* **the prompts' own pieces**: when the prompts are validation captions, the real windows of those very pieces, cut
+  as a stream on the prompt is (the real row to hold a system's notes against: the same music asked for);
 * the same validation windows **through the codec and Griffin-Lim**: the vocoder ceiling;
 * **white noise** at the data's level and **silence**: trivial baselines every lens must separate from music;
 * the **systems**: streams generated from checkpoints for several prompts and seeds (each stream is a distinct
@@ -163,6 +165,53 @@ def validation_prompts(data_dir: str | Path, n: int, seed: int = 0) -> list[str]
         raise DataError(f"{data_dir} has no validation pieces to take prompts from")
     order = np.random.default_rng(seed).permutation(len(rows))[:n]
     return [str(rows[i]["caption"]) for i in sorted(order)]
+
+
+def prompt_piece_windows(data_dir: str | Path, prompts: Sequence[str], window_s: float, max_windows: int,
+                         sample_rate: int, name: str = "real, the prompts' own pieces") -> WindowSet | None:
+    """The real music the prompts describe: for each prompt that is a validation piece's caption, that piece's first
+    ``max_windows`` whole windows (fewer if it is shorter), as a system's stream on the prompt is cut.
+
+    This is the real row to hold a system's notes against when the prompts are a handful of captions: the validation
+    row mixes every collection (chorales and quartets beside one-line fiddle tunes), while six drawn captions may
+    describe mostly one-voice tunes. Pieces are named ``prompt{i}``, like the systems' ``prompt{i}-seed{s}``.
+
+    Args:
+        data_dir: folder built by ``lmdm data build``.
+        prompts: the prompts the systems stream.
+        window_s: window length, seconds.
+        max_windows: windows per piece at most (a system's windows per stream).
+        sample_rate: Hz of the windows.
+
+    Returns:
+        The row, or None when a prompt is no validation caption or no piece holds a whole window (then there is
+        no real music to match).
+    """
+    by_caption: dict[str, dict] = {}
+    for r in read_manifest(data_dir):
+        if r["split"] == "val":
+            by_caption.setdefault(str(r["caption"]), r)
+    if not prompts or any(p not in by_caption for p in prompts):
+        return None
+    windows, piece, inst = [], [], []
+    for p_i, prompt in enumerate(prompts):
+        row = by_caption[prompt]
+        w = cut_windows(load_audio(Path(data_dir) / row["audio"], sample_rate), sample_rate, window_s, max_windows)
+        windows.extend(w)
+        piece += [f"prompt{p_i}"] * len(w)
+        inst += [row["instrument"]] * len(w)
+    if not windows:
+        return None
+    return WindowSet(name, "real", np.stack(windows), piece, inst, sample_rate,
+                     {"data": str(data_dir), "split": "val", "matches": "prompts"})
+
+
+def prompt_index(piece: str) -> int | None:
+    """The prompt index of a window's piece id (``prompt3-seed1`` or ``prompt3`` -> 3; None for a real work id)."""
+    head = piece.split("-seed")[0]
+    if head.startswith("prompt") and head[6:].isdigit():
+        return int(head[6:])
+    return None
 
 
 def read_prompts(path: str | Path) -> list[str]:
