@@ -7,6 +7,10 @@
 * Ping-pong (stable-audio-tools ``sample_flow_pingpong``, used after ARC post-training): at each step predict
   ``x0_hat``, draw fresh noise and re-noise to the next timestep: ``x <- (1 - t_next) x0_hat + t_next eps``.
   Schedule: logSNR evenly spaced from -6 to 2, ``t = sigmoid(-logSNR)``, with ``t[0] = 1`` and ``t[-1] = 0``.
+  With ``eta`` < 1 only that share of the next step's noise is fresh, the rest is the noise the model implies,
+  ``eps_hat = x0_hat + v``: ``x <- (1 - t_next) x0_hat + t_next (sqrt(1 - eta^2) eps_hat + eta eps)`` — DDIM's eta
+  (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12) in the flow's parameterisation; eta = 1 is
+  ping-pong, eta = 0 is DDIM, which on the flow is exactly an Euler step over the same schedule.
 * Classifier-free guidance (Ho & Salimans 2022): ``v = v_uncond + s (v_cond - v_uncond)``.
 * Devices: noise is drawn from ``generator`` on its own device (the CPU for ``torch.Generator()``) and then moved
   to the sample's device, so a seed gives the same numbers on the CPU and on a GPU.
@@ -17,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
@@ -80,9 +85,15 @@ def euler_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float) -> tor
     return x + (t_next - t) * v
 
 
-def pingpong_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, eps: torch.Tensor) -> torch.Tensor:
-    """One ping-pong step: ``(1 - t_next) (x - t v) + t_next eps``."""
-    return (1 - t_next) * (x - t * v) + t_next * eps
+def pingpong_step(x: torch.Tensor, v: torch.Tensor, t: float, t_next: float, eps: torch.Tensor,
+                  eta: float = 1.0) -> torch.Tensor:
+    """One ping-pong step: ``(1 - t_next) x0_hat + t_next (sqrt(1 - eta^2) eps_hat + eta eps)`` with
+    ``x0_hat = x - t v`` and ``eps_hat = x0_hat + v``; eta = 1 (the default) is ``(1 - t_next) x0_hat + t_next eps``,
+    eta = 0 equals :func:`euler_step`."""
+    x0 = x - t * v
+    if eta == 1.0:
+        return (1 - t_next) * x0 + t_next * eps
+    return (1 - t_next) * x0 + t_next * (math.sqrt(1.0 - eta * eta) * (x0 + v) + eta * eps)
 
 
 def noise_like(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -99,7 +110,8 @@ def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> t
 
 def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: torch.Tensor, sampler: str,
            steps: int, generator: torch.Generator | None = None,
-           on_step: Callable[[int], None] | None = None, exit_step: int | None = None) -> torch.Tensor:
+           on_step: Callable[[int], None] | None = None, exit_step: int | None = None,
+           eta: float = 1.0) -> torch.Tensor:
     """Integrate from ``noise`` (t = 1) to a clean sample (t = 0), or stop early at an exit step.
 
     Args:
@@ -112,14 +124,18 @@ def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: 
         exit_step: ``k`` in ``[1, S]``: run steps ``0 .. k-2`` without gradient and return the x0 prediction of
             step ``k-1``, computed with gradient (the exit step of ARC-Forcing's rollouts; Self-Forcing, Huang et
             al. 2025, section 3.2). None runs all ``S`` steps as they come (no grad mode is changed).
+        eta: ping-pong's share of fresh noise at each re-noising, in [0, 1] (1 = ping-pong, 0 = DDIM); Euler
+            ignores it.
 
     Returns:
         the clean sample (or the exit step's x0 prediction), same shape as ``noise``.
 
     Raises:
-        UsageError: unknown sampler, ``steps`` < 1, or ``exit_step`` outside ``[1, steps]``.
+        UsageError: unknown sampler, ``steps`` < 1, ``exit_step`` outside ``[1, steps]`` or ``eta`` outside [0, 1].
     """
     ts = schedule(sampler, steps)
+    if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0.0 <= eta <= 1.0):
+        raise UsageError(f"eta must be a number from 0 to 1, got {eta!r}")
     if exit_step is not None and not (isinstance(exit_step, int) and 1 <= exit_step <= steps):
         raise UsageError(f"exit_step must be an integer in [1, {steps}], got {exit_step!r}")
     x = noise
@@ -134,7 +150,7 @@ def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: 
                 if sampler == "euler":
                     x = euler_step(x, v, t, t_next)
                 elif t_next > 0:
-                    x = pingpong_step(x, v, t, t_next, noise_like(x, generator))
+                    x = pingpong_step(x, v, t, t_next, noise_like(x, generator), eta)
                 else:
                     x = x0_from_velocity(x, v, torch.tensor(t, device="cpu"))
         if on_step is not None:

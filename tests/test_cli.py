@@ -291,7 +291,7 @@ def _flags_declared(path: Path) -> set[str]:
 
 
 def test_sampler_options_are_declared_once():
-    assert set(FLAGS) == {"steps", "sampler", "cfg_scale", "seed"}
+    assert set(FLAGS) == {"steps", "sampler", "cfg_scale", "seed", "eta"}
     flags = {flag for flag, _ in FLAGS.values()}
     for command in SAMPLER_COMMANDS:
         module = CLI / f"{command}.py"
@@ -307,6 +307,9 @@ def test_sampler_ranges_are_checked_by_the_sampler_config_only(tmp_path, capsys)
     assert rc == 2 and "steps must be" in one_error_line(err)
     rc, _, err = run(["generate", PROMPT, "--sampler", "heun", "--out", str(tmp_path / "x.wav")], capsys)
     assert rc == 2 and "heun" in one_error_line(err)
+    rc, _, err = run(["generate", PROMPT, "--eta", "1.5", "--out", str(tmp_path / "x.wav")], capsys)
+    assert rc == 2 and "eta must be a number from 0 to 1" in one_error_line(err)
+    assert build_parser().parse_args(["eval", "--eta", "0.5"]).eta == 0.5
 
 
 def test_every_command_module_is_registered():

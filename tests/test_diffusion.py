@@ -12,8 +12,10 @@ from lmdm.diffusion import (
     pingpong_schedule,
     pingpong_step,
     sample,
+    schedule,
     x0_from_velocity,
 )
+from lmdm.errors import UsageError
 
 
 def test_pingpong_schedule_matches_formula():
@@ -52,6 +54,31 @@ def test_step_formulas():
     x, v, e = torch.randn(5), torch.randn(5), torch.randn(5)
     assert torch.allclose(euler_step(x, v, 0.8, 0.5), x - 0.3 * v)
     assert torch.allclose(pingpong_step(x, v, 0.8, 0.5, e), 0.5 * (x - 0.8 * v) + 0.5 * e)
+    # eta: the share of fresh noise; 0 keeps the model's own noise estimate (DDIM), which is an Euler step
+    x0, eps_hat = x - 0.8 * v, x - 0.8 * v + v
+    assert torch.allclose(pingpong_step(x, v, 0.8, 0.5, e, eta=0.0), euler_step(x, v, 0.8, 0.5), atol=1e-6)
+    assert torch.allclose(pingpong_step(x, v, 0.8, 0.5, e, eta=0.6), 0.5 * x0 + 0.5 * (0.8 * eps_hat + 0.6 * e))
+
+
+def test_eta_zero_follows_the_ode_on_pingpongs_schedule_and_eta_is_checked():
+    """A whole ping-pong run with eta 0 draws no noise that matters: it equals Euler steps over ping-pong's schedule
+    whatever the generator, while eta 1 depends on it; eta outside [0, 1] is refused."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 3) * 0.3
+    vel = lambda x, t, i: x @ w + t  # any smooth field
+    noise = torch.randn(1, 4, 3)
+    ts = schedule("pingpong", 6)
+    x = noise
+    for i in range(6):
+        x = euler_step(x, vel(x, float(ts[i]), i), float(ts[i]), float(ts[i + 1]))
+    for seed in (0, 1):
+        out = sample(vel, noise, "pingpong", 6, torch.Generator().manual_seed(seed), eta=0.0)
+        assert torch.allclose(out, x, atol=1e-5)
+    a, b = (sample(vel, noise, "pingpong", 6, torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert not torch.allclose(a, b)
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(UsageError, match="eta must be"):
+            sample(vel, noise, "pingpong", 6, eta=bad)
 
 
 def test_cfg_combine():

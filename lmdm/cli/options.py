@@ -1,4 +1,4 @@
-"""The sampler options (``--steps``, ``--sampler``, ``--cfg``, ``--seed``), declared once for every command that
+"""The sampler options (``--steps``, ``--sampler``, ``--cfg``, ``--seed``, ``--eta``), declared once for every command that
 denoises, from :class:`lmdm.streaming.streamer.SamplerConfig`; and ``--device``, declared once for every command
 that runs a model (``train``, ``arc``, ``generate``, ``bench``, ``eval``, ``jam``, ...).
 
@@ -23,12 +23,14 @@ FLAGS: dict[str, tuple[str, str]] = {
     "sampler": ("--sampler", "sampler: " + " or ".join(SAMPLERS) + " (default %(default)s)"),
     "cfg_scale": ("--cfg", "classifier-free guidance scale; 1 = none (default %(default)s)"),
     "seed": ("--seed", "seeds the noise (default %(default)s)"),
+    "eta": ("--eta", "ping-pong's share of fresh noise when it re-noises, 0 to 1: 1 = ping-pong, 0 = DDIM "
+                     "(default %(default)s)"),
 }
 
 
 def add_sampler_options(parser: argparse.ArgumentParser, help: dict[str, str] | None = None,
                         **defaults: Any) -> argparse.ArgumentParser:
-    """Add ``--steps``, ``--sampler``, ``--cfg`` and ``--seed`` to ``parser``.
+    """Add ``--steps``, ``--sampler``, ``--cfg``, ``--seed`` and ``--eta`` to ``parser``.
 
     Args:
         parser: a (sub)command parser.

@@ -45,6 +45,9 @@ class SamplerConfig:
         sampler: "euler" or "pingpong".
         cfg_scale: classifier-free guidance scale (1 = no guidance; the unconditional pass is skipped).
         seed: seeds the initial noise and ping-pong's fresh noise.
+        eta: ping-pong's share of fresh noise each time it re-noises, from 0 to 1 (``lmdm.diffusion``: 1 =
+            ping-pong as stable-audio-tools has it, 0 = DDIM, an Euler step on ping-pong's schedule); Euler
+            ignores it.
         guide_controls: when a block has controls, the unconditional branch of classifier-free guidance drops them
             as well as the prompt (joint guidance over text and controls, as in multi-condition CFG), so a scale
             above 1 also pushes the block towards its melody, rhythm and dynamics. On the bundled checkpoint this
@@ -62,6 +65,7 @@ class SamplerConfig:
     sampler: str = "pingpong"
     cfg_scale: float = 2.0
     seed: int = 0
+    eta: float = 1.0
     guide_controls: bool = True
 
     def __post_init__(self) -> None:
@@ -69,7 +73,7 @@ class SamplerConfig:
 
         Raises:
             ConfigError: steps not an integer in [1, 1000], unknown sampler, cfg scale not in [0, 50], seed not an
-                integer in [0, 2**63), or guide_controls not a bool.
+                integer in [0, 2**63), eta not in [0, 1], or guide_controls not a bool.
         """
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise ConfigError(f"steps must be an integer from 1 to 1000, got {self.steps!r}")
@@ -80,6 +84,8 @@ class SamplerConfig:
             raise ConfigError(f"cfg scale must be between 0 and 50, got {self.cfg_scale}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, numbers.Real) or not 0 <= self.eta <= 1:
+            raise ConfigError(f"eta must be a number from 0 to 1, got {self.eta!r}")
         if not isinstance(self.guide_controls, bool):
             raise ConfigError(f"guide_controls must be true or false, got {self.guide_controls!r}")
 
@@ -256,7 +262,7 @@ class Streamer:
         noise = torch.randn(self.batch, self.B, self.ch, generator=self.generator,
                             device=self.generator.device).to(self.device)
         x0 = sample(velocity, noise, self.sampler.sampler, self.sampler.steps, self.generator, on_step,
-                    exit_step)
+                    exit_step, float(self.sampler.eta))
         if exit_step is not None:  # the sampler computes an exit step with gradient enabled: keep no graph
             x0 = x0.detach()
         self._finish_block(x0)
