@@ -27,12 +27,13 @@ from lmdm.eval.suite import markdown_prompt_table, markdown_table
 RESAMPLED = ("ci", "fd_inf")
 
 
-def measured(row: dict) -> str:
-    """A calibration row's point estimates (canonical JSON, without :data:`RESAMPLED`): equal for two runs that
-    measured the same windows."""
+def measured(row: dict, keys: set[str] | None = None) -> str:
+    """A calibration row's point estimates (canonical JSON, without :data:`RESAMPLED`; only its top-level ``keys``
+    when given, so a report from before a field existed, such as ``by_prompt``, compares on what both have): equal
+    for two runs that measured the same windows."""
     def strip(x):
         return {k: strip(v) for k, v in x.items() if k not in RESAMPLED} if isinstance(x, dict) else x
-    return json.dumps(strip(row), sort_keys=True)
+    return json.dumps(strip({k: v for k, v in row.items() if keys is None or k in keys}), sort_keys=True)
 
 
 def merged(specs: list[str]) -> dict:
@@ -58,7 +59,8 @@ def merged(specs: list[str]) -> dict:
             if r["name"] not in calibration:
                 calibration[r["name"]] = r
                 out["rows"].append(r)
-            elif measured(calibration[r["name"]]) != measured(r):
+            elif measured(calibration[r["name"]], shared := set(calibration[r["name"]]) & set(r)) \
+                    != measured(r, shared):
                 raise SystemExit(f"{path}: its row {r['name']!r} differs from an earlier report's; runs cannot be "
                                  "merged")
     for label, report in runs:

@@ -221,8 +221,13 @@ def test_a_clipped_copy_of_real_music_is_flagged_by_level_and_scores_worse_on_di
 
 def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp_path, capsys):
     """The whole command on a tiny data set (two pieces in each split) with the bundled checkpoint, embedder and
-    transcriber: every calibration row and the system are measured, with N, and the JSON carries the same."""
-    (tmp_path / "p.txt").write_text("solo flute\n")
+    transcriber: every calibration row and the system are measured, with N, and the JSON carries the same. The prompt
+    is a validation caption, so its own piece is a real row too, and both keep per-prompt means."""
+    import pandas as pd
+
+    df = pd.read_csv(both_splits / "manifest.csv", keep_default_na=False)
+    caption = df[df.split == "val"].sort_values("work_id").caption.iloc[0]
+    (tmp_path / "p.txt").write_text(caption + "\n")
     out = tmp_path / "report.json"
     rc = main(["--quiet", "eval", "--quick", "--data", str(both_splits), "--prompts", str(tmp_path / "p.txt"),
                "--steps", "2", "--gl-iters", "8", "--gl-init", "random", "--json", str(out),
@@ -236,12 +241,17 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     assert info["gl_iters"] == 8 and info["gl_init"] == "random" and info["precision"] == "float32"
     names = [r["name"] for r in report["rows"]]
     # the bundled model diffuses a learned latent: real music through it and the decoder is a second ceiling
-    assert names == ["real validation (noise floor)", "real through codec + decoder (ceiling)",
-                     "real through lmdm-small's latent + decoder (ceiling)", "white noise", "silence", "lmdm-small"]
+    assert names == ["real validation (noise floor)", "real, the prompts' own pieces",
+                     "real through codec + decoder (ceiling)", "real through lmdm-small's latent + decoder (ceiling)",
+                     "white noise", "silence", "lmdm-small"]
     for name in names:
         assert name in text
-    real, noise, silence, system = (report["rows"][i] for i in (0, 3, 4, 5))
+    real, own, noise, silence, system = (report["rows"][i] for i in (0, 1, 4, 5, 6))
     assert real["windows"] == 2 and system["windows"] == 2 and system["pieces"] == 1  # 10 s stream, 5 s windows
+    assert own["kind"] == "real" and own["windows"] == 2 and own["pieces"] == 1  # the caption's piece, cut as a stream
+    for row in (own, system):  # one prompt: its mean is the row's mean
+        assert row["by_prompt"]["notes.notes_per_s"] == [pytest.approx(row["notes"]["notes_per_s"]["mean"])]
+    assert real["by_prompt"] == {} and noise["by_prompt"] == {}
     assert silence["level"]["lufs"]["mean"] == float("-inf") and noise["level"]["clipped_fraction"]["mean"] == 0.0
     assert real["notes"]["notes_per_s"]["mean"] > noise["notes"]["notes_per_s"]["mean"]
     assert all(r["distribution"]["n_x"] == r["windows"] and r["distribution"]["n_y"] == 2 for r in report["rows"])
@@ -253,7 +263,7 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     assert sum(silence["histograms"]["pitch_class_seconds"]) == 0 and silence["histograms"]["polyphony"] == []
     table = markdown_table(report, {"lmdm-small": {"CPU h": "0.1"}}).splitlines()
     assert len(table) == 2 + len(names) and all(line.count("|") == table[0].count("|") for line in table)
-    assert table[-1].startswith("| lmdm-small | 0.1 | 2 | ") and table[6].startswith("| silence |  | 2 | −inf |")
+    assert table[-1].startswith("| lmdm-small | 0.1 | 2 | ") and table[7].startswith("| silence |  | 2 | −inf |")
     assert f"{system['level']['lufs']['mean']:.1f}".replace("-", "−") in table[-1]
 
 
@@ -270,7 +280,8 @@ def test_eval_table_merges_runs_that_share_their_calibration_rows(tmp_path):
     other = {"name": "real through arc's latent", "kind": "ceiling"}
     system = {"name": "base", "kind": "system"}
     files = {}
-    resampled = {**real, "level": {"lufs": {"mean": -19.8, "ci": [-20.1, -19.4]}}}  # another bootstrap, same windows
+    # another bootstrap of the same windows, from a version of the suite that also keeps per-prompt means
+    resampled = {**real, "level": {"lufs": {"mean": -19.8, "ci": [-20.1, -19.4]}}, "by_prompt": {}}
     for name, rows, prompts in (("a", [real, ceiling, system], ["p"]), ("b", [resampled, ceiling, other, system], ["p"]),
                                 ("c", [{**real, "level": {"lufs": {"mean": -20.0}}}, system], ["p"]),
                                 ("d", [real, system], ["q"])):
