@@ -254,6 +254,13 @@ def test_the_study_decodes_with_its_overrides_over_each_checkpoints_own(tmp_path
     from lmdm.metrics.drift_study import stream_settings
     assert "decoder" not in stream_settings(cfg, system, "x", 0)
     assert stream_settings(StudyConfig(systems=(system,)), system, "x", 0)["decoder"]["gl_init"] == "gradient"
+    # likewise plain ping-pong (eta 1) keeps the key of streams measured before eta was a setting; another eta
+    # is keyed, and reaches the sampler
+    assert "eta" not in stream_settings(cfg, system, "x", 0)["system"]
+    half = dataclasses.replace(system, eta=0.5)
+    assert stream_settings(cfg, half, "x", 0)["system"]["eta"] == 0.5 and half.sampler_config(3).eta == 0.5
+    with pytest.raises(ConfigError, match="eta"):
+        StudySystem("c", str(old), eta=2.0)
     checkpoint_codec(StudyConfig(systems=(system, StudySystem("b", BASE))))  # only the decoding differs: one study
     seen = {}
     import lmdm.metrics.report as report

@@ -39,7 +39,9 @@ class StudySystem:
     Attributes:
         label: its name in tables, plots and stream files (unique in the study).
         checkpoint: the checkpoint folder (relative paths: from the working directory).
-        sampler, steps, cfg_scale: how each block is denoised (``SamplerConfig``; the stream's seed is the study's).
+        sampler, steps, cfg_scale, eta: how each block is denoised (``SamplerConfig``; the stream's seed is the
+            study's; eta 1 is plain ping-pong and is left out of a stream's key, so streams measured before the
+            field existed are found again).
         window_chunks: the clean context a block sees, in blocks (the same weights with another sliding window,
             ``lmdm.bench.run.with_window``); None = the checkpoint's. A shorter context is a drift regime.
         switch_every_s: 0 = one prompt per stream; else the prompt moves on to the study's next prompt every this
@@ -51,6 +53,7 @@ class StudySystem:
     sampler: str = "pingpong"
     steps: int = 8
     cfg_scale: float = 2.0
+    eta: float = 1.0
     window_chunks: int | None = None
     switch_every_s: float = 0.0
 
@@ -66,7 +69,7 @@ class StudySystem:
 
     def sampler_config(self, seed: int) -> SamplerConfig:
         """The ``SamplerConfig`` of one stream."""
-        return SamplerConfig(steps=self.steps, sampler=self.sampler, cfg_scale=self.cfg_scale, seed=seed)
+        return SamplerConfig(steps=self.steps, sampler=self.sampler, cfg_scale=self.cfg_scale, seed=seed, eta=self.eta)
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,10 @@ def stream_settings(cfg: StudyConfig, system: StudySystem, prompt, seed: int) ->
     """Everything a stream's rows depend on (its file's hash is of this), the checkpoint's weights
     (:func:`weights_digest`) and the decoding (:func:`stream_decoding`, left out when it is
     :data:`LEGACY_DECODING`, so the streams measured before it was keyed are found again) included."""
-    settings = {"system": dataclasses.asdict(system), "weights": weights_digest(system.checkpoint), "prompt": prompt,
+    key = dataclasses.asdict(system)
+    if key["eta"] == 1.0:  # plain ping-pong: the key streams had before eta was a setting
+        del key["eta"]
+    settings = {"system": key, "weights": weights_digest(system.checkpoint), "prompt": prompt,
                 "seed": seed, "minutes": cfg.minutes, "window_s": cfg.window_s, "data": str(cfg.data)}
     decoding = stream_decoding(cfg, system)
     return settings if decoding == LEGACY_DECODING else {**settings, "decoder": decoding}

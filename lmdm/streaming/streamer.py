@@ -54,11 +54,11 @@ class SamplerConfig:
             is what makes sketches followed: contour correlation 0.26 without it (scale 2) and 0.59 with it
             at scale 4 or 5.5 (12 tuning sketches; ``lmdm.control.evaluate.SKETCH_SAMPLER``). False = guidance over the prompt only.
 
-    Ping-pong is the default because on the bundled small model the deterministic Euler ODE overshoots the
-    spectral peaks: 30 s of "a slow Bach chorale on church organ" with 8 Euler steps comes out about 28 dB above
-    the training data's mel power and a quarter of its samples clip, while 8 ping-pong steps (which re-noise
-    an x0 prediction at every step) stay within a few dB of real music (measured in the closing note of the
-    ARC-Forcing issue; ``lmdm drift`` shows it in its loudness column).
+    Ping-pong is the default: on the bundled model it keeps notes long and the block seam low, where Euler at the
+    same cost plays twice the notes but halves their length and jumps more at block seams (README, "The sampler,
+    at equal cost"); ``eta`` between the two trades one for the other (README, "Fresh noise"). On the old raw-mel
+    model the deterministic Euler ODE overshot the spectral peaks by about 28 dB, which is why the project started
+    with ping-pong.
     """
 
     steps: int = 8
