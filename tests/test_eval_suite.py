@@ -252,6 +252,7 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     for row in (own, system):  # one prompt: its mean is the row's mean
         assert row["by_prompt"]["notes.notes_per_s"] == [pytest.approx(row["notes"]["notes_per_s"]["mean"])]
     assert real["by_prompt"] == {} and noise["by_prompt"] == {}
+    assert "per prompt" in text and f"| 0: {caption[:47]}" in text
     assert silence["level"]["lufs"]["mean"] == float("-inf") and noise["level"]["clipped_fraction"]["mean"] == 0.0
     assert real["notes"]["notes_per_s"]["mean"] > noise["notes"]["notes_per_s"]["mean"]
     assert all(r["distribution"]["n_x"] == r["windows"] and r["distribution"]["n_y"] == 2 for r in report["rows"])

@@ -371,7 +371,8 @@ def _fmt(m: dict, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def format_table(report: dict) -> str:
-    """The report as text tables (pandas): level and notes per row, then distribution and adherence."""
+    """The report as text tables (pandas): level and notes per row, then distribution and adherence, then the
+    per-prompt means where rows have them (:func:`markdown_prompt_table`)."""
     import pandas as pd
 
     lv, nt, ds = [], [], []
@@ -401,6 +402,8 @@ def format_table(report: dict) -> str:
     if "onset_f1" in tr:
         parts[3] = (f"notes (in-house transcriber: note-onset F1 {tr['onset_f1']:.3f}, frame F1 {tr['frame_f1']:.3f} "
                     f"on {tr.get('works', '?')} {tr.get('split', 'val')} works, mir_eval)")
+    if any(r.get("by_prompt") for r in report["rows"]):
+        parts += ["", "per prompt (means over each prompt's windows)", markdown_prompt_table(report)]
     broken = [k for k, v in report.get("checks", {}).items() if v["broken"]]
     parts.append("")
     parts.append("lenses that do not separate real music from noise and silence: " + (", ".join(broken) or "none"))
