@@ -307,6 +307,9 @@ def test_the_shipped_configs_hold_the_systems_of_the_issue(monkeypatch):
     regimes = load_study(ROOT / "configs" / "drift-study-regimes.json")
     assert {"euler", "pingpong"} == {s.sampler for s in regimes.systems}
     assert any(s.window_chunks for s in regimes.systems) and any(s.switch_every_s for s in regimes.systems)
+    eta = load_study(ROOT / "configs" / "drift-study-eta.json")  # the base model with less fresh noise
+    assert [(Path(s.checkpoint).name, s.steps, s.cfg_scale, s.eta) for s in eta.systems] == [("lmdm-small", 8, 2.0, 0.5)]
+    assert (eta.minutes, eta.seeds, eta.n_prompts, eta.gl_iters) == (cfg.minutes, cfg.seeds, cfg.n_prompts, cfg.gl_iters)
     q = quick(cfg)
     assert (q.minutes, q.window_s, q.seeds, q.n_prompts) == (1.0, 30.0, (0,), 2)
 
