@@ -8,9 +8,11 @@
   ``x0_hat``, draw fresh noise and re-noise to the next timestep: ``x <- (1 - t_next) x0_hat + t_next eps``.
   Schedule: logSNR evenly spaced from -6 to 2, ``t = sigmoid(-logSNR)``, with ``t[0] = 1`` and ``t[-1] = 0``.
   With ``eta`` < 1 only that share of the next step's noise is fresh, the rest is the noise the model implies,
-  ``eps_hat = x0_hat + v``: ``x <- (1 - t_next) x0_hat + t_next (sqrt(1 - eta^2) eps_hat + eta eps)`` — DDIM's eta
-  (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12) in the flow's parameterisation; eta = 1 is
-  ping-pong, eta = 0 is DDIM, which on the flow is exactly an Euler step over the same schedule.
+  ``eps_hat = x0_hat + v``: ``x <- (1 - t_next) x0_hat + t_next (sqrt(1 - eta^2) eps_hat + eta eps)``. eta = 1 is
+  ping-pong, eta = 0 is deterministic DDIM (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12 with
+  sigma = 0), which on the flow is exactly an Euler step over the same schedule. Like DDIM's eta it sets how much
+  fresh noise enters, but here it is the fresh share of the next step's noise, not DDIM's scale of sigma, so values
+  between the ends are not DDIM's.
 * Classifier-free guidance (Ho & Salimans 2022): ``v = v_uncond + s (v_cond - v_uncond)``.
 * Devices: noise is drawn from ``generator`` on its own device (the CPU for ``torch.Generator()``) and then moved
   to the sample's device, so a seed gives the same numbers on the CPU and on a GPU.
