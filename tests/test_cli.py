@@ -18,6 +18,7 @@ import lmdm.cli
 from lmdm.checkpoint import default_checkpoint
 from lmdm.cli import BUG_LINE, build_parser, main
 from lmdm.cli.options import FLAGS, sampler_config
+from lmdm.config import ConfigError
 from lmdm.errors import UsageError
 from lmdm.streaming.streamer import SamplerConfig
 
@@ -53,7 +54,8 @@ def test_generate_writes_finite_non_silent_audio_of_the_requested_length(tmp_pat
     assert sr == 16000 and audio.ndim == 1 and len(audio) == 56000
     assert np.isfinite(audio).all()
     assert np.sqrt(np.mean(audio**2)) > 0.01
-    assert "(3.50 s, 16000 Hz) with the block_causal streamer, 3 euler steps, CFG 1.5, seed 0" in stdout
+    # the options given, and the bundled checkpoint's own eta (its info.sampler) for the one not given
+    assert "(3.50 s, 16000 Hz) with the block_causal streamer, 3 euler steps, CFG 1.5, eta 0.5, seed 0" in stdout
     rtf = float(re.search(r"real-time factor ([0-9.]+)", stdout).group(1))
     latencies = re.search(r"bootstrap ([0-9.]+) ms, fused first step ([0-9.]+) ms, subsequent steps ([0-9.]+) ms",
                           stdout)
@@ -266,6 +268,36 @@ SAMPLER_COMMANDS = {
     "jam": (["jam", "--input", "x.wav"], SamplerConfig(steps=4, sampler="pingpong", cfg_scale=1.0, seed=0)),
     "drift": (["drift"], SamplerConfig(steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)),
 }
+
+
+#: commands whose sampler defaults are the checkpoint's (``info["sampler"]``), else ``SamplerConfig()``'s
+FROM_CHECKPOINT = ("generate", "drift", "eval")
+
+
+@pytest.mark.parametrize("command", FROM_CHECKPOINT)
+def test_checkpoint_commands_take_the_checkpoints_sampler_unless_told_otherwise(command):
+    argv = SAMPLER_COMMANDS[command][0] if command in SAMPLER_COMMANDS else [command]
+    args = build_parser().parse_args(argv)
+    assert all(getattr(args, k) is None for k in ("steps", "sampler", "cfg_scale", "eta")) and args.seed == 0
+    arc = {"sampler": {"sampler": "pingpong", "steps": 4, "cfg_scale": 1.0}}  # what lmdm arc writes
+    assert sampler_config(args, arc) == SamplerConfig(steps=4, cfg_scale=1.0)
+    assert sampler_config(args, {"sampler": {"eta": 0.5}}) == SamplerConfig(eta=0.5)
+    assert sampler_config(args, {}) == sampler_config(args) == SamplerConfig()  # a checkpoint that recommends none
+    given = build_parser().parse_args([*argv, "--steps", "3", "--eta", "1", "--seed", "9"])
+    assert sampler_config(given, arc) == SamplerConfig(steps=3, cfg_scale=1.0, eta=1.0, seed=9)  # the options win
+    with pytest.raises(ConfigError, match="info.sampler"):
+        sampler_config(args, {"sampler": {"seed": 3}})  # the seed is the user's, never a checkpoint's
+
+
+def test_the_bundled_checkpoints_recommend_their_measured_samplers():
+    from lmdm.checkpoint import read_config, repo_root
+    from lmdm.streaming.streamer import checkpoint_sampler
+
+    root = repo_root() / "data" / "checkpoints"
+    base = read_config(root / "lmdm-small")
+    assert checkpoint_sampler(base["info"]) == SamplerConfig(eta=0.5)  # README, "Fresh noise"
+    assert base["info"]["sampler"] == json.loads((repo_root() / "configs" / "lmdm-small.json").read_text())["sampler"]
+    assert checkpoint_sampler(read_config(root / "lmdm-small-arc")["info"]) == SamplerConfig(steps=4, cfg_scale=1.0)
 
 
 @pytest.mark.parametrize("command", SAMPLER_COMMANDS)

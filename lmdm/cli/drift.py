@@ -16,12 +16,12 @@ DEFAULT_DATA = "data/music"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``drift`` (sampler defaults: 8 ping-pong steps, CFG 2, as ``generate``)."""
+    """Register ``drift`` (sampler defaults: the checkpoint's, as ``generate``)."""
     d = sub.add_parser("drift", help="drift over a long stream: loudness, notes, KAD to real music per window")
     d.add_argument("--checkpoint", default=None)
     d.add_argument("--minutes", type=float, default=5.0)
     d.add_argument("--prompt", default="a slow Bach chorale on church organ")
-    add_sampler_options(d, steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)
+    add_sampler_options(d, from_checkpoint=True, seed=0)
     d.add_argument("--window", type=float, default=30.0,
                    help="window length in seconds (at least two embedder crops, about 8.2 s)")
     d.add_argument("--data", default=None,
@@ -69,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--window must be positive and at most the stream ({args.minutes * 60:.0f} s), got {args.window}")
     if args.json:
         check_writable(args.json)
-    sampler = sampler_config(args)
+    from lmdm.checkpoint import default_checkpoint, read_config
+
+    sampler_config(args)  # the options given are checked before anything loads
+    sampler = sampler_config(args, read_config(args.checkpoint or default_checkpoint()).get("info", {}))
     data = reference_data(args.data)
     load_embedder(default_embedder_path())  # fail now, not after minutes of streaming
     others = []

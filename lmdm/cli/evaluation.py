@@ -12,7 +12,7 @@ from lmdm.errors import UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``eval`` (sampler defaults: those of ``generate``, 8 ping-pong steps and CFG 2)."""
+    """Register ``eval`` (sampler defaults: each checkpoint's own, as ``generate``)."""
     e = sub.add_parser("eval", help="measure checkpoints against real music: level, notes, distribution, adherence")
     e.add_argument("--checkpoint", nargs="*", default=None, metavar="DIR",
                    help="checkpoint folders to measure (default: the bundled one)")
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "codec's); compares decoder settings with every lens")
     e.add_argument("--gl-init", choices=PHASE_INITS, default=None,
                    help="Griffin-Lim's starting phase of every decode (default: the codec's, gradient)")
-    add_sampler_options(e, steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)
+    add_sampler_options(e, from_checkpoint=True, seed=0)
     add_device_option(e)
     add_precision_option(e, default="float32")
     e.set_defaults(func=run)
@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     systems, info, sketches, latents = {}, {}, {}, {}
     for path in args.checkpoint or [None]:
         ckpt = load_checkpoint(path)
+        own = sampler_config(args, ckpt.info)  # each checkpoint with its own sampler unless the options say
         ckpt.model = with_precision(ckpt.model, args.precision)
         decoding = {k: v for k, v in (("gl_iters", args.gl_iters), ("gl_init", args.gl_init)) if v is not None}
         if decoding:  # decoding settings, not the mel representation: checked by CodecConfig
@@ -89,14 +90,14 @@ def run(args: argparse.Namespace) -> int:
         if ckpt.codec.autoencoder is not None:
             latents[f"{name}'s latent"] = ckpt.codec
 
-        def gen(prompt: str, seed: int, ckpt=ckpt) -> object:
-            return generate(ckpt, prompt, cfg.seconds, dataclasses.replace(sampler, seed=seed)).audio
+        def gen(prompt: str, seed: int, ckpt=ckpt, own=own) -> object:
+            return generate(ckpt, prompt, cfg.seconds, dataclasses.replace(own, seed=seed)).audio
 
         systems[name] = gen
         if cfg.sketch_n:
             sketches[name] = lambda ckpt=ckpt: [r["correlation"] for r in evaluate_sketches(
                 ckpt, cfg.data, cfg.sketch_n, cfg.sketch_seconds, progress=False)["results"]]
-        info[name] = {"checkpoint": str(ckpt.path), "sampler": dataclasses.asdict(sampler),
+        info[name] = {"checkpoint": str(ckpt.path), "sampler": dataclasses.asdict(own),
                       "gl_iters": ckpt.codec.cfg.gl_iters, "gl_init": ckpt.codec.cfg.gl_init,
                       "precision": resolve_precision(args.precision)}
     transcriber = load_transcriber(args.transcriber)

@@ -9,12 +9,13 @@ from lmdm.errors import UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register ``generate`` (sampler defaults: 8 ping-pong steps, CFG 2)."""
+    """Register ``generate`` (sampler defaults: the checkpoint's, ``info["sampler"]``; else 8 ping-pong steps,
+    CFG 2)."""
     g = sub.add_parser("generate", help="stream music from a prompt into an audio file")
     g.add_argument("prompt", help='text prompt, e.g. "a slow Bach chorale on church organ" ("" = unconditional)')
     g.add_argument("--seconds", type=float, default=30.0, help="length in seconds (default 30)")
     g.add_argument("--out", default="out.wav", help="output file (.wav, .flac, .ogg)")
-    add_sampler_options(g, steps=8, sampler="pingpong", cfg_scale=2.0, seed=0)
+    add_sampler_options(g, from_checkpoint=True, seed=0)
     g.add_argument("--mask", default="block_causal", choices=["block_causal", "enc_dec", "outpainting"],
                    help="streamer: block_causal (LMDM, persistent KV cache), enc_dec, outpainting (baseline)")
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from lmdm.streaming.generate import check_seconds, generate
 
     seconds = check_seconds(args.seconds)
-    sampler = sampler_config(args)
+    sampler_config(args)  # the options given are checked before anything loads
     use_device(args)
     out = check_writable(args.out)
     if out.suffix.lower() not in (".wav", ".flac", ".ogg"):
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from lmdm.model.precision import resolve_precision, with_precision
 
     ckpt = load_checkpoint(args.checkpoint)
+    sampler = sampler_config(args, ckpt.info)
     precision = resolve_precision(args.precision, next(ckpt.model.parameters()).device)
     ckpt.model = with_precision(ckpt.model, precision)
     n_blocks = -(-math.ceil(seconds * ckpt.codec.frame_rate) // ckpt.model.cfg.block_frames)
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     save_audio(out, gen.audio, gen.sample_rate)
     s = gen.stats.summary()
     print(f"wrote {out} ({gen.seconds:.2f} s, {gen.sample_rate} Hz) with the {args.mask} streamer, "
-          f"{sampler.steps} {sampler.sampler} steps, CFG {sampler.cfg_scale}, seed {sampler.seed}, "
+          f"{sampler.steps} {sampler.sampler} steps, CFG {sampler.cfg_scale}, eta {sampler.eta}, seed {sampler.seed}, "
           f"{precision} matrix multiplications")
     print(f"real-time factor {gen.rtf:.3f} (model {gen.model_s / gen.seconds:.3f}, "
           f"decoding {gen.decode_s / gen.seconds:.3f}; below 1 is faster than real time)")

@@ -3,7 +3,9 @@ denoises, from :class:`lmdm.streaming.streamer.SamplerConfig`; and ``--device``,
 that runs a model (``train``, ``arc``, ``generate``, ``bench``, ``eval``, ``jam``, ...).
 
 Each option is a field of ``SamplerConfig``: its type and default come from the dataclass, a command may give its
-own defaults (``jam`` uses 4 steps and no guidance), and the values are checked only by
+own defaults (``jam`` uses 4 steps and no guidance) or take them from the checkpoint it loads (``generate``,
+``eval``, ``drift``: ``from_checkpoint``, the checkpoint's ``info["sampler"]``,
+:func:`lmdm.streaming.streamer.checkpoint_sampler`), and the values are checked only by
 ``SamplerConfig.__post_init__`` when :func:`sampler_config` builds the config, never by argparse.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from lmdm.device import DEVICES
 from lmdm.diffusion import SAMPLERS
-from lmdm.streaming.streamer import SamplerConfig
+from lmdm.streaming.streamer import CHECKPOINT_SAMPLER_FIELDS, SamplerConfig, checkpoint_sampler
 
 #: SamplerConfig field -> (command-line flag, help). The parsed value is stored under the field's name.
 FLAGS: dict[str, tuple[str, str]] = {
@@ -29,12 +31,15 @@ FLAGS: dict[str, tuple[str, str]] = {
 
 
 def add_sampler_options(parser: argparse.ArgumentParser, help: dict[str, str] | None = None,
-                        **defaults: Any) -> argparse.ArgumentParser:
+                        from_checkpoint: bool = False, **defaults: Any) -> argparse.ArgumentParser:
     """Add ``--steps``, ``--sampler``, ``--cfg``, ``--seed`` and ``--eta`` to ``parser``.
 
     Args:
         parser: a (sub)command parser.
         help: per-field help texts replacing the standard ones (``%(default)s`` is filled in).
+        from_checkpoint: the options a checkpoint may recommend (all but ``--seed``) default to None, filled in by
+            :func:`sampler_config` from the checkpoint's ``info["sampler"]``, else the dataclass defaults (their
+            help says so); ``defaults`` may then give only the seed.
         **defaults: per-command defaults by ``SamplerConfig`` field name (``steps=4, cfg_scale=1.0``); fields not
             given keep the dataclass default.
 
@@ -47,23 +52,35 @@ def add_sampler_options(parser: argparse.ArgumentParser, help: dict[str, str] | 
     unknown = sorted((set(defaults) | set(help or {})) - set(FLAGS))
     if unknown:
         raise TypeError(f"not sampler options: {unknown}; the options are {', '.join(FLAGS)}")
+    if from_checkpoint and set(defaults) & set(CHECKPOINT_SAMPLER_FIELDS):
+        raise TypeError("with from_checkpoint the checkpoint gives the defaults; only seed may be given")
     hints = typing.get_type_hints(SamplerConfig)
     fields = {f.name: f for f in dataclasses.fields(SamplerConfig)}
     for name, (flag, text) in FLAGS.items():
         default = defaults.get(name, fields[name].default)
+        text = (help or {}).get(name, text)
+        if from_checkpoint and name in CHECKPOINT_SAMPLER_FIELDS:
+            text = text.replace("(default %(default)s)", f"(default: the checkpoint's, else {default})")
+            default = None
         parser.add_argument(flag, dest=name, type=hints[name], default=default,
                             metavar="{" + ",".join(SAMPLERS) + "}" if name == "sampler" else flag[2:].upper(),
-                            help=(help or {}).get(name, text))
+                            help=text)
     return parser
 
 
-def sampler_config(args: argparse.Namespace) -> SamplerConfig:
-    """The ``SamplerConfig`` of parsed arguments (other fields keep their defaults).
+def sampler_config(args: argparse.Namespace, info: dict | None = None) -> SamplerConfig:
+    """The ``SamplerConfig`` of parsed arguments: the options given, then (for options left None by
+    ``from_checkpoint``) the checkpoint's recommendation in ``info["sampler"]``, then the dataclass defaults.
+
+    Args:
+        args: the parsed arguments.
+        info: the loaded checkpoint's ``info``; None = no checkpoint's recommendation (the dataclass defaults).
 
     Raises:
-        ConfigError: a value is out of range (``SamplerConfig.__post_init__`` says which and what is accepted).
+        ConfigError: a value is out of range (``SamplerConfig.__post_init__`` says which and what is accepted), or
+            the checkpoint's recommendation is malformed.
     """
-    return SamplerConfig(**{name: getattr(args, name) for name in FLAGS})
+    return checkpoint_sampler(info or {}, **{name: getattr(args, name) for name in FLAGS})
 
 
 def add_device_option(parser: argparse.ArgumentParser, default: str = "auto") -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import torch
 from lmdm.audio.decoder import StreamingDecoder
 from lmdm.checkpoint import Checkpoint
 from lmdm.errors import UsageError
-from lmdm.streaming.streamer import MASKS, SamplerConfig, StreamStats, make_streamer
+from lmdm.streaming.streamer import MASKS, SamplerConfig, StreamStats, checkpoint_sampler, make_streamer
 from lmdm.streaming.threads import stream_governor
 from lmdm.text import encode_prompts
 
@@ -82,7 +82,7 @@ def prompt_schedule(prompt) -> list[tuple[float, object]]:
 
 
 def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: float,
-             sampler: SamplerConfig = SamplerConfig(), mask: str = "block_causal",
+             sampler: SamplerConfig | None = None, mask: str = "block_causal",
              controls: torch.Tensor | None = None,
              on_block: Callable[[int, np.ndarray], None] | None = None) -> Generation:
     """Stream ``seconds`` of music from a checkpoint.
@@ -92,7 +92,8 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
         prompt: text (or a ``(384,)`` prompt embedding), or a schedule ``[(start_seconds, prompt), ...]``; a
             change applies from the next block. ``""`` is unconditional.
         seconds: length of the result in seconds (0 < seconds <= 3600).
-        sampler: steps, sampler, CFG scale, seed.
+        sampler: steps, sampler, CFG scale, seed; None = the checkpoint's own
+            (:func:`lmdm.streaming.streamer.checkpoint_sampler`).
         mask: "block_causal" (LMDM with persistent KV cache), "enc_dec" or "outpainting" (the baseline).
         controls: ``(frames, control_dim)`` control channels for the whole stream (``lmdm.control.features``), or None.
         on_block: called after each block with ``(block_index, audio_chunk)`` (live playback, progress).
@@ -103,6 +104,7 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
     seconds = check_seconds(seconds)
     if mask not in MASKS:
         raise UsageError(f"unknown mask {mask!r}; choose one of {', '.join(MASKS)}")
+    sampler = checkpoint_sampler(ckpt.info) if sampler is None else sampler
     model, codec = ckpt.model, ckpt.codec
     B = model.cfg.block_frames
     frames = math.ceil(seconds * codec.cfg.frame_rate)
@@ -159,9 +161,10 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
                       stats=streamer.stats, model_s=model_s, decode_s=decode_s)
 
 
-def stream_latents(ckpt: Checkpoint, prompt, seconds: float, sampler: SamplerConfig = SamplerConfig(),
+def stream_latents(ckpt: Checkpoint, prompt, seconds: float, sampler: SamplerConfig | None = None,
                    mask: str = "block_causal", progress: bool = False) -> torch.Tensor:
-    """Latent frames ``(frames, channels)`` of a stream, without decoding audio (for long-stream measurements).
+    """Latent frames ``(frames, channels)`` of a stream, without decoding audio (for long-stream measurements);
+    ``sampler`` as in :func:`generate` (None = the checkpoint's own).
 
     Raises:
         UsageError: bad ``seconds`` or ``mask``.
@@ -172,7 +175,7 @@ def stream_latents(ckpt: Checkpoint, prompt, seconds: float, sampler: SamplerCon
     model = ckpt.model
     B = model.cfg.block_frames
     frames = math.ceil(seconds * ckpt.codec.frame_rate)
-    streamer = make_streamer(model, mask, sampler)
+    streamer = make_streamer(model, mask, checkpoint_sampler(ckpt.info) if sampler is None else sampler)
     streamer.set_prompt(*encode_prompts(prompt))
     streamer.reset()
     for _ in tqdm(range(math.ceil(frames / B)), desc="streaming", unit="block", disable=not progress):

@@ -90,6 +90,38 @@ class SamplerConfig:
             raise ConfigError(f"guide_controls must be true or false, got {self.guide_controls!r}")
 
 
+#: the fields a checkpoint may recommend (``info["sampler"]``): all but the seed, which is the user's
+CHECKPOINT_SAMPLER_FIELDS = ("steps", "sampler", "cfg_scale", "eta", "guide_controls")
+
+
+def checkpoint_sampler(info: dict, **overrides) -> SamplerConfig:
+    """The sampler a checkpoint recommends, with ``overrides`` on top.
+
+    A checkpoint's ``info["sampler"]`` (``config.json``) names the sampler it was measured best with: ``lmdm
+    train`` writes its config's ``sampler`` there (the bundled ``lmdm-small``: ping-pong, 8 steps, CFG 2, eta 0.5;
+    README, "Fresh noise"), ``lmdm arc`` the student's steps without guidance. ``lmdm generate``, ``eval`` and
+    ``drift`` and :func:`lmdm.streaming.generate.generate` start from it, so each checkpoint plays as measured
+    unless told otherwise.
+
+    Args:
+        info: the checkpoint's ``info`` (``Checkpoint.info``); without a ``"sampler"`` entry,
+            :class:`SamplerConfig`'s defaults.
+        **overrides: ``SamplerConfig`` fields that win over the checkpoint's (a value of None is ignored).
+
+    Returns:
+        the :class:`SamplerConfig`.
+
+    Raises:
+        ConfigError: the checkpoint's entry is not a mapping of :data:`CHECKPOINT_SAMPLER_FIELDS`, or a value is
+            out of range (``SamplerConfig``'s checks).
+    """
+    stored = info.get("sampler") or {}
+    if not isinstance(stored, dict) or set(stored) - set(CHECKPOINT_SAMPLER_FIELDS):
+        raise ConfigError(f"a checkpoint's sampler (its info.sampler, a train config's sampler) must map some of "
+                          f"{', '.join(CHECKPOINT_SAMPLER_FIELDS)} to values, got {stored!r}")
+    return SamplerConfig(**{**stored, **{k: v for k, v in overrides.items() if v is not None}})
+
+
 @dataclass
 class StreamStats:
     """Timings of a stream in seconds (wall clock on this machine)."""

@@ -54,6 +54,9 @@ class TrainConfig:
         val_batches: fixed validation batches (same crops, noise and timesteps every time).
         keep_checkpoints: training checkpoints kept on disk (older ones are deleted).
         max_hours: stop (with a checkpoint) after this many hours of wall time; 0 = no limit.
+        sampler: the sampler the exported checkpoint recommends, written into its ``info["sampler"]``
+            (``lmdm.streaming.streamer.checkpoint_sampler``: ``lmdm generate``, ``eval`` and ``drift`` start
+            from it), e.g. ``{"eta": 0.5}``; None = none (``SamplerConfig``'s defaults). Does not change training.
     """
 
     data: str = "data/music"
@@ -92,8 +95,13 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 2
     max_hours: float = 0.0
+    sampler: dict | None = None
 
     def __post_init__(self) -> None:
+        if self.sampler is not None:
+            from lmdm.streaming.streamer import checkpoint_sampler
+
+            checkpoint_sampler({"sampler": self.sampler})  # raises ConfigError on an unknown field or bad value
         unknown = sorted(set(self.mode_mix) - set(MODES))
         if unknown:
             raise ConfigError(f"mode_mix has unknown mode(s) {unknown}; valid modes are: {', '.join(MODES)}")
