@@ -1,6 +1,7 @@
 """Level in ARC-Forcing: the discriminator hears a level change of the decoded spectrogram; the level anchor is
 zero for real statistics, grows with a level offset and reaches the latent through a differentiable decoder; the
-ceiling is the data's loudest value per band and costs only what rises above it."""
+ceiling is the data's loudest value per band and costs only what rises above it; the momentary ceiling measures a
+0.4 s window's total level in normalised units and costs only the windows above the data's percentile."""
 import math
 
 import pytest
@@ -12,7 +13,10 @@ from lmdm.diffusion import add_noise
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.level import DecodedMel, band_ceiling, band_moments, ceiling_loss, level_anchor_loss
+from lmdm.train.arc.level import (
+    DecodedMel, LevelCeilings, band_ceiling, band_moments, ceiling_loss, level_anchor_loss, momentary_ceiling,
+    momentary_ceiling_loss, momentary_level,
+)
 
 
 def tiny_student(latent_channels: int) -> DiT:
@@ -121,3 +125,48 @@ def test_ceiling_costs_only_what_rises_above_the_datas_loudest_value_per_band():
         ceiling_loss(fake, ceiling[:64])
     with pytest.raises(ValueError, match="at least one"):
         band_ceiling(mel, [])
+
+
+def test_momentary_level_is_the_windows_total_power_in_normalised_units():
+    """A flat frame at ``x`` in every band has the level ``x + ln(n_mels) / (2 std)``; a gain moves every window by
+    the same amount as every band; a window's level is that of its frames' mean power."""
+    std, n = 2.5, 128
+    flat = torch.full((1, 30, n), 0.7)
+    assert torch.allclose(momentary_level(flat, std, 25), torch.full((1, 6), 0.7 + math.log(n) / (2 * std)))
+    torch.manual_seed(0)
+    mel = torch.randn(2, 40, n)
+    assert torch.allclose(momentary_level(mel + 0.3, std, 25), momentary_level(mel, std, 25) + 0.3, atol=1e-5)
+    frame = torch.logsumexp(2 * std * mel, -1)
+    by_hand = torch.log(torch.exp(frame[:, 5:30]).mean(1)) / (2 * std)  # the window starting at frame 5
+    assert torch.allclose(momentary_level(mel, std, 25)[:, 5], by_hand, atol=1e-5)
+    assert torch.isfinite(momentary_level(mel * 40, std, 25)).all()  # far above any real level: still finite
+    with pytest.raises(ValueError, match="window"):
+        momentary_level(mel[:, :10], std, 25)
+
+
+def test_momentary_ceiling_costs_only_the_windows_above_the_datas_percentile():
+    torch.manual_seed(0)
+    codec = MelCodec(CodecConfig(), PatchAutoencoder(AutoencoderConfig(latent_channels=16, hidden=64, depth=1)))
+    mel = DecodedMel(codec)
+    assert mel.momentary_frames == 25 and mel.std == codec.cfg.std  # 0.4 s at 16 kHz, hop 256
+    works = [torch.randn(37, 16), torch.randn(20, 16) * 3, torch.randn(3, 16)]  # the last is shorter than a window
+    levels = torch.cat([momentary_level(mel(w[None]), mel.std, 25)[0] for w in works[:2]])
+    assert momentary_ceiling(mel, works, quantile=1.0) == pytest.approx(levels.max().item(), rel=1e-5)
+    top = momentary_ceiling(mel, works)  # the 99.9th percentile: just below the loudest window
+    assert levels.quantile(0.9).item() < top <= levels.max().item()
+    real = mel(works[0][None])
+    loudest = momentary_ceiling(mel, works[:1], quantile=1.0)
+    assert momentary_ceiling_loss(real, loudest, mel.std, 25).item() == 0.0  # no window above the loudest
+    fake = real.clone()
+    fake[0, :4] += 1.0  # four frames far louder: the windows over them rise above
+    fake.requires_grad_(True)
+    loss = momentary_ceiling_loss(fake, loudest, mel.std, 25)
+    assert loss.item() > 0
+    loss.backward()
+    assert (fake.grad[0, :4] > 0).any() and (fake.grad[0, 29:] == 0).all()  # frames in no window above: no push
+    both = LevelCeilings(band=None, momentary=loudest).losses(fake.detach(), mel)
+    assert both[0].item() == 0.0 and both[1].item() == pytest.approx(loss.item())
+    with pytest.raises(ValueError, match="quantile"):
+        momentary_ceiling(mel, works, quantile=1.5)
+    with pytest.raises(ValueError, match="at least"):
+        momentary_ceiling(mel, works[2:])

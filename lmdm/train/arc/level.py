@@ -15,11 +15,23 @@ same batch (the real data) and on the rollouts.
 Units: the codec's normalised log-mel, ``(ln |mel| - mean) / std`` (``lmdm.audio.codec``; ``std = 2.5`` nats by
 default). A gain of ``g`` dB on the audio adds ``g / (20 log10(e) std)`` to every band (``g / 21.7`` by
 default), so a uniform level offset of ``g`` dB costs ``(g / 21.7)^2``: 0.42 for 14 dB.
+
+**Momentary ceiling.** Band statistics and per-band ceilings let a passage be louder than anything in the data
+while every band stays below its own loudest value: several bands near their tops at once. That is where the
+long streams of ``lmdm-small-arc`` v4 clip: on a 4-minute choir-chorale stream, the mel frames under its clipped
+samples sit at a frame level of 2.96 (median; normalised units, below), the training data's loudest 0.4 s at 2.80
+and its 99.9th percentile at 2.60 (``scripts/clip_levels.py``). :func:`momentary_level` is the
+level of what a listener hears over 0.4 s, the window of EBU R 128's momentary loudness (without its K-weighting:
+mel power summed over bands), and :func:`momentary_ceiling_loss` costs only the windows above the training data's
+99.9th percentile (:func:`momentary_ceiling`), the level real music exceeds one window in a thousand.
 """
 from __future__ import annotations
 
 import copy
+import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -95,6 +107,104 @@ def ceiling_loss(fake_mel: torch.Tensor, ceiling: torch.Tensor) -> torch.Tensor:
     return torch.relu(fake_mel.float() - ceiling.detach()).pow(2).sum(-1).mean()
 
 
+def momentary_level(mel: torch.Tensor, std: float, frames: int) -> torch.Tensor:
+    """The level of each ``frames``-long window (stride 1) of a normalised log-mel, in the same units.
+
+    A frame's level is ``log(sum_f exp(2 std mel_f)) / (2 std)``: its total mel power, back in normalised log-mel
+    units, so a gain of ``g`` dB raises it by ``g / (20 log10(e) std)`` like every band. A window's level is the
+    same of the mean power of its frames.
+
+    Args:
+        mel: ``(b, mel_frames, n_mels)`` normalised log-mel (``(ln |mel| - mean) / std``).
+        std: the codec's ``std`` (nats per normalised unit).
+        frames: mel frames per window (``DecodedMel.momentary_frames``: 0.4 s).
+
+    Returns:
+        ``(b, mel_frames - frames + 1)`` float32.
+
+    Raises:
+        ValueError: fewer than ``frames`` mel frames, or ``frames < 1``.
+    """
+    if frames < 1 or mel.shape[1] < frames:
+        raise ValueError(f"momentary level needs windows of >= 1 frame and at least that many frames, got a "
+                         f"window of {frames} over {mel.shape[1]} frames")
+    power = torch.logsumexp(2 * std * mel.float(), -1)  # (b, frames): log of each frame's summed power
+    windows = power.unfold(1, frames, 1)  # (b, windows, frames), a view
+    return (torch.logsumexp(windows, -1) - math.log(frames)) / (2 * std)  # log-mean-exp: stable at any level
+
+
+def momentary_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float, frames: int) -> torch.Tensor:
+    """Squared excess of each window's :func:`momentary_level` over ``ceiling``, averaged over items and windows:
+    ``mean relu(level - ceiling)^2``. Zero while every window stays at or below it; gradient reaches only the
+    windows above.
+
+    Args:
+        fake_mel: ``(b, mel_frames, n_mels)`` decoded mel of generated frames.
+        ceiling: normalised units (:func:`momentary_ceiling` of the training data).
+        std, frames: as in :func:`momentary_level`.
+
+    Returns:
+        scalar (float32).
+    """
+    return torch.relu(momentary_level(fake_mel, std, frames) - ceiling).pow(2).mean()
+
+
+@torch.no_grad()
+def momentary_ceiling(mel: "DecodedMel", works: list[torch.Tensor], quantile: float = 0.999,
+                      chunk: int = 4096) -> float:
+    """The ``quantile`` of the :func:`momentary_level` of every 0.4 s window of ``works``, each decoded on its own
+    and in chunks like :func:`band_ceiling` (windows never span two works or a chunk boundary).
+
+    Args:
+        mel: the checkpoint's differentiable decoder (used without gradient).
+        works: each ``(frames, ch)`` latent frames of one work.
+        quantile: in [0, 1]; 1 = the loudest window.
+
+    Returns:
+        the level, normalised units.
+
+    Raises:
+        ValueError: no work as long as one window, or ``quantile`` outside [0, 1].
+    """
+    if not 0 <= quantile <= 1:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    dev = torch.device("cpu") if mel.autoencoder is None else next(mel.autoencoder.parameters()).device
+    back = 0 if mel.autoencoder is None else mel.autoencoder.cfg.decoder_context
+    levels = []
+    for z in works:
+        for i in range(0, len(z), chunk):
+            lo = max(0, i - back)
+            part = mel(z[lo : i + chunk].to(dev).float()[None])[:, (i - lo) * mel.patch :]
+            if part.shape[1] >= mel.momentary_frames:
+                levels.append(momentary_level(part, mel.std, mel.momentary_frames)[0].cpu().numpy())
+    if not levels:
+        raise ValueError(f"momentary_ceiling needs a work of at least {mel.momentary_frames} mel frames")
+    return float(np.quantile(np.concatenate(levels), quantile))
+
+
+@dataclass(frozen=True)
+class LevelCeilings:
+    """What the generator's decoded mel may not rise above (each None = that term is off).
+
+    Attributes:
+        band: ``(n_mels,)`` the training data's loudest decoded mel per band (:func:`band_ceiling`), for
+            :func:`ceiling_loss`.
+        momentary: the training data's 99.9th-percentile 0.4 s level (:func:`momentary_ceiling`), normalised
+            units, for :func:`momentary_ceiling_loss`.
+    """
+
+    band: torch.Tensor | None = None
+    momentary: float | None = None
+
+    def losses(self, fake_mel: torch.Tensor, mel: "DecodedMel") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(band, momentary)`` losses of ``fake_mel`` ``(b, mel_frames, n_mels)`` (zeros for a term that is off)."""
+        zero = torch.zeros((), device=fake_mel.device)
+        band = zero if self.band is None else ceiling_loss(fake_mel, self.band)
+        momentary = zero if self.momentary is None else momentary_ceiling_loss(fake_mel, self.momentary, mel.std,
+                                                                               mel.momentary_frames)
+        return band, momentary
+
+
 @torch.no_grad()
 def band_ceiling(mel: DecodedMel, works: list[torch.Tensor], chunk: int = 4096) -> torch.Tensor:
     """The loudest value of each band of the decoded mel over ``works``, each decoded on its own (the decoder
@@ -125,10 +235,15 @@ def band_ceiling(mel: DecodedMel, works: list[torch.Tensor], chunk: int = 4096) 
     return top
 
 
+#: the window of :func:`momentary_level`, seconds (EBU R 128's momentary loudness)
+MOMENTARY_S = 0.4
+
+
 class DecodedMel(nn.Module):
     """Latent frames ``(b, frames, ch)`` -> normalised log-mel ``(b, frames * patch, n_mels)``, differentiable in
     the latent (``MelCodec.latent_to_mel`` decodes under ``no_grad``): the frozen autoencoder's decoder (a copy,
     movable to the student's device), or a reshape for the raw-mel latent. Not trained and not checkpointed.
+    ``std`` (the codec's) and ``momentary_frames`` (mel frames in 0.4 s) are what :func:`momentary_level` needs.
 
     Args:
         codec: the checkpoint's codec.
@@ -138,6 +253,8 @@ class DecodedMel(nn.Module):
         super().__init__()
         self.patch, self.n_mels = codec.cfg.patch, codec.cfg.n_mels
         self.channels = codec.channels
+        self.std = codec.cfg.std
+        self.momentary_frames = max(1, round(MOMENTARY_S * codec.cfg.sample_rate / codec.cfg.hop))
         ae = codec.autoencoder
         self.autoencoder = None if ae is None else copy.deepcopy(ae).eval().requires_grad_(False)
 

@@ -48,7 +48,7 @@ from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.level import DecodedMel, band_ceiling, ceiling_loss, level_anchor_loss
+from lmdm.train.arc.level import DecodedMel, LevelCeilings, band_ceiling, level_anchor_loss, momentary_ceiling
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
 from lmdm.train.arc.negatives import Negatives
 from lmdm.train.arc.rollout import draw_exit_steps, rollout
@@ -98,8 +98,11 @@ class ARCConfig:
         ceiling_weight: weight of the ceiling in the generator step (``lmdm.train.arc.level.ceiling_loss``: the
             squared excess of the rollouts' decoded mel over the loudest value of each band in the training
             split, summed over bands); 0 = off.
+        momentary_weight: weight of the momentary ceiling in the generator step
+            (``lmdm.train.arc.level.momentary_ceiling_loss``: the squared excess of each 0.4 s window's total
+            level over the training split's 99.9th percentile, the passages where long streams clip); 0 = off.
         own_stream_every: every ``k``-th iteration is an own-stream iteration (:func:`own_stream_iteration`:
-            the student continues its own long streams, trained on the level anchor and the ceiling only); 0 =
+            the student continues its own long streams, trained on the level anchor and the ceilings only); 0 =
             off (every iteration starts from real music). One process only.
         own_stream_blocks: mean length in blocks of an own stream before it restarts from real music.
         own_stream_per_item: the own-stream iterations' level anchor compares each stream with the real crop of
@@ -138,6 +141,7 @@ class ARCConfig:
     contrastive_weight: float = 1.0
     level_weight: float = 1.0
     ceiling_weight: float = 0.0
+    momentary_weight: float = 0.0
     own_stream_every: int = 0
     own_stream_blocks: int = 120
     own_stream_per_item: bool = False
@@ -164,7 +168,7 @@ class ARCConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be in [0, 1] (or null: as pretrained), got {value}")
-        for name in ("level_weight", "contrastive_weight", "ceiling_weight"):
+        for name in ("level_weight", "contrastive_weight", "ceiling_weight", "momentary_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.own_stream_every < 0 or self.own_stream_blocks < self.rollout_blocks:
@@ -177,9 +181,10 @@ class ARCConfig:
                                                                          and self.batch_size < 2):
             raise ConfigError(f"own_stream_alt_steps must be in 0..student_steps ({self.student_steps}) and needs "
                               f"batch_size >= 2, got {self.own_stream_alt_steps} with batch_size {self.batch_size}")
-        if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0:
-            raise ConfigError("own-stream iterations train on the level anchor and the ceiling only: set "
-                              "level_weight or ceiling_weight > 0, or own_stream_every = 0")
+        if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0 and \
+                self.momentary_weight == 0:
+            raise ConfigError("own-stream iterations train on the level anchor and the ceilings only: set "
+                              "level_weight, ceiling_weight or momentary_weight > 0, or own_stream_every = 0")
 
 
 def with_pretraining_dropouts(cfg: ARCConfig, base_info: dict) -> ARCConfig:
@@ -303,7 +308,7 @@ class ScorePass(nn.Module):
 def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimizer, batch: ARCBatch,
                    draw: ARCDraw, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
                    rollout_pass: nn.Module | None = None,
-                   ceiling: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                   ceiling: LevelCeilings | None = None) -> tuple[torch.Tensor, dict]:
     """Step 3 of the module docstring: roll out, score against the real continuation with the discriminator
     frozen, and update the student only (``opt_g``).
 
@@ -315,12 +320,13 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
         gen: the rollout's noise.
         mel: the differentiable decoder of the level anchor (:class:`DecodedMel`, on the student's device).
         rollout_pass: :class:`RolloutPass` of ``student`` or its DDP wrapper (None: built here).
-        ceiling: ``(n_mels,)`` the training data's loudest decoded mel per band (:func:`band_ceiling`), or None
-            (no ceiling term).
+        ceiling: the training data's ceilings (:class:`LevelCeilings`: the loudest decoded mel per band, the
+            99.9th-percentile 0.4 s level), or None (no ceiling terms).
 
     Returns:
         ``(x_fake, metrics)``: the re-noised ``[context | rollout]`` ``(b, (W + N) * B, ch)`` (detached, for the
-        discriminator step) and ``loss_g``, ``loss_level``, ``loss_ceiling`` (floats; 0 without a ceiling).
+        discriminator step) and ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary`` (floats; 0 for a
+        ceiling that is off).
     """
     rollout_pass = rollout_pass or RolloutPass(student)
     dev = batch.x0.device
@@ -339,21 +345,25 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
                       disc(x_fake, draw.t, batch.text, draw.has_text, C, draw.controls))
         loss_g = relativistic_g_loss(*(s.float() for s in scores))
         start = C * mel.patch  # the rollout region's first mel frame (decoded with the context before it)
-        with torch.set_grad_enabled(cfg.level_weight > 0 or (ceiling is not None and cfg.ceiling_weight > 0)):
+        ceiling = ceiling or LevelCeilings()
+        with torch.set_grad_enabled(cfg.level_weight > 0 or (ceiling.band is not None and cfg.ceiling_weight > 0)
+                                    or (ceiling.momentary is not None and cfg.momentary_weight > 0)):
             fake_mel = mel(torch.cat([ctx, blocks.float()], 1))[:, start:]
         with torch.no_grad():
             real_mel = mel(batch.x0)[:, start:]
         loss_level = level_anchor_loss(fake_mel, real_mel)
-        loss_ceiling = torch.zeros(()) if ceiling is None else ceiling_loss(fake_mel, ceiling)
+        loss_ceiling, loss_momentary = ceiling.losses(fake_mel, mel)
         total = loss_g + cfg.level_weight * loss_level if cfg.level_weight > 0 else loss_g
-        if ceiling is not None and cfg.ceiling_weight > 0:
+        if ceiling.band is not None and cfg.ceiling_weight > 0:
             total = total + cfg.ceiling_weight * loss_ceiling
+        if ceiling.momentary is not None and cfg.momentary_weight > 0:
+            total = total + cfg.momentary_weight * loss_momentary
         optimizer_step(total, opt_g, student.parameters(), cfg.grad_clip)
     finally:
         for p, flag in zip(disc.parameters(), flags):
             p.requires_grad_(flag)
     return x_fake.detach(), {"loss_g": loss_g.item(), "loss_level": loss_level.item(),
-                             "loss_ceiling": loss_ceiling.item()}
+                             "loss_ceiling": loss_ceiling.item(), "loss_momentary": loss_momentary.item()}
 
 
 def discriminator_step(disc: Discriminator, opt_d: torch.optim.Optimizer, batch: ARCBatch, draw: ARCDraw,
@@ -388,7 +398,7 @@ def discriminator_step(disc: Discriminator, opt_d: torch.optim.Optimizer, batch:
 def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                   batch: ARCBatch, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
                   rollout_pass: nn.Module | None = None, score_pass: nn.Module | None = None,
-                  ceiling: torch.Tensor | None = None) -> dict:
+                  ceiling: LevelCeilings | None = None) -> dict:
     """One generator step and one discriminator step (steps 2-4 of the module docstring; ARC, arXiv 2505.08175,
     section 3).
 
@@ -402,10 +412,10 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
         mel: the level anchor's decoder (:class:`DecodedMel` of the checkpoint's codec, on the student's device).
         rollout_pass, score_pass: :class:`RolloutPass` of ``student`` and :class:`ScorePass` of ``disc``, or their
             ``DistributedDataParallel`` wrappers (None: built here, one process).
-        ceiling: the ceiling of :func:`generator_step` (None: no ceiling term).
+        ceiling: the ceilings of :func:`generator_step` (None: no ceiling terms).
 
     Returns:
-        ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_d``, ``loss_c``, mean ``d_real`` and ``d_fake``
+        ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_d``, ``loss_c``, mean ``d_real`` and ``d_fake``
         (floats), the ``exit_steps`` drawn and ``prompted``, the fraction of rollouts that had their prompt.
 
     Raises:
@@ -420,12 +430,13 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
 
 def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: OwnStreams, data: LatentSet,
                          starts: torch.Tensor, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
-                         ceiling: torch.Tensor | None, rollout_pass: nn.Module | None = None) -> dict:
+                         ceiling: LevelCeilings | None, rollout_pass: nn.Module | None = None) -> dict:
     """An own-stream iteration (``lmdm.train.arc.streams``): restart some streams from real crops, continue every
     stream by ``N`` blocks with all ``S`` steps (``own_stream_steps``, else ``student_steps``; with
     ``own_stream_alt_steps`` the second half of the streams with that many; gradient through each block's final
     step), update the student on
-    ``level_weight * level anchor + ceiling_weight * ceiling`` against a fresh real crop of each stream's work,
+    ``level_weight * level anchor + ceiling_weight * band ceiling + momentary_weight * momentary ceiling``
+    against a fresh real crop of each stream's work,
     and advance the streams. The discriminator is not involved.
 
     Draws, on ``gen`` and in this order: the restarts, the restarted streams' crops and captions
@@ -439,11 +450,12 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
             ``own_stream_blocks``, gradient clipping, mixed precision.
         gen: the run's RNG.
         mel: the level anchor's decoder (on the student's device).
-        ceiling: ``(n_mels,)`` the training data's loudest decoded mel per band, or None (no ceiling term).
+        ceiling: the training data's ceilings (:class:`LevelCeilings`), or None (no ceiling terms).
         rollout_pass: :class:`RolloutPass` of ``student`` (None: built here).
 
     Returns:
-        ``own_level``, ``own_ceiling`` (the level anchor and the ceiling on the own streams), ``stream_blocks``
+        ``own_level``, ``own_ceiling``, ``own_momentary`` (the level anchor and the two ceilings on the own
+        streams), ``stream_blocks``
         (the streams' mean length in blocks after this iteration) and ``restarted`` (the fraction restarted),
         floats.
 
@@ -481,12 +493,13 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     with torch.no_grad():
         real_mel = mel(x_real.to(dev))[:, start:]
     loss_level = level_anchor_loss(fake_mel, real_mel, per_item=cfg.own_stream_per_item)
-    loss_ceiling = torch.zeros((), device=dev) if ceiling is None else ceiling_loss(fake_mel, ceiling)
-    optimizer_step(cfg.level_weight * loss_level + cfg.ceiling_weight * loss_ceiling, opt_g, student.parameters(),
-                   cfg.grad_clip)
+    loss_ceiling, loss_momentary = (ceiling or LevelCeilings()).losses(fake_mel, mel)
+    optimizer_step(cfg.level_weight * loss_level + cfg.ceiling_weight * loss_ceiling
+                   + cfg.momentary_weight * loss_momentary, opt_g, student.parameters(), cfg.grad_clip)
     streams.context.copy_(seq[:, -C:].detach())
     streams.blocks.copy_(torch.where(restart, N, streams.blocks + N))
     return {"own_level": loss_level.item(), "own_ceiling": loss_ceiling.item(),
+            "own_momentary": loss_momentary.item(),
             "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item()}
 
 
@@ -548,11 +561,12 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     crop = (student.cfg.window_chunks + cfg.rollout_blocks) * student.cfg.block_frames
     starts = data.valid_starts("train", crop)
     negatives = Negatives.of(data, "train")
-    ceiling = None
-    if cfg.ceiling_weight > 0:  # the training split's loudest decoded mel per band (deterministic: not saved)
-        train_works = [data.latents[s : s + n] for s, n, split in
-                       zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits) if split == "train"]
-        ceiling = band_ceiling(mel, train_works)
+    # the training split's ceilings: loudest decoded mel per band, 99.9th-percentile 0.4 s level (deterministic:
+    # not saved)
+    train_works = [data.latents[s : s + n] for s, n, split in
+                   zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits) if split == "train"]
+    ceiling = LevelCeilings(band=band_ceiling(mel, train_works) if cfg.ceiling_weight > 0 else None,
+                            momentary=momentary_ceiling(mel, train_works) if cfg.momentary_weight > 0 else None)
     streams = None
     if cfg.own_stream_every:
         if distributed.active:
@@ -581,7 +595,8 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
             rank_gen = torch.Generator().manual_seed(seed + distributed.rank)
         out = arc_iteration(student, disc, opt_g, opt_d, batch, settled, rank_gen, mel, rollout_pass, score_pass,
                             ceiling)
-        for k in ("loss_g", "loss_level", "loss_ceiling", "loss_d", "loss_c", "d_real", "d_fake", "prompted"):
+        for k in ("loss_g", "loss_level", "loss_ceiling", "loss_momentary", "loss_d", "loss_c", "d_real", "d_fake",
+                  "prompted"):
             out[k] = distributed.mean(out[k])
         recent.update(out)
         return out
@@ -597,7 +612,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                 train_step=train_step, save_model=lambda path, m, info: save_checkpoint(path, m, base.codec, info),
                 export_info=export_info, ema_decay=lambda n: cfg.ema_decay)
     metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "loss_ceiling", "own_level",
-               "own_ceiling", "stream_blocks")
+               "own_ceiling", "stream_blocks", "loss_momentary", "own_momentary")
     settings = LoopSettings(run_dir=run, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
                             columns=tuple((k, ".5f") for k in metrics),
