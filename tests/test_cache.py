@@ -155,6 +155,50 @@ def test_streamed_generation_equals_uncached_generation(sampler, cfg_scale):
     assert max(diffs) < TOL, diffs
 
 
+def test_a_guidance_interval_guides_only_its_steps_and_keeps_cached_equal_to_uncached(monkeypatch):
+    """With ``cfg_t_max`` between the steps' timesteps, the steps above it (the fused first step among them) run
+    one row and the steps below two;
+    the cached streamer still equals the uncached one; an interval over every step is plain guidance, one over
+    none is no guidance."""
+    from lmdm.streaming.streamer import (
+        BlockCausalStreamer,
+        SamplerConfig,
+        UncachedBlockCausalStreamer,
+        block_differences,
+    )
+
+    model = tiny_model(2)
+    text = torch.randn(1, model.cfg.text_dim)
+    streams = {}
+    for name, extra in {"interval": {"cfg_t_max": 0.9}, "all": {"cfg_t_min": 0.0, "cfg_t_max": 1.0}, "plain": {},
+                        "none": {"cfg_t_min": 0.0, "cfg_t_max": 0.0}, "unguided": {"cfg_scale": 1.0}}.items():
+        sc = SamplerConfig(**{"steps": 3, "sampler": "pingpong", "cfg_scale": 3.0, "seed": 5, **extra})
+        a, b = BlockCausalStreamer(model, sc), UncachedBlockCausalStreamer(model, sc)
+        for s in (a, b):
+            s.set_prompt(text, torch.ones(1, dtype=torch.bool))
+        if name == "interval":
+            rows = []
+            real_step = a.cache.step
+            monkeypatch.setattr(a.cache, "step", lambda x_t, *r, **k: rows.append(x_t.shape[0]) or real_step(x_t, *r, **k))
+        diffs = block_differences(a, b, 4)
+        assert max(diffs) < TOL, (name, diffs)
+        if name == "interval":  # t = 1, 0.966, 0.661 on ping-pong's 3-step schedule: only the last is guided
+            assert rows[:6] == [1, 1, 2, 1, 1, 2]
+        streams[name] = a.history
+    assert torch.equal(streams["all"], streams["plain"]) and torch.equal(streams["none"], streams["unguided"])
+    assert not torch.allclose(streams["interval"], streams["plain"]) and \
+        not torch.allclose(streams["interval"], streams["unguided"])
+
+
+def test_the_guidance_interval_is_checked():
+    from lmdm.config import ConfigError
+    from lmdm.streaming.streamer import SamplerConfig
+
+    for bad in ({"cfg_t_min": -0.1}, {"cfg_t_max": 1.5}, {"cfg_t_min": 0.8, "cfg_t_max": 0.2}, {"cfg_t_max": True}):
+        with pytest.raises(ConfigError, match="cfg_t_m|guidance interval"):
+            SamplerConfig(**bad)
+
+
 def layer0_keys(model: DiT, clean: torch.Tensor, chunk: int) -> torch.Tensor:
     """Keys of a clean chunk at the first layer, computed from scratch: they depend only on the chunk's own latents
     and its absolute positions (attention mixes chunks only from the first layer's output on)."""

@@ -323,7 +323,7 @@ def _flags_declared(path: Path) -> set[str]:
 
 
 def test_sampler_options_are_declared_once():
-    assert set(FLAGS) == {"steps", "sampler", "cfg_scale", "seed", "eta"}
+    assert set(FLAGS) == {"steps", "sampler", "cfg_scale", "seed", "eta", "cfg_t_min", "cfg_t_max"}
     flags = {flag for flag, _ in FLAGS.values()}
     for command in SAMPLER_COMMANDS:
         module = CLI / f"{command}.py"

@@ -1,6 +1,6 @@
-"""The sampler options (``--steps``, ``--sampler``, ``--cfg``, ``--seed``, ``--eta``), declared once for every command that
-denoises, from :class:`lmdm.streaming.streamer.SamplerConfig`; and ``--device``, declared once for every command
-that runs a model (``train``, ``arc``, ``generate``, ``bench``, ``eval``, ``jam``, ...).
+"""The sampler options (``--steps``, ``--sampler``, ``--cfg``, ``--seed``, ``--eta``, ``--cfg-t-min``,
+``--cfg-t-max``), declared once for every command that denoises, from :class:`lmdm.streaming.streamer.SamplerConfig`;
+and ``--device``, declared once for every command that runs a model (``train``, ``arc``, ``generate``, ``bench``, ``eval``, ``jam``, ...).
 
 Each option is a field of ``SamplerConfig``: its type and default come from the dataclass, a command may give its
 own defaults (``jam`` uses 4 steps and no guidance) or take them from the checkpoint it loads (``generate``,
@@ -27,12 +27,16 @@ FLAGS: dict[str, tuple[str, str]] = {
     "seed": ("--seed", "seeds the noise (default %(default)s)"),
     "eta": ("--eta", "ping-pong's share of fresh noise when it re-noises, 0 to 1: 1 = ping-pong, 0 = DDIM "
                      "(default %(default)s)"),
+    "cfg_t_min": ("--cfg-t-min", "guidance interval: guide only steps whose timestep t (1 = pure noise) is at least "
+                                 "this (default %(default)s)"),
+    "cfg_t_max": ("--cfg-t-max", "guidance interval: guide only steps whose timestep t is at most this "
+                                 "(default %(default)s)"),
 }
 
 
 def add_sampler_options(parser: argparse.ArgumentParser, help: dict[str, str] | None = None,
                         from_checkpoint: bool = False, **defaults: Any) -> argparse.ArgumentParser:
-    """Add ``--steps``, ``--sampler``, ``--cfg``, ``--seed`` and ``--eta`` to ``parser``.
+    """Add the sampler options (:data:`FLAGS`) to ``parser``.
 
     Args:
         parser: a (sub)command parser.
