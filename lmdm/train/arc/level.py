@@ -18,8 +18,8 @@ default), so a uniform level offset of ``g`` dB costs ``(g / 21.7)^2``: 0.42 for
 
 **Momentary ceiling.** Band statistics and per-band ceilings let a passage be louder than anything in the data
 while every band stays below its own loudest value: several bands near their tops at once. That is where the
-long streams of ``lmdm-small-arc`` v4 clip: on a 4-minute choir-chorale stream, the mel frames under its clipped
-samples sit at a frame level of 2.96 (median; normalised units, below), the training data's loudest 0.4 s at 2.80
+long streams of ``lmdm-small-arc`` v4 clip: on a 4-minute choir-chorale stream, the 0.4 s windows that hold its
+clipped samples sit at a level of 2.99 (median; normalised units, below), the training data's loudest 0.4 s at 2.80
 and its 99.9th percentile at 2.60 (``scripts/clip_levels.py``). :func:`momentary_level` is the
 level of what a listener hears over 0.4 s, the window of EBU R 128's momentary loudness (without its K-weighting:
 mel power summed over bands), and :func:`momentary_ceiling_loss` costs only the windows above the training data's
