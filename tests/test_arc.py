@@ -449,7 +449,7 @@ def test_own_streams_sample_with_own_stream_steps(monkeypatch):
 def test_own_stream_settings_are_checked():
     for bad in ({"own_stream_every": -1}, {"own_stream_every": 2, "own_stream_blocks": 1},
                 {"own_stream_every": 2, "level_weight": 0.0, "ceiling_weight": 0.0}, {"ceiling_weight": -1.0},
-                {"momentary_weight": -1.0}, {"own_stream_steps": -1}, {"own_stream_steps": 5, "student_steps": 4},
+                {"momentary_weight": -1.0}, {"momentary_quantile": 1.5}, {"own_stream_steps": -1}, {"own_stream_steps": 5, "student_steps": 4},
                 {"own_stream_alt_steps": 5, "student_steps": 4}, {"own_stream_alt_steps": 2, "batch_size": 1}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)

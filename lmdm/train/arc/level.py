@@ -22,8 +22,9 @@ long streams of ``lmdm-small-arc`` v4 clip: on a 4-minute choir-chorale stream, 
 clipped samples sit at a level of 2.99 (median; normalised units, below), the training data's loudest 0.4 s at 2.80
 and its 99.9th percentile at 2.60 (``scripts/clip_levels.py``). :func:`momentary_level` is the
 level of what a listener hears over 0.4 s, the window of EBU R 128's momentary loudness (without its K-weighting:
-mel power summed over bands), and :func:`momentary_ceiling_loss` costs only the windows above the training data's
-99.9th percentile (:func:`momentary_ceiling`), the level real music exceeds one window in a thousand.
+mel power summed over bands), and :func:`momentary_ceiling_loss` costs only the windows above a high quantile of the
+training data's (:func:`momentary_ceiling`; 0.999 by default, the level real music exceeds one window in a
+thousand).
 """
 from __future__ import annotations
 
@@ -189,8 +190,8 @@ class LevelCeilings:
     Attributes:
         band: ``(n_mels,)`` the training data's loudest decoded mel per band (:func:`band_ceiling`), for
             :func:`ceiling_loss`.
-        momentary: the training data's 99.9th-percentile 0.4 s level (:func:`momentary_ceiling`), normalised
-            units, for :func:`momentary_ceiling_loss`.
+        momentary: a quantile of the training data's 0.4 s levels (:func:`momentary_ceiling`; ARC's
+            ``momentary_quantile``), normalised units, for :func:`momentary_ceiling_loss`.
     """
 
     band: torch.Tensor | None = None

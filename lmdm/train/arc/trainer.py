@@ -100,7 +100,9 @@ class ARCConfig:
             split, summed over bands); 0 = off.
         momentary_weight: weight of the momentary ceiling in the generator step
             (``lmdm.train.arc.level.momentary_ceiling_loss``: the squared excess of each 0.4 s window's total
-            level over the training split's 99.9th percentile, the passages where long streams clip); 0 = off.
+            level over the training split's ``momentary_quantile``, the passages where long streams clip); 0 = off.
+        momentary_quantile: the momentary ceiling's level, as a quantile of the training split's 0.4 s windows
+            (0.999: what real music exceeds one window in a thousand; 1: its loudest window).
         own_stream_every: every ``k``-th iteration is an own-stream iteration (:func:`own_stream_iteration`:
             the student continues its own long streams, trained on the level anchor and the ceilings only); 0 =
             off (every iteration starts from real music). One process only.
@@ -142,6 +144,7 @@ class ARCConfig:
     level_weight: float = 1.0
     ceiling_weight: float = 0.0
     momentary_weight: float = 0.0
+    momentary_quantile: float = 0.999
     own_stream_every: int = 0
     own_stream_blocks: int = 120
     own_stream_per_item: bool = False
@@ -171,6 +174,8 @@ class ARCConfig:
         for name in ("level_weight", "contrastive_weight", "ceiling_weight", "momentary_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.momentary_quantile <= 1:
+            raise ConfigError(f"momentary_quantile must be in [0, 1], got {self.momentary_quantile}")
         if self.own_stream_every < 0 or self.own_stream_blocks < self.rollout_blocks:
             raise ConfigError(f"own_stream_every must be >= 0 and own_stream_blocks >= rollout_blocks "
                               f"({self.rollout_blocks}), got {self.own_stream_every} and {self.own_stream_blocks}")
@@ -321,7 +326,7 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
         mel: the differentiable decoder of the level anchor (:class:`DecodedMel`, on the student's device).
         rollout_pass: :class:`RolloutPass` of ``student`` or its DDP wrapper (None: built here).
         ceiling: the training data's ceilings (:class:`LevelCeilings`: the loudest decoded mel per band, the
-            99.9th-percentile 0.4 s level), or None (no ceiling terms).
+            ``momentary_quantile`` of its 0.4 s levels), or None (no ceiling terms).
 
     Returns:
         ``(x_fake, metrics)``: the re-noised ``[context | rollout]`` ``(b, (W + N) * B, ch)`` (detached, for the
@@ -561,12 +566,13 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     crop = (student.cfg.window_chunks + cfg.rollout_blocks) * student.cfg.block_frames
     starts = data.valid_starts("train", crop)
     negatives = Negatives.of(data, "train")
-    # the training split's ceilings: loudest decoded mel per band, 99.9th-percentile 0.4 s level (deterministic:
+    # the training split's ceilings: loudest decoded mel per band, a quantile of its 0.4 s levels (deterministic:
     # not saved)
     train_works = [data.latents[s : s + n] for s, n, split in
                    zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits) if split == "train"]
     ceiling = LevelCeilings(band=band_ceiling(mel, train_works) if cfg.ceiling_weight > 0 else None,
-                            momentary=momentary_ceiling(mel, train_works) if cfg.momentary_weight > 0 else None)
+                            momentary=momentary_ceiling(mel, train_works, cfg.momentary_quantile)
+                            if cfg.momentary_weight > 0 else None)
     streams = None
     if cfg.own_stream_every:
         if distributed.active:
