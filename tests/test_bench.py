@@ -91,6 +91,12 @@ def test_generate_rtf_prompt_change_and_targets_are_reported(quick):
     assert pc["changes"] == result["config"]["prompt_changes"]
     assert pc["prompt_change_ms"] > 0 and pc["steady_block_ms"] > 0
     assert s["fused_over_subsequent_step"] > 0
+    # the fused step's own arithmetic beside its wall ratio: the clean chunk's B tokens next to rows * B targets
+    from lmdm.bench.cost import fused_step_flop_ratio
+    from lmdm.checkpoint import load_checkpoint
+
+    mc = load_checkpoint(result["config"]["checkpoint"]).model.cfg
+    assert s["fused_over_subsequent_flops"] == pytest.approx(fused_step_flop_ratio(mc, s["cfg_scale"] != 1.0))
     targets = {t["name"]: t for t in s["targets"]}
     assert set(targets) == {"wall_ratio_over_flop_ratio", "rtf_end_to_end", "fused_over_subsequent_step",
                             "lmdm_speedup_over_lmm", "rtf_under_load", "jam_underruns_under_load"}

@@ -152,3 +152,19 @@ def test_matched_lmm_has_about_the_dit_parameter_count():
     cfg = matched_config(dit)
     assert abs(count_params(cfg) - dit) / dit < 0.1
     assert LMM(cfg).num_params() == count_params(cfg)
+
+
+@pytest.mark.parametrize("guided", [False, True])
+def test_the_fused_steps_flop_ratio_is_the_clean_chunk_beside_the_targets(guided):
+    """The fused first step computes the subsequent step's target tokens plus one clean chunk (without its last
+    layer's attention and MLP): more than one step, less than ``1 + 1 / rows`` of one (the bundled model at
+    guidance 2: 1.47)."""
+    from lmdm.bench.cost import fused_step_flop_ratio
+
+    cfg = DiTConfig(latent_channels=64, d_model=256, n_layers=8, n_heads=4, block_frames=16, window_chunks=4)
+    rows = 2 if guided else 1
+    one, two = (dit_block_flops(cfg, "block_causal", s, guided) for s in (1, 2))
+    ratio = fused_step_flop_ratio(cfg, guided)
+    assert ratio == pytest.approx(one / (two - one)) and 1 < ratio < 1 + 1 / rows
+    if guided:
+        assert ratio == pytest.approx(1.465, abs=0.01)

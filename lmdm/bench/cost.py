@@ -127,6 +127,20 @@ def dit_block_flops(cfg: DiTConfig, mask: str, steps: int, guided: bool = True, 
     raise UsageError(f"unknown mask {mask!r}; choose outpainting, enc_dec or block_causal")
 
 
+def fused_step_flop_ratio(cfg: DiTConfig, guided: bool = True) -> float:
+    """FLOPs of block-causal's fused first step over those of a subsequent step (steady state, full window): what
+    the fused step must compute more, the clean chunk's ``B`` tokens beside the ``rows * B`` target tokens (its last
+    layer's attention and MLP skipped). A fused/subsequent wall ratio below it means the bigger batch ran faster per
+    FLOP; one above it, overhead. From :func:`dit_block_flops`: ``F(1) / (F(2) - F(1))``.
+
+    Args:
+        cfg: the DiT.
+        guided: classifier-free guidance (two target rows per step).
+    """
+    one, two = (dit_block_flops(cfg, "block_causal", s, guided) for s in (1, 2))
+    return one / (two - one)
+
+
 # ---- the LMM --------------------------------------------------------------------------------------------------
 def lmm_block_flops(cfg: LMMConfig, guided: bool = False) -> int:
     """Analytic FLOPs of one steady-state LMM block: encoder over ``C`` frames + prompt token, cross-attention

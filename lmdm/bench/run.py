@@ -35,6 +35,7 @@ from lmdm.bench.cost import (
     count_passes,
     dit_block_flops,
     first_layers,
+    fused_step_flop_ratio,
     lmm_block_flops,
     per_audio_second,
     sequential_passes,
@@ -329,6 +330,7 @@ def run_bench(cfg: BenchConfig, out_dir: str | Path = "runs/bench", progress=pri
         "machine": host, "block_seconds": block_s, "steps": cfg.steps, "cfg_scale": cfg.cfg_scale,
         "window_chunks": W, "context_frames": mc.context_frames, "block_frames": B, "lmm_depth": cfg.lmm_depth,
         "lmm_untrained": True,
+        "fused_over_subsequent_flops": fused_step_flop_ratio(mc, guided=cfg.cfg_scale != 1.0),
     })
     progress("sweeping context length and steps...")
     sweeps = run_sweeps(ckpt, cfg)
