@@ -43,20 +43,17 @@ def main() -> None:
     from lmdm.checkpoint import load_checkpoint
     from lmdm.streaming.generate import generate
     from lmdm.streaming.streamer import checkpoint_sampler
-    from lmdm.train.arc.level import DecodedMel, momentary_level
+    from lmdm.train.arc.level import DecodedMel, momentary_level, momentary_levels
     from lmdm.train.dataset import encode_latent_set, load_latent_set
 
     ckpt = load_checkpoint(args.checkpoint)
     ckpt.codec = ckpt.codec.with_decoding(gl_iters=32, gl_init="random")  # as the drift study decodes
     mel = DecodedMel(ckpt.codec)
     data = encode_latent_set(load_latent_set(args.data, ckpt.codec.cfg, progress=False), ckpt.codec)
-    real = []
-    with torch.no_grad():
-        for s, n, split in zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits):
-            if split == "train" and n * mel.patch >= mel.momentary_frames:
-                real.append(momentary_level(mel(data.latents[s : s + n].float()[None]), mel.std,
-                                            mel.momentary_frames)[0].numpy())
-    print(f"training data, 0.4 s level (median / 99th / 99.9th / loudest): {quantiles(np.concatenate(real))}")
+    train = [data.latents[s : s + n] for s, n, split in
+             zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits) if split == "train"]
+    real = momentary_levels(mel, train)  # what ARC's momentary ceiling takes its quantile of
+    print(f"training data, 0.4 s level (median / 99th / 99.9th / loudest): {quantiles(real)}")
     hop = ckpt.codec.cfg.hop
     for seed in args.seeds:
         sampler = checkpoint_sampler(ckpt.info, steps=args.steps, cfg_scale=args.cfg, seed=seed)

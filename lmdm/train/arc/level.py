@@ -151,14 +151,33 @@ def momentary_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float, f
 
 
 @torch.no_grad()
-def momentary_ceiling(mel: "DecodedMel", works: list[torch.Tensor], quantile: float = 0.999,
-                      chunk: int = 4096) -> float:
-    """The ``quantile`` of the :func:`momentary_level` of every 0.4 s window of ``works``, each decoded on its own
-    and in chunks like :func:`band_ceiling` (windows never span two works or a chunk boundary).
+def momentary_levels(mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 4096) -> np.ndarray:
+    """The :func:`momentary_level` of every 0.4 s window of ``works``, decoded as :func:`decoded_chunks` does
+    (windows never span two works or a chunk boundary).
 
     Args:
         mel: the checkpoint's differentiable decoder (used without gradient).
         works: each ``(frames, ch)`` latent frames of one work.
+
+    Returns:
+        ``(windows,)`` float32, normalised units.
+
+    Raises:
+        ValueError: no work as long as one window.
+    """
+    levels = [momentary_level(part, mel.std, mel.momentary_frames)[0].cpu().numpy()
+              for part in decoded_chunks(mel, works, chunk) if part.shape[1] >= mel.momentary_frames]
+    if not levels:
+        raise ValueError(f"momentary levels need a work of at least {mel.momentary_frames} mel frames")
+    return np.concatenate(levels)
+
+
+def momentary_ceiling(mel: "DecodedMel", works: list[torch.Tensor], quantile: float = 0.999,
+                      chunk: int = 4096) -> float:
+    """The ``quantile`` of :func:`momentary_levels` of ``works``.
+
+    Args:
+        mel, works, chunk: as in :func:`momentary_levels`.
         quantile: in [0, 1]; 1 = the loudest window.
 
     Returns:
@@ -169,18 +188,7 @@ def momentary_ceiling(mel: "DecodedMel", works: list[torch.Tensor], quantile: fl
     """
     if not 0 <= quantile <= 1:
         raise ValueError(f"quantile must be in [0, 1], got {quantile}")
-    dev = torch.device("cpu") if mel.autoencoder is None else next(mel.autoencoder.parameters()).device
-    back = 0 if mel.autoencoder is None else mel.autoencoder.cfg.decoder_context
-    levels = []
-    for z in works:
-        for i in range(0, len(z), chunk):
-            lo = max(0, i - back)
-            part = mel(z[lo : i + chunk].to(dev).float()[None])[:, (i - lo) * mel.patch :]
-            if part.shape[1] >= mel.momentary_frames:
-                levels.append(momentary_level(part, mel.std, mel.momentary_frames)[0].cpu().numpy())
-    if not levels:
-        raise ValueError(f"momentary_ceiling needs a work of at least {mel.momentary_frames} mel frames")
-    return float(np.quantile(np.concatenate(levels), quantile))
+    return float(np.quantile(momentary_levels(mel, works, chunk), quantile))
 
 
 @dataclass(frozen=True)
@@ -207,15 +215,27 @@ class LevelCeilings:
 
 
 @torch.no_grad()
+def decoded_chunks(mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 4096):
+    """Yield the decoded mel ``(1, mel_frames, n_mels)`` of ``works``, each work decoded on its own (the decoder
+    looks back ``decoder_context`` frames, never across works), in chunks of ``chunk`` latent frames; each chunk
+    after a work's first is decoded with the look-back frames before it, so chunking changes no decoded value.
+    Runs on ``mel``'s device, without gradient."""
+    dev = torch.device("cpu") if mel.autoencoder is None else next(mel.autoencoder.parameters()).device
+    back = 0 if mel.autoencoder is None else mel.autoencoder.cfg.decoder_context
+    for z in works:
+        for i in range(0, len(z), chunk):
+            lo = max(0, i - back)
+            yield mel(z[lo : i + chunk].to(dev).float()[None])[:, (i - lo) * mel.patch :]
+
+
+@torch.no_grad()
 def band_ceiling(mel: DecodedMel, works: list[torch.Tensor], chunk: int = 4096) -> torch.Tensor:
-    """The loudest value of each band of the decoded mel over ``works``, each decoded on its own (the decoder
-    looks back ``decoder_context`` frames, never across works), in chunks of ``chunk`` latent frames.
+    """The loudest value of each band of the decoded mel over ``works`` (decoded by :func:`decoded_chunks`).
 
     Args:
         mel: the checkpoint's differentiable decoder (:class:`DecodedMel`; used without gradient).
         works: each ``(frames, ch)`` latent frames of one work (e.g. the training split's).
-        chunk: latent frames decoded at once (each chunk after the first is decoded with the decoder's look-back
-            frames before it, so chunking changes nothing).
+        chunk: latent frames decoded at once (chunking changes nothing).
 
     Returns:
         ``(n_mels,)`` float32, on ``mel``'s device.
@@ -223,14 +243,10 @@ def band_ceiling(mel: DecodedMel, works: list[torch.Tensor], chunk: int = 4096) 
     Raises:
         ValueError: no frames at all.
     """
-    dev = torch.device("cpu") if mel.autoencoder is None else next(mel.autoencoder.parameters()).device
-    back = 0 if mel.autoencoder is None else mel.autoencoder.cfg.decoder_context
     top = None
-    for z in works:
-        for i in range(0, len(z), chunk):
-            lo = max(0, i - back)
-            part = mel(z[lo : i + chunk].to(dev).float()[None])[:, (i - lo) * mel.patch :].amax(dim=(0, 1))
-            top = part if top is None else torch.maximum(top, part)
+    for part in decoded_chunks(mel, works, chunk):
+        part = part.amax(dim=(0, 1))
+        top = part if top is None else torch.maximum(top, part)
     if top is None:
         raise ValueError("band_ceiling needs at least one latent frame")
     return top
