@@ -446,11 +446,49 @@ def test_own_streams_sample_with_own_stream_steps(monkeypatch):
     assert out["stream_blocks"] == cfg.rollout_blocks and streams.context.abs().sum() > 0
 
 
+def test_level_kicks_play_some_own_stream_contexts_louder_or_quieter(monkeypatch):
+    """With ``own_stream_kick_db = k`` and ``own_stream_kick_p = 1`` every stream's context reaches the rollout
+    shifted by one gain per stream, within ``[-k, k]`` dB (on the raw-mel latent: the same offset in every band
+    above the floor), drawn after everything else the iteration draws before its rollout; ``p = 0`` kicks none;
+    off (``k = 0``) draws nothing extra."""
+    student, data = tiny_student(), tiny_latent_set()
+    C, B = student.cfg.context_frames, student.cfg.block_frames
+    seen = []
+    real_rollout = arc_trainer.rollout
+
+    def recording_rollout(model, context, *args, **kw):
+        seen.append(context.detach().clone())
+        return real_rollout(model, context, *args, **kw)
+
+    monkeypatch.setattr(arc_trainer, "rollout", recording_rollout)
+    outs = {}
+    for name, kick in (("off", {}), ("all", {"own_stream_kick_db": 10.0, "own_stream_kick_p": 1.0}),
+                       ("none", {"own_stream_kick_db": 10.0, "own_stream_kick_p": 0.0})):
+        student = tiny_student()
+        cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, **kick)
+        starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
+        streams = OwnStreams(cfg.batch_size, C, 512)
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+        outs[name] = own_stream_iteration(student, opt, streams, data, starts, cfg, torch.Generator().manual_seed(0),
+                                          MEL, None)
+    off, kicked, none = seen
+    assert outs["off"]["kicked"] == outs["none"]["kicked"] == 0.0 and outs["all"]["kicked"] == 1.0
+    assert torch.equal(off, none)
+    shift = MEL(kicked) - MEL(off)
+    unit = 1 / (20 * math.log10(math.e)) / MEL.std  # normalised log-mel per dB
+    for i in range(len(off)):
+        loud = MEL(off)[i] > MEL.floor + 10 * unit + 1e-3
+        offset = shift[i][loud]
+        assert offset.std() < 1e-5 and 0 < offset.abs().mean() <= 10 * unit + 1e-5
+    assert len({round(float(shift[i][MEL(off)[i] > 0].mean()), 4) for i in range(len(off))}) == len(off)
+
+
 def test_own_stream_settings_are_checked():
     for bad in ({"own_stream_every": -1}, {"own_stream_every": 2, "own_stream_blocks": 1},
                 {"own_stream_every": 2, "level_weight": 0.0, "ceiling_weight": 0.0}, {"ceiling_weight": -1.0},
                 {"momentary_weight": -1.0}, {"momentary_quantile": 1.5}, {"own_stream_steps": -1}, {"own_stream_steps": 5, "student_steps": 4},
-                {"own_stream_alt_steps": 5, "student_steps": 4}, {"own_stream_alt_steps": 2, "batch_size": 1}):
+                {"own_stream_alt_steps": 5, "student_steps": 4}, {"own_stream_alt_steps": 2, "batch_size": 1},
+                {"own_stream_kick_db": -1.0}, {"own_stream_kick_p": 1.5}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)
 
@@ -462,7 +500,8 @@ def test_arc_run_with_own_streams_and_ceiling_resumes_exactly(real_data, tmp_pat
     save_checkpoint(base, tiny_student(), MelCodec(CodecConfig()), dtype=torch.float32)
     cfg = ARCConfig(init_from=str(base), data=str(real_data), run_dir=str(tmp_path / "arc"), steps=2, batch_size=2,
                     rollout_blocks=2, student_steps=3, disc_layers=1, disc_head_width=16, ckpt_every=1, log_every=1,
-                    own_stream_every=2, own_stream_blocks=100, ceiling_weight=1.0, momentary_weight=1.0)
+                    own_stream_every=2, own_stream_blocks=100, ceiling_weight=1.0, momentary_weight=1.0,
+                    own_stream_kick_db=6.0, own_stream_kick_p=0.5)
     arc_train(cfg, progress=False)
     streams = load_file(str(latest_checkpoint(tmp_path / "arc") / "streams.safetensors"))
     assert streams["blocks"].tolist() == [2, 2] and streams["context"].abs().sum() > 0

@@ -15,7 +15,7 @@ from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.level import (
     DecodedMel, LevelCeilings, band_ceiling, band_moments, ceiling_loss, level_anchor_loss, momentary_ceiling,
-    momentary_ceiling_loss, momentary_level,
+    momentary_ceiling_loss, momentary_level, with_gain,
 )
 
 
@@ -170,3 +170,34 @@ def test_momentary_ceiling_costs_only_the_windows_above_the_datas_percentile():
         momentary_ceiling(mel, works, quantile=1.5)
     with pytest.raises(ValueError, match="at least"):
         momentary_ceiling(mel, works[2:])
+
+
+def test_with_gain_is_a_gain_on_the_audio_in_the_codecs_units():
+    """A level kick of +6.02 dB on the raw-mel latent is what doubling the audio does to the codec's log-mel (away
+    from the log floor), -6.02 dB what halving does, and quiet bands stay at the floor; through an autoencoder
+    it re-encodes the shifted decode; a wrong gain shape is refused."""
+    codec = MelCodec(CodecConfig())
+    mel = DecodedMel(codec)
+    torch.manual_seed(0)
+    t = torch.arange(codec.sample_rate * 2) / codec.sample_rate
+    audio = 0.2 * torch.sin(2 * math.pi * 440 * t)[None] + 0.05 * torch.randn(1, len(t))
+    z = codec.mel_to_latent(codec.audio_to_mel(audio))
+    db = 20 * math.log10(2)
+    louder = codec.mel_to_latent(codec.audio_to_mel(2 * audio))
+    assert torch.allclose(with_gain(z, mel, torch.tensor([db])), louder, atol=1e-4)
+    quieter = codec.mel_to_latent(codec.audio_to_mel(0.5 * audio))
+    above = quieter > mel.floor + 1e-3  # halving puts nothing here below the floor but what was already there
+    assert torch.allclose(with_gain(z, mel, torch.tensor([-db]))[above], quieter[above], atol=1e-4)
+    silent = torch.full((1, 4, 512), mel.floor)
+    assert torch.equal(with_gain(silent, mel, torch.tensor([-20.0])), silent)
+    with pytest.raises(ValueError, match="one gain per item"):
+        with_gain(z, mel, torch.tensor([1.0, 2.0]))
+    ae_codec = MelCodec(CodecConfig(), PatchAutoencoder(AutoencoderConfig(latent_channels=16, hidden=64, depth=1)))
+    ae_mel = DecodedMel(ae_codec)
+    zz = torch.randn(2, 6, 16)
+    gains = torch.tensor([3.0, -3.0])
+    decoded = ae_mel(zz)
+    shifted = (decoded + (gains / (20 * math.log10(math.e)) / ae_mel.std)[:, None, None]).clamp_min(ae_mel.floor)
+    shifted = torch.where(decoded <= ae_mel.floor + 1e-4, decoded, shifted)
+    assert torch.allclose(with_gain(zz, ae_mel, gains), ae_codec.patches_to_latent(shifted.reshape(2, 6, 512)),
+                          atol=1e-5)

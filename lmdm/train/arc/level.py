@@ -260,7 +260,8 @@ class DecodedMel(nn.Module):
     """Latent frames ``(b, frames, ch)`` -> normalised log-mel ``(b, frames * patch, n_mels)``, differentiable in
     the latent (``MelCodec.latent_to_mel`` decodes under ``no_grad``): the frozen autoencoder's decoder (a copy,
     movable to the student's device), or a reshape for the raw-mel latent. Not trained and not checkpointed.
-    ``std`` (the codec's) and ``momentary_frames`` (mel frames in 0.4 s) are what :func:`momentary_level` needs.
+    ``std`` (the codec's) and ``momentary_frames`` (mel frames in 0.4 s) are what :func:`momentary_level` needs;
+    ``floor`` is the codec's log floor in normalised units (the quietest value a decoded band can mean).
 
     Args:
         codec: the checkpoint's codec.
@@ -271,6 +272,7 @@ class DecodedMel(nn.Module):
         self.patch, self.n_mels = codec.cfg.patch, codec.cfg.n_mels
         self.channels = codec.channels
         self.std = codec.cfg.std
+        self.floor = (math.log(codec.cfg.log_floor) - codec.cfg.mean) / codec.cfg.std
         self.momentary_frames = max(1, round(MOMENTARY_S * codec.cfg.sample_rate / codec.cfg.hop))
         ae = codec.autoencoder
         self.autoencoder = None if ae is None else copy.deepcopy(ae).eval().requires_grad_(False)
@@ -286,3 +288,48 @@ class DecodedMel(nn.Module):
         b, t, _ = latent.shape
         patches = latent.float() if self.autoencoder is None else self.autoencoder.decode(latent.float())
         return patches.reshape(b, t * self.patch, self.n_mels)
+
+    @torch.no_grad()
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Normalised log-mel ``(b, frames * patch, n_mels)`` -> latent frames ``(b, frames, ch)`` (the autoencoder's
+        encoder, or a reshape for the raw-mel latent); no gradient.
+
+        Raises:
+            ValueError: ``mel`` does not have the codec's bands or a whole number of latent frames.
+        """
+        b, t, m = mel.shape
+        if m != self.n_mels or t % self.patch:
+            raise ValueError(f"mel must be (batch, frames * {self.patch}, {self.n_mels}), got {tuple(mel.shape)}")
+        patches = mel.float().reshape(b, t // self.patch, self.patch * m)
+        return patches if self.autoencoder is None else self.autoencoder.encode(patches)
+
+
+GAIN_UNITS_PER_DB = 1 / (20 * math.log10(math.e))  # nats of magnitude per dB
+
+
+@torch.no_grad()
+def with_gain(latent: torch.Tensor, mel: DecodedMel, db: torch.Tensor) -> torch.Tensor:
+    """The latent of the same music played ``db`` dB louder (negative: quieter): decoded to normalised log-mel,
+    every band shifted by ``db / (20 log10(e) std)`` (a gain on the audio; module docstring) but those at the
+    codec's log floor (silence stays silent), held at the floor, re-encoded. For the raw-mel latent exact; through the autoencoder as exact as its round trip.
+
+    ARC's level kicks (``ARCConfig.own_stream_kick_db``) put an own stream in the loud or quiet state that a long
+    stream drifts into, so that training meets it (and the level anchor pulls it back) without waiting minutes.
+
+    Args:
+        latent: ``(b, frames, ch)`` latent frames.
+        mel: the codec's :class:`DecodedMel`.
+        db: ``(b,)`` gain per item, dB.
+
+    Returns:
+        ``(b, frames, ch)`` float latent frames.
+
+    Raises:
+        ValueError: ``db`` is not one gain per item, or ``latent`` does not have the codec's channels.
+    """
+    if db.shape != latent.shape[:1]:
+        raise ValueError(f"db must be one gain per item, shape ({latent.shape[0]},), got {tuple(db.shape)}")
+    decoded = mel(latent)
+    shifted = decoded + (db.float() * GAIN_UNITS_PER_DB / mel.std)[:, None, None].to(latent.device)
+    silent = decoded <= mel.floor + 1e-4  # at the floor: the magnitude is unknown below it, and stays silent
+    return mel.encode(torch.where(silent, decoded, shifted.clamp_min(mel.floor)))

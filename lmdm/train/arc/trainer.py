@@ -48,7 +48,8 @@ from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.level import DecodedMel, LevelCeilings, band_ceiling, level_anchor_loss, momentary_ceiling
+from lmdm.train.arc.level import (DecodedMel, LevelCeilings, band_ceiling, level_anchor_loss, momentary_ceiling,
+                                  with_gain)
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
 from lmdm.train.arc.negatives import Negatives
 from lmdm.train.arc.rollout import draw_exit_steps, rollout
@@ -114,6 +115,13 @@ class ARCConfig:
         own_stream_alt_steps: 0 = off; ``n`` > 0: the second half of the own streams (rows ``batch_size // 2``
             on) sample with ``n`` steps, the first half with ``own_stream_steps``: one run meets the runaway of
             both samplers (each at its own pace), since training on either alone fixes that sampler only.
+        own_stream_kick_db: 0 = off; ``k`` > 0: level kicks. Before an own-stream iteration's rollout, each
+            stream's context is, with probability ``own_stream_kick_p``, played louder or quieter by a gain drawn
+            uniformly from ``[-k, k]`` dB (``lmdm.train.arc.level.with_gain``), and the stream goes on from there:
+            the loud and quiet states that long streams drift into after minutes (a choir chorale that bursts,
+            a harp tune that fades) are met every few iterations, and the level anchor and ceilings train the
+            way back.
+        own_stream_kick_p: probability per stream and own-stream iteration of a level kick.
         ema_decay: EMA of the student.
         t_logit_mean, t_logit_std: logit-normal re-noising timestep for the discriminator.
         grad_clip: gradient-norm clipping for both players.
@@ -150,6 +158,8 @@ class ARCConfig:
     own_stream_per_item: bool = False
     own_stream_steps: int = 0
     own_stream_alt_steps: int = 0
+    own_stream_kick_db: float = 0.0
+    own_stream_kick_p: float = 0.25
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
     t_logit_std: float = 1.0
@@ -186,6 +196,9 @@ class ARCConfig:
                                                                          and self.batch_size < 2):
             raise ConfigError(f"own_stream_alt_steps must be in 0..student_steps ({self.student_steps}) and needs "
                               f"batch_size >= 2, got {self.own_stream_alt_steps} with batch_size {self.batch_size}")
+        if not self.own_stream_kick_db >= 0 or not 0 <= self.own_stream_kick_p <= 1:
+            raise ConfigError(f"own_stream_kick_db must be >= 0 and own_stream_kick_p in [0, 1], got "
+                              f"{self.own_stream_kick_db} and {self.own_stream_kick_p}")
         if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0 and \
                 self.momentary_weight == 0:
             raise ConfigError("own-stream iterations train on the level anchor and the ceilings only: set "
@@ -444,8 +457,12 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     against a fresh real crop of each stream's work,
     and advance the streams. The discriminator is not involved.
 
+    With ``own_stream_kick_db`` some contexts are first played louder or quieter (level kicks, see
+    :class:`ARCConfig`).
+
     Draws, on ``gen`` and in this order: the restarts, the restarted streams' crops and captions
-    (``LatentSet.draw`` over ``starts``) and prompt flags, the real crops of each stream's work, the rollout's noise.
+    (``LatentSet.draw`` over ``starts``) and prompt flags, the real crops of each stream's work, the level kicks
+    (which streams, then their gains; only with ``own_stream_kick_db``), the rollout's noise.
 
     Args:
         student, opt_g: the student (updated) and its optimiser.
@@ -461,8 +478,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     Returns:
         ``own_level``, ``own_ceiling``, ``own_momentary`` (the level anchor and the two ceilings on the own
         streams), ``stream_blocks``
-        (the streams' mean length in blocks after this iteration) and ``restarted`` (the fraction restarted),
-        floats.
+        (the streams' mean length in blocks after this iteration), ``restarted`` (the fraction restarted) and
+        ``kicked`` (the fraction kicked), floats.
 
     Raises:
         ConfigError: ``cfg.prompt_dropout`` is None.
@@ -485,6 +502,12 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     real_first = same_work_starts(data, streams.work, crop, gen)
     x_real, _, text = data.crops(real_first, streams.caption.cpu(), crop)
     ctx = torch.where(restart[:, None, None], fresh[:, :C].to(dev), streams.context)
+    kick = torch.zeros(b, dtype=torch.bool, device=dev)
+    if cfg.own_stream_kick_db:
+        kick = (torch.rand(b, generator=gen, device=gen.device) < cfg.own_stream_kick_p).to(dev)
+        db = (2 * torch.rand(b, generator=gen, device=gen.device) - 1).to(dev) * cfg.own_stream_kick_db
+        if bool(kick.any()):
+            ctx = torch.where(kick[:, None, None], with_gain(ctx, mel, db), ctx)
     student.train()
     groups = [(slice(0, b), S)] if not cfg.own_stream_alt_steps else \
         [(slice(0, b // 2), S), (slice(b // 2, b), cfg.own_stream_alt_steps)]
@@ -505,7 +528,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     streams.blocks.copy_(torch.where(restart, N, streams.blocks + N))
     return {"own_level": loss_level.item(), "own_ceiling": loss_ceiling.item(),
             "own_momentary": loss_momentary.item(),
-            "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item()}
+            "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item(),
+            "kicked": kick.float().mean().item()}
 
 
 def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool = True,
