@@ -14,8 +14,8 @@ from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.level import (
-    DecodedMel, LevelCeilings, band_ceiling, band_moments, ceiling_loss, level_anchor_loss, momentary_ceiling,
-    momentary_ceiling_loss, momentary_level, with_gain,
+    DecodedMel, LevelCeilings, band_ceiling, band_moments, ceiling_loss, crest_ceiling, crest_ceiling_loss,
+    frame_crest, level_anchor_loss, momentary_ceiling, momentary_ceiling_loss, momentary_level, with_gain,
 )
 
 
@@ -164,7 +164,7 @@ def test_momentary_ceiling_costs_only_the_windows_above_the_datas_percentile():
     assert loss.item() > 0
     loss.backward()
     assert (fake.grad[0, :4] > 0).any() and (fake.grad[0, 29:] == 0).all()  # frames in no window above: no push
-    both = LevelCeilings(band=None, momentary=loudest).losses(fake.detach(), mel)
+    both = LevelCeilings(band=None, momentary=loudest).losses(fake.detach(), mel)[:2]
     assert both[0].item() == 0.0 and both[1].item() == pytest.approx(loss.item())
     with pytest.raises(ValueError, match="quantile"):
         momentary_ceiling(mel, works, quantile=1.5)
@@ -201,3 +201,47 @@ def test_with_gain_is_a_gain_on_the_audio_in_the_codecs_units():
     shifted = torch.where(decoded <= ae_mel.floor + 1e-4, decoded, shifted)
     assert torch.allclose(with_gain(zz, ae_mel, gains), ae_codec.patches_to_latent(shifted.reshape(2, 6, 512)),
                           atol=1e-5)
+
+
+def test_frame_crest_is_how_far_a_frame_sticks_out_of_its_window():
+    """Steady sound has crest 0 everywhere; one frame 1 unit above flat surroundings scores its level minus the
+    window's log-mean power; a gain changes no crest; the window's centre is frame ``frames // 2``."""
+    std, n, k = 2.5, 128, 25
+    flat = torch.full((1, 60, n), 0.3)
+    assert torch.allclose(frame_crest(flat, std, k), torch.zeros(1, 36), atol=1e-5)
+    spike = flat.clone()
+    spike[0, 30] += 1.0
+    crest = frame_crest(spike, std, k)
+    # window i is centred on frame i + 12: the spike's own window is i = 18
+    lone = 1.0 - math.log((k - 1 + math.exp(2 * std * 1.0)) / k) / (2 * std)
+    assert crest[0, 18].item() == pytest.approx(lone, abs=1e-5) and crest[0, 18] == crest.max()
+    assert crest[0, 6:31].lt(1e-5).sum() == 24  # every other frame sits below the windows the spike lifts
+    torch.manual_seed(0)
+    mel = torch.randn(2, 50, n)
+    assert torch.allclose(frame_crest(mel + 0.4, std, k), frame_crest(mel, std, k), atol=1e-5)
+
+
+def test_crest_ceiling_costs_only_frames_that_stick_out_more_than_the_datas():
+    torch.manual_seed(0)
+    codec = MelCodec(CodecConfig(), PatchAutoencoder(AutoencoderConfig(latent_channels=16, hidden=64, depth=1)))
+    mel = DecodedMel(codec)
+    works = [torch.randn(37, 16), torch.randn(20, 16), torch.randn(3, 16)]  # the last is shorter than a window
+    crests = torch.cat([frame_crest(mel(w[None]), mel.std, 25)[0] for w in works[:2]])
+    assert crest_ceiling(mel, works, quantile=1.0) == pytest.approx(crests.max().item(), rel=1e-5)
+    assert crests.quantile(0.9).item() < crest_ceiling(mel, works) <= crests.max().item()
+    real = mel(works[0][None])
+    top = crest_ceiling(mel, works[:1], quantile=1.0)
+    assert crest_ceiling_loss(real, top, mel.std, 25).item() == 0.0
+    fake = real.clone()
+    fake[0, 60] += 2.0  # one frame far above its surroundings
+    fake.requires_grad_(True)
+    loss = crest_ceiling_loss(fake, top, mel.std, 25)
+    assert loss.item() > 0
+    loss.backward()
+    assert fake.grad[0, 60].sum() > 0 and (fake.grad[0, :30] == 0).all()  # far from the spike: no push
+    three = LevelCeilings(crest=top).losses(fake.detach(), mel)
+    assert three[0].item() == three[1].item() == 0.0 and three[2].item() == pytest.approx(loss.item())
+    with pytest.raises(ValueError, match="quantile"):
+        crest_ceiling(mel, works, quantile=-0.1)
+    with pytest.raises(ValueError, match="at least"):
+        crest_ceiling(mel, works[2:])

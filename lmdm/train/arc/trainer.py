@@ -48,8 +48,8 @@ from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.level import (DecodedMel, LevelCeilings, band_ceiling, level_anchor_loss, momentary_ceiling,
-                                  with_gain)
+from lmdm.train.arc.level import (DecodedMel, LevelCeilings, band_ceiling, crest_ceiling, level_anchor_loss,
+                                  momentary_ceiling, with_gain)
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
 from lmdm.train.arc.negatives import Negatives
 from lmdm.train.arc.rollout import draw_exit_steps, rollout
@@ -104,6 +104,10 @@ class ARCConfig:
             level over the training split's ``momentary_quantile``, the passages where long streams clip); 0 = off.
         momentary_quantile: the momentary ceiling's level, as a quantile of the training split's 0.4 s windows
             (0.999: what real music exceeds one window in a thousand; 1: its loudest window).
+        crest_weight: weight of the crest ceiling in the generator step (``lmdm.train.arc.level.crest_ceiling_loss``:
+            the squared excess of each 16 ms frame's power above its 0.4 s surroundings over the training split's
+            ``crest_quantile``: the peaks that clip at the data's loudness); 0 = off.
+        crest_quantile: the crest ceiling, as a quantile of the training split's frame crests.
         own_stream_every: every ``k``-th iteration is an own-stream iteration (:func:`own_stream_iteration`:
             the student continues its own long streams, trained on the level anchor and the ceilings only); 0 =
             off (every iteration starts from real music). One process only.
@@ -153,6 +157,8 @@ class ARCConfig:
     ceiling_weight: float = 0.0
     momentary_weight: float = 0.0
     momentary_quantile: float = 0.999
+    crest_weight: float = 0.0
+    crest_quantile: float = 0.999
     own_stream_every: int = 0
     own_stream_blocks: int = 120
     own_stream_per_item: bool = False
@@ -181,11 +187,12 @@ class ARCConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be in [0, 1] (or null: as pretrained), got {value}")
-        for name in ("level_weight", "contrastive_weight", "ceiling_weight", "momentary_weight"):
+        for name in ("level_weight", "contrastive_weight", "ceiling_weight", "momentary_weight", "crest_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.momentary_quantile <= 1:
-            raise ConfigError(f"momentary_quantile must be in [0, 1], got {self.momentary_quantile}")
+        for name in ("momentary_quantile", "crest_quantile"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.own_stream_every < 0 or self.own_stream_blocks < self.rollout_blocks:
             raise ConfigError(f"own_stream_every must be >= 0 and own_stream_blocks >= rollout_blocks "
                               f"({self.rollout_blocks}), got {self.own_stream_every} and {self.own_stream_blocks}")
@@ -200,9 +207,10 @@ class ARCConfig:
             raise ConfigError(f"own_stream_kick_db must be >= 0 and own_stream_kick_p in [0, 1], got "
                               f"{self.own_stream_kick_db} and {self.own_stream_kick_p}")
         if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0 and \
-                self.momentary_weight == 0:
+                self.momentary_weight == 0 and self.crest_weight == 0:
             raise ConfigError("own-stream iterations train on the level anchor and the ceilings only: set "
-                              "level_weight, ceiling_weight or momentary_weight > 0, or own_stream_every = 0")
+                              "level_weight, ceiling_weight, momentary_weight or crest_weight > 0, or "
+                              "own_stream_every = 0")
 
 
 def with_pretraining_dropouts(cfg: ARCConfig, base_info: dict) -> ARCConfig:
@@ -339,12 +347,13 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
         mel: the differentiable decoder of the level anchor (:class:`DecodedMel`, on the student's device).
         rollout_pass: :class:`RolloutPass` of ``student`` or its DDP wrapper (None: built here).
         ceiling: the training data's ceilings (:class:`LevelCeilings`: the loudest decoded mel per band, the
-            ``momentary_quantile`` of its 0.4 s levels), or None (no ceiling terms).
+            ``momentary_quantile`` of its 0.4 s levels, the ``crest_quantile`` of its frame crests), or None (no
+            ceiling terms).
 
     Returns:
         ``(x_fake, metrics)``: the re-noised ``[context | rollout]`` ``(b, (W + N) * B, ch)`` (detached, for the
-        discriminator step) and ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary`` (floats; 0 for a
-        ceiling that is off).
+        discriminator step) and ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_crest``
+        (floats; 0 for a ceiling that is off).
     """
     rollout_pass = rollout_pass or RolloutPass(student)
     dev = batch.x0.device
@@ -364,24 +373,38 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
         loss_g = relativistic_g_loss(*(s.float() for s in scores))
         start = C * mel.patch  # the rollout region's first mel frame (decoded with the context before it)
         ceiling = ceiling or LevelCeilings()
-        with torch.set_grad_enabled(cfg.level_weight > 0 or (ceiling.band is not None and cfg.ceiling_weight > 0)
-                                    or (ceiling.momentary is not None and cfg.momentary_weight > 0)):
+        with torch.set_grad_enabled(cfg.level_weight > 0 or any(ceiling_weights(cfg, ceiling))):
             fake_mel = mel(torch.cat([ctx, blocks.float()], 1))[:, start:]
         with torch.no_grad():
             real_mel = mel(batch.x0)[:, start:]
         loss_level = level_anchor_loss(fake_mel, real_mel)
-        loss_ceiling, loss_momentary = ceiling.losses(fake_mel, mel)
+        terms = ceiling.losses(fake_mel, mel)
         total = loss_g + cfg.level_weight * loss_level if cfg.level_weight > 0 else loss_g
-        if ceiling.band is not None and cfg.ceiling_weight > 0:
-            total = total + cfg.ceiling_weight * loss_ceiling
-        if ceiling.momentary is not None and cfg.momentary_weight > 0:
-            total = total + cfg.momentary_weight * loss_momentary
-        optimizer_step(total, opt_g, student.parameters(), cfg.grad_clip)
+        optimizer_step(with_ceilings(total, cfg, ceiling, terms), opt_g, student.parameters(), cfg.grad_clip)
     finally:
         for p, flag in zip(disc.parameters(), flags):
             p.requires_grad_(flag)
     return x_fake.detach(), {"loss_g": loss_g.item(), "loss_level": loss_level.item(),
-                             "loss_ceiling": loss_ceiling.item(), "loss_momentary": loss_momentary.item()}
+                             **{k: v.item() for k, v in zip(("loss_ceiling", "loss_momentary", "loss_crest"), terms)}}
+
+
+def ceiling_weights(cfg: "ARCConfig", ceiling: LevelCeilings) -> tuple[float, float, float]:
+    """The weights of the band, momentary and crest ceilings as ``LevelCeilings.losses`` orders them: the config's,
+    or 0 for a ceiling that ``ceiling`` does not set."""
+    return tuple(w if limit is not None else 0.0 for w, limit in ((cfg.ceiling_weight, ceiling.band),
+                                                                  (cfg.momentary_weight, ceiling.momentary),
+                                                                  (cfg.crest_weight, ceiling.crest)))
+
+
+def with_ceilings(total: torch.Tensor, cfg: "ARCConfig", ceiling: LevelCeilings,
+                  terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``total`` plus each ceiling loss of ``terms`` (``LevelCeilings.losses``) times its :func:`ceiling_weights`,
+    added one after another, those that are off left out (the generator step's and the own-stream iteration's
+    objective)."""
+    for weight, loss in zip(ceiling_weights(cfg, ceiling), terms):
+        if weight > 0:
+            total = total + weight * loss
+    return total
 
 
 def discriminator_step(disc: Discriminator, opt_d: torch.optim.Optimizer, batch: ARCBatch, draw: ARCDraw,
@@ -453,7 +476,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     stream by ``N`` blocks with all ``S`` steps (``own_stream_steps``, else ``student_steps``; with
     ``own_stream_alt_steps`` the second half of the streams with that many; gradient through each block's final
     step), update the student on
-    ``level_weight * level anchor + ceiling_weight * band ceiling + momentary_weight * momentary ceiling``
+    ``level_weight * level anchor + ceiling_weight * band ceiling + momentary_weight * momentary ceiling +
+    crest_weight * crest ceiling``
     against a fresh real crop of each stream's work,
     and advance the streams. The discriminator is not involved.
 
@@ -476,8 +500,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         rollout_pass: :class:`RolloutPass` of ``student`` (None: built here).
 
     Returns:
-        ``own_level``, ``own_ceiling``, ``own_momentary`` (the level anchor and the two ceilings on the own
-        streams), ``stream_blocks``
+        ``own_level``, ``own_ceiling``, ``own_momentary``, ``own_crest`` (the level anchor and the ceilings on the
+        own streams), ``stream_blocks``
         (the streams' mean length in blocks after this iteration), ``restarted`` (the fraction restarted) and
         ``kicked`` (the fraction kicked), floats.
 
@@ -521,13 +545,14 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     with torch.no_grad():
         real_mel = mel(x_real.to(dev))[:, start:]
     loss_level = level_anchor_loss(fake_mel, real_mel, per_item=cfg.own_stream_per_item)
-    loss_ceiling, loss_momentary = (ceiling or LevelCeilings()).losses(fake_mel, mel)
-    optimizer_step(cfg.level_weight * loss_level + cfg.ceiling_weight * loss_ceiling
-                   + cfg.momentary_weight * loss_momentary, opt_g, student.parameters(), cfg.grad_clip)
+    ceiling = ceiling or LevelCeilings()
+    terms = ceiling.losses(fake_mel, mel)
+    optimizer_step(with_ceilings(cfg.level_weight * loss_level, cfg, ceiling, terms), opt_g, student.parameters(),
+                   cfg.grad_clip)
     streams.context.copy_(seq[:, -C:].detach())
     streams.blocks.copy_(torch.where(restart, N, streams.blocks + N))
-    return {"own_level": loss_level.item(), "own_ceiling": loss_ceiling.item(),
-            "own_momentary": loss_momentary.item(),
+    return {"own_level": loss_level.item(),
+            **{k: v.item() for k, v in zip(("own_ceiling", "own_momentary", "own_crest"), terms)},
             "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item(),
             "kicked": kick.float().mean().item()}
 
@@ -590,13 +615,14 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     crop = (student.cfg.window_chunks + cfg.rollout_blocks) * student.cfg.block_frames
     starts = data.valid_starts("train", crop)
     negatives = Negatives.of(data, "train")
-    # the training split's ceilings: loudest decoded mel per band, a quantile of its 0.4 s levels (deterministic:
-    # not saved)
+    # the training split's ceilings: loudest decoded mel per band, quantiles of its 0.4 s levels and of its frame
+    # crests (deterministic: not saved)
     train_works = [data.latents[s : s + n] for s, n, split in
                    zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits) if split == "train"]
     ceiling = LevelCeilings(band=band_ceiling(mel, train_works) if cfg.ceiling_weight > 0 else None,
                             momentary=momentary_ceiling(mel, train_works, cfg.momentary_quantile)
-                            if cfg.momentary_weight > 0 else None)
+                            if cfg.momentary_weight > 0 else None,
+                            crest=crest_ceiling(mel, train_works, cfg.crest_quantile) if cfg.crest_weight > 0 else None)
     streams = None
     if cfg.own_stream_every:
         if distributed.active:
@@ -625,8 +651,8 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
             rank_gen = torch.Generator().manual_seed(seed + distributed.rank)
         out = arc_iteration(student, disc, opt_g, opt_d, batch, settled, rank_gen, mel, rollout_pass, score_pass,
                             ceiling)
-        for k in ("loss_g", "loss_level", "loss_ceiling", "loss_momentary", "loss_d", "loss_c", "d_real", "d_fake",
-                  "prompted"):
+        for k in ("loss_g", "loss_level", "loss_ceiling", "loss_momentary", "loss_crest", "loss_d", "loss_c",
+                  "d_real", "d_fake", "prompted"):
             out[k] = distributed.mean(out[k])
         recent.update(out)
         return out
@@ -642,7 +668,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                 train_step=train_step, save_model=lambda path, m, info: save_checkpoint(path, m, base.codec, info),
                 export_info=export_info, ema_decay=lambda n: cfg.ema_decay)
     metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "loss_ceiling", "own_level",
-               "own_ceiling", "stream_blocks", "loss_momentary", "own_momentary")
+               "own_ceiling", "stream_blocks", "loss_momentary", "own_momentary", "loss_crest", "own_crest")
     settings = LoopSettings(run_dir=run, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
                             columns=tuple((k, ".5f") for k in metrics),
