@@ -160,7 +160,7 @@ def momentary_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float, f
 def frame_crest(mel: torch.Tensor, std: float, frames: int) -> torch.Tensor:
     """Each mel frame's total power level (as in :func:`momentary_level`) minus the :func:`momentary_level` of the
     ``frames``-long window centred on it: how far a frame sticks out of its surroundings, the mel-domain view of a
-    crest factor. Gain-invariant; 0 for steady sound; a lone loud frame scores about ``log(frames) / (2 std)``.
+    crest factor. Gain-invariant; 0 for steady sound; a lone frame however loud scores at most ``log(frames) / (2 std)``.
 
     Args:
         mel: ``(b, mel_frames, n_mels)`` normalised log-mel.
@@ -193,73 +193,63 @@ def crest_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float, frame
 
 
 @torch.no_grad()
-def frame_crests(mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 4096) -> np.ndarray:
-    """The :func:`frame_crest` of every frame of ``works`` that has a full 0.4 s window around it, decoded as
-    :func:`decoded_chunks` does.
-
-    Returns:
-        ``(frames,)`` float32, normalised units.
-
-    Raises:
-        ValueError: no work as long as one window.
-    """
-    crests = [frame_crest(part, mel.std, mel.momentary_frames)[0].cpu().numpy()
-              for part in decoded_chunks(mel, works, chunk) if part.shape[1] >= mel.momentary_frames]
-    if not crests:
-        raise ValueError(f"frame crests need a work of at least {mel.momentary_frames} mel frames")
-    return np.concatenate(crests)
-
-
-def crest_ceiling(mel: "DecodedMel", works: list[torch.Tensor], quantile: float = 0.999, chunk: int = 4096) -> float:
-    """The ``quantile`` of :func:`frame_crests` of ``works`` (normalised units).
-
-    Raises:
-        ValueError: no work as long as one window, or ``quantile`` outside [0, 1].
-    """
-    if not 0 <= quantile <= 1:
-        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
-    return float(np.quantile(frame_crests(mel, works, chunk), quantile))
-
-
-@torch.no_grad()
-def momentary_levels(mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 4096) -> np.ndarray:
-    """The :func:`momentary_level` of every 0.4 s window of ``works``, decoded as :func:`decoded_chunks` does
-    (windows never span two works or a chunk boundary).
+def windowed(statistic, mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 4096) -> np.ndarray:
+    """``statistic(mel_chunk, std, frames)`` (:func:`momentary_level` or :func:`frame_crest`, over 0.4 s windows)
+    on every chunk of ``works`` decoded as :func:`decoded_chunks` does (windows never span two works or a chunk
+    boundary), concatenated.
 
     Args:
+        statistic: ``(1, mel_frames, n_mels), std, frames -> (1, n)``.
         mel: the checkpoint's differentiable decoder (used without gradient).
         works: each ``(frames, ch)`` latent frames of one work.
 
     Returns:
-        ``(windows,)`` float32, normalised units.
+        ``(n,)`` float32, normalised units.
 
     Raises:
         ValueError: no work as long as one window.
     """
-    levels = [momentary_level(part, mel.std, mel.momentary_frames)[0].cpu().numpy()
+    values = [statistic(part, mel.std, mel.momentary_frames)[0].cpu().numpy()
               for part in decoded_chunks(mel, works, chunk) if part.shape[1] >= mel.momentary_frames]
-    if not levels:
-        raise ValueError(f"momentary levels need a work of at least {mel.momentary_frames} mel frames")
-    return np.concatenate(levels)
+    if not values:
+        raise ValueError(f"{statistic.__name__} needs a work of at least {mel.momentary_frames} mel frames")
+    return np.concatenate(values)
 
 
-def momentary_ceiling(mel: "DecodedMel", works: list[torch.Tensor], quantile: float = 0.999,
+def momentary_levels(mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 4096) -> np.ndarray:
+    """The :func:`momentary_level` of every 0.4 s window of ``works`` (:func:`windowed`), ``(windows,)``."""
+    return windowed(momentary_level, mel, works, chunk)
+
+
+def frame_crests(mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 4096) -> np.ndarray:
+    """The :func:`frame_crest` of every frame of ``works`` with a full 0.4 s window around it (:func:`windowed`),
+    ``(frames,)``."""
+    return windowed(frame_crest, mel, works, chunk)
+
+
+def windowed_quantile(statistic, mel: "DecodedMel", works: list[torch.Tensor], quantile: float = 0.999,
                       chunk: int = 4096) -> float:
-    """The ``quantile`` of :func:`momentary_levels` of ``works``.
-
-    Args:
-        mel, works, chunk: as in :func:`momentary_levels`.
-        quantile: in [0, 1]; 1 = the loudest window.
-
-    Returns:
-        the level, normalised units.
+    """The ``quantile`` (in [0, 1]; 1 = the largest) of :func:`windowed` ``statistic`` over ``works``, normalised
+    units: :func:`momentary_ceiling` and :func:`crest_ceiling`.
 
     Raises:
         ValueError: no work as long as one window, or ``quantile`` outside [0, 1].
     """
     if not 0 <= quantile <= 1:
         raise ValueError(f"quantile must be in [0, 1], got {quantile}")
-    return float(np.quantile(momentary_levels(mel, works, chunk), quantile))
+    return float(np.quantile(windowed(statistic, mel, works, chunk), quantile))
+
+
+def momentary_ceiling(mel: "DecodedMel", works: list[torch.Tensor], quantile: float = 0.999,
+                      chunk: int = 4096) -> float:
+    """The ``quantile`` of :func:`momentary_levels` of ``works`` (1 = the loudest window); see
+    :func:`windowed_quantile`."""
+    return windowed_quantile(momentary_level, mel, works, quantile, chunk)
+
+
+def crest_ceiling(mel: "DecodedMel", works: list[torch.Tensor], quantile: float = 0.999, chunk: int = 4096) -> float:
+    """The ``quantile`` of :func:`frame_crests` of ``works``; see :func:`windowed_quantile`."""
+    return windowed_quantile(frame_crest, mel, works, quantile, chunk)
 
 
 @dataclass(frozen=True)
