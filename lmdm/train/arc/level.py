@@ -160,7 +160,8 @@ def momentary_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float, f
 def frame_crest(mel: torch.Tensor, std: float, frames: int) -> torch.Tensor:
     """Each mel frame's total power level (as in :func:`momentary_level`) minus the :func:`momentary_level` of the
     ``frames``-long window centred on it: how far a frame sticks out of its surroundings, the mel-domain view of a
-    crest factor. Gain-invariant; 0 for steady sound; a lone frame however loud scores at most ``log(frames) / (2 std)``.
+    crest factor. Gain-invariant; 0 for steady sound; a lone frame however loud scores at most
+    ``log(frames) / (2 std)``.
 
     Args:
         mel: ``(b, mel_frames, n_mels)`` normalised log-mel.
@@ -378,7 +379,8 @@ GAIN_UNITS_PER_DB = 1 / (20 * math.log10(math.e))  # nats of magnitude per dB
 def with_gain(latent: torch.Tensor, mel: DecodedMel, db: torch.Tensor) -> torch.Tensor:
     """The latent of the same music played ``db`` dB louder (negative: quieter): decoded to normalised log-mel,
     every band shifted by ``db / (20 log10(e) std)`` (a gain on the audio; module docstring) but those at the
-    codec's log floor (silence stays silent), held at the floor, re-encoded. For the raw-mel latent exact; through the autoencoder as exact as its round trip.
+    codec's log floor (silence stays silent), held at the floor, re-encoded. For the raw-mel latent exact; through
+    the autoencoder as exact as its round trip.
 
     ARC's level kicks (``ARCConfig.own_stream_kick_db``) put an own stream in the loud or quiet state that a long
     stream drifts into, so that training meets it (and the level anchor pulls it back) without waiting minutes.

@@ -456,8 +456,9 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
         ceiling: the ceilings of :func:`generator_step` (None: no ceiling terms).
 
     Returns:
-        ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_d``, ``loss_c``, mean ``d_real`` and ``d_fake``
-        (floats), the ``exit_steps`` drawn and ``prompted``, the fraction of rollouts that had their prompt.
+        ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_crest``, ``loss_d``, ``loss_c``, mean
+        ``d_real`` and ``d_fake`` (floats), the ``exit_steps`` drawn and ``prompted``, the fraction of rollouts that
+        had their prompt.
 
     Raises:
         ConfigError: a dropout of ``cfg`` is None.
