@@ -46,6 +46,9 @@ class StudySystem:
             ``lmdm.bench.run.with_window``); None = the checkpoint's. A shorter context is a drift regime.
         switch_every_s: 0 = one prompt per stream; else the prompt moves on to the study's next prompt every this
             many seconds (cycling), a prompt-switch drift regime.
+        level_guard: None = the model as it is; else a quantile in (0, 1] of the study data's training split's
+            0.4 s levels (1 = the loudest window), the ceiling of a ``lmdm.streaming.level_guard.LevelGuard``
+            that turns down every block above it before the stream caches it. Left out of a stream's key when None.
     """
 
     label: str
@@ -56,9 +59,11 @@ class StudySystem:
     eta: float = 1.0
     window_chunks: int | None = None
     switch_every_s: float = 0.0
+    level_guard: float | None = None
 
     def __post_init__(self) -> None:
-        """Raises: ConfigError: an empty label, a bad sampler setting, window_chunks < 1 or switch_every_s < 0."""
+        """Raises: ConfigError: an empty label, a bad sampler setting, window_chunks < 1, switch_every_s < 0 or
+        level_guard outside (0, 1]."""
         if not isinstance(self.label, str) or not self.label.strip():
             raise ConfigError(f"a system needs a non-empty label, got {self.label!r}")
         self.sampler_config(0)  # SamplerConfig checks steps, sampler and CFG
@@ -66,6 +71,9 @@ class StudySystem:
             raise ConfigError(f"{self.label}: window_chunks must be a positive integer or null, got {self.window_chunks!r}")
         if not (math.isfinite(self.switch_every_s) and self.switch_every_s >= 0):
             raise ConfigError(f"{self.label}: switch_every_s must be >= 0 (0 = no switch), got {self.switch_every_s!r}")
+        if self.level_guard is not None and (isinstance(self.level_guard, bool) or not 0 < self.level_guard <= 1):
+            raise ConfigError(f"{self.label}: level_guard must be a quantile in (0, 1] or null (no guard), "
+                              f"got {self.level_guard!r}")
 
     def sampler_config(self, seed: int) -> SamplerConfig:
         """The ``SamplerConfig`` of one stream."""
@@ -218,6 +226,8 @@ def stream_settings(cfg: StudyConfig, system: StudySystem, prompt, seed: int) ->
     key = dataclasses.asdict(system)
     if key["eta"] == 1.0:  # plain ping-pong: the key streams had before eta was a setting
         del key["eta"]
+    if key["level_guard"] is None:  # likewise for streams measured before the guard existed
+        del key["level_guard"]
     settings = {"system": key, "weights": weights_digest(system.checkpoint), "prompt": prompt,
                 "seed": seed, "minutes": cfg.minutes, "window_s": cfg.window_s, "data": str(cfg.data)}
     decoding = stream_decoding(cfg, system)
@@ -251,17 +261,19 @@ def checkpoint_codec(cfg: StudyConfig):
     return next(iter(codecs.values()))
 
 
-def checkpoint_generator(progress: bool = False, decoding: dict | None = None
-                         ) -> Callable[[StudySystem, object, int, float], np.ndarray]:
+def checkpoint_generator(progress: bool = False, decoding: dict | None = None, data: str | Path = "data/music"
+                         ) -> Callable[[StudySystem, object, int, float], np.ndarray | tuple[np.ndarray, dict]]:
     """The default ``generate(system, prompt, seed, seconds) -> (samples,)``: load each system's checkpoint once
     (with its ``window_chunks``, and its codec's decoding replaced by ``decoding``: :func:`decoding_overrides`)
-    and stream it with ``lmdm.metrics.report.stream_audio``."""
+    and stream it with ``lmdm.metrics.report.stream_audio``. A system with a ``level_guard`` streams through a
+    ``LevelGuard`` whose ceiling is measured on ``data``'s training split, and returns ``(samples, extra)`` with
+    ``extra = {"guard": {"ceiling", "blocks", "cut_blocks", "max_cut_db"}}``, kept in its stream file."""
     from lmdm.checkpoint import load_checkpoint
     from lmdm.metrics.report import stream_audio
 
-    loaded = {}
+    loaded, ceilings = {}, {}
 
-    def generate(system: StudySystem, prompt, seed: int, seconds: float) -> np.ndarray:
+    def generate(system: StudySystem, prompt, seed: int, seconds: float):
         if system.label not in loaded:
             ckpt = load_checkpoint(system.checkpoint)
             if decoding:
@@ -272,7 +284,20 @@ def checkpoint_generator(progress: bool = False, decoding: dict | None = None
                 ckpt = dataclasses.replace(ckpt, model=with_window(ckpt.model, system.window_chunks))
             loaded.clear()  # one model in memory at a time
             loaded[system.label] = ckpt
-        return stream_audio(loaded[system.label], prompt, seconds, system.sampler_config(seed), progress=progress)
+        ckpt = loaded[system.label]
+        if system.level_guard is None:
+            return stream_audio(ckpt, prompt, seconds, system.sampler_config(seed), progress=progress)
+        from lmdm.streaming.level_guard import DecodedMel, LevelGuard, data_ceiling
+
+        key = (system.checkpoint, system.level_guard)
+        if key not in ceilings:
+            ceilings[key] = data_ceiling(ckpt.codec, data, system.level_guard)
+        guard = LevelGuard(DecodedMel(ckpt.codec), ceilings[key])
+        audio = stream_audio(ckpt, prompt, seconds, system.sampler_config(seed), progress=progress,
+                             block_filter=guard)
+        cuts = [c for block in guard.cuts_db for c in block]
+        return audio, {"guard": {"ceiling": ceilings[key], "blocks": len(cuts),
+                                 "cut_blocks": sum(c < 0 for c in cuts), "max_cut_db": -min(cuts, default=0.0)}}
 
     return generate
 
@@ -293,7 +318,8 @@ def run_streams(cfg: StudyConfig, baseline, prompts: list[str], generate: Callab
     Args:
         baseline: the shared ``lmdm.metrics.report.Baseline``.
         generate: ``(system, prompt_or_schedule, seed, seconds) -> (samples,)`` decoded audio at the baseline's
-            rate; default :func:`checkpoint_generator`.
+            rate, or ``(samples, extra)`` with a dict kept in the stream's record; default
+            :func:`checkpoint_generator`.
         log: called with one line per stream.
 
     Returns:
@@ -303,7 +329,7 @@ def run_streams(cfg: StudyConfig, baseline, prompts: list[str], generate: Callab
     from lmdm.atomic import write_text
     from lmdm.metrics.report import window_rows
 
-    generate = generate or checkpoint_generator(decoding=decoding_overrides(cfg))
+    generate = generate or checkpoint_generator(decoding=decoding_overrides(cfg), data=cfg.data)
     sr, seconds = baseline.codec.cfg.sample_rate, cfg.minutes * 60
     (Path(cfg.out_dir) / "streams").mkdir(parents=True, exist_ok=True)
     total, done, out = len(cfg.systems) * len(prompts) * len(cfg.seeds), 0, {}
@@ -320,8 +346,10 @@ def run_streams(cfg: StudyConfig, baseline, prompts: list[str], generate: Callab
                     log(f"[{done}/{total}] {system.label} prompt {i} seed {seed}: done before ({path.name})")
                 else:
                     t = time.perf_counter()
-                    rows = window_rows(generate(system, prompt, seed, seconds), sr, cfg.window_s, baseline)
-                    record = {"settings": settings, "rows": rows, "wall_s": time.perf_counter() - t}
+                    audio = generate(system, prompt, seed, seconds)
+                    audio, extra = audio if isinstance(audio, tuple) else (audio, {})
+                    rows = window_rows(audio, sr, cfg.window_s, baseline)
+                    record = {"settings": settings, "rows": rows, "wall_s": time.perf_counter() - t, **extra}
                     write_text(path, json.dumps(record, indent=1))
                     log(f"[{done}/{total}] {system.label} prompt {i} seed {seed}: {record['wall_s']:.0f} s")
                 out[system.label].append(record)

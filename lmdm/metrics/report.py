@@ -159,8 +159,10 @@ def load_baseline(codec_cfg: CodecConfig, data_dir: str | Path | None = None, wi
     return base
 
 
-def stream_audio(ckpt, prompt: str, seconds: float, sampler: SamplerConfig, progress: bool = False) -> np.ndarray:
-    """``(samples,)`` decoded audio of one stream, decoded block by block as a live session would."""
+def stream_audio(ckpt, prompt: str, seconds: float, sampler: SamplerConfig, progress: bool = False,
+                 block_filter=None) -> np.ndarray:
+    """``(samples,)`` decoded audio of one stream, decoded block by block as a live session would (``block_filter``
+    as in ``lmdm.streaming.generate.generate``)."""
     from lmdm.streaming.generate import generate
 
     bar = None
@@ -168,7 +170,8 @@ def stream_audio(ckpt, prompt: str, seconds: float, sampler: SamplerConfig, prog
         from tqdm.auto import tqdm
 
         bar = tqdm(desc="streaming", unit="block")
-    out = generate(ckpt, prompt, seconds, sampler, on_block=(lambda i, a: bar.update(1)) if bar else None)
+    out = generate(ckpt, prompt, seconds, sampler, on_block=(lambda i, a: bar.update(1)) if bar else None,
+                   block_filter=block_filter)
     if bar is not None:
         bar.close()
     return out.audio

@@ -84,7 +84,8 @@ def prompt_schedule(prompt) -> list[tuple[float, object]]:
 def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: float,
              sampler: SamplerConfig | None = None, mask: str = "block_causal",
              controls: torch.Tensor | None = None,
-             on_block: Callable[[int, np.ndarray], None] | None = None) -> Generation:
+             on_block: Callable[[int, np.ndarray], None] | None = None,
+             block_filter: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Generation:
     """Stream ``seconds`` of music from a checkpoint.
 
     Args:
@@ -97,6 +98,8 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
         mask: "block_causal" (LMDM with persistent KV cache), "enc_dec" or "outpainting" (the baseline).
         controls: ``(frames, control_dim)`` control channels for the whole stream (``lmdm.control.features``), or None.
         on_block: called after each block with ``(block_index, audio_chunk)`` (live playback, progress).
+        block_filter: the streamer's ``block_filter`` (each block before it is kept, cached and decoded), e.g. a
+            ``lmdm.streaming.level_guard.LevelGuard``; None = none.
 
     Raises:
         UsageError: bad ``seconds``, ``mask``, ``controls`` shape or prompt embedding shape.
@@ -121,6 +124,7 @@ def generate(ckpt: Checkpoint, prompt: str | list[tuple[float, str]], seconds: f
                 raise UsageError(f"a prompt embedding must have shape ({model.cfg.text_dim},), got {tuple(p.shape)}")
             by_text[id(p)] = (p[None].float(), torch.ones(1, dtype=torch.bool))
     streamer = make_streamer(model, mask, sampler)
+    streamer.block_filter = block_filter
     decoder = StreamingDecoder(codec, seed=sampler.seed)
     streamer.reset()
     chunks, current = [], None

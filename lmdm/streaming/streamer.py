@@ -192,6 +192,9 @@ class Streamer:
         # (module, name) of every parameter: the weights' key reads them without walking the module tree
         self._param_slots = [(mod._parameters, name) for mod in model.modules() for name, p in mod._parameters.items()
                              if p is not None]
+        #: ``(block (b, B, ch), context (b, <=C, ch)) -> block`` applied to every finished block before the stream
+        #: keeps and caches it (never to an ARC rollout's ``exit_step`` block); e.g. ``lmdm.streaming.level_guard``
+        self.block_filter = None
         self._cond_weights: tuple | None = None  # the weights' key the conditioning below was computed with
         self._stream_weights: tuple | None = None  # the weights' key the stream's cached context was computed with
         self.set_prompt(torch.zeros(batch, cfg.text_dim, device=self.device),
@@ -313,6 +316,8 @@ class Streamer:
                     exit_step, float(self.sampler.eta))
         if exit_step is not None:  # the sampler computes an exit step with gradient enabled: keep no graph
             x0 = x0.detach()
+        elif self.block_filter is not None:
+            x0 = self.block_filter(x0, self.context())
         self._finish_block(x0)
         self._blocks.append(x0)
         if not self.keep_history and len(self._blocks) > self.W + 1:
