@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere: tests/ is not installed
-from tests.support.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab
+from tests.support.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab, wait_rendered
 
 
 def measure(nodelay: bool, seconds: float) -> float:
@@ -32,7 +32,7 @@ def measure(nodelay: bool, seconds: float) -> float:
             browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=list(CHROMIUM_ARGS))
             page = browser.new_page()
             open_and_run(page, lab)
-            page.wait_for_selector(".lmdm-prompt-panel .lmdm-stats", timeout=120_000)
+            wait_rendered(page, lab, ".lmdm-prompt-panel .lmdm-stats", 120_000)
             page.wait_for_timeout(seconds * 1000)
             text = page.locator(".lmdm-prompt-panel .lmdm-stats").inner_text()
             browser.close()

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.support.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab
+from tests.support.lab import CHROMIUM_ARGS, chromium_path, open_and_run, start_lab, wait_rendered
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -105,7 +105,7 @@ def page(lab, tmp_path_factory):
         context = browser.new_context(viewport={"width": 1280, "height": 1600}, permissions=["microphone"])
         pg = context.new_page()
         open_and_run(pg, lab)
-        pg.wait_for_selector(".lmdm-mic-jam", timeout=180_000)
+        wait_rendered(pg, lab, ".lmdm-mic-jam", 180_000)
         yield pg
         context.close()
         browser.close()

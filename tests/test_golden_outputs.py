@@ -42,10 +42,12 @@ def test_same_seed_same_output_as_recorded(checkpoint, case):
     assert list(lat.shape) == want["latents_shape"] and len(g.audio) == want["audio_len"]
     np.testing.assert_allclose(lat.reshape(-1)[::997], want["latents_sample"], atol=2e-4)
     # the audio by its log-mel spectrogram (audio_fingerprint): Griffin-Lim from the gradient phase turns latent
-    # differences of 1e-6 (another CPU's rounding) into waveform differences of 1e-2 but log-mel ones of 6e-4
-    # (mean), while another decoder setting (32 iterations from random phase, or 8 from the gradient) moves it 0.03-0.04
+    # differences of 1e-6 (another CPU's rounding) into waveform differences of 1e-2 and log-mel ones of up to 0.0065
+    # (mean; measured on one Intel CPU with MKL and ATen held to AVX-512, AVX2 and SSE4.2 by MKL_ENABLE_INSTRUCTIONS
+    # and ATEN_CPU_CAPABILITY: 0.002-0.0065, latents within 2e-6), while another decoder setting (32 iterations from
+    # random phase, or 8 from the gradient) moves it 0.03-0.04
     got = audio_fingerprint(ckpt.codec, g.audio)
-    assert np.abs(got - np.array(want["audio_mel_sample"])).mean() < 0.005
+    assert np.abs(got - np.array(want["audio_mel_sample"])).mean() < 0.015
     assert np.sqrt(np.mean(np.square(g.audio))) == pytest.approx(want["audio_rms"], rel=0.01)
 
 

@@ -43,8 +43,12 @@ def test_bf16_stream_matches_float32_and_its_own_uncached_reference():
     rms = ref.pow(2).mean().sqrt()
     diff = (got - ref).abs().mean() / rms
     assert 0 < diff < 0.015, diff  # rounding (0.0044 measured), not another model (an unrelated stream: ~1)
+    # the cache adds less than bfloat16's own rounding: exact on one AMD CPU (AVX512-BF16), 0.0019 mean on an Intel
+    # one with AMX whose bfloat16 GEMMs accumulate in another order at the cached and uncached shapes (max 0.03-0.05,
+    # one bfloat16 step at values of 4-8); a cache that attends to the wrong rows is off by ~1 (test_cache.py checks
+    # the cache to 1e-4 in float32)
     uncached = stream(fast, UncachedBlockCausalStreamer)
-    assert (uncached - got).abs().max() < 1e-3  # the cache is exact at this precision too
+    assert (uncached - got).abs().mean() / rms < diff
     unrelated = torch.randn_like(ref) * rms
     assert (unrelated - ref).abs().mean() / rms > 0.5
 

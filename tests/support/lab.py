@@ -93,5 +93,39 @@ def open_and_run(page, lab: Lab, notebook: str = "07_widgets.ipynb") -> None:
     (the command's promise resolves only when every cell has finished)."""
     page.goto(f"{lab.url}/lab/tree/{notebook}?token={lab.token}")
     page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000)
-    page.wait_for_timeout(1500)
+    # run only once the notebook's kernel is up: a run-all sent earlier can be lost on a slow start
+    page.wait_for_function(f"() => ({KERNEL_STATUS}) === 'idle'", timeout=120_000)
+    page.wait_for_timeout(500)
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+
+
+KERNEL_STATUS = "window.jupyterapp.shell.currentWidget?.sessionContext?.session?.kernel?.status ?? 'no kernel'"
+
+
+def notebook_state(page) -> str:
+    """What the open notebook shows, for a failure message: kernel status, the execution prompts of its cells
+    (``[*]`` = running or queued), any open dialog and the first error output."""
+    return page.evaluate(f"""() => {{
+        const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')].map(e => e.innerText.trim());
+        const dialog = document.querySelector('.jp-Dialog');
+        const error = document.querySelector(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']");
+        return `kernel: ${{{KERNEL_STATUS}}}; cells: ${{prompts.join(' ')}}` +
+            (dialog ? `; dialog: ${{dialog.innerText.slice(0, 300)}}` : '') +
+            (error ? `; first error: ${{error.innerText.slice(-1500)}}` : '');
+    }}""")
+
+
+def wait_rendered(page, lab: Lab, selector: str, timeout_ms: int) -> None:
+    """Wait until ``selector`` is visible in ``page``.
+
+    Raises:
+        RuntimeError: not visible within ``timeout_ms``; the message gives :func:`notebook_state` and the end of the
+            JupyterLab log (so a failure on a CI machine says why).
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_selector(selector, timeout=timeout_ms)
+    except PlaywrightTimeout:
+        raise RuntimeError(f"{selector} not rendered within {timeout_ms / 1000:.0f} s; {notebook_state(page)}; "
+                           f"JupyterLab log ends: {lab.log.read_text(errors='replace')[-2000:]}") from None
