@@ -40,9 +40,10 @@ def test_a_block_above_the_ceiling_is_turned_down_to_it_and_one_below_passes_bit
     guard = LevelGuard(mel, ceiling)
     out = guard(loud, ctx)
     assert abs(_block_peak(mel, ctx, out) - ceiling) < 0.01
-    db = guard.cuts_db[-1][0]
+    db = guard.last_db[0]
     assert db < 0 and abs(db + (before - ceiling) * mel.std * 20 * math.log10(math.e)) < 1e-3
-    assert guard(quiet_block, ctx[:, :-16]) is quiet_block and guard.cuts_db[-1] == [0.0]
+    assert guard(quiet_block, ctx[:, :-16]) is quiet_block and guard.last_db == [0.0]
+    assert guard.summary() == {"ceiling": ceiling, "frame_ceiling": None, "blocks": 2, "cut_blocks": 1, "max_cut_db": -db}
 
 
 def test_the_guard_acts_per_item_and_reads_the_decoders_look_back_through_an_autoencoder():
@@ -105,11 +106,89 @@ def test_a_study_system_checks_its_guard_and_keeps_old_stream_keys():
     from lmdm.config import ConfigError
     from lmdm.metrics.drift_study import StudyConfig, StudySystem, stream_settings
 
-    for bad in (0.0, 1.5, True):
+    for bad in (0.0, 1.5, True, "1"):
         with pytest.raises(ConfigError, match="level_guard must be a quantile"):
             StudySystem("g", "data/checkpoints/lmdm-small-arc", level_guard=bad)
+        with pytest.raises(ConfigError, match="frame_guard must be a quantile"):
+            StudySystem("g", "data/checkpoints/lmdm-small-arc", level_guard=1.0, frame_guard=bad)
+    with pytest.raises(ConfigError, match="set level_guard too"):
+        StudySystem("g", "data/checkpoints/lmdm-small-arc", frame_guard=0.99999)
     plain = StudySystem("a", "data/checkpoints/lmdm-small-arc")
     guarded = StudySystem("a", "data/checkpoints/lmdm-small-arc", level_guard=1.0)
+    framed = StudySystem("a", "data/checkpoints/lmdm-small-arc", level_guard=1.0, frame_guard=0.99999)
     cfg = StudyConfig(systems=(plain,))
-    assert "level_guard" not in stream_settings(cfg, plain, "p", 0)["system"]
+    assert not {"level_guard", "frame_guard"} & set(stream_settings(cfg, plain, "p", 0)["system"])
     assert stream_settings(cfg, guarded, "p", 0)["system"]["level_guard"] == 1.0
+    assert "frame_guard" not in stream_settings(cfg, guarded, "p", 0)["system"]
+    assert stream_settings(cfg, framed, "p", 0)["system"]["frame_guard"] == 0.99999
+
+
+# ---- the guard where a user turns it on: from a checkpoint, in a jam, on the command line ---------------------------
+def test_checkpoint_guard_takes_the_ceiling_its_export_stored_and_refuses_a_checkpoint_without_one(tiny_ckpt):
+    import dataclasses
+
+    from lmdm.errors import UsageError
+    from lmdm.streaming.level_guard import checkpoint_guard
+
+    guard = checkpoint_guard(dataclasses.replace(tiny_ckpt, info={"level_ceiling": 1.25}))
+    assert guard.ceiling == 1.25 and guard.frame_ceiling is None and guard.mel.patch == tiny_ckpt.codec.cfg.patch
+    guard = checkpoint_guard(dataclasses.replace(tiny_ckpt, info={"level_ceiling": 1.25, "frame_level_ceiling": 1.5}))
+    assert (guard.ceiling, guard.frame_ceiling) == (1.25, 1.5)
+    for info in ({}, {"level_ceiling": None}, {"level_ceiling": float("nan")}, {"level_ceiling": True}):
+        with pytest.raises(UsageError, match="stores no level_ceiling"):
+            checkpoint_guard(dataclasses.replace(tiny_ckpt, info=info))
+
+
+def test_a_jam_with_the_guard_on_is_quieter_where_the_ceiling_is_low_and_says_how_often_it_cut(tiny_ckpt):
+    """The engine's ``level_guard`` reaches the stream: with a ceiling below everything the tiny model makes,
+    every answering block is turned down (the answer is quieter), the warm-up's blocks are not counted, and a
+    checkpoint without a ceiling gets the one-line error before anything streams."""
+    import dataclasses
+
+    import numpy as np
+
+    from lmdm.errors import UsageError
+    from lmdm.live.engine import EngineConfig
+    from lmdm.live.jam import jam
+    from lmdm.streaming.streamer import SamplerConfig
+
+    sr = tiny_ckpt.codec.sample_rate
+    x = (0.3 * np.sin(2 * np.pi * 220 * np.arange(2 * sr) / sr)).astype(np.float32)
+    cfg = EngineConfig(mode="jam", prompt="string ensemble", sampler=SamplerConfig(steps=2, cfg_scale=1.0))
+    plain = jam(tiny_ckpt, x, sr, cfg)
+    low = dataclasses.replace(tiny_ckpt, info={"level_ceiling": -3.0})
+    guarded = jam(low, x, sr, dataclasses.replace(cfg, level_guard=True))
+    assert plain.level_guard is None
+    g = guarded.level_guard
+    assert g["blocks"] == guarded.stats.summary()["blocks"] == g["cut_blocks"] > 0 and g["max_cut_db"] > 3
+    rms = [float(np.sqrt(np.mean(r.output**2))) for r in (plain, guarded)]
+    assert rms[1] < 0.7 * rms[0], rms
+    with pytest.raises(UsageError, match="stores no level_ceiling"):
+        jam(tiny_ckpt, x, sr, dataclasses.replace(cfg, level_guard=True))
+
+
+def test_a_frame_ceiling_catches_a_lone_loud_frame_that_the_04_s_window_averages_away():
+    """Raw-mel codec: one 16 ms frame of a quiet block made 1.5 units (~33 dB) louder hardly moves the block's
+    0.4 s levels, so the momentary check alone passes it; with a frame ceiling the block is turned down until
+    that frame is at the ceiling (the gain by hand), and a block without the click still passes bit for bit."""
+    from lmdm.train.arc.level import GAIN_UNITS_PER_DB
+
+    codec = MelCodec(CodecConfig())
+    mel = DecodedMel(codec)
+    z = _latent(codec, 2.2, 0.02, 0)
+    ctx, block = z[:, :16], z[:, 16:32]
+    click = block.clone()
+    click[:, 5, : codec.cfg.n_mels] += 1.5  # the first mel frame of latent frame 5 (raw-mel latent: frame-major)
+
+    def frame_peak(x):
+        return float(momentary_level(mel(x), mel.std, 1).max())
+
+    assert abs(frame_peak(click) - (float(momentary_level(mel(block), mel.std, 1)[0, 20]) + 1.5)) < 1e-4
+    ceiling = _block_peak(mel, ctx, click) + 0.01
+    frame_ceiling = frame_peak(block) + 0.1
+    assert float(guard_gain(click, ctx, mel, ceiling)) == 0.0  # the 0.4 s windows see no excess
+    db = float(guard_gain(click, ctx, mel, ceiling, frame_ceiling))
+    assert abs(db + (frame_peak(click) - frame_ceiling) * mel.std / GAIN_UNITS_PER_DB) < 1e-4 and db < -20
+    guard = LevelGuard(mel, ceiling, frame_ceiling)
+    assert abs(frame_peak(guard(click, ctx)) - frame_ceiling) < 0.01
+    assert guard(block, ctx) is block and guard.summary()["frame_ceiling"] == frame_ceiling

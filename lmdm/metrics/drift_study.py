@@ -49,6 +49,9 @@ class StudySystem:
         level_guard: None = the model as it is; else a quantile in (0, 1] of the study data's training split's
             0.4 s levels (1 = the loudest window), the ceiling of a ``lmdm.streaming.level_guard.LevelGuard``
             that turns down every block above it before the stream caches it. Left out of a stream's key when None.
+        frame_guard: None = no frame check; else a quantile in (0, 1] of the same split's 16 ms mel-frame levels,
+            the guard's ``frame_ceiling`` (``lmdm.streaming.level_guard.FRAME_QUANTILE`` is what a checkpoint's
+            guard uses). Needs ``level_guard``. Left out of a stream's key when None.
     """
 
     label: str
@@ -60,10 +63,11 @@ class StudySystem:
     window_chunks: int | None = None
     switch_every_s: float = 0.0
     level_guard: float | None = None
+    frame_guard: float | None = None
 
     def __post_init__(self) -> None:
-        """Raises: ConfigError: an empty label, a bad sampler setting, window_chunks < 1, switch_every_s < 0 or
-        level_guard outside (0, 1]."""
+        """Raises: ConfigError: an empty label, a bad sampler setting, window_chunks < 1, switch_every_s < 0,
+        level_guard or frame_guard outside (0, 1], or a frame_guard without a level_guard."""
         if not isinstance(self.label, str) or not self.label.strip():
             raise ConfigError(f"a system needs a non-empty label, got {self.label!r}")
         self.sampler_config(0)  # SamplerConfig checks steps, sampler and CFG
@@ -71,9 +75,12 @@ class StudySystem:
             raise ConfigError(f"{self.label}: window_chunks must be a positive integer or null, got {self.window_chunks!r}")
         if not (math.isfinite(self.switch_every_s) and self.switch_every_s >= 0):
             raise ConfigError(f"{self.label}: switch_every_s must be >= 0 (0 = no switch), got {self.switch_every_s!r}")
-        if self.level_guard is not None and (isinstance(self.level_guard, bool) or not 0 < self.level_guard <= 1):
-            raise ConfigError(f"{self.label}: level_guard must be a quantile in (0, 1] or null (no guard), "
-                              f"got {self.level_guard!r}")
+        for name in ("level_guard", "frame_guard"):
+            q = getattr(self, name)
+            if q is not None and (isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 < q <= 1):
+                raise ConfigError(f"{self.label}: {name} must be a quantile in (0, 1] or null (no guard), got {q!r}")
+        if self.frame_guard is not None and self.level_guard is None:
+            raise ConfigError(f"{self.label}: frame_guard is the level guard's frame check; set level_guard too")
 
     def sampler_config(self, seed: int) -> SamplerConfig:
         """The ``SamplerConfig`` of one stream."""
@@ -226,8 +233,9 @@ def stream_settings(cfg: StudyConfig, system: StudySystem, prompt, seed: int) ->
     key = dataclasses.asdict(system)
     if key["eta"] == 1.0:  # plain ping-pong: the key streams had before eta was a setting
         del key["eta"]
-    if key["level_guard"] is None:  # likewise for streams measured before the guard existed
-        del key["level_guard"]
+    for name in ("level_guard", "frame_guard"):  # likewise for streams measured before the guard existed
+        if key[name] is None:
+            del key[name]
     settings = {"system": key, "weights": weights_digest(system.checkpoint), "prompt": prompt,
                 "seed": seed, "minutes": cfg.minutes, "window_s": cfg.window_s, "data": str(cfg.data)}
     decoding = stream_decoding(cfg, system)
@@ -266,8 +274,8 @@ def checkpoint_generator(progress: bool = False, decoding: dict | None = None, d
     """The default ``generate(system, prompt, seed, seconds) -> (samples,)``: load each system's checkpoint once
     (with its ``window_chunks``, and its codec's decoding replaced by ``decoding``: :func:`decoding_overrides`)
     and stream it with ``lmdm.metrics.report.stream_audio``. A system with a ``level_guard`` streams through a
-    ``LevelGuard`` whose ceiling is measured on ``data``'s training split, and returns ``(samples, extra)`` with
-    ``extra = {"guard": {"ceiling", "blocks", "cut_blocks", "max_cut_db"}}``, kept in its stream file."""
+    ``LevelGuard`` whose ceilings (``level_guard``, ``frame_guard``) are measured on ``data``'s training split, and
+    returns ``(samples, extra)`` with ``extra = {"guard": LevelGuard.summary()}``, kept in its stream file."""
     from lmdm.checkpoint import load_checkpoint
     from lmdm.metrics.report import stream_audio
 
@@ -289,15 +297,15 @@ def checkpoint_generator(progress: bool = False, decoding: dict | None = None, d
             return stream_audio(ckpt, prompt, seconds, system.sampler_config(seed), progress=progress)
         from lmdm.streaming.level_guard import DecodedMel, LevelGuard, data_ceiling
 
-        key = (system.checkpoint, system.level_guard)
+        key = (system.checkpoint, system.level_guard, system.frame_guard)
         if key not in ceilings:
-            ceilings[key] = data_ceiling(ckpt.codec, data, system.level_guard)
-        guard = LevelGuard(DecodedMel(ckpt.codec), ceilings[key])
+            ceilings[key] = (data_ceiling(ckpt.codec, data, system.level_guard),
+                             None if system.frame_guard is None
+                             else data_ceiling(ckpt.codec, data, system.frame_guard, frames=1))
+        guard = LevelGuard(DecodedMel(ckpt.codec), *ceilings[key])
         audio = stream_audio(ckpt, prompt, seconds, system.sampler_config(seed), progress=progress,
                              block_filter=guard)
-        cuts = [c for block in guard.cuts_db for c in block]
-        return audio, {"guard": {"ceiling": ceilings[key], "blocks": len(cuts),
-                                 "cut_blocks": sum(c < 0 for c in cuts), "max_cut_db": -min(cuts, default=0.0)}}
+        return audio, {"guard": guard.summary()}
 
     return generate
 

@@ -15,18 +15,28 @@ K-weighting: ``lmdm.train.arc.level.momentary_level``) is above ``ceiling``, the
 excess (``with_gain``: every band shifted by the gain, silence kept, re-encoded) and that quieter block is what the
 stream returns and caches. A block at or below the ceiling passes unchanged, bit for bit. With ``ceiling`` the
 training data's loudest window (:func:`data_ceiling`, quantile 1) the guard never touches anything as loud as the
-data; it only cuts what no real music here reaches. It is not a limiter on peaks: a pluck that is peakier than
-real ones (the harp of the README's crest paragraph) at the data's level passes.
+data; it only cuts what no real music here reaches. It is not a limiter on sample peaks: a pluck that is peakier
+than real ones (the harp of the README's crest paragraph) passes as long as its 16 ms frames stay below the frame
+ceiling (below).
 
-Off by default everywhere (``generate``'s ``block_filter``, the drift study's ``level_guard``): the drift study
-measures the model, and a guarded row is labelled as such.
+Off by default everywhere (``lmdm generate --level-guard``, ``lmdm jam --level-guard``, ``EngineConfig.level_guard``,
+``generate``'s ``block_filter``, the drift study's ``level_guard``): the drift study measures the model, and a
+guarded row is labelled as such. The ceiling travels with the checkpoint (``info["level_ceiling"]``, written by
+``lmdm train`` and ``lmdm arc`` when they export: :func:`checkpoint_guard`), so a guarded stream needs no data set.
+
+A second, optional ceiling checks each 16 ms mel frame (``frame_ceiling``, :data:`FRAME_QUANTILE` of the data's
+frames, ``info["frame_level_ceiling"]``): a stream can sit at the data's loudest 0.4 s while single frames inside
+it are louder than any real frame, and those frames are where the decoded waveform clips. :func:`checkpoint_guard`
+uses both.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from lmdm.errors import UsageError
 from lmdm.train.arc.level import GAIN_UNITS_PER_DB, DecodedMel, momentary_level, with_gain
 
 
@@ -37,17 +47,32 @@ class LevelGuard:
     Args:
         mel: the checkpoint's :class:`DecodedMel` (on the streamer's device).
         ceiling: the loudest momentary level allowed, normalised log-mel units (:func:`data_ceiling`).
+        frame_ceiling: the loudest single mel frame (16 ms) allowed, same units (:func:`data_ceiling` with
+            ``frames=1``, at :data:`FRAME_QUANTILE`); None = no frame check. A frame far louder than its 0.4 s
+            window is where the decoder's waveform peaks above full scale.
 
-    Attributes:
-        cuts_db: the gain applied to each guarded block, dB (0 where it passed), one list per call: what a
-            report shows of how often and how hard the guard acted.
+    Attributes (what a report shows of how often and how hard the guard acted; constant memory in a live session):
+        last_db: the gain applied to the latest block, per item, dB (0 where it passed).
+        blocks: items of blocks seen; cut_blocks: of those, turned down; max_cut_db: the largest cut, dB (>= 0).
     """
 
     mel: DecodedMel
     ceiling: float
+    frame_ceiling: float | None = None
 
     def __post_init__(self) -> None:
-        self.cuts_db: list[list[float]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what the guard did (a new stream); the ceiling stays."""
+        self.last_db: list[float] = []
+        self.blocks = self.cut_blocks = 0
+        self.max_cut_db = 0.0
+
+    def summary(self) -> dict:
+        """``{"ceiling", "frame_ceiling", "blocks", "cut_blocks", "max_cut_db"}`` (see the attributes)."""
+        return {"ceiling": self.ceiling, "frame_ceiling": self.frame_ceiling, "blocks": self.blocks, "cut_blocks": self.cut_blocks,
+                "max_cut_db": self.max_cut_db}
 
     @torch.no_grad()
     def __call__(self, block: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -59,8 +84,11 @@ class LevelGuard:
         Returns:
             ``(b, B, ch)``: ``block`` itself where no window is above the ceiling, else that item turned down.
         """
-        db = guard_gain(block, context, self.mel, self.ceiling)
-        self.cuts_db.append(db.tolist())
+        db = guard_gain(block, context, self.mel, self.ceiling, self.frame_ceiling)
+        self.last_db = db.tolist()
+        self.blocks += len(self.last_db)
+        self.cut_blocks += sum(d < 0 for d in self.last_db)
+        self.max_cut_db = max([self.max_cut_db] + [-d for d in self.last_db])
         if not bool((db < 0).any()):
             return block
         back = lookback_frames(self.mel)
@@ -76,15 +104,18 @@ def lookback_frames(mel: DecodedMel) -> int:
 
 
 @torch.no_grad()
-def guard_gain(block: torch.Tensor, context: torch.Tensor, mel: DecodedMel, ceiling: float) -> torch.Tensor:
-    """The gain that brings the loudest 0.4 s window inside ``block`` down to ``ceiling``, per item: 0 where it
-    is already at or below it. Windows inside the block only, so that the gain is the block's own excess (a window
-    reaching back into a loud context would ask the block to pay for it).
+def guard_gain(block: torch.Tensor, context: torch.Tensor, mel: DecodedMel, ceiling: float,
+               frame_ceiling: float | None = None) -> torch.Tensor:
+    """The gain that brings the loudest 0.4 s window inside ``block`` down to ``ceiling`` (and its loudest mel
+    frame down to ``frame_ceiling``, when given), per item: 0 where it is already at or below. Windows inside the
+    block only, so that the gain is the block's own excess (a window reaching back into a loud context would ask the
+    block to pay for it).
 
     Args:
         block: ``(b, B, ch)`` latent frames; context: ``(b, frames, ch)`` the frames before them.
         mel: the codec's :class:`DecodedMel`.
-        ceiling: normalised log-mel units (:func:`momentary_level`'s).
+        ceiling, frame_ceiling: normalised log-mel units (:func:`momentary_level`'s; a frame's level is the
+            one-frame window's).
 
     Returns:
         ``(b,)`` dB, each <= 0.
@@ -94,28 +125,99 @@ def guard_gain(block: torch.Tensor, context: torch.Tensor, mel: DecodedMel, ceil
     decoded = mel(torch.cat([ctx, block], 1).float())[:, ctx.shape[1] * mel.patch:]  # (b, B * patch, n_mels)
     levels = momentary_level(decoded, mel.std, min(mel.momentary_frames, decoded.shape[1]))  # (b, windows)
     excess = (levels.amax(1) - ceiling).clamp_min(0)
+    if frame_ceiling is not None:
+        frames = momentary_level(decoded, mel.std, 1)  # (b, B * patch): each mel frame's level
+        excess = torch.maximum(excess, (frames.amax(1) - frame_ceiling).clamp_min(0))
     return -excess * mel.std / GAIN_UNITS_PER_DB
 
 
-def data_ceiling(codec, data_dir, quantile: float = 1.0, split: str = "train", progress: bool = False) -> float:
-    """The ``quantile`` (1 = the loudest) of the 0.4 s momentary levels of a data set's ``split``, decoded through
-    ``codec`` as a stream is (``lmdm.train.arc.level.momentary_ceiling``; ARC-Forcing measures its momentary
-    ceiling the same way): the guard's ceiling, normalised log-mel units.
+#: the frame ceiling's quantile of the training data's 16 ms mel-frame levels. The loudest frame (quantile 1) still
+#: let a harp stream clip (README, "A level guard"); at this quantile, about one frame in 100,000 of real music is
+#: above it (some 26 frames of the 11.6 h data set), and that stream no longer clips.
+FRAME_QUANTILE = 0.99999
+
+
+def data_ceiling(codec, data_dir, quantile: float = 1.0, split: str = "train", progress: bool = False,
+                 frames: int | None = None) -> float:
+    """:func:`latent_set_ceiling` of a data folder's latent set, decoded through ``codec`` as a stream is: a
+    guard's ceiling, normalised log-mel units.
 
     Args:
         codec: the checkpoint's ``MelCodec``.
         data_dir: a data folder of ``lmdm data build`` (its latent cache is built on first use).
-        quantile: in [0, 1].
-        split: "train" or "val".
+        quantile, split, frames: as in :func:`latent_set_ceiling`.
 
     Raises:
         DataError: the folder has no manifest or no works.
-        ValueError: no work of ``split`` as long as one window, or ``quantile`` outside [0, 1].
+        ValueError: as :func:`latent_set_ceiling`.
     """
-    from lmdm.train.arc.level import momentary_ceiling
     from lmdm.train.dataset import encode_latent_set, load_latent_set
 
-    data = encode_latent_set(load_latent_set(data_dir, codec.cfg, progress=progress), codec)
+    return latent_set_ceiling(codec, encode_latent_set(load_latent_set(data_dir, codec.cfg, progress=progress), codec),
+                              quantile, split, frames)
+
+
+def latent_set_ceiling(codec, data, quantile: float = 1.0, split: str = "train", frames: int | None = None) -> float:
+    """The ``quantile`` (1 = the loudest) of the levels of every ``frames``-long window of ``data``'s ``split``,
+    decoded through ``codec`` (``lmdm.train.arc.level.windowed_quantile``; ARC-Forcing measures its momentary
+    ceiling the same way).
+
+    Args:
+        codec: the checkpoint's ``MelCodec``.
+        data: a ``lmdm.train.dataset.LatentSet`` already in ``codec``'s latent (``encode_latent_set``).
+        quantile: in [0, 1].
+        split: "train" or "val".
+        frames: the window, mel frames: None = 0.4 s (the guard's ``ceiling``), 1 = one 16 ms frame (its
+            ``frame_ceiling``).
+
+    Returns:
+        normalised log-mel units (:func:`momentary_level`'s).
+
+    Raises:
+        ValueError: no work of ``split`` as long as one 0.4 s window, or ``quantile`` outside [0, 1].
+    """
+    from lmdm.train.arc.level import windowed_quantile
+
+    def level(mel: torch.Tensor, std: float, momentary_frames: int) -> torch.Tensor:
+        return momentary_level(mel, std, frames or momentary_frames)
+
     works = [data.latents[s : s + n] for s, n, sp in zip(data.work_start.tolist(), data.work_frames.tolist(),
                                                           data.splits) if sp == split]
-    return momentary_ceiling(DecodedMel(codec), works, quantile)
+    return windowed_quantile(level, DecodedMel(codec), works, quantile)
+
+
+def level_ceilings(codec, data) -> dict:
+    """What ``lmdm train`` and ``lmdm arc`` store in an exported checkpoint's info for :func:`checkpoint_guard`:
+    ``{"level_ceiling": the training split's loudest 0.4 s, "frame_level_ceiling": its FRAME_QUANTILE 16 ms
+    frame}``, normalised log-mel units (:func:`latent_set_ceiling`; ``data`` as there)."""
+    return {"level_ceiling": latent_set_ceiling(codec, data),
+            "frame_level_ceiling": latent_set_ceiling(codec, data, FRAME_QUANTILE, frames=1)}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def checkpoint_guard(ckpt, data_dir=None) -> LevelGuard:
+    """A :class:`LevelGuard` for a loaded checkpoint, at its training data's loudest 0.4 s and its FRAME_QUANTILE
+    16 ms frame: the ceilings its export stored (:func:`level_ceilings`), else measured on ``data_dir``'s training
+    split. A checkpoint that stores only ``level_ceiling`` gets no frame check.
+
+    Args:
+        ckpt: a ``lmdm.checkpoint.Checkpoint``.
+        data_dir: a data folder of ``lmdm data build``, used only when the checkpoint stores no ceiling.
+
+    Raises:
+        UsageError: the checkpoint stores no (finite) ``level_ceiling`` and no ``data_dir`` was given.
+        DataError: ``data_dir`` has no manifest or no works.
+    """
+    ceiling, frame = ckpt.info.get("level_ceiling"), ckpt.info.get("frame_level_ceiling")
+    if not _finite(ceiling):
+        if data_dir is None:
+            raise UsageError("this checkpoint stores no level_ceiling (checkpoints exported before the level guard); "
+                             "a level guard needs one: re-export it with lmdm train/arc, or give the data folder it "
+                             "was trained on to measure it")
+        ceiling = data_ceiling(ckpt.codec, data_dir)
+        frame = data_ceiling(ckpt.codec, data_dir, FRAME_QUANTILE, frames=1)
+    device = next(ckpt.model.parameters()).device
+    return LevelGuard(DecodedMel(ckpt.codec).to(device), float(ceiling), float(frame) if _finite(frame) else None)
