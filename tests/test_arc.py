@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmdm.audio.codec import CodecConfig, MelCodec
-from lmdm.checkpoint import save_checkpoint
+from lmdm.checkpoint import load_checkpoint, save_checkpoint
 from lmdm.config import ConfigError
 from lmdm.control.features import control_input
 from lmdm.diffusion import x0_from_velocity
@@ -20,6 +20,7 @@ from lmdm.model.cache import BlockCausalKVCache
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.model.layouts import block_causal_stream_tokens
+from lmdm.streaming.level_guard import FRAME_QUANTILE, latent_set_ceiling
 from lmdm.streaming.streamer import BlockCausalStreamer, SamplerConfig
 from lmdm.train.arc import trainer as arc_trainer
 from lmdm.train.arc.discriminator import Discriminator
@@ -39,7 +40,7 @@ from lmdm.train.arc.trainer import (
     with_pretraining_dropouts,
 )
 from lmdm.train.arc.streams import OwnStreams
-from lmdm.train.dataset import LatentSet
+from lmdm.train.dataset import LatentSet, load_latent_set
 from lmdm.train.state import latest_checkpoint
 
 softplus = lambda x: math.log1p(math.exp(x))
@@ -333,6 +334,12 @@ def test_arc_run_checkpoints_and_resumes_exactly(real_data, tmp_path):
                     rollout_blocks=2, student_steps=3, disc_layers=1, disc_head_width=16, ckpt_every=1, log_every=1)
     r = arc_train(cfg, progress=False)
     assert r.step == 2 and (r.final_dir / "model.safetensors").is_file() and r.disc_params > 0
+    # the export stores the training split's loudest 0.4 s and its FRAME_QUANTILE 16 ms frame, the level guard's
+    # ceilings (lmdm.streaming.level_guard)
+    data = load_latent_set(real_data, CodecConfig(), progress=False)
+    info = load_checkpoint(r.final_dir).info
+    assert info["level_ceiling"] == latent_set_ceiling(MelCodec(CodecConfig()), data)
+    assert info["frame_level_ceiling"] == latent_set_ceiling(MelCodec(CodecConfig()), data, FRAME_QUANTILE, frames=1)
     with pytest.raises(ARCError, match="--resume"):
         arc_train(cfg, progress=False)
     with pytest.raises(ARCError, match=r"differs.*\['lr_g'\]"):

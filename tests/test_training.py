@@ -15,8 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lmdm.audio.codec import MelCodec
+from lmdm.checkpoint import load_checkpoint
 from lmdm.config import ConfigError, load_json, to_dict
 from lmdm.model.dit import DiT
+from lmdm.streaming.level_guard import FRAME_QUANTILE, latent_set_ceiling
 from lmdm.train import state as train_state
 from lmdm.train.config import TrainConfig
 from lmdm.train.dataset import load_latent_set
@@ -171,6 +174,12 @@ def test_loss_decreases_within_a_few_dozen_steps(real_data, tmp_path):
     assert result.step == 40
     assert result.val_loss < 0.8 * untrained, (untrained, result.val_loss)
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    # the export stores the training split's loudest 0.4 s and its FRAME_QUANTILE 16 ms frame, the level guard's
+    # ceilings (lmdm.streaming.level_guard); a single frame can be louder than any 0.4 s window, never quieter
+    info = load_checkpoint(tmp_path / "run" / "final").info
+    assert info["level_ceiling"] == latent_set_ceiling(MelCodec(cfg.codec), data)
+    assert info["frame_level_ceiling"] == latent_set_ceiling(MelCodec(cfg.codec), data, FRAME_QUANTILE, frames=1)
+    assert latent_set_ceiling(MelCodec(cfg.codec), data, 1.0, frames=1) >= info["level_ceiling"]
     assert [h["step"] for h in result.history] == [20, 40] and result.history[-1]["val_loss"] == result.val_loss
     with open(tmp_path / "run" / "log.csv") as f:
         rows = list(csv.DictReader(f))

@@ -18,6 +18,7 @@ from lmdm.config import to_dict
 from lmdm.device import autocast
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
+from lmdm.streaming.level_guard import level_ceilings
 from lmdm.train.config import TrainConfig
 from lmdm.train.dataset import DataError, LatentSet, encode_latent_set, load_latent_set
 from lmdm.train.distributed import SINGLE, Distributed, batch_plan, distributed_run, no_sync
@@ -242,7 +243,8 @@ def _train(cfg: TrainConfig | None, resume: bool, progress: bool, run_dir: str |
         return {"step": state.step, "train_hours_cpu": round(state.elapsed_s / 3600, 3),
                 "val_loss": state.latest.get("val_loss"), "train_loss": state.latest.get("train_loss"),
                 "data": cfg.data, "data_hours": round(float(data.work_frames.sum()) / cfg.codec.frame_rate / 3600, 3),
-                "train_config": to_dict(cfg)} | ({} if cfg.sampler is None else {"sampler": cfg.sampler})
+                "train_config": to_dict(cfg), **level_ceilings(codec, data)
+                } | ({} if cfg.sampler is None else {"sampler": cfg.sampler})
 
     task = Task(modules={"model": model}, optimizers={"": opt}, generator=gen, train_step=train_step,
                 save_model=lambda path, m, info: save_checkpoint(path, m, codec, info), export_info=export_info,

@@ -47,6 +47,7 @@ from lmdm.device import autocast
 from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
+from lmdm.streaming.level_guard import level_ceilings
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.level import (DecodedMel, LevelCeilings, band_ceiling, crest_ceiling, level_anchor_loss,
                                   momentary_ceiling, with_gain)
@@ -662,7 +663,8 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
         return {"arc_step": state.step, "arc_hours_cpu": round(state.elapsed_s / 3600, 3), "base": cfg.init_from,
                 "discriminator_params": disc.num_params(),
                 "sampler": {"sampler": "pingpong", "steps": cfg.student_steps, "cfg_scale": 1.0},
-                "arc_config": to_dict(settled), "base_info": {k: base.info.get(k) for k in ("step", "val_loss")}}
+                "arc_config": to_dict(settled), "base_info": {k: base.info.get(k) for k in ("step", "val_loss")},
+                **level_ceilings(base.codec, data)}
 
     modules = {"model": student, "disc": disc} | ({} if streams is None else {"streams": streams})
     task = Task(modules=modules, optimizers={"g": opt_g, "d": opt_d}, generator=gen,
