@@ -116,6 +116,36 @@ def test_jam_command_writes_aligned_answer_and_mix(tmp_path, capsys):
     assert rc == 2 and "not found" in one_error_line(err)
 
 
+
+def test_generate_with_the_level_guard_turns_down_blocks_above_the_checkpoints_ceiling(tmp_path, capsys):
+    """``--level-guard`` streams through the guard at the ceiling the checkpoint stores: with one far below music
+    every block is turned down (quieter audio, and the report says so); without a stored ceiling the command
+    refuses in one line; the bundled checkpoints store theirs (the same: one autoencoder, one data set)."""
+    from lmdm.checkpoint import read_config, repo_root
+
+    ck = tmp_path / "ck"
+    shutil.copytree(default_checkpoint(), ck)
+    meta = json.loads((ck / "config.json").read_text())
+    meta["info"]["level_ceiling"] = -2.0
+    (ck / "config.json").write_text(json.dumps(meta))
+    args = ("--steps", "2", "--checkpoint", str(ck))
+    plain, _, out, _ = generate(tmp_path, capsys, "plain.wav", *args, seconds="2")
+    guarded, _, out_g, _ = generate(tmp_path, capsys, "guarded.wav", *args, "--level-guard", seconds="2")
+    assert "level guard" not in out
+    m = re.search(r"level guard: ([0-9]+) of ([0-9]+) blocks turned down, the most by ([0-9.]+) dB", out_g)
+    assert m and int(m[1]) == int(m[2]) == 2 and float(m[3]) > 3, out_g
+    assert np.sqrt(np.mean(guarded**2)) < 0.5 * np.sqrt(np.mean(plain**2))
+    del meta["info"]["level_ceiling"]
+    (ck / "config.json").write_text(json.dumps(meta))
+    rc, _, err = run(["generate", PROMPT, "--seconds", "1", "--out", str(tmp_path / "x.wav"), *args, "--level-guard"],
+                     capsys)
+    assert rc == 2 and "stores no level_ceiling" in one_error_line(err)
+    root = repo_root() / "data" / "checkpoints"
+    ceilings = [tuple(read_config(root / name)["info"][k] for k in ("level_ceiling", "frame_level_ceiling"))
+                for name in ("lmdm-small", "lmdm-small-arc")]
+    assert ceilings[0] == ceilings[1] and 2.0 < ceilings[0][0] < ceilings[0][1] < 4.0
+
+
 # ---- user errors: one line, status 2 ------------------------------------------------------------------------------
 @pytest.mark.parametrize("seconds", ["0", "-2", "nan"])
 def test_bad_seconds(tmp_path, capsys, seconds):

@@ -268,6 +268,37 @@ def test_eval_quick_end_to_end_prints_every_row_and_writes_json(both_splits, tmp
     assert f"{system['level']['lufs']['mean']:.1f}".replace("-", "−") in table[-1]
 
 
+def test_eval_with_the_level_guard_names_the_row_and_says_how_often_the_guard_cut(both_splits, tmp_path, capsys):
+    """``--level-guard`` streams each checkpoint through the guard at the ceiling it stores: the row is named
+    ``NAME + level guard``, and with a ceiling far below music every block is cut (the report and the printout say
+    so, and the row is quieter than music); a checkpoint without a stored ceiling is refused in one line."""
+    import shutil
+
+    from lmdm.checkpoint import default_checkpoint
+
+    ck = tmp_path / "ck"
+    shutil.copytree(default_checkpoint(), ck)
+    meta = json.loads((ck / "config.json").read_text())
+    meta["info"]["level_ceiling"] = -2.0
+    (ck / "config.json").write_text(json.dumps(meta))
+    (tmp_path / "p.txt").write_text("a slow Bach chorale on church organ\n")
+    argv = ["--quiet", "eval", "--quick", "--data", str(both_splits), "--prompts", str(tmp_path / "p.txt"),
+            "--steps", "2", "--gl-iters", "8", "--checkpoint", str(ck), "--level-guard"]
+    out = tmp_path / "report.json"
+    assert main([*argv, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    row = report["rows"][-1]
+    assert row["name"] == "ck + level guard" and row["kind"] != "real"
+    g = report["level_guard"]["ck + level guard"]
+    assert g["ceiling"] == -2.0 and g["blocks"] > 0 and g["cut_blocks"] == g["blocks"] and g["max_cut_db"] > 3
+    assert f"level guard of ck + level guard: {g['blocks']} of {g['blocks']} blocks turned down" in text
+    assert row["level"]["lufs"]["mean"] < report["rows"][0]["level"]["lufs"]["mean"] - 3  # real validation
+    del meta["info"]["level_ceiling"]
+    (ck / "config.json").write_text(json.dumps(meta))
+    assert "stores no level_ceiling" in _one_error(capsys, argv)
+
+
 def test_eval_table_merges_runs_that_share_their_calibration_rows(tmp_path):
     """``scripts/eval_table.py --merge``: calibration rows once (a later run's extra ceiling row added; a bootstrap CI
     that differs is the first run's), every run's systems under its label; a shared calibration row whose estimates

@@ -10,6 +10,8 @@ from lmdm.audio.griffinlim import PHASE_INITS
 from lmdm.cli.options import add_device_option, add_precision_option, add_sampler_options, sampler_config, use_device
 from lmdm.errors import UsageError
 
+GUARDED = " + level guard"  # a report row's name suffix for a checkpoint streamed through its level guard
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``eval`` (sampler defaults: each checkpoint's own, as ``generate``)."""
@@ -30,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "codec's); compares decoder settings with every lens")
     e.add_argument("--gl-init", choices=PHASE_INITS, default=None,
                    help="Griffin-Lim's starting phase of every decode (default: the codec's, gradient)")
+    e.add_argument("--level-guard", action="store_true",
+                   help="stream every checkpoint through its level guard (lmdm.streaming.level_guard; rows named "
+                        "'NAME + level guard'; the sketch rows stream without it)")
     add_sampler_options(e, from_checkpoint=True, seed=0)
     add_device_option(e)
     add_precision_option(e, default="float32")
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     Raises:
         UsageError: ``--seconds``/``--seeds``/``--gl-iters`` out of range, a checkpoint whose codec differs from the embedder's,
-            a prompts file with no prompt, an unwritable ``--json``.
+            a prompts file with no prompt, an unwritable ``--json``, ``--level-guard`` with a checkpoint that stores
+            no level ceiling.
         DataError: ``--data`` has no usable train or validation split.
         CheckpointError, EmbedderError, TranscriberError: a model folder is missing or corrupt.
     """
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else validation_prompts(cfg.data, cfg.n_prompts, cfg.seed)
     embedder, _ = load_embedder(default_embedder_path())
     emb_codec = json.loads((default_embedder_path() / "config.json").read_text())["codec"]
-    systems, info, sketches, latents = {}, {}, {}, {}
+    systems, info, sketches, latents, guards = {}, {}, {}, {}, {}
     for path in args.checkpoint or [None]:
         ckpt = load_checkpoint(path)
         own = sampler_config(args, ckpt.info)  # each checkpoint with its own sampler unless the options say
@@ -86,12 +92,18 @@ def run(args: argparse.Namespace) -> int:
         if mel_settings(dataclasses.asdict(ckpt.codec.cfg)) != mel_settings(emb_codec):
             raise UsageError(f"checkpoint {ckpt.path} uses another mel codec than the embedder and the data set "
                              f"({dataclasses.asdict(ckpt.codec.cfg)} vs {emb_codec}); the lenses cannot compare them")
-        name = system_name(Path(ckpt.path), systems)
+        name = system_name(Path(ckpt.path), [n.removesuffix(GUARDED) for n in systems])
         if ckpt.codec.autoencoder is not None:
             latents[f"{name}'s latent"] = ckpt.codec
+        guard = None
+        if args.level_guard:
+            from lmdm.streaming.level_guard import checkpoint_guard
 
-        def gen(prompt: str, seed: int, ckpt=ckpt, own=own) -> object:
-            return generate(ckpt, prompt, cfg.seconds, dataclasses.replace(own, seed=seed)).audio
+            name += GUARDED
+            guard = guards[name] = checkpoint_guard(ckpt)
+
+        def gen(prompt: str, seed: int, ckpt=ckpt, own=own, guard=guard) -> object:
+            return generate(ckpt, prompt, cfg.seconds, dataclasses.replace(own, seed=seed), block_filter=guard).audio
 
         systems[name] = gen
         if cfg.sketch_n:
@@ -113,7 +125,12 @@ def run(args: argparse.Namespace) -> int:
     # of every decode: the systems' and the ceiling rows'
     report["decoder"] = {"gl_iters": ckpt.codec.cfg.gl_iters, "gl_init": ckpt.codec.cfg.gl_init}
     report["transcriber"] = {k: v for k, v in (transcriber.info.get("eval") or {}).items() if k != "per_work"}
+    if guards:  # how often each guard acted, over all its streams
+        report["level_guard"] = {name: g.summary() for name, g in guards.items()}
     print(format_table(report))
+    for name, g in report.get("level_guard", {}).items():
+        print(f"level guard of {name}: {g['cut_blocks']} of {g['blocks']} blocks turned down, the most by "
+              f"{g['max_cut_db']:.1f} dB")
     if args.plots:
         for p in plot_report(report, args.plots):
             print(f"plot: {p}")

@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--mask", default="block_causal", choices=["block_causal", "enc_dec", "outpainting"],
                    help="streamer: block_causal (LMDM, persistent KV cache), enc_dec, outpainting (baseline)")
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
+    g.add_argument("--level-guard", action="store_true",
+                   help="turn down any block louder than the training data's loudest 0.4 s before the stream "
+                        "caches it (lmdm.streaming.level_guard; off by default: the model as it is)")
     add_device_option(g)
     add_precision_option(g)
     g.set_defaults(func=run)
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
         UsageError: ``--out`` does not end in .wav, .flac or .ogg.
         AudioError: ``--out`` cannot be written.
         CheckpointError: ``--checkpoint`` is missing or corrupt.
+        UsageError: ``--level-guard`` with a checkpoint that stores no level ceiling.
     """
     from lmdm.audio.io import check_writable, save_audio
     from lmdm.streaming.generate import check_seconds, generate
@@ -53,9 +57,15 @@ def run(args: argparse.Namespace) -> int:
     sampler = sampler_config(args, ckpt.info)
     precision = resolve_precision(args.precision, next(ckpt.model.parameters()).device)
     ckpt.model = with_precision(ckpt.model, precision)
+    guard = None
+    if args.level_guard:
+        from lmdm.streaming.level_guard import checkpoint_guard
+
+        guard = checkpoint_guard(ckpt)
     n_blocks = -(-math.ceil(seconds * ckpt.codec.frame_rate) // ckpt.model.cfg.block_frames)
     bar = tqdm(total=n_blocks, desc="generating", unit="block", disable=args.quiet)
-    gen = generate(ckpt, args.prompt, seconds, sampler, mask=args.mask, on_block=lambda i, a: bar.update(1))
+    gen = generate(ckpt, args.prompt, seconds, sampler, mask=args.mask, on_block=lambda i, a: bar.update(1),
+                   block_filter=guard)
     bar.close()
     save_audio(out, gen.audio, gen.sample_rate)
     s = gen.stats.summary()
@@ -67,4 +77,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"latency: bootstrap {s['bootstrap_ms']:.1f} ms, fused first step {s['fused_first_step_ms']:.1f} ms, "
           f"subsequent steps {s['subsequent_step_ms']:.1f} ms, per block {s['block_ms']:.1f} ms "
           f"({ckpt.model.cfg.block_frames / ckpt.codec.frame_rate * 1000:.0f} ms of audio)")
+    if guard is not None:
+        g = guard.summary()
+        print(f"level guard: {g['cut_blocks']} of {g['blocks']} blocks turned down, the most by "
+              f"{g['max_cut_db']:.1f} dB")
     return 0

@@ -22,6 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "of which the streaming decoder holds back 0.068)")
     j.add_argument("--tracker", default="yin", choices=["yin", "pyin"])
     j.add_argument("--checkpoint", default=None)
+    j.add_argument("--level-guard", action="store_true",
+                   help="turn down any answering block louder than the training data's loudest 0.4 s before the "
+                        "stream caches it (lmdm.streaming.level_guard; off by default)")
     add_device_option(j)
     add_precision_option(j)
     j.set_defaults(func=run)
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     mix = check_writable(args.mix) if args.mix else None
     margin = EngineConfig.margin_s if args.margin is None else args.margin
     cfg = EngineConfig(mode="jam", prompt=args.prompt, sampler=sampler_config(args), margin_s=margin,
-                       tracker=args.tracker, precision=args.precision)
+                       tracker=args.tracker, precision=args.precision, level_guard=args.level_guard)
     use_live_threads(WORKER_POLICY)  # the live jam's thread policy (lmdm.streaming.threads), measured by lmdm bench
     ckpt = load_checkpoint(args.checkpoint)
     audio = load_audio(args.input, ckpt.codec.sample_rate)
@@ -62,4 +65,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"latency (input heard -> answer available): mean {s['latency_ms_mean']:.0f} ms, max "
           f"{s['latency_ms_max']:.0f} ms; real-time factor {s['rtf']:.3f}; underruns {s['underruns']} of "
           f"{s['blocks']} blocks")
+    if result.level_guard is not None:
+        g = result.level_guard
+        print(f"level guard: {g['cut_blocks']} of {g['blocks']} blocks turned down, the most by "
+              f"{g['max_cut_db']:.1f} dB")
     return 0

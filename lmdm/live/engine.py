@@ -95,6 +95,9 @@ class EngineConfig:
         precision: the model's matrix multiplications (``lmdm.model.precision``): "auto" (bfloat16 where the
             device has it natively), "float32" or "bfloat16". A bfloat16 engine streams a copy of the model made
             when the engine is built (later changes to the checkpoint's weights are not seen; float32 follows them).
+        level_guard: stream through a level guard (``lmdm.streaming.level_guard.checkpoint_guard``: a block louder
+            than the training data's loudest 0.4 s is turned down before it is cached; the checkpoint must store
+            its ``level_ceiling``); off by default.
     """
 
     mode: str = "jam"
@@ -112,6 +115,7 @@ class EngineConfig:
     max_chunk_seconds: float = 60.0
     lookahead_blocks: int = 1
     precision: str = "auto"
+    level_guard: bool = False
 
     def __post_init__(self) -> None:
         """Raises ConfigError: an unknown mode or tracker, a sampler that is not a SamplerConfig, a prompt that
@@ -125,6 +129,8 @@ class EngineConfig:
                               f"{type(self.sampler).__name__}")
         if not isinstance(self.prompt, str):
             raise ConfigError(f"prompt must be text, got {type(self.prompt).__name__}")
+        if not isinstance(self.level_guard, bool):
+            raise ConfigError(f"level_guard must be True or False, got {self.level_guard!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         numbers = ("margin_s", "crossfade_s", "gl_iters", "feature_context_s", "input_seconds", "max_chunk_seconds",
@@ -210,6 +216,7 @@ class LiveEngine:
 
     Raises:
         ConfigError: the decoder's lookahead and crossfade would hold back a whole block of the checkpoint.
+        UsageError: ``cfg.level_guard`` with a checkpoint that stores no ``level_ceiling``.
     """
 
     def __init__(self, ckpt: Checkpoint, cfg: EngineConfig = EngineConfig(), streamer: Streamer | None = None,
@@ -225,6 +232,12 @@ class LiveEngine:
         self.delay = self.block_samples + int(round(cfg.margin_s * self.sr))
         self.streamer = streamer or BlockCausalStreamer(with_precision(ckpt.model, cfg.precision), cfg.sampler,
                                                         keep_history=False)
+        #: the level guard of ``cfg.level_guard`` (its ``summary()`` says how often it acted), else None
+        self.level_guard = None
+        if cfg.level_guard:
+            from lmdm.streaming.level_guard import checkpoint_guard
+
+            self.level_guard = self.streamer.block_filter = checkpoint_guard(ckpt)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._input_lock = threading.Lock()  # one input chunk at a time through the stateful sanitiser
@@ -247,6 +260,8 @@ class LiveEngine:
         controls are kept)."""
         with self._lock:
             self.streamer.reset()
+            if self.level_guard is not None:
+                self.level_guard.reset()
             overlap = max(8, self.cfg.decoder_lookahead - (-self.xf // self.codec.cfg.hop) + 1)
             self.decoder = StreamingDecoder(self.codec, overlap_mel_frames=overlap, crossfade_s=self.xf / self.sr,
                                             seed=self.cfg.sampler.seed, gl_iters=self.cfg.gl_iters,

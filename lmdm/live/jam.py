@@ -26,12 +26,15 @@ class JamResult:
             answers what was played ``stats.delay_s`` seconds earlier.
         sample_rate: Hz.
         stats: engine statistics (latency, RTF, underruns, the per-block timeline).
+        level_guard: the level guard's ``summary()`` (blocks turned down, the largest cut in dB) where
+            ``EngineConfig.level_guard`` was on, else None.
     """
 
     input: np.ndarray
     output: np.ndarray
     sample_rate: int
     stats: EngineStats
+    level_guard: dict | None = None
 
     def mix(self, input_gain: float = 0.7, output_gain: float = 0.7) -> np.ndarray:
         """Stereo ``(samples, 2)``: the input on the left, the answer on the right."""
@@ -77,4 +80,5 @@ def jam(ckpt: Checkpoint, audio: np.ndarray, sample_rate: int, cfg: EngineConfig
     output = np.concatenate(out)[:total]
     inp = np.zeros(total, dtype=np.float32)
     inp[: len(x)] = x
-    return JamResult(input=inp, output=output, sample_rate=engine.sr, stats=engine.stats())
+    guard = None if engine.level_guard is None else engine.level_guard.summary()
+    return JamResult(input=inp, output=output, sample_rate=engine.sr, stats=engine.stats(), level_guard=guard)
