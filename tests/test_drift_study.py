@@ -94,6 +94,9 @@ def test_the_streams_that_clip_are_counted_where_the_median_hides_them():
     study = {"prompts": ["p"], "reference": "r", "real_music": band, "systems": {"sys": agg}, "wall_s": {"sys": 1.0}}
     assert "1 of 3 streams clip, in 1 of 6 windows (the worst window 25.0% of its samples; loudest window 4.5 LUFS)" \
         in format_study(study)
+    # a few samples a minute (0.004% of them) read as such, not as 0.0%
+    agg["tail"]["most_clipped_window"] = 4e-5
+    assert "(the worst window 0.004% of its samples;" in format_study(study)
 
 
 def test_a_ratio_of_tiny_distances_is_not_drift_inside_the_band():

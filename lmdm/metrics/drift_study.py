@@ -445,6 +445,8 @@ def _tail_text(agg: dict) -> str:
     tail = agg.get("tail")
     if not tail:
         return ""
+    worst = 100 * tail["most_clipped_window"]
+    worst = f"{worst:.1f}" if worst >= 0.1 else f"{worst:.2g}"  # a few samples a minute read as such, not as 0.0
     return (f"; {tail['streams_clipping']} of {agg['n_streams']} streams clip, in {tail['windows_clipping']} of "
-            f"{tail['windows']} windows (the worst window {100 * tail['most_clipped_window']:.1f}% of its samples; "
+            f"{tail['windows']} windows (the worst window {worst}% of its samples; "
             f"loudest window {tail['loudest_window_lufs']:.1f} LUFS)")
