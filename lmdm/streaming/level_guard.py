@@ -26,8 +26,10 @@ guarded row is labelled as such. The ceiling travels with the checkpoint (``info
 
 A second, optional ceiling checks each 16 ms mel frame (``frame_ceiling``, :data:`FRAME_QUANTILE` of the data's
 frames, ``info["frame_level_ceiling"]``): a stream can sit at the data's loudest 0.4 s while single frames inside
-it are louder than any real frame, and those frames are where the decoded waveform clips. :func:`checkpoint_guard`
-uses both.
+it are louder than all but one real frame in 100,000, and those frames are where the decoded waveform clips (the
+README's harp, "A frame ceiling, and the shipped student guarded"). :func:`checkpoint_guard` uses both. Neither sees
+a waveform peak that is not a loud frame (the README's clarinet), nor a stream that stays above real music's usual
+level but under its loudest 0.4 s.
 """
 from __future__ import annotations
 
