@@ -23,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--tracker", default="yin", choices=["yin", "pyin"])
     j.add_argument("--checkpoint", default=None)
     j.add_argument("--level-guard", action="store_true",
-                   help="turn down any answering block louder than the training data's loudest 0.4 s before the "
-                        "stream caches it (lmdm.streaming.level_guard; off by default)")
+                   help="turn down any answering block louder than the training data's loudest 0.4 s (or with a 16 ms "
+                        "frame above its 99.999th percentile) before the stream caches it "
+                        "(lmdm.streaming.level_guard; off by default)")
     add_device_option(j)
     add_precision_option(j)
     j.set_defaults(func=run)

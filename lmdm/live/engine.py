@@ -96,8 +96,8 @@ class EngineConfig:
             device has it natively), "float32" or "bfloat16". A bfloat16 engine streams a copy of the model made
             when the engine is built (later changes to the checkpoint's weights are not seen; float32 follows them).
         level_guard: stream through a level guard (``lmdm.streaming.level_guard.checkpoint_guard``: a block louder
-            than the training data's loudest 0.4 s is turned down before it is cached; the checkpoint must store
-            its ``level_ceiling``); off by default.
+            than the training data's loudest 0.4 s, or with a 16 ms frame above its ``FRAME_QUANTILE``, is turned
+            down before it is cached; the checkpoint must store its ``level_ceiling``); off by default.
     """
 
     mode: str = "jam"
