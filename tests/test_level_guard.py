@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,6 +124,30 @@ def test_a_study_system_checks_its_guard_and_keeps_old_stream_keys():
     assert stream_settings(cfg, framed, "p", 0)["system"]["frame_guard"] == 0.99999
 
 
+def test_a_guarded_study_system_uses_the_ceilings_its_checkpoint_stores_and_measures_other_quantiles(monkeypatch,
+                                                                                                   tmp_path):
+    """At the quantiles a checkpoint stores (1 and FRAME_QUANTILE) the study's guard takes the stored ceilings,
+    as ``--level-guard`` does, without reading the data (a folder that does not exist here); another quantile is
+    measured on the data folder, which must then exist."""
+    import lmdm.metrics.report as report
+    from lmdm.checkpoint import load_checkpoint
+    from lmdm.metrics.drift_study import StudySystem, checkpoint_generator
+    from lmdm.streaming.level_guard import FRAME_QUANTILE
+    from lmdm.train.dataset import DataError
+
+    info = load_checkpoint("data/checkpoints/lmdm-small-arc").info
+    seen = []
+    monkeypatch.setattr(report, "stream_audio", lambda *a, block_filter=None, **k: seen.append(block_filter)
+                        or np.zeros(16))
+    gen = checkpoint_generator(data=tmp_path / "no-data")
+    system = StudySystem("g", "data/checkpoints/lmdm-small-arc", steps=4, cfg_scale=1.0, level_guard=1.0,
+                         frame_guard=FRAME_QUANTILE)
+    _, extra = gen(system, "x", 0, 1.0)
+    assert (seen[-1].ceiling, seen[-1].frame_ceiling) == (info["level_ceiling"], info["frame_level_ceiling"])
+    assert extra["guard"]["ceiling"] == info["level_ceiling"]
+    with pytest.raises(DataError):
+        gen(StudySystem("h", "data/checkpoints/lmdm-small-arc", level_guard=0.9999), "x", 0, 1.0)
+
 # ---- the guard where a user turns it on: from a checkpoint, in a jam, on the command line ---------------------------
 def test_checkpoint_guard_takes_the_ceiling_its_export_stored_and_refuses_a_checkpoint_without_one(tiny_ckpt):
     import dataclasses
@@ -144,8 +169,6 @@ def test_a_jam_with_the_guard_on_is_quieter_where_the_ceiling_is_low_and_says_ho
     every answering block is turned down (the answer is quieter), the warm-up's blocks are not counted, and a
     checkpoint without a ceiling gets the one-line error before anything streams."""
     import dataclasses
-
-    import numpy as np
 
     from lmdm.errors import UsageError
     from lmdm.live.engine import EngineConfig

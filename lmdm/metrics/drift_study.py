@@ -48,7 +48,8 @@ class StudySystem:
             many seconds (cycling), a prompt-switch drift regime.
         level_guard: None = the model as it is; else a quantile in (0, 1] of the study data's training split's
             0.4 s levels (1 = the loudest window), the ceiling of a ``lmdm.streaming.level_guard.LevelGuard``
-            that turns down every block above it before the stream caches it. Left out of a stream's key when None.
+            that turns down every block above it before the stream caches it (at 1, a checkpoint that stores its
+            ``level_ceiling`` uses that: its training data's). Left out of a stream's key when None.
         frame_guard: None = no frame check; else a quantile in (0, 1] of the same split's 16 ms mel-frame levels,
             the guard's ``frame_ceiling`` (``lmdm.streaming.level_guard.FRAME_QUANTILE`` is what a checkpoint's
             guard uses). Needs ``level_guard``. Left out of a stream's key when None.
@@ -274,12 +275,29 @@ def checkpoint_generator(progress: bool = False, decoding: dict | None = None, d
     """The default ``generate(system, prompt, seed, seconds) -> (samples,)``: load each system's checkpoint once
     (with its ``window_chunks``, and its codec's decoding replaced by ``decoding``: :func:`decoding_overrides`)
     and stream it with ``lmdm.metrics.report.stream_audio``. A system with a ``level_guard`` streams through a
-    ``LevelGuard`` whose ceilings (``level_guard``, ``frame_guard``) are measured on ``data``'s training split, and
-    returns ``(samples, extra)`` with ``extra = {"guard": LevelGuard.summary()}``, kept in its stream file."""
+    ``LevelGuard`` whose ceilings (``level_guard``, ``frame_guard``) are the checkpoint's stored ones at the
+    quantiles it stores them for (1 and ``FRAME_QUANTILE``: ``lmdm.streaming.level_guard.level_ceilings``, the
+    ceilings ``--level-guard`` uses), else measured on ``data``'s training split, and returns ``(samples, extra)`` with ``extra = {"guard": LevelGuard.summary()}``, kept in its stream file."""
     from lmdm.checkpoint import load_checkpoint
     from lmdm.metrics.report import stream_audio
 
-    loaded, ceilings = {}, {}
+    loaded, ceilings, latent_sets = {}, {}, {}
+
+    def ceiling(system: StudySystem, ckpt, quantile: float, frames: int | None) -> float:
+        """The checkpoint's stored ceiling at the quantile it stores (what ``--level-guard`` uses), else measured
+        on ``data``'s training split, encoded once per checkpoint."""
+        from lmdm.streaming.level_guard import FRAME_QUANTILE, latent_set_ceiling
+
+        name = {(1.0, None): "level_ceiling", (FRAME_QUANTILE, 1): "frame_level_ceiling"}.get((quantile, frames))
+        stored = ckpt.info.get(name) if name else None
+        if isinstance(stored, (int, float)) and not isinstance(stored, bool) and math.isfinite(stored):
+            return float(stored)
+        if system.checkpoint not in latent_sets:
+            from lmdm.train.dataset import encode_latent_set, load_latent_set
+
+            latent_sets.clear()  # one data set's latents in memory at a time
+            latent_sets[system.checkpoint] = encode_latent_set(load_latent_set(data, ckpt.codec.cfg), ckpt.codec)
+        return latent_set_ceiling(ckpt.codec, latent_sets[system.checkpoint], quantile, frames=frames)
 
     def generate(system: StudySystem, prompt, seed: int, seconds: float):
         if system.label not in loaded:
@@ -295,13 +313,12 @@ def checkpoint_generator(progress: bool = False, decoding: dict | None = None, d
         ckpt = loaded[system.label]
         if system.level_guard is None:
             return stream_audio(ckpt, prompt, seconds, system.sampler_config(seed), progress=progress)
-        from lmdm.streaming.level_guard import DecodedMel, LevelGuard, data_ceiling
+        from lmdm.streaming.level_guard import DecodedMel, LevelGuard
 
         key = (system.checkpoint, system.level_guard, system.frame_guard)
         if key not in ceilings:
-            ceilings[key] = (data_ceiling(ckpt.codec, data, system.level_guard),
-                             None if system.frame_guard is None
-                             else data_ceiling(ckpt.codec, data, system.frame_guard, frames=1))
+            ceilings[key] = (ceiling(system, ckpt, system.level_guard, None),
+                             None if system.frame_guard is None else ceiling(system, ckpt, system.frame_guard, 1))
         guard = LevelGuard(DecodedMel(ckpt.codec), *ceilings[key])
         audio = stream_audio(ckpt, prompt, seconds, system.sampler_config(seed), progress=progress,
                              block_filter=guard)
