@@ -129,8 +129,8 @@ def test_a_guarded_study_system_uses_the_ceilings_its_checkpoint_stores_and_meas
     """At the quantiles a checkpoint stores (1 and FRAME_QUANTILE) the study's guard takes the stored ceilings,
     as ``--level-guard`` does, without reading the data (a folder that does not exist here); another quantile is
     measured on the data folder, which must then exist."""
-    from lmdm.metrics import report
     from lmdm.checkpoint import load_checkpoint
+    from lmdm.metrics import report
     from lmdm.metrics.drift_study import StudySystem, checkpoint_generator
     from lmdm.streaming.level_guard import FRAME_QUANTILE
     from lmdm.train.dataset import DataError
