@@ -151,7 +151,17 @@ def test_prompt_panel_type_start_hear_stop(page):
     page.wait_for_function("() => document.querySelector('.lmdm-prompt-panel button.lmdm-start').textContent === 'start'",
                            timeout=10_000)
     text = panel.locator(".lmdm-stats").inner_text()
-    assert "round trip" in text and "RTF" in text
+    assert "round trip" in text and "RTF" in text and "level guard" not in text
+    # the level guard box: from the next start the worker streams through the checkpoint's guard, and says so
+    panel.locator("input[type=checkbox]").check()
+    panel.locator("button.lmdm-start").click()
+    page.wait_for_function(
+        "() => /level guard: \\d+ of [1-9]\\d* blocks turned down/.test("
+        "document.querySelector('.lmdm-prompt-panel .lmdm-stats').textContent)", timeout=60_000)
+    assert readout(page, ".lmdm-prompt-panel")["levelGuardCuts"] >= 0
+    panel.locator("button.lmdm-start").click()
+    page.wait_for_function("() => document.querySelector('.lmdm-prompt-panel button.lmdm-start').textContent === 'start'",
+                           timeout=10_000)
 
 
 @needs_chromium

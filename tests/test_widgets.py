@@ -292,3 +292,48 @@ def test_a_session_that_cannot_start_shows_why_and_stays_stopped(tiny_ckpt, monk
     monkeypatch.setattr(panel, "engine_config", refuse)
     panel.running = True  # what the start button does
     assert not panel.running and panel.error == "invalid engine settings: margin_s=-1" and panel.worker is None
+
+
+def test_the_level_guard_box_applies_from_the_next_start_and_the_stats_say_how_often_it_cut(tiny_ckpt):
+    """The widgets' ``level_guard`` trait reaches the worker's engine at the next start: off, the stats carry no
+    guard; on, with a stored ceiling below everything the tiny model makes, every block of the session is turned
+    down and the stats say so; a checkpoint without a stored ceiling shows the one-line reason in ``error``."""
+    import dataclasses
+
+    from lmdm.live.engine import EngineConfig
+
+    low = dataclasses.replace(tiny_ckpt, info={"level_ceiling": -3.0})
+    panel = PromptPanel(low, steps=2, cfg_scale=1.0)
+
+    def session():
+        panel.running = True
+        n = len(panel.timeline)
+        wait_for(lambda: len(panel.timeline) >= n + 2, what="two blocks")
+        panel.running = False
+        wait_for(lambda: panel.status == "stopped", timeout=10, what="the session to stop")
+        wait_for(lambda: "level_guard" in panel.stats and not panel.stats["running"], timeout=10,
+                 what="the stats after the stop")
+        return dict(panel.stats)
+
+    try:
+        wait_for(lambda: panel.status == "ready", what="the worker to warm up")
+        assert session()["level_guard"] is None
+        panel.level_guard = True  # what the box does
+        assert panel.engine_config().level_guard
+        stats = session()
+        g = stats["level_guard"]
+        assert g["blocks"] == g["cut_blocks"] == stats["blocks"] >= 2 and g["max_cut_db"] > 3, stats
+    finally:
+        panel.close()
+    jam = MicJam(low, config=EngineConfig(mode="jam", level_guard=True), warm=False)
+    assert jam.level_guard and jam.engine_config().level_guard
+    jam.level_guard = False
+    assert not jam.engine_config().level_guard
+    jam.close()
+    bare = PromptPanel(tiny_ckpt, warm=False, level_guard=True)
+    try:
+        bare.running = True
+        wait_for(lambda: "stores no level_ceiling" in bare.error, what="the reason in error")
+        assert bare.error.count("\n") == 0
+    finally:
+        bare.close()

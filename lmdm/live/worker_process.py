@@ -29,7 +29,8 @@ Events (worker -> kernel), each a tuple:
   are sent;
 * ``("stats", dict)`` twice a second while running and once after a stop: the engine's ``stats().summary()`` with
   NaN as None, plus ``running``, ``late_s`` (the last block's lateness), ``input_dropped`` (input samples the
-  worker lost because it fell a whole input ring behind) and ``events_dropped``;
+  worker lost because it fell a whole input ring behind), ``events_dropped`` and ``level_guard`` (the guard's
+  ``summary()`` where ``EngineConfig.level_guard`` is on, else None);
 * ``("block", n, {"block", "compute_s", "cpu_s", "run_queue_s", "late_s", "prompt", "samples"})`` per block
   (``cpu_s`` and ``run_queue_s``: the generation thread's CPU time and wait for a core, against ``compute_s`` wall
   time, as in ``EngineStats.timeline``; ``samples``: the audio it
@@ -281,7 +282,8 @@ class Worker:
             self.conn.send(("error", one_line(f"the generation thread stopped: {stats.get('last_error')}")))
             self.conn.send(("status", "stopped"))
         stats.update(running=engine.running, late_s=self.late_s, input_dropped=self.in_ring.dropped,
-                     events_dropped=self.events_dropped, realtime=dict(self.realtime))
+                     events_dropped=self.events_dropped, realtime=dict(self.realtime),
+                     level_guard=None if engine.level_guard is None else _clean(engine.level_guard.summary()))
         self.conn.send(("stats", stats))
 
     # ---- command loop (main thread) ----------------------------------------------------------------------------

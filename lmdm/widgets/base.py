@@ -141,8 +141,8 @@ def dominant_frequency(audio: np.ndarray, sample_rate: int) -> float:
 
 
 class EngineWidgetMixin(traitlets.HasTraits):
-    """What the live-engine widgets (``PromptPanel``, ``MicJam``) share: the ``prompt``, ``running``, ``status``,
-    ``stats`` and ``error`` traits, a generation worker process (``lmdm.live.worker.WorkerClient``) prepared when
+    """What the live-engine widgets (``PromptPanel``, ``MicJam``) share: the ``prompt``, ``running``,
+    ``level_guard``, ``status``, ``stats`` and ``error`` traits, a generation worker process (``lmdm.live.worker.WorkerClient``) prepared when
     the widget is created (warm start: model, text encoder, feature extraction and one warm-up block are ready
     before start is pressed) and its :class:`WorkerPump`, the prompt observer (a change applies from the next
     block; the worker encodes the text off its audio path), and the message loop (rate limit, ping -> pong,
@@ -157,6 +157,9 @@ class EngineWidgetMixin(traitlets.HasTraits):
 
     prompt = traitlets.Unicode("").tag(sync=True)
     running = traitlets.Bool(False).tag(sync=True)
+    #: stream through the checkpoint's level guard from the next start (``EngineConfig.level_guard``; the stats'
+    #: ``level_guard`` say how many blocks it turned down); a checkpoint without stored ceilings shows why in ``error``
+    level_guard = traitlets.Bool(False).tag(sync=True)
     status = traitlets.Unicode("stopped").tag(sync=True)  # loading, ready, running, stopped, crashed, closed
     stats = traitlets.Dict().tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)

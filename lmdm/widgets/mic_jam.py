@@ -24,7 +24,8 @@ from lmdm.widgets.messages import Limits, MessageError, audio_from_message
 class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
     """Play into the microphone; hear the model answer one block (plus a margin) later.
 
-    Traits: ``prompt`` (the answer's timbre; applies from the next block), ``running``, ``monitor_volume``
+    Traits: ``prompt`` (the answer's timbre; applies from the next block), ``level_guard`` (from the next start;
+    default: ``config``'s), ``running``, ``monitor_volume``
     (browser-side), ``stats`` (engine: latency, RTF, underruns), ``input_stats`` (what the kernel received:
     seconds, RMS, dominant frequency of the last 2 s), ``rtt_ms`` (kernel websocket round trip, measured by the
     browser), ``error``.
@@ -59,14 +60,15 @@ class MicJam(EngineWidgetMixin, anywidget.AnyWidget):
         self.received_seconds = 0.0
         self._last_input_stats = 0.0
         self.repairs: collections.Counter = collections.Counter()
+        kwargs.setdefault("level_guard", self.config.level_guard)
         super().__init__(**kwargs)
         self.on_msg(self._on_msg)
         if warm:
             self._start_worker()
 
     def engine_config(self) -> EngineConfig:
-        """The jam engine's settings with the current prompt."""
-        return replace(self.config, prompt=self.prompt)
+        """The jam engine's settings with the current prompt and ``level_guard``."""
+        return replace(self.config, prompt=self.prompt, level_guard=self.level_guard)
 
     def _on_message(self, kind, content, buffers) -> None:
         if kind == "audio":

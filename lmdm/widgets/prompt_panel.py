@@ -20,7 +20,8 @@ PANEL_SAMPLER = SamplerConfig()
 class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     """A live text-to-music stream in the notebook (the browser plays the blocks as they arrive).
 
-    Traits (synced with the browser): ``prompt``, ``cfg_scale``, ``steps``, ``seed``, ``running``; read-only for
+    Traits (synced with the browser): ``prompt``, ``cfg_scale``, ``steps``, ``seed``, ``level_guard``, ``running``;
+    read-only for
     the browser: ``stats`` (engine statistics), ``error`` (last refused input or setting). ``steps``,
     ``cfg_scale`` and ``seed`` are checked by building a :class:`lmdm.streaming.streamer.SamplerConfig`, so its
     ranges are the only ones: a value it refuses keeps the previous one and shows the reason in ``error``.
@@ -69,6 +70,7 @@ class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
         return value
 
     def engine_config(self) -> EngineConfig:
-        """The engine's settings: the current prompt and sampler (steps, guidance and seed apply at each start)."""
+        """The engine's settings: the current prompt and sampler (steps, guidance, seed and the level guard apply at
+        each start)."""
         return EngineConfig(mode="generate", prompt=self.prompt, sampler=self.sampler, crossfade_s=0.04, gl_iters=16,
-                            decoder_lookahead=4, lookahead_blocks=2)
+                            decoder_lookahead=4, lookahead_blocks=2, level_guard=self.level_guard)

@@ -144,11 +144,21 @@ function setText(node, text) {
   if (node.textContent !== text) node.textContent = text;
 }
 
-// The worker's scheduling and lateness, as both live widgets show them: the readout's suffix, and the value of
-// their data-realtime attribute ("true" / "false" / "–" before the first stats).
+// The worker's scheduling, lateness and level guard, as both live widgets show them: the readout's suffix, and the
+// value of their data-realtime attribute ("true" / "false" / "–" before the first stats).
 function engineNotes(s) {
+  const g = s.level_guard;
   return (s.realtime ? ` · ${s.realtime.generation ? "real-time" : "normal"} priority` : "") +
-    (s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : "");
+    (s.late_s > 0 ? ` · behind by ${fmt(1000 * s.late_s, 0, " ms")} (overloaded)` : "") +
+    (g ? ` · level guard: ${g.cut_blocks} of ${g.blocks} blocks turned down` +
+         (g.cut_blocks ? ` (at most ${fmt(g.max_cut_db, 1, " dB")})` : "") : "");
+}
+// A checkbox bound to a boolean trait (the level guard: it applies from the next start).
+function traitCheckbox(model, name, label, title) {
+  const box = el("input", { type: "checkbox", checked: Boolean(model.get(name)) });
+  box.addEventListener("change", () => { model.set(name, box.checked); model.save_changes(); });
+  model.on(`change:${name}`, () => { box.checked = Boolean(model.get(name)); });
+  return el("label", { title }, [box, label]);
 }
 function realtimeData(s) {
   return s.realtime ? String(Boolean(s.realtime.generation)) : "–";
