@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lmdm.errors import UsageError
@@ -178,22 +179,29 @@ def latent_set_ceiling(codec, data, quantile: float = 1.0, split: str = "train",
     Raises:
         ValueError: no work of ``split`` as long as one 0.4 s window, or ``quantile`` outside [0, 1].
     """
-    from lmdm.train.arc.level import windowed_quantile
+    from lmdm.train.arc.level import frame_level, windowed_quantile
 
-    def level(mel: torch.Tensor, std: float, momentary_frames: int) -> torch.Tensor:
-        return momentary_level(mel, std, frames or momentary_frames)
+    if frames not in (None, 1):
+        raise ValueError(f"frames must be None (0.4 s) or 1 (one mel frame), got {frames!r}")
+    return windowed_quantile(frame_level if frames == 1 else momentary_level, DecodedMel(codec),
+                             split_works(data, split), quantile)
 
-    works = [data.latents[s : s + n] for s, n, sp in zip(data.work_start.tolist(), data.work_frames.tolist(),
-                                                          data.splits) if sp == split]
-    return windowed_quantile(level, DecodedMel(codec), works, quantile)
+
+def split_works(data, split: str = "train") -> list[torch.Tensor]:
+    """The ``(frames, ch)`` latent frames of each work of ``data``'s ``split`` (a ``LatentSet``)."""
+    return [data.latents[s : s + n] for s, n, sp in zip(data.work_start.tolist(), data.work_frames.tolist(),
+                                                         data.splits) if sp == split]
 
 
 def level_ceilings(codec, data) -> dict:
     """What ``lmdm train`` and ``lmdm arc`` store in an exported checkpoint's info for :func:`checkpoint_guard`:
     ``{"level_ceiling": the training split's loudest 0.4 s, "frame_level_ceiling": its FRAME_QUANTILE 16 ms
     frame}``, normalised log-mel units (:func:`latent_set_ceiling`; ``data`` as there)."""
-    return {"level_ceiling": latent_set_ceiling(codec, data),
-            "frame_level_ceiling": latent_set_ceiling(codec, data, FRAME_QUANTILE, frames=1)}
+    from lmdm.train.arc.level import decoded_summaries, frame_level
+
+    found = decoded_summaries(DecodedMel(codec), split_works(data), {"window": momentary_level, "frame": frame_level})
+    return {"level_ceiling": float(np.quantile(found["window"], 1.0)),
+            "frame_level_ceiling": float(np.quantile(found["frame"], FRAME_QUANTILE))}
 
 
 def _finite(value) -> bool:
@@ -219,7 +227,10 @@ def checkpoint_guard(ckpt, data_dir=None) -> LevelGuard:
             raise UsageError("this checkpoint stores no level_ceiling (checkpoints exported before the level guard); "
                              "a level guard needs one: re-export it with lmdm train/arc, or give the data folder it "
                              "was trained on to measure it")
-        ceiling = data_ceiling(ckpt.codec, data_dir)
-        frame = data_ceiling(ckpt.codec, data_dir, FRAME_QUANTILE, frames=1)
+        from lmdm.train.dataset import encode_latent_set, load_latent_set
+
+        data = encode_latent_set(load_latent_set(data_dir, ckpt.codec.cfg), ckpt.codec)
+        measured = level_ceilings(ckpt.codec, data)
+        ceiling, frame = measured["level_ceiling"], measured["frame_level_ceiling"]
     device = next(ckpt.model.parameters()).device
     return LevelGuard(DecodedMel(ckpt.codec).to(device), float(ceiling), float(frame) if _finite(frame) else None)

@@ -194,10 +194,53 @@ def crest_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float, frame
 
 
 @torch.no_grad()
+def decoded_summaries(mel: "DecodedMel", works: list[torch.Tensor], statistics: dict, chunk: int = 4096) -> dict:
+    """Several summaries of ``works`` from one decode (:func:`decoded_chunks`; decoding the training split is what
+    costs, a minute or more at one thread on the 11.6 h data set, so ARC's start-up decodes it once for all of its
+    ceilings).
+
+    Args:
+        mel: the checkpoint's differentiable decoder (used without gradient).
+        works: each ``(frames, ch)`` latent frames of one work.
+        statistics: name -> ``statistic(mel_chunk, std, frames) -> (1, n)`` (:func:`momentary_level`,
+            :func:`frame_crest`, over 0.4 s windows: ``frames = mel.momentary_frames``; a chunk shorter than one
+            window is skipped, so windows never span two works or a chunk boundary), or None for the loudest value
+            of each band.
+        chunk: latent frames decoded at once (chunking changes nothing).
+
+    Returns:
+        name -> ``(n,)`` float32 numpy array of the statistic's values, concatenated over chunks; for None,
+        ``(n_mels,)`` float32 tensor on ``mel``'s device.
+
+    Raises:
+        ValueError: a statistic but no work as long as one window, or a band maximum but no frame at all.
+    """
+    values = {name: [] for name, statistic in statistics.items() if statistic is not None}
+    top = None
+    for part in decoded_chunks(mel, works, chunk):
+        if any(statistic is None for statistic in statistics.values()):
+            peak = part.amax(dim=(0, 1))
+            top = peak if top is None else torch.maximum(top, peak)
+        if part.shape[1] >= mel.momentary_frames:
+            for name, found in values.items():
+                found.append(statistics[name](part, mel.std, mel.momentary_frames)[0].cpu().numpy())
+    out = {}
+    for name, statistic in statistics.items():
+        if statistic is None:
+            if top is None:
+                raise ValueError("a band maximum needs at least one latent frame")
+            out[name] = top
+        elif not values[name]:
+            raise ValueError(f"{statistic.__name__} needs a work of at least {mel.momentary_frames} mel frames")
+        else:
+            out[name] = np.concatenate(values[name])
+    return out
+
+
 def windowed(statistic, mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 4096) -> np.ndarray:
     """``statistic(mel_chunk, std, frames)`` (:func:`momentary_level` or :func:`frame_crest`, over 0.4 s windows)
     on every chunk of ``works`` decoded as :func:`decoded_chunks` does (windows never span two works or a chunk
-    boundary), concatenated.
+    boundary), concatenated (:func:`decoded_summaries` of the one statistic).
 
     Args:
         statistic: ``(1, mel_frames, n_mels), std, frames -> (1, n)``.
@@ -210,11 +253,13 @@ def windowed(statistic, mel: "DecodedMel", works: list[torch.Tensor], chunk: int
     Raises:
         ValueError: no work as long as one window.
     """
-    values = [statistic(part, mel.std, mel.momentary_frames)[0].cpu().numpy()
-              for part in decoded_chunks(mel, works, chunk) if part.shape[1] >= mel.momentary_frames]
-    if not values:
-        raise ValueError(f"{statistic.__name__} needs a work of at least {mel.momentary_frames} mel frames")
-    return np.concatenate(values)
+    return decoded_summaries(mel, works, {"values": statistic}, chunk)["values"]
+
+
+def frame_level(mel: torch.Tensor, std: float, frames: int) -> torch.Tensor:
+    """:func:`momentary_level` of each single 16 ms mel frame (``frames`` is ignored: a :func:`decoded_summaries`
+    statistic), ``(b, mel_frames)``: the level guard's frame ceiling (``lmdm.streaming.level_guard``)."""
+    return momentary_level(mel, std, 1)
 
 
 def momentary_levels(mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 4096) -> np.ndarray:
@@ -296,9 +341,9 @@ def decoded_chunks(mel: "DecodedMel", works: list[torch.Tensor], chunk: int = 40
             yield mel(z[lo : i + chunk].to(dev).float()[None])[:, (i - lo) * mel.patch :]
 
 
-@torch.no_grad()
 def band_ceiling(mel: DecodedMel, works: list[torch.Tensor], chunk: int = 4096) -> torch.Tensor:
-    """The loudest value of each band of the decoded mel over ``works`` (decoded by :func:`decoded_chunks`).
+    """The loudest value of each band of the decoded mel over ``works`` (decoded by :func:`decoded_chunks`;
+    :func:`decoded_summaries` of the band maximum).
 
     Args:
         mel: the checkpoint's differentiable decoder (:class:`DecodedMel`; used without gradient).
@@ -311,13 +356,7 @@ def band_ceiling(mel: DecodedMel, works: list[torch.Tensor], chunk: int = 4096) 
     Raises:
         ValueError: no frames at all.
     """
-    top = None
-    for part in decoded_chunks(mel, works, chunk):
-        part = part.amax(dim=(0, 1))
-        top = part if top is None else torch.maximum(top, part)
-    if top is None:
-        raise ValueError("band_ceiling needs at least one latent frame")
-    return top
+    return decoded_summaries(mel, works, {"band": None}, chunk)["band"]
 
 
 #: the window of :func:`momentary_level`, seconds (EBU R 128's momentary loudness)

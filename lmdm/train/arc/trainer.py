@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,10 +48,10 @@ from lmdm.device import autocast
 from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
-from lmdm.streaming.level_guard import level_ceilings
+from lmdm.streaming.level_guard import FRAME_QUANTILE
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.level import (DecodedMel, LevelCeilings, band_ceiling, crest_ceiling, level_anchor_loss,
-                                  momentary_ceiling, with_gain)
+from lmdm.train.arc.level import (DecodedMel, LevelCeilings, decoded_summaries, frame_crest, frame_level,
+                                  level_anchor_loss, momentary_level, with_gain)
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
 from lmdm.train.arc.negatives import Negatives
 from lmdm.train.arc.rollout import draw_exit_steps, rollout
@@ -621,10 +622,23 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     # crests (deterministic: not saved)
     train_works = [data.latents[s : s + n] for s, n, split in
                    zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits) if split == "train"]
-    ceiling = LevelCeilings(band=band_ceiling(mel, train_works) if cfg.ceiling_weight > 0 else None,
-                            momentary=momentary_ceiling(mel, train_works, cfg.momentary_quantile)
+    # and the level guard's ceilings for the export (lmdm.streaming.level_guard.level_ceilings): one decode for all
+    wanted = {"guard": momentary_level, "guard_frame": frame_level}
+    if cfg.ceiling_weight > 0:
+        wanted["band"] = None
+    if cfg.momentary_weight > 0:
+        wanted["momentary"] = momentary_level
+    if cfg.crest_weight > 0:
+        wanted["crest"] = frame_crest
+    summary = decoded_summaries(mel, train_works, wanted)
+    ceiling = LevelCeilings(band=summary.get("band"),
+                            momentary=float(np.quantile(summary["momentary"], cfg.momentary_quantile))
                             if cfg.momentary_weight > 0 else None,
-                            crest=crest_ceiling(mel, train_works, cfg.crest_quantile) if cfg.crest_weight > 0 else None)
+                            crest=float(np.quantile(summary["crest"], cfg.crest_quantile)) if cfg.crest_weight > 0
+                            else None)
+    guard_ceilings = {"level_ceiling": float(np.quantile(summary["guard"], 1.0)),
+                      "frame_level_ceiling": float(np.quantile(summary["guard_frame"], FRAME_QUANTILE))}
+    del summary
     streams = None
     if cfg.own_stream_every:
         if distributed.active:
@@ -664,7 +678,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                 "discriminator_params": disc.num_params(),
                 "sampler": {"sampler": "pingpong", "steps": cfg.student_steps, "cfg_scale": 1.0},
                 "arc_config": to_dict(settled), "base_info": {k: base.info.get(k) for k in ("step", "val_loss")},
-                **level_ceilings(base.codec, data)}
+                **guard_ceilings}
 
     modules = {"model": student, "disc": disc} | ({} if streams is None else {"streams": streams})
     task = Task(modules=modules, optimizers={"g": opt_g, "d": opt_d}, generator=gen,
