@@ -245,3 +245,29 @@ def test_crest_ceiling_costs_only_frames_that_stick_out_more_than_the_datas():
         crest_ceiling(mel, works, quantile=-0.1)
     with pytest.raises(ValueError, match="at least"):
         crest_ceiling(mel, works[2:])
+
+
+def test_one_decode_serves_every_summary_of_the_training_split():
+    """``decoded_summaries`` decodes each chunk once for all of ARC's start-up ceilings and the guard's, and gives
+    what each summary gives on its own (the band maxima, the windowed statistics, in order)."""
+    from lmdm.train.arc.level import decoded_summaries, frame_crests, frame_level, momentary_levels, windowed
+
+    torch.manual_seed(0)
+    codec = MelCodec(CodecConfig(), PatchAutoencoder(AutoencoderConfig(latent_channels=16, hidden=64, depth=1)))
+    mel = DecodedMel(codec)
+    works = [torch.randn(37, 16), torch.randn(30, 16) * 3]
+    calls = []
+    mel.register_forward_hook(lambda *_: calls.append(1))
+    found = decoded_summaries(mel, works, {"band": None, "momentary": momentary_level, "crest": frame_crest,
+                                           "frame": frame_level}, chunk=16)
+    assert len(calls) == 5  # 3 + 2 chunks of 16 latent frames, each decoded once
+    calls.clear()
+    assert torch.equal(found["band"], band_ceiling(mel, works, chunk=16))
+    assert (found["momentary"] == momentary_levels(mel, works, chunk=16)).all()
+    assert (found["crest"] == frame_crests(mel, works, chunk=16)).all()
+    assert (found["frame"] == windowed(lambda m, std, _: momentary_level(m, std, 1), mel, works, chunk=16)).all()
+    assert len(calls) == 4 * 5  # one decode per summary on its own
+    with pytest.raises(ValueError, match="at least one latent frame"):
+        decoded_summaries(mel, [], {"band": None})
+    with pytest.raises(ValueError, match="momentary_level needs a work"):
+        decoded_summaries(mel, [torch.randn(1, 16)], {"band": None, "m": momentary_level})
