@@ -11,6 +11,10 @@ that clips, sized by its clipped samples, and the real-music band the study meas
 
 Usage:
     .venv/bin/python scripts/level_tail.py runs/drift-study-guard [--plot docs/level-guard.png]
+    .venv/bin/python scripts/level_tail.py runs/ds-heldout-c runs/ds-heldout-a --plot docs/level-heldout.png
+
+Several folders (studies of the same prompts and seeds, split over runs) print and plot as one study; the real-music
+band is the first folder's.
 """
 from __future__ import annotations
 
@@ -52,10 +56,15 @@ def tail(records: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out_dir", type=Path, help="a drift study's out_dir")
+    ap.add_argument("out_dir", type=Path, nargs="+", help="a drift study's out_dir (or several)")
     ap.add_argument("--plot", default=None, help="write the per-stream figure here (PNG)")
     args = ap.parse_args()
-    systems = read_streams(args.out_dir)
+    systems = {}
+    for out_dir in args.out_dir:
+        for label, records in read_streams(out_dir).items():
+            if label in systems:
+                raise SystemExit(f"system {label!r} is in more than one of the folders; give each study once")
+            systems[label] = records
     for label, records in systems.items():
         t = tail(records)
         g = t["guard"]
@@ -75,7 +84,7 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        study = args.out_dir / "study.json"
+        study = args.out_dir[0] / "study.json"
         band = json.loads(study.read_text())["real_music"].get("lufs") if study.is_file() else None
         cols = min(2, len(systems))
         rows = -(-len(systems) // cols)
