@@ -164,6 +164,26 @@ def test_checkpoint_guard_takes_the_ceiling_its_export_stored_and_refuses_a_chec
             checkpoint_guard(dataclasses.replace(tiny_ckpt, info=info))
 
 
+def test_checkpoint_guard_measures_both_ceilings_on_a_data_folder_when_the_checkpoint_stores_none(tiny_ckpt,
+                                                                                               real_data):
+    """A checkpoint exported before the guard gets the ceilings its training data gives (one decode for both), the
+    same as ``level_ceilings`` and ``latent_set_ceiling`` measure on that folder's latent set."""
+    import dataclasses
+
+    from lmdm.streaming.level_guard import FRAME_QUANTILE, checkpoint_guard, latent_set_ceiling, level_ceilings
+    from lmdm.train.dataset import encode_latent_set, load_latent_set
+
+    guard = checkpoint_guard(dataclasses.replace(tiny_ckpt, info={}), data_dir=real_data)
+    data = encode_latent_set(load_latent_set(real_data, tiny_ckpt.codec.cfg), tiny_ckpt.codec)
+    stored = level_ceilings(tiny_ckpt.codec, data)
+    assert (guard.ceiling, guard.frame_ceiling) == (stored["level_ceiling"], stored["frame_level_ceiling"])
+    assert guard.ceiling == latent_set_ceiling(tiny_ckpt.codec, data)
+    assert guard.frame_ceiling == latent_set_ceiling(tiny_ckpt.codec, data, FRAME_QUANTILE, frames=1)
+    assert guard.frame_ceiling > guard.ceiling  # a single frame reaches higher than any 0.4 s mean
+    with pytest.raises(ValueError, match="frames must be None"):
+        latent_set_ceiling(tiny_ckpt.codec, data, frames=4)
+
+
 def test_a_jam_with_the_guard_on_is_quieter_where_the_ceiling_is_low_and_says_how_often_it_cut(tiny_ckpt):
     """The engine's ``level_guard`` reaches the stream: with a ceiling below everything the tiny model makes,
     every answering block is turned down (the answer is quieter), the warm-up's blocks are not counted, and a

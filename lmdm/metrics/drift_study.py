@@ -277,7 +277,8 @@ def checkpoint_generator(progress: bool = False, decoding: dict | None = None, d
     and stream it with ``lmdm.metrics.report.stream_audio``. A system with a ``level_guard`` streams through a
     ``LevelGuard`` whose ceilings (``level_guard``, ``frame_guard``) are the checkpoint's stored ones at the
     quantiles it stores them for (1 and ``FRAME_QUANTILE``: ``lmdm.streaming.level_guard.level_ceilings``, the
-    ceilings ``--level-guard`` uses), else measured on ``data``'s training split, and returns ``(samples, extra)`` with ``extra = {"guard": LevelGuard.summary()}``, kept in its stream file."""
+    ceilings ``--level-guard`` uses), else measured on ``data``'s training split, and returns ``(samples, extra)``
+    with ``extra = {"guard": LevelGuard.summary()}``, kept in its stream file."""
     from lmdm.checkpoint import load_checkpoint
     from lmdm.metrics.report import stream_audio
 

@@ -14,7 +14,7 @@ look-back (``DecodedMel``); if any 0.4 s window inside the block (EBU R 128's mo
 K-weighting: ``lmdm.train.arc.level.momentary_level``) is above ``ceiling``, the block is played quieter by the
 excess (``with_gain``: every band shifted by the gain, silence kept, re-encoded) and that quieter block is what the
 stream returns and caches. A block at or below the ceiling passes unchanged, bit for bit. With ``ceiling`` the
-training data's loudest window (:func:`data_ceiling`, quantile 1) the guard never touches anything as loud as the
+training data's loudest window (:func:`level_ceilings`, quantile 1) the guard never touches anything as loud as the
 data; it only cuts what no real music here reaches. It is not a limiter on sample peaks: a pluck that is peakier
 than real ones (the harp of the README's crest paragraph) passes as long as its 16 ms frames stay below the frame
 ceiling (below).
@@ -49,9 +49,9 @@ class LevelGuard:
 
     Args:
         mel: the checkpoint's :class:`DecodedMel` (on the streamer's device).
-        ceiling: the loudest momentary level allowed, normalised log-mel units (:func:`data_ceiling`).
-        frame_ceiling: the loudest single mel frame (16 ms) allowed, same units (:func:`data_ceiling` with
-            ``frames=1``, at :data:`FRAME_QUANTILE`); None = no frame check. A frame far louder than its 0.4 s
+        ceiling: the loudest momentary level allowed, normalised log-mel units (:func:`level_ceilings`).
+        frame_ceiling: the loudest single mel frame (16 ms) allowed, same units (:func:`level_ceilings`:
+            :data:`FRAME_QUANTILE` of the training data's frames); None = no frame check. A frame far louder than its 0.4 s
             window is where the decoder's waveform peaks above full scale.
 
     Attributes (what a report shows of how often and how hard the guard acted; constant memory in a live session):
@@ -140,26 +140,6 @@ def guard_gain(block: torch.Tensor, context: torch.Tensor, mel: DecodedMel, ceil
 FRAME_QUANTILE = 0.99999
 
 
-def data_ceiling(codec, data_dir, quantile: float = 1.0, split: str = "train", progress: bool = False,
-                 frames: int | None = None) -> float:
-    """:func:`latent_set_ceiling` of a data folder's latent set, decoded through ``codec`` as a stream is: a
-    guard's ceiling, normalised log-mel units.
-
-    Args:
-        codec: the checkpoint's ``MelCodec``.
-        data_dir: a data folder of ``lmdm data build`` (its latent cache is built on first use).
-        quantile, split, frames: as in :func:`latent_set_ceiling`.
-
-    Raises:
-        DataError: the folder has no manifest or no works.
-        ValueError: as :func:`latent_set_ceiling`.
-    """
-    from lmdm.train.dataset import encode_latent_set, load_latent_set
-
-    return latent_set_ceiling(codec, encode_latent_set(load_latent_set(data_dir, codec.cfg, progress=progress), codec),
-                              quantile, split, frames)
-
-
 def latent_set_ceiling(codec, data, quantile: float = 1.0, split: str = "train", frames: int | None = None) -> float:
     """The ``quantile`` (1 = the loudest) of the levels of every ``frames``-long window of ``data``'s ``split``,
     decoded through ``codec`` (``lmdm.train.arc.level.windowed_quantile``; ARC-Forcing measures its momentary
@@ -229,8 +209,7 @@ def checkpoint_guard(ckpt, data_dir=None) -> LevelGuard:
                              "was trained on to measure it")
         from lmdm.train.dataset import encode_latent_set, load_latent_set
 
-        data = encode_latent_set(load_latent_set(data_dir, ckpt.codec.cfg), ckpt.codec)
-        measured = level_ceilings(ckpt.codec, data)
+        measured = level_ceilings(ckpt.codec, encode_latent_set(load_latent_set(data_dir, ckpt.codec.cfg), ckpt.codec))
         ceiling, frame = measured["level_ceiling"], measured["frame_level_ceiling"]
     device = next(ckpt.model.parameters()).device
     return LevelGuard(DecodedMel(ckpt.codec).to(device), float(ceiling), float(frame) if _finite(frame) else None)
