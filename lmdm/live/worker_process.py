@@ -351,11 +351,17 @@ class Worker:
             self.engine.set_prompt(config.prompt)
             self.config = config
         self.emit("output_from", self.out_ring.written)  # the previous engine has stopped: nothing older comes after
-        self.engine.start()
+        # "running" goes out before the engine's thread can queue its first block: a block is never reported
+        # under the status before it
+        self.emit("status", "running")
+        try:
+            self.engine.start()
+        except Exception:
+            self.emit("status", "stopped")
+            raise
         with self.session_lock:  # else the mover could seek to the session's input and drop it as not running
             self.session += 1
             self.running = True
-        self.emit("status", "running")
 
     def do_stop(self) -> None:
         self.running = False

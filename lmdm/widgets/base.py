@@ -100,7 +100,11 @@ class WorkerPump:
             send_audio(w, audio, self.worker.sample_rate, self.seq)
             self.seq += 1
             self.samples_sent += len(audio)
-        for event in self.worker.poll():
+        events = self.worker.poll()  # also brings the worker's status up to date
+        status = self.worker.status
+        if w.status != status:  # before the blocks: whoever sees a new block sees the status it came with
+            w.status = status
+        for event in events:
             kind = event[0]
             if kind == "stats":
                 w.stats = {**clean_stats(event[1]), "samples_sent": self.samples_sent,
@@ -112,9 +116,6 @@ class WorkerPump:
                 w.send(event[1], buffers=[event[2]])
             elif kind == "error":
                 w.error = str(event[1])
-        status = self.worker.status
-        if w.status != status:
-            w.status = status
         if status == "crashed":
             if self.worker.error and w.error != self.worker.error:
                 w.error = self.worker.error
