@@ -194,7 +194,7 @@ def crest_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float, frame
 
 
 @torch.no_grad()
-def decoded_summaries(mel: "DecodedMel", works: list[torch.Tensor], statistics: dict, chunk: int = 4096) -> dict:
+def decoded_summaries(mel: DecodedMel, works: list[torch.Tensor], statistics: dict, chunk: int = 4096) -> dict:
     """Several summaries of ``works`` from one decode (:func:`decoded_chunks`; decoding the training split is what
     costs, a minute or more at one thread on the 11.6 h data set, so ARC's start-up decodes it once for all of its
     ceilings).
