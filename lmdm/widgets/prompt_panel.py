@@ -21,8 +21,7 @@ class PromptPanel(EngineWidgetMixin, anywidget.AnyWidget):
     """A live text-to-music stream in the notebook (the browser plays the blocks as they arrive).
 
     Traits (synced with the browser): ``prompt``, ``cfg_scale``, ``steps``, ``seed``, ``level_guard``, ``running``;
-    read-only for
-    the browser: ``stats`` (engine statistics), ``error`` (last refused input or setting). ``steps``,
+    read-only for the browser: ``stats`` (engine statistics), ``error`` (last refused input or setting). ``steps``,
     ``cfg_scale`` and ``seed`` are checked by building a :class:`lmdm.streaming.streamer.SamplerConfig`, so its
     ranges are the only ones: a value it refuses keeps the previous one and shows the reason in ``error``.
 
