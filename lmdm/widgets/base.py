@@ -144,8 +144,8 @@ def dominant_frequency(audio: np.ndarray, sample_rate: int) -> float:
 class EngineWidgetMixin(traitlets.HasTraits):
     """What the live-engine widgets (``PromptPanel``, ``MicJam``) share: the ``prompt``, ``running``,
     ``level_guard``, ``status``, ``stats`` and ``error`` traits, a generation worker process
-    (``lmdm.live.worker.WorkerClient``) prepared when the widget is created (warm start: model, text encoder, feature extraction and one warm-up block are ready
-    before start is pressed) and its :class:`WorkerPump`, the prompt observer (a change applies from the next
+    (``lmdm.live.worker.WorkerClient``) prepared when the widget is created (warm start: model, text encoder,
+    feature extraction and one warm-up block are ready before start is pressed) and its :class:`WorkerPump`, the prompt observer (a change applies from the next
     block; the worker encodes the text off its audio path), and the message loop (rate limit, ping -> pong,
     errors shown in ``error``; nothing a browser sends can raise into the kernel).
 
