@@ -145,9 +145,10 @@ class EngineWidgetMixin(traitlets.HasTraits):
     """What the live-engine widgets (``PromptPanel``, ``MicJam``) share: the ``prompt``, ``running``,
     ``level_guard``, ``status``, ``stats`` and ``error`` traits, a generation worker process
     (``lmdm.live.worker.WorkerClient``) prepared when the widget is created (warm start: model, text encoder,
-    feature extraction and one warm-up block are ready before start is pressed) and its :class:`WorkerPump`, the prompt observer (a change applies from the next
-    block; the worker encodes the text off its audio path), and the message loop (rate limit, ping -> pong,
-    errors shown in ``error``; nothing a browser sends can raise into the kernel).
+    feature extraction and one warm-up block are ready before start is pressed) and its :class:`WorkerPump`, the
+    prompt observer (a change applies from the next block; the worker encodes the text off its audio path), and the
+    message loop (rate limit, ping -> pong, errors shown in ``error``; nothing a browser sends can raise into the
+    kernel).
 
     The kernel side only moves bytes and updates traits: generation, decoding and the live view run in the worker,
     with torch threads of its own, so a busy kernel and the audio path do not wait for each other.
