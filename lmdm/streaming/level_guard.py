@@ -51,8 +51,8 @@ class LevelGuard:
         mel: the checkpoint's :class:`DecodedMel` (on the streamer's device).
         ceiling: the loudest momentary level allowed, normalised log-mel units (:func:`level_ceilings`).
         frame_ceiling: the loudest single mel frame (16 ms) allowed, same units (:func:`level_ceilings`:
-            :data:`FRAME_QUANTILE` of the training data's frames); None = no frame check. A frame far louder than its 0.4 s
-            window is where the decoder's waveform peaks above full scale.
+            :data:`FRAME_QUANTILE` of the training data's frames); None = no frame check. A frame far louder than
+            its 0.4 s window is where the decoder's waveform peaks above full scale.
 
     Attributes (what a report shows of how often and how hard the guard acted; constant memory in a live session):
         last_db: the gain applied to the latest block, per item, dB (0 where it passed).
