@@ -287,12 +287,11 @@ def checkpoint_generator(progress: bool = False, decoding: dict | None = None, d
     def ceiling(system: StudySystem, ckpt, quantile: float, frames: int | None) -> float:
         """The checkpoint's stored ceiling at the quantile it stores (what ``--level-guard`` uses), else measured
         on ``data``'s training split, encoded once per checkpoint."""
-        from lmdm.streaming.level_guard import FRAME_QUANTILE, latent_set_ceiling
+        from lmdm.streaming.level_guard import latent_set_ceiling, stored_ceiling
 
-        name = {(1.0, None): "level_ceiling", (FRAME_QUANTILE, 1): "frame_level_ceiling"}.get((quantile, frames))
-        stored = ckpt.info.get(name) if name else None
-        if isinstance(stored, (int, float)) and not isinstance(stored, bool) and math.isfinite(stored):
-            return float(stored)
+        stored = stored_ceiling(ckpt.info, quantile, frames)
+        if stored is not None:
+            return stored
         if system.checkpoint not in latent_sets:
             from lmdm.train.dataset import encode_latent_set, load_latent_set
 

@@ -173,19 +173,43 @@ def split_works(data, split: str = "train") -> list[torch.Tensor]:
                                                          data.splits) if sp == split]
 
 
+#: what a checkpoint stores for its guard: info key -> (its quantile, its window: None = 0.4 s, 1 = one frame)
+STORED = {"level_ceiling": (1.0, None), "frame_level_ceiling": (FRAME_QUANTILE, 1)}
+
+
+def guard_statistics() -> dict:
+    """The ``lmdm.train.arc.level.decoded_summaries`` statistics :func:`ceilings_of` reads, by info key (so ARC's
+    start-up adds them to its own and decodes the training split once)."""
+    from lmdm.train.arc.level import frame_level
+
+    return {key: frame_level if frames == 1 else momentary_level for key, (_, frames) in STORED.items()}
+
+
+def ceilings_of(found: dict) -> dict:
+    """``{"level_ceiling", "frame_level_ceiling"}`` from the values of :func:`guard_statistics` (as
+    ``decoded_summaries`` returns them), each at its :data:`STORED` quantile."""
+    return {key: float(np.quantile(found[key], quantile)) for key, (quantile, _) in STORED.items()}
+
+
 def level_ceilings(codec, data) -> dict:
     """What ``lmdm train`` and ``lmdm arc`` store in an exported checkpoint's info for :func:`checkpoint_guard`:
     ``{"level_ceiling": the training split's loudest 0.4 s, "frame_level_ceiling": its FRAME_QUANTILE 16 ms
-    frame}``, normalised log-mel units (:func:`latent_set_ceiling`; ``data`` as there)."""
-    from lmdm.train.arc.level import decoded_summaries, frame_level
+    frame}``, normalised log-mel units (:func:`latent_set_ceiling`; ``data`` as there), from one decode."""
+    from lmdm.train.arc.level import decoded_summaries
 
-    found = decoded_summaries(DecodedMel(codec), split_works(data), {"window": momentary_level, "frame": frame_level})
-    return {"level_ceiling": float(np.quantile(found["window"], 1.0)),
-            "frame_level_ceiling": float(np.quantile(found["frame"], FRAME_QUANTILE))}
+    return ceilings_of(decoded_summaries(DecodedMel(codec), split_works(data), guard_statistics()))
 
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def stored_ceiling(info: dict, quantile: float, frames: int | None) -> float | None:
+    """The ceiling a checkpoint's ``info`` stores at ``quantile`` of ``frames``-long windows (None = 0.4 s,
+    1 = one frame), or None where it stores none there (another quantile, or a checkpoint from before the guard)."""
+    key = next((k for k, spec in STORED.items() if spec == (quantile, frames)), None)
+    value = info.get(key) if key else None
+    return float(value) if _finite(value) else None
 
 
 def checkpoint_guard(ckpt, data_dir=None) -> LevelGuard:

@@ -216,9 +216,10 @@ def decoded_summaries(mel: DecodedMel, works: list[torch.Tensor], statistics: di
         ValueError: a statistic but no work as long as one window, or a band maximum but no frame at all.
     """
     values = {name: [] for name, statistic in statistics.items() if statistic is not None}
+    band = len(values) < len(statistics)
     top = None
     for part in decoded_chunks(mel, works, chunk):
-        if any(statistic is None for statistic in statistics.values()):
+        if band:
             peak = part.amax(dim=(0, 1))
             top = peak if top is None else torch.maximum(top, peak)
         if part.shape[1] >= mel.momentary_frames:

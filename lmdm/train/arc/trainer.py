@@ -48,10 +48,10 @@ from lmdm.device import autocast
 from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
-from lmdm.streaming.level_guard import FRAME_QUANTILE
+from lmdm.streaming.level_guard import ceilings_of, guard_statistics
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.level import (DecodedMel, LevelCeilings, decoded_summaries, frame_crest, frame_level,
-                                  level_anchor_loss, momentary_level, with_gain)
+from lmdm.train.arc.level import (DecodedMel, LevelCeilings, decoded_summaries, frame_crest, level_anchor_loss,
+                                  momentary_level, with_gain)
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
 from lmdm.train.arc.negatives import Negatives
 from lmdm.train.arc.rollout import draw_exit_steps, rollout
@@ -623,7 +623,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     train_works = [data.latents[s : s + n] for s, n, split in
                    zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits) if split == "train"]
     # and the level guard's ceilings for the export (lmdm.streaming.level_guard.level_ceilings): one decode for all
-    wanted = {"guard": momentary_level, "guard_frame": frame_level}
+    wanted = guard_statistics()
     if cfg.ceiling_weight > 0:
         wanted["band"] = None
     if cfg.momentary_weight > 0:
@@ -636,8 +636,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                             if cfg.momentary_weight > 0 else None,
                             crest=float(np.quantile(summary["crest"], cfg.crest_quantile)) if cfg.crest_weight > 0
                             else None)
-    guard_ceilings = {"level_ceiling": float(np.quantile(summary["guard"], 1.0)),
-                      "frame_level_ceiling": float(np.quantile(summary["guard_frame"], FRAME_QUANTILE))}
+    guard_ceilings = ceilings_of(summary)
     del summary
     streams = None
     if cfg.own_stream_every:
