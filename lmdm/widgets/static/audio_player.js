@@ -153,12 +153,16 @@ function engineNotes(s) {
     (g ? ` · level guard: ${g.cut_blocks} of ${g.blocks} blocks turned down` +
          (g.cut_blocks ? ` (at most ${fmt(g.max_cut_db, 1, " dB")})` : "") : "");
 }
-// A checkbox bound to a boolean trait (the level guard: it applies from the next start).
-function traitCheckbox(model, name, label, title) {
-  const box = el("input", { type: "checkbox", checked: Boolean(model.get(name)) });
-  box.addEventListener("change", () => { model.set(name, box.checked); model.save_changes(); });
-  model.on(`change:${name}`, () => { box.checked = Boolean(model.get(name)); });
-  return el("label", { title }, [box, label]);
+// Both live widgets' level guard box, bound to their level_guard trait (it applies from the next start), and the
+// value of their data-level-guard-cuts attribute (blocks turned down; "–" while the guard is off).
+function levelGuardBox(model) {
+  const box = el("input", { type: "checkbox", checked: Boolean(model.get("level_guard")) });
+  box.addEventListener("change", () => { model.set("level_guard", box.checked); model.save_changes(); });
+  model.on("change:level_guard", () => { box.checked = Boolean(model.get("level_guard")); });
+  return el("label", { title: "turn down any block louder than the training data's loudest 0.4 s (or its loudest 16 ms frames) before it is played and cached; from the next start" }, [box, " level guard"]);
+}
+function levelGuardData(s) {
+  return fmt(s.level_guard && s.level_guard.cut_blocks);
 }
 function realtimeData(s) {
   return s.realtime ? String(Boolean(s.realtime.generation)) : "–";

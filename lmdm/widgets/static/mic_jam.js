@@ -39,7 +39,7 @@ export default {
     const view = new LiveView({ rows: ["input", "output"], seconds: 12 });
     const box = el("div", { className: "lmdm-widget lmdm-mic-jam" }, [
       el("div", { className: "lmdm-row" }, [el("label", {}, ["answer as ", prompt]),
-        traitCheckbox(model, "level_guard", " level guard", "turn down any block louder than the training data's loudest 0.4 s (or its loudest 16 ms frames) before it is played and cached; from the next start"), button, state]),
+        levelGuardBox(model), button, state]),
       el("div", { className: "lmdm-row" }, [el("span", { textContent: "input" }), meter,
                                             el("label", {}, ["monitor ", monitor])]),
       readout, heard, view.el, error]);
@@ -143,7 +143,7 @@ export default {
       const engineLate = Number.isNaN(firstAnswer) ? NaN : (s.underruns || 0) - underrunsAtFirst;
       setData(box, { firstAnswerMs: fmt(firstAnswer, 0), readyMaxMs: fmt(s.latency_ms_max, 0), heardMs: fmt(audible, 0), rttMs: fmt(rtt, 1),
         underruns: fmt(s.underruns), browserUnderruns: player.underruns, dropped: player.dropped,
-        levelGuardCuts: fmt(s.level_guard && s.level_guard.cut_blocks),
+        levelGuardCuts: levelGuardData(s),
         heardUnderrunsAfterFirst: fmt(heardLate), engineLateAfterFirst: fmt(engineLate), answerChunks: player.chunks, browserLate: player.lateLog.join(" "),
         browserLeads: player.leads.join(" "), pumpGapMs: fmt(s.pump_gap_ms, 0),
         realtime: realtimeData(s), status });

@@ -20,7 +20,7 @@ export default {
       el("div", { className: "lmdm-row" }, [el("label", {}, ["prompt ", prompt])]),
       el("div", { className: "lmdm-row" }, [
         el("label", {}, ["guidance ", cfg]), el("label", {}, ["steps ", steps]), el("label", {}, ["seed ", seed]),
-        traitCheckbox(model, "level_guard", " level guard", "turn down any block louder than the training data's loudest 0.4 s (or its loudest 16 ms frames) before it is played and cached; from the next start"), button, state]),
+        levelGuardBox(model), button, state]),
       readout, view.el, error]);
     root.append(box);
 
@@ -46,7 +46,7 @@ export default {
         ` (browser ${player.underruns}) · buffered ${fmt(1000 * player.bufferedSeconds(), 0, " ms")}` +
         ` · first answer ${fmt(firstAnswer / 1000, 2, " s")} · kernel round trip ${fmt(rtt, 1, " ms")}${engineNotes(s)}`);
       setData(box, { firstAnswerMs: fmt(firstAnswer, 0), rttMs: fmt(rtt, 1), blocks: fmt(s.blocks),
-        underruns: fmt(s.underruns), browserUnderruns: player.underruns, levelGuardCuts: fmt(s.level_guard && s.level_guard.cut_blocks),
+        underruns: fmt(s.underruns), browserUnderruns: player.underruns, levelGuardCuts: levelGuardData(s),
         realtime: realtimeData(s), status });
       setText(error, model.get("error") || "");
     };
