@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
     g.add_argument("--level-guard", action="store_true",
                    help="turn down any block louder than the training data's loudest 0.4 s (or with a 16 ms frame "
-                        "above its 99.999th percentile) before the stream caches it (lmdm.streaming.level_guard; "
+                        "above its 99.9th percentile) before the stream caches it (lmdm.streaming.level_guard; "
                         "off by default: the model as it is)")
     add_device_option(g)
     add_precision_option(g)

@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     j.add_argument("--checkpoint", default=None)
     j.add_argument("--level-guard", action="store_true",
                    help="turn down any answering block louder than the training data's loudest 0.4 s (or with a 16 ms "
-                        "frame above its 99.999th percentile) before the stream caches it "
+                        "frame above its 99.9th percentile) before the stream caches it "
                         "(lmdm.streaming.level_guard; off by default)")
     add_device_option(j)
     add_precision_option(j)
