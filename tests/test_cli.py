@@ -143,7 +143,9 @@ def test_generate_with_the_level_guard_turns_down_blocks_above_the_checkpoints_c
     root = repo_root() / "data" / "checkpoints"
     ceilings = [tuple(read_config(root / name)["info"][k] for k in ("level_ceiling", "frame_level_ceiling"))
                 for name in ("lmdm-small", "lmdm-small-arc")]
-    assert ceilings[0] == ceilings[1] and 2.0 < ceilings[0][0] < ceilings[0][1] < 4.0
+    # at the shipped FRAME_QUANTILE (0.999) the frame ceiling lies below the loudest 0.4 s, so the frame check is the
+    # one that acts (a window's level never exceeds its loudest frame's; README, "A stricter frame ceiling")
+    assert ceilings[0] == ceilings[1] and 2.0 < ceilings[0][1] < ceilings[0][0] < 4.0
 
 
 # ---- user errors: one line, status 2 ------------------------------------------------------------------------------
