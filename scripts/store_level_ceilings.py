@@ -1,5 +1,5 @@
 """Measure a checkpoint's level-guard ceilings on its training data and store them in its ``config.json`` info:
-what ``lmdm train`` and ``lmdm arc`` write when they export (``lmdm.streaming.level_guard.level_ceilings``:
+what ``lmdm train`` and ``lmdm arc`` write when they export (``lmdm.streaming.level_guard.folder_ceilings``:
 ``level_ceiling``, the training split's loudest 0.4 s, and ``frame_level_ceiling``, its ``FRAME_QUANTILE`` 16 ms
 mel frame; normalised log-mel units). Run it after changing ``FRAME_QUANTILE`` to bring the bundled checkpoints
 along without retraining them; the weights are not touched, and ``config.json`` is replaced atomically.
@@ -20,8 +20,7 @@ from pathlib import Path
 def main() -> None:
     from lmdm.atomic import write_text
     from lmdm.checkpoint import load_checkpoint, read_config
-    from lmdm.streaming.level_guard import level_ceilings
-    from lmdm.train.dataset import encode_latent_set, load_latent_set
+    from lmdm.streaming.level_guard import folder_ceilings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint folders to update")
@@ -32,7 +31,7 @@ def main() -> None:
         codec_id = hashlib.sha1((folder / "autoencoder.safetensors").read_bytes()).hexdigest()
         if codec_id not in measured:
             codec = load_checkpoint(folder, device="cpu").codec
-            measured[codec_id] = level_ceilings(codec, encode_latent_set(load_latent_set(args.data, codec.cfg), codec))
+            measured[codec_id] = folder_ceilings(codec, args.data)
         meta = read_config(folder)
         before = {k: meta["info"].get(k) for k in measured[codec_id]}
         meta["info"].update(measured[codec_id])

@@ -179,7 +179,9 @@ def test_checkpoint_guard_measures_both_ceilings_on_a_data_folder_when_the_check
     assert (guard.ceiling, guard.frame_ceiling) == (stored["level_ceiling"], stored["frame_level_ceiling"])
     assert guard.ceiling == latent_set_ceiling(tiny_ckpt.codec, data)
     assert guard.frame_ceiling == latent_set_ceiling(tiny_ckpt.codec, data, FRAME_QUANTILE, frames=1)
-    assert guard.frame_ceiling > guard.ceiling  # a single frame reaches higher than any 0.4 s mean
+    # on this small data set the 99.9th-percentile frame still lies above the loudest 0.4 s (on data/music it lies
+    # below: the README's "A stricter frame ceiling")
+    assert guard.frame_ceiling > guard.ceiling
     with pytest.raises(ValueError, match="frames must be None"):
         latent_set_ceiling(tiny_ckpt.codec, data, frames=4)
 

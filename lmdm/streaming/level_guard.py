@@ -14,8 +14,8 @@ look-back (``DecodedMel``); if any 0.4 s window inside the block (EBU R 128's mo
 K-weighting: ``lmdm.train.arc.level.momentary_level``) is above ``ceiling``, the block is played quieter by the
 excess (``with_gain``: every band shifted by the gain, silence kept, re-encoded) and that quieter block is what the
 stream returns and caches. A block at or below the ceiling passes unchanged, bit for bit. With ``ceiling`` the
-training data's loudest window (:func:`level_ceilings`, quantile 1) the guard never touches anything as loud as the
-data; it only cuts what no real music here reaches. It is not a limiter on sample peaks: a pluck that is peakier
+training data's loudest window (:func:`level_ceilings`, quantile 1) this check never touches anything as loud as the
+data; it only cuts what no real music here reaches (the frame ceiling below is stricter). It is not a limiter on sample peaks: a pluck that is peakier
 than real ones (the harp of the README's crest paragraph) passes as long as its 16 ms frames stay below the frame
 ceiling (below).
 
@@ -203,6 +203,18 @@ def level_ceilings(codec, data) -> dict:
     return ceilings_of(decoded_summaries(DecodedMel(codec), split_works(data), guard_statistics()))
 
 
+def folder_ceilings(codec, data_dir) -> dict:
+    """:func:`level_ceilings` of a data folder of ``lmdm data build`` (its latent cache is built on first use): what
+    :func:`checkpoint_guard` falls back on, and what ``scripts/store_level_ceilings.py`` writes into a checkpoint.
+
+    Raises:
+        DataError: the folder has no manifest or no works.
+    """
+    from lmdm.train.dataset import encode_latent_set, load_latent_set
+
+    return level_ceilings(codec, encode_latent_set(load_latent_set(data_dir, codec.cfg), codec))
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -234,9 +246,7 @@ def checkpoint_guard(ckpt, data_dir=None) -> LevelGuard:
             raise UsageError("this checkpoint stores no level_ceiling (checkpoints exported before the level guard); "
                              "a level guard needs one: re-export it with lmdm train/arc, or give the data folder it "
                              "was trained on to measure it")
-        from lmdm.train.dataset import encode_latent_set, load_latent_set
-
-        measured = level_ceilings(ckpt.codec, encode_latent_set(load_latent_set(data_dir, ckpt.codec.cfg), ckpt.codec))
+        measured = folder_ceilings(ckpt.codec, data_dir)
         ceiling, frame = measured["level_ceiling"], measured["frame_level_ceiling"]
     device = next(ckpt.model.parameters()).device
     return LevelGuard(DecodedMel(ckpt.codec).to(device), float(ceiling), float(frame) if _finite(frame) else None)

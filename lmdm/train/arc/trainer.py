@@ -48,7 +48,7 @@ from lmdm.device import autocast
 from lmdm.diffusion import add_noise
 from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
-from lmdm.streaming.level_guard import ceilings_of, guard_statistics
+from lmdm.streaming.level_guard import ceilings_of, guard_statistics, split_works
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.level import (DecodedMel, LevelCeilings, decoded_summaries, frame_crest, level_anchor_loss,
                                   momentary_level, with_gain)
@@ -620,8 +620,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     negatives = Negatives.of(data, "train")
     # the training split's ceilings: loudest decoded mel per band, quantiles of its 0.4 s levels and of its frame
     # crests (deterministic: not saved)
-    train_works = [data.latents[s : s + n] for s, n, split in
-                   zip(data.work_start.tolist(), data.work_frames.tolist(), data.splits) if split == "train"]
+    train_works = split_works(data, "train")
     # and the level guard's ceilings for the export (lmdm.streaming.level_guard.level_ceilings): one decode for all
     wanted = guard_statistics()
     if cfg.ceiling_weight > 0:

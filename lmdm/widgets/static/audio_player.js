@@ -159,7 +159,7 @@ function levelGuardBox(model) {
   const box = el("input", { type: "checkbox", checked: Boolean(model.get("level_guard")) });
   box.addEventListener("change", () => { model.set("level_guard", box.checked); model.save_changes(); });
   model.on("change:level_guard", () => { box.checked = Boolean(model.get("level_guard")); });
-  return el("label", { title: "turn down any block louder than the training data's loudest 0.4 s (or its loudest 16 ms frames) before it is played and cached; from the next start" }, [box, " level guard"]);
+  return el("label", { title: "turn down any block louder than the training data's loudest 0.4 s (or with a 16 ms frame louder than all but one in 1,000 of its frames) before it is played and cached; from the next start" }, [box, " level guard"]);
 }
 function levelGuardData(s) {
   return fmt(s.level_guard && s.level_guard.cut_blocks);
