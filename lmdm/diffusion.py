@@ -145,7 +145,7 @@ def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: 
         t, t_next = float(ts[i]), float(ts[i + 1])
         if exit_step is not None and i == exit_step - 1:
             with torch.enable_grad():
-                x = x0_from_velocity(x, velocity(x, t, i), torch.tensor(t, device="cpu"))
+                x = x0_from_velocity(x, velocity(x, t, i), torch.tensor(t, device=x.device))
         else:
             with torch.no_grad() if exit_step is not None else contextlib.nullcontext():
                 v = velocity(x, t, i)
@@ -154,7 +154,7 @@ def sample(velocity: Callable[[torch.Tensor, float, int], torch.Tensor], noise: 
                 elif t_next > 0:
                     x = pingpong_step(x, v, t, t_next, noise_like(x, generator), eta)
                 else:
-                    x = x0_from_velocity(x, v, torch.tensor(t, device="cpu"))
+                    x = x0_from_velocity(x, v, torch.tensor(t, device=x.device))
         if on_step is not None:
             on_step(i)
     return x

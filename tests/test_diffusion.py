@@ -133,3 +133,12 @@ def test_bad_exit_step():
     for k in (0, 6, 2.0):
         with pytest.raises(ValueError, match="exit_step"):
             sample(lambda x, t, i: x, torch.zeros(1, 1, 1), "pingpong", 5, exit_step=k)
+
+
+@pytest.mark.parametrize("steps, exit_step", [(1, None), (3, 2)])
+def test_sample_keeps_every_tensor_on_the_noises_device(steps, exit_step):
+    # the meta device stands in for a GPU here: a CPU tensor beside it fails as a CUDA one does (a host-side t
+    # made every ping-pong stream and every ARC rollout fail on CUDA, found on an H200)
+    noise = torch.zeros(1, 4, 3, device="meta")
+    out = sample(lambda x, t, i: torch.zeros_like(x), noise, "pingpong", steps, None, exit_step=exit_step)
+    assert out.device.type == "meta" and out.shape == noise.shape
