@@ -301,10 +301,11 @@ def test_the_bundled_checkpoint_streams_with_the_system_settings():
 def test_the_shipped_configs_hold_the_systems_of_the_issue(monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_study(ROOT / "configs" / "drift-study.json")
-    got = [(Path(s.checkpoint).name, s.sampler, s.steps, s.cfg_scale) for s in cfg.systems]
-    # the ARC student samples as it was trained: without guidance (lmdm.train.arc.rollout)
-    assert got == [("lmdm-small", "pingpong", 8, 2.0), ("lmdm-small", "pingpong", 4, 2.0),
-                   ("lmdm-small-arc", "pingpong", 4, 1.0), ("lmdm-small-arc", "pingpong", 2, 1.0)]
+    got = [(Path(s.checkpoint).name, s.sampler, s.steps, s.cfg_scale, s.eta) for s in cfg.systems]
+    # the base at its default (eta 0.5, the bundled checkpoint's own sampler) and at 4 steps; the ARC student samples
+    # as it was trained: without guidance (lmdm.train.arc.rollout), plain ping-pong
+    assert got == [("lmdm-small", "pingpong", 8, 2.0, 0.5), ("lmdm-small", "pingpong", 4, 2.0, 0.5),
+                   ("lmdm-small-arc", "pingpong", 4, 1.0, 1.0), ("lmdm-small-arc", "pingpong", 2, 1.0, 1.0)]
     assert (cfg.minutes, cfg.window_s, len(cfg.seeds), cfg.n_prompts, cfg.prompts) == (10.0, 60.0, 3, 4, ())
     checkpoint_codec(cfg)  # both checkpoints share the codec, so one baseline measures them
     regimes = load_study(ROOT / "configs" / "drift-study-regimes.json")
