@@ -27,7 +27,7 @@ guarded row is labelled as such. The ceiling travels with the checkpoint (``info
 A second, optional ceiling checks each 16 ms mel frame (``frame_ceiling``, :data:`FRAME_QUANTILE` of the data's
 frames, ``info["frame_level_ceiling"]``): a stream can sit at the data's loudest 0.4 s while single frames inside
 it are louder than all but a few real frames in 100,000, and those frames are where the decoded waveform clips (the
-README's harp, "A frame ceiling, and the shipped student guarded"). :func:`checkpoint_guard` uses both. At the
+README's harp, "A frame ceiling, and v4 guarded"). :func:`checkpoint_guard` uses both. At the
 shipped quantile the frame ceiling lies below the 0.4 s one (2.68 against 2.80 normalised units on the bundled
 checkpoints), and a window's level never exceeds its loudest frame's, so the frame check is the one that acts; the
 0.4 s ceiling is what a checkpoint without a frame ceiling (or a drift-study system without ``frame_guard``) gets.
