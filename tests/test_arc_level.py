@@ -15,7 +15,8 @@ from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.level import (
     DecodedMel, LevelCeilings, band_ceiling, band_moments, ceiling_loss, crest_ceiling, crest_ceiling_loss,
-    frame_crest, level_anchor_loss, momentary_ceiling, momentary_ceiling_loss, momentary_level, with_gain,
+    frame_ceiling_loss, frame_crest, frame_level, level_anchor_loss, momentary_ceiling, momentary_ceiling_loss,
+    momentary_level, with_gain,
 )
 
 
@@ -245,6 +246,28 @@ def test_crest_ceiling_costs_only_frames_that_stick_out_more_than_the_datas():
         crest_ceiling(mel, works, quantile=-0.1)
     with pytest.raises(ValueError, match="at least"):
         crest_ceiling(mel, works[2:])
+
+
+def test_frame_ceiling_costs_only_frames_louder_than_the_datas_quantile():
+    """One 16 ms frame lifted above the loudest real frame costs and gets gradient, its neighbours none (unlike
+    the 0.4 s momentary ceiling, which spreads the push over the window); real music at its own loudest frame
+    costs nothing; ``LevelCeilings.losses`` puts it fourth."""
+    torch.manual_seed(0)
+    codec = MelCodec(CodecConfig(), PatchAutoencoder(AutoencoderConfig(latent_channels=16, hidden=64, depth=1)))
+    mel = DecodedMel(codec)
+    real = mel(torch.randn(1, 37, 16))
+    top = frame_level(real, mel.std, 1).max().item()
+    assert frame_ceiling_loss(real, top, mel.std).item() == 0.0
+    fake = real.clone()
+    fake[0, 60] += 1.0  # one frame 21.7 dB louder in every band
+    fake.requires_grad_(True)
+    loss = frame_ceiling_loss(fake, top, mel.std)
+    excess = frame_level(fake.detach(), mel.std, 1)[0, 60].item() - top
+    assert loss.item() == pytest.approx(excess ** 2 / fake.shape[1], rel=1e-4)  # the one frame above, averaged
+    loss.backward()
+    assert fake.grad[0, 60].sum() > 0 and (fake.grad[0, :60] == 0).all() and (fake.grad[0, 61:] == 0).all()
+    four = LevelCeilings(frame=top).losses(fake.detach(), mel)
+    assert [t.item() for t in four[:3]] == [0.0] * 3 and four[3].item() == pytest.approx(loss.item())
 
 
 def test_one_decode_serves_every_summary_of_the_training_split():

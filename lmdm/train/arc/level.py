@@ -32,6 +32,14 @@ full scale where real harp's do not. Neither ceiling above sees a peak. :func:`f
 of it: each 16 ms frame's total power above the 0.4 s window centred on it (real harp through the latent: 99.9th
 percentile 0.27 normalised units, 5.9 dB; the kicked students' harp 0.40–0.44), and :func:`crest_ceiling_loss`
 costs the frames above a high quantile of the training data's (:func:`crest_ceiling`).
+
+**Frame ceiling.** A loud passage can have every 0.4 s window below the momentary ceiling and every frame close to
+its window (a small crest) and still hold single 16 ms frames louder than real frames: the clipped minutes that the
+level guard's frame ceiling removes (``lmdm.streaming.level_guard``). :func:`frame_ceiling_loss` costs the frames
+above a quantile of the training data's frame levels (:func:`frame_level`, the statistic the guard cuts at), so
+training can pull the student under the ceiling the guard would otherwise enforce at run time. Measured (README,
+"A frame ceiling in training"): added to v5's recipe at weight 50 it did not remove the unguarded clipping over
+10 minutes, and it is off in ``configs/arc.json``.
 """
 from __future__ import annotations
 
@@ -193,6 +201,22 @@ def crest_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float, frame
     return torch.relu(frame_crest(fake_mel, std, frames) - ceiling).pow(2).mean()
 
 
+def frame_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float) -> torch.Tensor:
+    """Squared excess of each 16 ms mel frame's :func:`frame_level` over ``ceiling``, averaged over items and
+    frames: ``mean relu(level - ceiling)^2`` (:func:`momentary_ceiling_loss` with one-frame windows); gradient only
+    from the frames above.
+
+    Args:
+        fake_mel: ``(b, mel_frames, n_mels)`` decoded mel of generated frames.
+        ceiling: normalised units (a quantile of the training data's :func:`frame_level` values).
+        std: the codec's ``std``.
+
+    Returns:
+        scalar (float32).
+    """
+    return momentary_ceiling_loss(fake_mel, ceiling, std, 1)
+
+
 @torch.no_grad()
 def decoded_summaries(mel: DecodedMel, works: list[torch.Tensor], statistics: dict, chunk: int = 4096) -> dict:
     """Several summaries of ``works`` from one decode (:func:`decoded_chunks`; decoding the training split is what
@@ -310,22 +334,31 @@ class LevelCeilings:
             ``momentary_quantile``), normalised units, for :func:`momentary_ceiling_loss`.
         crest: a quantile of the training data's frame crests (:func:`crest_ceiling`; ARC's ``crest_quantile``),
             normalised units, for :func:`crest_ceiling_loss`.
+        frame: a quantile of the training data's 16 ms frame levels (:func:`frame_level`; ARC's
+            ``frame_quantile``), normalised units, for :func:`frame_ceiling_loss`.
     """
 
     band: torch.Tensor | None = None
     momentary: float | None = None
     crest: float | None = None
+    frame: float | None = None
 
-    def losses(self, fake_mel: torch.Tensor, mel: "DecodedMel") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(band, momentary, crest)`` losses of ``fake_mel`` ``(b, mel_frames, n_mels)`` (zeros for a term that is
-        off)."""
+    def losses(self, fake_mel: torch.Tensor, mel: "DecodedMel") -> tuple[torch.Tensor, ...]:
+        """``(band, momentary, crest, frame)`` losses of ``fake_mel`` ``(b, mel_frames, n_mels)`` (:data:`TERMS`
+        order; zeros for a term that is off)."""
         zero = torch.zeros((), device=fake_mel.device)
         band = zero if self.band is None else ceiling_loss(fake_mel, self.band)
         momentary = zero if self.momentary is None else momentary_ceiling_loss(fake_mel, self.momentary, mel.std,
                                                                                mel.momentary_frames)
         crest = zero if self.crest is None else crest_ceiling_loss(fake_mel, self.crest, mel.std,
                                                                    mel.momentary_frames)
-        return band, momentary, crest
+        frame = zero if self.frame is None else frame_ceiling_loss(fake_mel, self.frame, mel.std)
+        return band, momentary, crest, frame
+
+
+#: the ceiling terms in ``LevelCeilings.losses`` order, as ARC's metrics name them (``loss_<name>`` on real-context
+#: iterations, ``own_<name>`` on own-stream ones)
+TERMS = ("ceiling", "momentary", "crest", "frame")
 
 
 @torch.no_grad()

@@ -50,8 +50,8 @@ from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.streaming.level_guard import ceilings_of, guard_statistics, split_works
 from lmdm.train.arc.discriminator import Discriminator
-from lmdm.train.arc.level import (DecodedMel, LevelCeilings, decoded_summaries, frame_crest, level_anchor_loss,
-                                  momentary_level, with_gain)
+from lmdm.train.arc.level import (TERMS, DecodedMel, LevelCeilings, decoded_summaries, frame_crest,
+                                  level_anchor_loss, momentary_level, with_gain)
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
 from lmdm.train.arc.negatives import Negatives
 from lmdm.train.arc.rollout import draw_exit_steps, rollout
@@ -110,6 +110,11 @@ class ARCConfig:
             the squared excess of each 16 ms frame's power above its 0.4 s surroundings over the training split's
             ``crest_quantile``: the peaks that clip at the data's loudness); 0 = off.
         crest_quantile: the crest ceiling, as a quantile of the training split's frame crests.
+        frame_weight: weight of the frame ceiling in the generator step (``lmdm.train.arc.level.frame_ceiling_loss``:
+            the squared excess of each 16 ms frame's total level over the training split's ``frame_quantile``,
+            the frames where the decoded waveform clips); 0 = off.
+        frame_quantile: the frame ceiling, as a quantile of the training split's frame levels (0.999: the level
+            guard's, ``lmdm.streaming.level_guard.FRAME_QUANTILE``).
         own_stream_every: every ``k``-th iteration is an own-stream iteration (:func:`own_stream_iteration`:
             the student continues its own long streams, trained on the level anchor and the ceilings only); 0 =
             off (every iteration starts from real music). One process only.
@@ -161,6 +166,8 @@ class ARCConfig:
     momentary_quantile: float = 0.999
     crest_weight: float = 0.0
     crest_quantile: float = 0.999
+    frame_weight: float = 0.0
+    frame_quantile: float = 0.999
     own_stream_every: int = 0
     own_stream_blocks: int = 120
     own_stream_per_item: bool = False
@@ -189,10 +196,11 @@ class ARCConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be in [0, 1] (or null: as pretrained), got {value}")
-        for name in ("level_weight", "contrastive_weight", "ceiling_weight", "momentary_weight", "crest_weight"):
+        for name in ("level_weight", "contrastive_weight", "ceiling_weight", "momentary_weight", "crest_weight",
+                     "frame_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("momentary_quantile", "crest_quantile"):
+        for name in ("momentary_quantile", "crest_quantile", "frame_quantile"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.own_stream_every < 0 or self.own_stream_blocks < self.rollout_blocks:
@@ -209,10 +217,10 @@ class ARCConfig:
             raise ConfigError(f"own_stream_kick_db must be >= 0 and own_stream_kick_p in [0, 1], got "
                               f"{self.own_stream_kick_db} and {self.own_stream_kick_p}")
         if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0 and \
-                self.momentary_weight == 0 and self.crest_weight == 0:
+                self.momentary_weight == 0 and self.crest_weight == 0 and self.frame_weight == 0:
             raise ConfigError("own-stream iterations train on the level anchor and the ceilings only: set "
-                              "level_weight, ceiling_weight, momentary_weight or crest_weight > 0, or "
-                              "own_stream_every = 0")
+                              "level_weight, ceiling_weight, momentary_weight, crest_weight or frame_weight > 0, "
+                              "or own_stream_every = 0")
 
 
 def with_pretraining_dropouts(cfg: ARCConfig, base_info: dict) -> ARCConfig:
@@ -349,13 +357,13 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
         mel: the differentiable decoder of the level anchor (:class:`DecodedMel`, on the student's device).
         rollout_pass: :class:`RolloutPass` of ``student`` or its DDP wrapper (None: built here).
         ceiling: the training data's ceilings (:class:`LevelCeilings`: the loudest decoded mel per band, the
-            ``momentary_quantile`` of its 0.4 s levels, the ``crest_quantile`` of its frame crests), or None (no
-            ceiling terms).
+            ``momentary_quantile`` of its 0.4 s levels, the ``crest_quantile`` of its frame crests, the
+            ``frame_quantile`` of its frame levels), or None (no ceiling terms).
 
     Returns:
         ``(x_fake, metrics)``: the re-noised ``[context | rollout]`` ``(b, (W + N) * B, ch)`` (detached, for the
-        discriminator step) and ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_crest``
-        (floats; 0 for a ceiling that is off).
+        discriminator step) and ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_crest``,
+        ``loss_frame`` (floats; 0 for a ceiling that is off).
     """
     rollout_pass = rollout_pass or RolloutPass(student)
     dev = batch.x0.device
@@ -387,15 +395,16 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
         for p, flag in zip(disc.parameters(), flags):
             p.requires_grad_(flag)
     return x_fake.detach(), {"loss_g": loss_g.item(), "loss_level": loss_level.item(),
-                             **{k: v.item() for k, v in zip(("loss_ceiling", "loss_momentary", "loss_crest"), terms)}}
+                             **{f"loss_{k}": v.item() for k, v in zip(TERMS, terms)}}
 
 
-def ceiling_weights(cfg: "ARCConfig", ceiling: LevelCeilings) -> tuple[float, float, float]:
-    """The weights of the band, momentary and crest ceilings as ``LevelCeilings.losses`` orders them: the config's,
-    or 0 for a ceiling that ``ceiling`` does not set."""
+def ceiling_weights(cfg: "ARCConfig", ceiling: LevelCeilings) -> tuple[float, ...]:
+    """The weights of the band, momentary, crest and frame ceilings as ``LevelCeilings.losses`` orders them: the
+    config's, or 0 for a ceiling that ``ceiling`` does not set."""
     return tuple(w if limit is not None else 0.0 for w, limit in ((cfg.ceiling_weight, ceiling.band),
                                                                   (cfg.momentary_weight, ceiling.momentary),
-                                                                  (cfg.crest_weight, ceiling.crest)))
+                                                                  (cfg.crest_weight, ceiling.crest),
+                                                                  (cfg.frame_weight, ceiling.frame)))
 
 
 def with_ceilings(total: torch.Tensor, cfg: "ARCConfig", ceiling: LevelCeilings,
@@ -458,7 +467,8 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
         ceiling: the ceilings of :func:`generator_step` (None: no ceiling terms).
 
     Returns:
-        ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_crest``, ``loss_d``, ``loss_c``, mean
+        ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_crest``, ``loss_frame``, ``loss_d``,
+        ``loss_c``, mean
         ``d_real`` and ``d_fake`` (floats), the ``exit_steps`` drawn and ``prompted``, the fraction of rollouts that
         had their prompt.
 
@@ -480,7 +490,7 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     ``own_stream_alt_steps`` the second half of the streams with that many; gradient through each block's final
     step), update the student on
     ``level_weight * level anchor + ceiling_weight * band ceiling + momentary_weight * momentary ceiling +
-    crest_weight * crest ceiling``
+    crest_weight * crest ceiling + frame_weight * frame ceiling``
     against a fresh real crop of each stream's work,
     and advance the streams. The discriminator is not involved.
 
@@ -503,8 +513,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         rollout_pass: :class:`RolloutPass` of ``student`` (None: built here).
 
     Returns:
-        ``own_level``, ``own_ceiling``, ``own_momentary``, ``own_crest`` (the level anchor and the ceilings on the
-        own streams), ``stream_blocks``
+        ``own_level``, ``own_ceiling``, ``own_momentary``, ``own_crest``, ``own_frame`` (the level anchor and the
+        ceilings on the own streams), ``stream_blocks``
         (the streams' mean length in blocks after this iteration), ``restarted`` (the fraction restarted) and
         ``kicked`` (the fraction kicked), floats.
 
@@ -555,7 +565,7 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     streams.context.copy_(seq[:, -C:].detach())
     streams.blocks.copy_(torch.where(restart, N, streams.blocks + N))
     return {"own_level": loss_level.item(),
-            **{k: v.item() for k, v in zip(("own_ceiling", "own_momentary", "own_crest"), terms)},
+            **{f"own_{k}": v.item() for k, v in zip(TERMS, terms)},
             "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item(),
             "kicked": kick.float().mean().item()}
 
@@ -634,7 +644,10 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                             momentary=float(np.quantile(summary["momentary"], cfg.momentary_quantile))
                             if cfg.momentary_weight > 0 else None,
                             crest=float(np.quantile(summary["crest"], cfg.crest_quantile)) if cfg.crest_weight > 0
-                            else None)
+                            else None,
+                            # the guard's frame levels, already decoded (guard_statistics)
+                            frame=float(np.quantile(summary["frame_level_ceiling"], cfg.frame_quantile))
+                            if cfg.frame_weight > 0 else None)
     guard_ceilings = ceilings_of(summary)
     del summary
     streams = None
@@ -665,8 +678,8 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
             rank_gen = torch.Generator().manual_seed(seed + distributed.rank)
         out = arc_iteration(student, disc, opt_g, opt_d, batch, settled, rank_gen, mel, rollout_pass, score_pass,
                             ceiling)
-        for k in ("loss_g", "loss_level", "loss_ceiling", "loss_momentary", "loss_crest", "loss_d", "loss_c",
-                  "d_real", "d_fake", "prompted"):
+        for k in ("loss_g", "loss_level", *(f"loss_{t}" for t in TERMS), "loss_d", "loss_c", "d_real", "d_fake",
+                  "prompted"):
             out[k] = distributed.mean(out[k])
         recent.update(out)
         return out
@@ -683,7 +696,8 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                 train_step=train_step, save_model=lambda path, m, info: save_checkpoint(path, m, base.codec, info),
                 export_info=export_info, ema_decay=lambda n: cfg.ema_decay)
     metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "loss_ceiling", "own_level",
-               "own_ceiling", "stream_blocks", "loss_momentary", "own_momentary", "loss_crest", "own_crest")
+               "own_ceiling", "stream_blocks", "loss_momentary", "own_momentary", "loss_crest", "own_crest",
+               "loss_frame", "own_frame")
     settings = LoopSettings(run_dir=run, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
                             columns=tuple((k, ".5f") for k in metrics),
