@@ -12,6 +12,14 @@ On ``lmdm-small-arc`` v4 (4 steps, no guidance, the drift study's clarinet folk 
 samples, crest 20.8 dB; 32 from random phase (the drift study's) 37, 21.4 dB; 64 and 128 from the gradient phase 50
 and 44, 21.0 and 20.4 dB; 200 from random phase 41, 20.1 dB. Real clarinet through the same latent and decoder:
 12.5-15.0 dB. The peaks stay: a loud 2.0-2.2 kHz tone whose 16 ms frames reach -4 dBFS RMS.
+
+Last, it prints the level (``lmdm.train.arc.level.frame_level``, normalised units) of each 16 ms mel frame that
+holds a clipped sample of the drift study's decoder (32 iterations, random phase), beside the checkpoint's stored
+frame ceiling (the training split's 99.9th percentile, ``info["frame_level_ceiling"]``) and, with ``--data``, the
+training split's loudest frame (a minute more to decode it). On ``lmdm-small-arc`` v5 (same prompt, seed and
+stretch, with ``--data data/music``; 33 min at low priority beside two other jobs): no clipped sample with any
+decoder (peak 0.77-0.89, -18.3 LUFS, crest 16.1-17.3 dB); its frames' median level 2.18 and loudest 2.66, under the
+stored ceiling 2.68; the data's loudest frame 3.00. v5's clarinet clips elsewhere (the drift study's minutes).
 """
 from __future__ import annotations
 
@@ -39,6 +47,7 @@ def main() -> None:
     ap.add_argument("--cfg", type=float, default=1.0)
     ap.add_argument("--seconds", type=float, nargs=2, default=(480.0, 505.0), metavar=("FROM", "TO"),
                     help="the stretch to decode, seconds from the stream's start (it is streamed up to TO)")
+    ap.add_argument("--data", default=None, help="a data folder: also print its training split's loudest frame")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     start, end = args.seconds
@@ -57,6 +66,32 @@ def main() -> None:
         lv = level(y, codec.sample_rate)
         print(f"Griffin-Lim {iters:3d} from {init:8s} phase: {int((np.abs(y) >= 1).sum()):4d} clipped samples, "
               f"peak {np.abs(y).max():.2f}, {lv.lufs:.1f} LUFS, crest {lv.true_peak_dbtp - lv.lufs:.1f} dB")
+        if (iters, init) == (32, "random"):
+            clipped_at = np.flatnonzero(np.abs(y) >= 1)
+    frame_levels(ckpt, z, a, b, clipped_at, args.data)
+
+
+def frame_levels(ckpt, z: torch.Tensor, a: int, b: int, clipped_at: np.ndarray, data: str | None) -> None:
+    """Print the frame level of the mel frames of latent frames ``a:b`` of ``z`` ``(frames, channels)`` that hold
+    the samples ``clipped_at`` (indices into the decoded stretch), beside the data's frame ceilings."""
+    from lmdm.streaming.level_guard import latent_set_ceiling
+    from lmdm.train.arc.level import DecodedMel, frame_level
+
+    mel = DecodedMel(ckpt.codec)
+    back = min(a, ckpt.codec.decoder_context)  # decode with the look-back the stream's decoder had
+    with torch.no_grad():
+        levels = frame_level(mel(z[a - back : b].float()[None])[:, back * mel.patch :], mel.std, 1)[0].numpy()
+    frames = np.unique(clipped_at // ckpt.codec.cfg.hop)
+    frames = frames[frames < len(levels)]
+    print(f"{len(clipped_at)} clipped samples (32 iterations, random phase) in {len(frames)} of {len(levels)} mel "
+          f"frames; their frame levels: " + " ".join(f"{v:.2f}" for v in np.sort(levels[frames])))
+    print(f"the stretch's frame levels: median {np.median(levels):.2f}, loudest {levels.max():.2f}; stored frame "
+          f"ceiling (the data's 99.9th percentile): {ckpt.info.get('frame_level_ceiling', float('nan')):.2f}")
+    if data:
+        from lmdm.train.dataset import encode_latent_set, load_latent_set
+
+        latents = encode_latent_set(load_latent_set(data, ckpt.codec.cfg), ckpt.codec)
+        print(f"the training split's loudest frame: {latent_set_ceiling(ckpt.codec, latents, 1.0, frames=1):.2f}")
 
 
 if __name__ == "__main__":
