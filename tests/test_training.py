@@ -32,7 +32,8 @@ from tests.conftest import tiny_train_config
 TOY_STEPS, TOY_LR = 12, 0.1
 
 
-def toy_run(run: Path, record: list, interrupt_at: int | None = None, resume: bool = False):
+def toy_run(run: Path, record: list, interrupt_at: int | None = None, resume: bool = False,
+            columns=(("loss", ".8f"), ("lr", ".8e"))):
     """A linear regression trained by the loop with AdamW, warm-up + cosine LR and a warm-up EMA; ``record`` gets
     ``(step, lr, loss, ema weight, weight)`` per step."""
     torch.manual_seed(0)
@@ -60,7 +61,7 @@ def toy_run(run: Path, record: list, interrupt_at: int | None = None, resume: bo
                 ema_decay=lambda n: min(0.9, (1 + n) / (10 + n)),
                 lr_factor={"": lambda s: warmup_cosine(s, 4, TOY_STEPS, 0.1)}, validate=validate)
     settings = LoopSettings(run_dir=run, steps=TOY_STEPS, ckpt_every=4, log_every=1, keep_checkpoints=3,
-                            columns=(("loss", ".8f"), ("lr", ".8e")), progress=False)
+                            columns=columns, progress=False)
     initial = lin.weight.detach().clone()
     out = run_loop(settings, task, resume_from=latest_checkpoint(run) if resume else None)
     return out, initial, opt
@@ -106,6 +107,20 @@ def test_loop_resumes_after_an_interrupt_exactly_as_the_uninterrupted_run(tmp_pa
     assert [r["step"] for r in rows_b] == [str(s) for s in range(1, TOY_STEPS + 1)]
     assert [(r["loss"], r["lr"]) for r in rows_a] == [(r["loss"], r["lr"]) for r in rows_b]
     assert out_b.state.latest == out_a.state.latest
+
+
+def test_a_resume_whose_code_logs_other_metrics_keeps_the_runs_own_header(tmp_path):
+    """A run resumed after the code gained a metric and reordered its columns appends rows under the header the
+    run began with: every row has the header's fields, and the values stay in their columns."""
+    straight, resumed = [], []
+    toy_run(tmp_path / "a", straight)
+    with pytest.raises(KeyboardInterrupt):
+        toy_run(tmp_path / "b", resumed, interrupt_at=7)
+    toy_run(tmp_path / "b", resumed, resume=True, columns=(("new", ".3f"), ("lr", ".8e"), ("loss", ".8f")))
+    with open(tmp_path / "a" / "log.csv") as fa, open(tmp_path / "b" / "log.csv") as fb:
+        rows_a, rows_b = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    assert all(None not in r and list(r) == ["step", "loss", "lr", "elapsed_s"] for r in rows_b)
+    assert [(r["loss"], r["lr"]) for r in rows_a] == [(r["loss"], r["lr"]) for r in rows_b]
 
 
 def test_a_resume_on_another_device_type_warns_that_the_numerics_change(tmp_path):

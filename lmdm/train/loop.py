@@ -246,6 +246,17 @@ def _format(value: Any, spec: str) -> str:
     return "" if value is None else format(value, spec)
 
 
+def logged_columns(log_path: Path, columns: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The metric columns of an existing ``log.csv`` (between ``step`` and ``elapsed_s``), each with its format in
+    ``columns`` (``.5g`` for one the code no longer logs, which then stays empty): a run resumed after the code
+    gained or lost a metric keeps appending rows under its own header."""
+    with open(log_path, newline="") as f:
+        header = next(csv.reader(f), [])
+    spec = dict(columns)
+    names = header[1 : header.index("elapsed_s")] if "elapsed_s" in header else [c for c, _ in columns]
+    return tuple((name, spec.get(name, ".5g")) for name in names)
+
+
 def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None) -> LoopResult:
     """Train ``task`` to ``settings.steps`` (or ``max_hours``), resuming from a training checkpoint if given.
 
@@ -291,10 +302,11 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
     run.mkdir(parents=True, exist_ok=True)
     log_path = run / "log.csv"
     new_log = not log_path.exists()
+    columns = settings.columns if new_log or not d.is_main else logged_columns(log_path, settings.columns)
     log_file = open(log_path, "a", newline="") if d.is_main else open(os.devnull, "w")
     log = csv.writer(log_file)
     if new_log and d.is_main:
-        log.writerow(["step", *(c for c, _ in settings.columns), "elapsed_s"]
+        log.writerow(["step", *(c for c, _ in columns), "elapsed_s"]
                      + ([f"{settings.throughput}_per_s"] if settings.throughput else []))
     t0, elapsed_before = time.time(), state.elapsed_s
     count, t_log = 0.0, t0
@@ -339,7 +351,7 @@ def run_loop(settings: LoopSettings, task: Task, resume_from: Path | None = None
                 tick()
                 now = time.time()
                 row = {**metrics, **(val or {})}
-                log.writerow([state.step, *(_format(row.get(c), spec) for c, spec in settings.columns),
+                log.writerow([state.step, *(_format(row.get(c), spec) for c, spec in columns),
                               f"{state.elapsed_s:.1f}"]
                              + ([f"{count / max(now - t_log, 1e-9):.0f}"] if settings.throughput else []))
                 log_file.flush()
