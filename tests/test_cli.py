@@ -381,4 +381,4 @@ def test_every_command_module_is_registered():
     assert modules == {m.__name__.rsplit(".", 1)[1] for m in lmdm.cli.COMMANDS}
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"data", "autoencoder", "train", "generate", "bench", "sketch", "sketch-eval", "jam",
-                                "arc", "metrics", "drift", "drift-study", "eval"}
+                                "arc", "soup", "metrics", "drift", "drift-study", "eval"}

@@ -1,6 +1,7 @@
-"""The ``lmdm`` command line: ``data build``, ``data example``, ``autoencoder train``, ``train``, ``generate``, ``bench``, ``sketch``,
-``sketch-eval``, ``jam``, ``arc``, ``metrics train-embedder``, ``drift``, ``drift-study``, ``eval`` (one module per command; the sampler
-options shared by ``generate``, ``sketch``, ``jam`` and ``drift`` are declared once, in ``options``).
+"""The ``lmdm`` command line: ``data build``, ``data example``, ``autoencoder train``, ``train``, ``generate``,
+``bench``, ``sketch``, ``sketch-eval``, ``jam``, ``arc``, ``soup``, ``metrics train-embedder``, ``drift``,
+``drift-study``, ``eval`` (one module per command; the sampler options shared by ``generate``, ``sketch``, ``jam``
+and ``drift`` are declared once, in ``options``).
 
 Errors: input a user can fix raises an :class:`lmdm.errors.LmdmError` and is printed as one
 ``lmdm: error: MESSAGE`` line (exit status 2; argparse's own errors also exit 2). Ctrl-C prints
@@ -27,12 +28,13 @@ from lmdm.cli import (
     metrics,
     sketch,
     sketch_eval,
+    soup,
     train,
 )
 from lmdm.errors import LmdmError
 
 #: The command modules, in the order ``lmdm --help`` lists them; each has ``add_parser(subparsers)``.
-COMMANDS = (data, autoencoder, train, generate, bench, sketch, sketch_eval, jam, arc, metrics, drift, drift_study, evaluation)
+COMMANDS = (data, autoencoder, train, generate, bench, sketch, sketch_eval, jam, arc, soup, metrics, drift, drift_study, evaluation)
 
 BUG_LINE = "lmdm: this is a bug in lmdm, not in your input; please report it with the traceback above"
 
