@@ -54,6 +54,7 @@ def test_soup_averages_the_members_weights_and_records_them(tmp_path):
     assert ck.info["soup"]["members"] == [str(m) for m in members]
     assert ck.info["soup"]["seeds"] == [0, 1, 2] and ck.info["soup"]["arc_steps"] == [600] * 3
     assert ck.info["level_ceiling"] == 2.8 and ck.info["sampler"] == INFO["sampler"] and "arc_config" not in ck.info
+    assert ck.info["arc_hours_cpu"] == 0.69 and "arc_step" not in ck.info
 
 
 def test_soup_refuses_members_of_other_bases(tmp_path):

@@ -69,8 +69,9 @@ def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
         out: destination folder (replaced atomically if it exists; may not be one of ``members``).
 
     Returns:
-        ``out``. Its ``info`` is the first member's, with ``soup`` added: the members' paths, their ARC seeds and
-        iteration counts; its ``arc_config`` is removed (a soup is not one run's config).
+        ``out``. Its ``info`` is the first member's, with ``soup`` added (the members' paths, their ARC seeds,
+        iterations and CPU-hours) and ``arc_hours_cpu`` the members' sum; ``arc_config`` and ``arc_step`` are
+        removed (a soup is not one run).
 
     Raises:
         UsageError: fewer than two members, a member given twice, ``out`` among the members, or members that do
@@ -105,7 +106,8 @@ def make_soup(members: Sequence[str | Path], out: str | Path) -> Path:
         first.model.load_state_dict(soup_state([c.model.state_dict() for c in loaded]), strict=True)
     except (RuntimeError, ValueError) as e:  # config.json agreed, so weights that do not fit are a corrupt member
         raise CheckpointError(f"the members' weights do not fit one model: {str(e)[:300]}") from e
-    info = {k: v for k, v in metas[0]["info"].items() if k != "arc_config"}
+    info = {k: v for k, v in metas[0]["info"].items() if k not in ("arc_config", "arc_step", "arc_hours_cpu")}
+    info["arc_hours_cpu"] = round(sum(m["info"].get("arc_hours_cpu") or 0.0 for m in metas), 3)  # the soup's cost
     info["soup"] = {"members": [str(p) for p in paths],
                     "seeds": [(m["info"].get("arc_config") or {}).get("seed") for m in metas],
                     "arc_steps": [m["info"].get("arc_step") for m in metas],
