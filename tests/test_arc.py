@@ -378,7 +378,7 @@ def test_own_streams_continue_where_the_last_iteration_left_them(monkeypatch):
     student; with ``own_stream_blocks = N`` every stream restarts every time."""
     student, data = tiny_student(), tiny_latent_set()
     cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, ceiling_weight=1.0, momentary_weight=1.0,
-                   crest_weight=1.0, frame_weight=1.0)
+                   crest_weight=1.0, frame_weight=1.0, peak_weight=1.0)
     C, N, B = student.cfg.context_frames, cfg.rollout_blocks, student.cfg.block_frames
     starts = data.valid_starts("train", C + N * B)
     streams = OwnStreams(cfg.batch_size, C, 512)
@@ -400,13 +400,13 @@ def test_own_streams_continue_where_the_last_iteration_left_them(monkeypatch):
     monkeypatch.setattr(arc_trainer, "same_work_starts", recording_starts)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
     gen = torch.Generator().manual_seed(0)
-    ceiling = LevelCeilings(band=torch.full((128,), 0.5), momentary=0.5, crest=-1.0, frame=0.5)
+    ceiling = LevelCeilings(band=torch.full((128,), 0.5), momentary=0.5, crest=-1.0, frame=0.5, peak=1e-6)
     before = snapshot(student)
     outs = [own_stream_iteration(student, opt, streams, data, starts, cfg, gen, MEL, ceiling) for _ in range(3)]
     assert not same(student, before)
     assert [o["stream_blocks"] for o in outs] == [2.0, 4.0, 6.0] and all(o["restarted"] == 0 for o in outs[1:])
     assert all(o["own_ceiling"] > 0 and o["own_momentary"] > 0 and o["own_crest"] > 0 and o["own_frame"] > 0
-               for o in outs)  # all rise above
+               and o["own_peak"] > 0 for o in outs)  # all rise above
     # the first context is real music of the stream's work; each later one is the end of the stream before it
     lat = data.latents.float()
     for i in range(cfg.batch_size):
@@ -500,6 +500,7 @@ def test_own_stream_settings_are_checked():
                 {"own_stream_alt_steps": 5, "student_steps": 4}, {"own_stream_alt_steps": 2, "batch_size": 1},
                 {"own_stream_kick_db": -1.0}, {"own_stream_kick_p": 1.5}, {"crest_weight": -1.0},
                 {"crest_quantile": 1.5}, {"frame_weight": -1.0}, {"frame_quantile": -0.5},
+                {"peak_weight": -1.0}, {"peak_dbfs": 1.0}, {"peak_dbfs": -30.0},
                 {"own_stream_every": 2, "level_weight": 0.0}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)
@@ -513,7 +514,8 @@ def test_arc_run_with_own_streams_and_ceiling_resumes_exactly(real_data, tmp_pat
     cfg = ARCConfig(init_from=str(base), data=str(real_data), run_dir=str(tmp_path / "arc"), steps=2, batch_size=2,
                     rollout_blocks=2, student_steps=3, disc_layers=1, disc_head_width=16, ckpt_every=1, log_every=1,
                     own_stream_every=2, own_stream_blocks=100, ceiling_weight=1.0, momentary_weight=1.0,
-                    own_stream_kick_db=6.0, own_stream_kick_p=0.5, crest_weight=1.0, frame_weight=1.0)
+                    own_stream_kick_db=6.0, own_stream_kick_p=0.5, crest_weight=1.0, frame_weight=1.0,
+                    peak_weight=1.0)
     arc_train(cfg, progress=False)
     streams = load_file(str(latest_checkpoint(tmp_path / "arc") / "streams.safetensors"))
     assert streams["blocks"].tolist() == [2, 2] and streams["context"].abs().sum() > 0

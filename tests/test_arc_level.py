@@ -1,7 +1,8 @@
 """Level in ARC-Forcing: the discriminator hears a level change of the decoded spectrogram; the level anchor is
 zero for real statistics, grows with a level offset and reaches the latent through a differentiable decoder; the
 ceiling is the data's loudest value per band and costs only what rises above it; the momentary ceiling measures a
-0.4 s window's total level in normalised units and costs only the windows above the data's percentile."""
+0.4 s window's total level in normalised units and costs only the windows above the data's percentile; the peak
+ceiling costs only the hops whose decoded waveform crosses it."""
 import math
 
 import pytest
@@ -14,9 +15,9 @@ from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
 from lmdm.train.arc.discriminator import Discriminator
 from lmdm.train.arc.level import (
-    DecodedMel, LevelCeilings, band_ceiling, band_moments, ceiling_loss, crest_ceiling, crest_ceiling_loss,
-    frame_ceiling_loss, frame_crest, frame_level, level_anchor_loss, momentary_ceiling, momentary_ceiling_loss,
-    momentary_level, with_gain,
+    GAIN_UNITS_PER_DB, DecodedMel, LevelCeilings, band_ceiling, band_moments, ceiling_loss, crest_ceiling,
+    crest_ceiling_loss, frame_ceiling_loss, frame_crest, frame_level, frame_peaks, level_anchor_loss,
+    momentary_ceiling, momentary_ceiling_loss, momentary_level, peak_ceiling_loss, with_gain,
 )
 
 
@@ -268,6 +269,53 @@ def test_frame_ceiling_costs_only_frames_louder_than_the_datas_quantile():
     assert fake.grad[0, 60].sum() > 0 and (fake.grad[0, :60] == 0).all() and (fake.grad[0, 61:] == 0).all()
     four = LevelCeilings(frame=top).losses(fake.detach(), mel)
     assert [t.item() for t in four[:3]] == [0.0] * 3 and four[3].item() == pytest.approx(loss.item())
+
+
+def sine_mel(codec: MelCodec, amplitude: float, seconds: float = 2.0, hz: float = 440.0) -> torch.Tensor:
+    """The codec's normalised log-mel ``(1, mel_frames, n_mels)`` of a sine of ``amplitude`` (full scale 1)."""
+    t = torch.arange(int(seconds * codec.sample_rate)) / codec.sample_rate
+    return codec.audio_to_mel((amplitude * torch.sin(2 * math.pi * hz * t))[None])
+
+
+def test_frame_peaks_are_the_decoded_waveforms_peaks_and_scale_with_gain():
+    """A 440 Hz sine at half of full scale decodes (mel -> magnitude -> Griffin-Lim) to hops whose peaks are
+    within 10% of 0.5 (the mel's pseudo-inverse blurs the magnitude); 6 dB more on the mel doubles every peak."""
+    codec = MelCodec(CodecConfig())
+    mel = DecodedMel(codec)
+    m = sine_mel(codec, 0.5)
+    peaks = frame_peaks(m, mel)
+    assert peaks.shape == m.shape[:2]
+    assert 0.45 < peaks[0, 8:-8].min().item() and peaks[0, 8:-8].max().item() < 0.55
+    louder = frame_peaks(m + 6 * GAIN_UNITS_PER_DB / mel.std, mel)
+    assert torch.allclose(louder / peaks, torch.full_like(peaks, 10 ** (6 / 20)), rtol=1e-2)
+
+
+def test_peak_ceiling_costs_only_the_hops_whose_waveform_crosses_it():
+    """Below the ceiling nothing costs; a stretch lifted 12 dB over a quiet sine crosses -1 dBFS, costs the
+    squared excess in the codec's log units (``ln(peak / ceiling) / std``) averaged over frames, and only it and
+    its STFT window's reach get gradient; ``LevelCeilings.losses`` puts the term fifth."""
+    codec = MelCodec(CodecConfig())
+    mel = DecodedMel(codec)
+    ceiling = 10 ** (-1 / 20)
+    quiet = sine_mel(codec, 0.3)
+    assert peak_ceiling_loss(quiet, mel, ceiling).item() == 0.0
+    fake = quiet.clone()
+    fake[0, 60:70] += 12 * GAIN_UNITS_PER_DB / mel.std
+    fake.requires_grad_(True)
+    loss = peak_ceiling_loss(fake, mel, ceiling)
+    peaks = frame_peaks(fake.detach(), mel)[0]
+    assert (peaks[60:70] > ceiling).all() and (peaks[:50] < ceiling).all() and (peaks[80:] < ceiling).all()
+    expected = (torch.relu(peaks.log() - math.log(ceiling)) / mel.std).pow(2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4) and loss.item() > 0
+    loss.backward()
+    reach = codec.cfg.n_fft // codec.cfg.hop  # a hop's samples depend on the frames whose windows cover it
+    assert fake.grad[0, 60:70].abs().sum() > 0
+    assert (fake.grad[0, : 60 - reach] == 0).all() and (fake.grad[0, 70 + reach :] == 0).all()
+    five = LevelCeilings(peak=ceiling).losses(fake.detach(), mel)
+    assert [t.item() for t in five[:4]] == [0.0] * 4 and five[4].item() == pytest.approx(loss.item())
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="full scale"):
+            peak_ceiling_loss(quiet, mel, bad)
 
 
 def test_one_decode_serves_every_summary_of_the_training_split():

@@ -115,6 +115,11 @@ class ARCConfig:
             the frames where the decoded waveform clips); 0 = off.
         frame_quantile: the frame ceiling, as a quantile of the training split's frame levels (0.999: the level
             guard's, ``lmdm.streaming.level_guard.FRAME_QUANTILE``).
+        peak_weight: weight of the peak ceiling in the generator step (``lmdm.train.arc.level.peak_ceiling_loss``:
+            the squared excess, in the codec's log units, of the rollouts' decoded waveform peaks, each hop's, over
+            ``peak_dbfs``: the clipped samples themselves, which no mel statistic sees); 0 = off.
+        peak_dbfs: the peak ceiling, dB relative to full scale, in [-24, 0] (-1: EBU R 128's maximum true peak,
+            -1 dBTP, above the peaks of the training music through the codec).
         own_stream_every: every ``k``-th iteration is an own-stream iteration (:func:`own_stream_iteration`:
             the student continues its own long streams, trained on the level anchor and the ceilings only); 0 =
             off (every iteration starts from real music). One process only.
@@ -168,6 +173,8 @@ class ARCConfig:
     crest_quantile: float = 0.999
     frame_weight: float = 0.0
     frame_quantile: float = 0.999
+    peak_weight: float = 0.0
+    peak_dbfs: float = -1.0
     own_stream_every: int = 0
     own_stream_blocks: int = 120
     own_stream_per_item: bool = False
@@ -197,12 +204,14 @@ class ARCConfig:
             if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be in [0, 1] (or null: as pretrained), got {value}")
         for name in ("level_weight", "contrastive_weight", "ceiling_weight", "momentary_weight", "crest_weight",
-                     "frame_weight"):
+                     "frame_weight", "peak_weight"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("momentary_quantile", "crest_quantile", "frame_quantile"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not -24 <= self.peak_dbfs <= 0:
+            raise ConfigError(f"peak_dbfs must be in [-24, 0] dB of full scale, got {self.peak_dbfs}")
         if self.own_stream_every < 0 or self.own_stream_blocks < self.rollout_blocks:
             raise ConfigError(f"own_stream_every must be >= 0 and own_stream_blocks >= rollout_blocks "
                               f"({self.rollout_blocks}), got {self.own_stream_every} and {self.own_stream_blocks}")
@@ -217,10 +226,11 @@ class ARCConfig:
             raise ConfigError(f"own_stream_kick_db must be >= 0 and own_stream_kick_p in [0, 1], got "
                               f"{self.own_stream_kick_db} and {self.own_stream_kick_p}")
         if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0 and \
-                self.momentary_weight == 0 and self.crest_weight == 0 and self.frame_weight == 0:
+                self.momentary_weight == 0 and self.crest_weight == 0 and self.frame_weight == 0 and \
+                self.peak_weight == 0:
             raise ConfigError("own-stream iterations train on the level anchor and the ceilings only: set "
-                              "level_weight, ceiling_weight, momentary_weight, crest_weight or frame_weight > 0, "
-                              "or own_stream_every = 0")
+                              "level_weight, ceiling_weight, momentary_weight, crest_weight, frame_weight or "
+                              "peak_weight > 0, or own_stream_every = 0")
 
 
 def with_pretraining_dropouts(cfg: ARCConfig, base_info: dict) -> ARCConfig:
@@ -358,12 +368,13 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
         rollout_pass: :class:`RolloutPass` of ``student`` or its DDP wrapper (None: built here).
         ceiling: the training data's ceilings (:class:`LevelCeilings`: the loudest decoded mel per band, the
             ``momentary_quantile`` of its 0.4 s levels, the ``crest_quantile`` of its frame crests, the
-            ``frame_quantile`` of its frame levels), or None (no ceiling terms).
+            ``frame_quantile`` of its frame levels, ``peak_dbfs`` on the decoded waveform), or None (no ceiling
+            terms).
 
     Returns:
         ``(x_fake, metrics)``: the re-noised ``[context | rollout]`` ``(b, (W + N) * B, ch)`` (detached, for the
         discriminator step) and ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_crest``,
-        ``loss_frame`` (floats; 0 for a ceiling that is off).
+        ``loss_frame``, ``loss_peak`` (floats; 0 for a ceiling that is off).
     """
     rollout_pass = rollout_pass or RolloutPass(student)
     dev = batch.x0.device
@@ -399,12 +410,13 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
 
 
 def ceiling_weights(cfg: "ARCConfig", ceiling: LevelCeilings) -> tuple[float, ...]:
-    """The weights of the band, momentary, crest and frame ceilings as ``LevelCeilings.losses`` orders them: the
-    config's, or 0 for a ceiling that ``ceiling`` does not set."""
+    """The weights of the band, momentary, crest, frame and peak ceilings as ``LevelCeilings.losses`` orders them:
+    the config's, or 0 for a ceiling that ``ceiling`` does not set."""
     return tuple(w if limit is not None else 0.0 for w, limit in ((cfg.ceiling_weight, ceiling.band),
                                                                   (cfg.momentary_weight, ceiling.momentary),
                                                                   (cfg.crest_weight, ceiling.crest),
-                                                                  (cfg.frame_weight, ceiling.frame)))
+                                                                  (cfg.frame_weight, ceiling.frame),
+                                                                  (cfg.peak_weight, ceiling.peak)))
 
 
 def with_ceilings(total: torch.Tensor, cfg: "ARCConfig", ceiling: LevelCeilings,
@@ -467,8 +479,8 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
         ceiling: the ceilings of :func:`generator_step` (None: no ceiling terms).
 
     Returns:
-        ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_crest``, ``loss_frame``, ``loss_d``,
-        ``loss_c``, mean
+        ``loss_g``, ``loss_level``, ``loss_ceiling``, ``loss_momentary``, ``loss_crest``, ``loss_frame``, ``loss_peak``,
+        ``loss_d``, ``loss_c``, mean
         ``d_real`` and ``d_fake`` (floats), the ``exit_steps`` drawn and ``prompted``, the fraction of rollouts that
         had their prompt.
 
@@ -490,7 +502,7 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     ``own_stream_alt_steps`` the second half of the streams with that many; gradient through each block's final
     step), update the student on
     ``level_weight * level anchor + ceiling_weight * band ceiling + momentary_weight * momentary ceiling +
-    crest_weight * crest ceiling + frame_weight * frame ceiling``
+    crest_weight * crest ceiling + frame_weight * frame ceiling + peak_weight * peak ceiling``
     against a fresh real crop of each stream's work,
     and advance the streams. The discriminator is not involved.
 
@@ -513,8 +525,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         rollout_pass: :class:`RolloutPass` of ``student`` (None: built here).
 
     Returns:
-        ``own_level``, ``own_ceiling``, ``own_momentary``, ``own_crest``, ``own_frame`` (the level anchor and the
-        ceilings on the own streams), ``stream_blocks``
+        ``own_level``, ``own_ceiling``, ``own_momentary``, ``own_crest``, ``own_frame``, ``own_peak`` (the level
+        anchor and the ceilings on the own streams), ``stream_blocks``
         (the streams' mean length in blocks after this iteration), ``restarted`` (the fraction restarted) and
         ``kicked`` (the fraction kicked), floats.
 
@@ -647,7 +659,8 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                             else None,
                             # the guard's frame levels, already decoded (guard_statistics)
                             frame=float(np.quantile(summary["frame_level_ceiling"], cfg.frame_quantile))
-                            if cfg.frame_weight > 0 else None)
+                            if cfg.frame_weight > 0 else None,
+                            peak=10 ** (cfg.peak_dbfs / 20) if cfg.peak_weight > 0 else None)
     guard_ceilings = ceilings_of(summary)
     del summary
     streams = None
