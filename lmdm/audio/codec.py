@@ -97,6 +97,14 @@ class CodecConfig:
         return self.patch * self.n_mels
 
 
+def log_mel_to_magnitude(mel: torch.Tensor, mel_pinv: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """Normalised log-mel ``(batch, mel_frames, n_mels)`` -> linear STFT magnitude ``(batch, bins, mel_frames)``:
+    undo the normalisation and the log, then the mel filterbank's pseudo-inverse ``mel_pinv`` ``(bins, n_mels)``,
+    negatives clipped to 0. Differentiable in ``mel`` (ARC's peak ceiling, ``lmdm.train.arc.level.frame_peaks``)."""
+    m = (mel.float() * std + mean).exp().transpose(1, 2)
+    return torch.matmul(mel_pinv, m).clamp_min(0.0)
+
+
 # the settings that only decide how a latent is decoded to audio, not what it means
 DECODING_FIELDS = ("gl_iters", "gl_momentum", "gl_init")
 
@@ -263,10 +271,9 @@ class MelCodec:
 
     # ---- latent -> audio --------------------------------------------------------------------------------------
     def mel_to_magnitude(self, mel: torch.Tensor) -> torch.Tensor:
-        """Normalised log-mel ``(batch, mel_frames, n_mels)`` -> linear magnitude ``(batch, bins, mel_frames)``."""
-        c = self.cfg
-        m = (mel.float() * c.std + c.mean).exp().transpose(1, 2)
-        return torch.matmul(self.mel_pinv, m).clamp_min(0.0)
+        """Normalised log-mel ``(batch, mel_frames, n_mels)`` -> linear magnitude ``(batch, bins, mel_frames)``
+        (:func:`log_mel_to_magnitude` with this codec's settings)."""
+        return log_mel_to_magnitude(mel, self.mel_pinv, self.cfg.mean, self.cfg.std)
 
     def decode(self, latent: torch.Tensor, generator: torch.Generator | None = None,
                n_iter: int | None = None) -> torch.Tensor:

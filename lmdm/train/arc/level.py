@@ -62,7 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmdm.audio.codec import MelCodec
+from lmdm.audio.codec import MelCodec, log_mel_to_magnitude
 from lmdm.audio.griffinlim import griffin_lim, istft, stft
 
 
@@ -232,10 +232,10 @@ def frame_ceiling_loss(fake_mel: torch.Tensor, ceiling: float, std: float) -> to
 def frame_peaks(fake_mel: torch.Tensor, mel: "DecodedMel") -> torch.Tensor:
     """The waveform peak of each mel frame's hop of samples, after the decoder's Griffin-Lim, differentiable in
     the magnitudes: ``|istft(|X| e^{i phase})|`` maximised over each hop, where ``|X|`` is the codec's linear
-    magnitude of ``fake_mel`` (``MelCodec.mel_to_magnitude``, with gradient) and the phase is that of Griffin-Lim
-    run on it without gradient (the codec's iterations and momentum, from the gradient phase: deterministic),
-    held fixed. A waveform is linear in its magnitudes at fixed phase, so a gain of
-    ``g`` dB on ``fake_mel`` scales every peak by ``10^(g/20)``. The mel frames are decoded on their own, without
+    magnitude of ``fake_mel`` (``lmdm.audio.codec.log_mel_to_magnitude``, with gradient) and the phase is that of
+    Griffin-Lim run on it without gradient (the codec's iterations and momentum, from the gradient phase:
+    deterministic), held fixed. A waveform is linear in its magnitudes at fixed phase, so a gain of ``g`` dB on
+    ``fake_mel`` scales every peak by ``10^(g/20)``. The mel frames are decoded on their own, without
     the stream's earlier audio; the first and last hop see only half a window.
 
     Args:
@@ -246,8 +246,7 @@ def frame_peaks(fake_mel: torch.Tensor, mel: "DecodedMel") -> torch.Tensor:
         ``(b, mel_frames)`` float32, linear full-scale units (1 = a sample at full scale).
     """
     b, t, _ = fake_mel.shape
-    m = (fake_mel.float() * mel.std + mel.log_mean).exp().transpose(1, 2)
-    mag = torch.matmul(mel.mel_pinv, m).clamp_min(0.0)  # (b, bins, t)
+    mag = log_mel_to_magnitude(fake_mel, mel.mel_pinv, mel.log_mean, mel.std)  # (b, bins, t)
     mag = torch.cat([mag, mag[..., -1:]], -1)  # as the decoder: the output ends on a frame, t * hop samples
     window = torch.hann_window(mel.n_fft, device=mag.device)
     with torch.no_grad():
