@@ -49,8 +49,9 @@ scale. On a 25 s clarinet stretch of an unguarded stream that clips, the stretch
 the stream's own decoder (32 iterations from random phase) both put 6 hops above -1 dBFS (hop peaks correlate
 0.94). Real training music through the codec (300 random 4 s crops of the training split, 74,400 hops): 99.9th
 percentile -4.4 dBFS, 99.99th -2.3, loudest -0.96. Measured (README, "A peak ceiling in training"): added to v5's
-recipe at -4.4 dBFS and weight 1000 it cut the unguarded clipped minutes at 4 steps over two training seeds from 24
-to 5 of 240 (one seed 1 minute, 3 samples), not at 2 steps; it is off in ``configs/arc.json``.
+recipe at -4.4 dBFS and weight 1000 it cut the unguarded clipped minutes at 4 steps over training seeds 0 and 1
+from 24 to 5 of 240 (seed 1: 1 minute, 3 samples), not at 2 steps, and seed 2's chorale still runs away in loudness
+(not a peak); it is off in ``configs/arc.json``.
 """
 from __future__ import annotations
 
