@@ -34,7 +34,8 @@ from lmdm.cli import (
 from lmdm.errors import LmdmError
 
 #: The command modules, in the order ``lmdm --help`` lists them; each has ``add_parser(subparsers)``.
-COMMANDS = (data, autoencoder, train, generate, bench, sketch, sketch_eval, jam, arc, soup, metrics, drift, drift_study, evaluation)
+COMMANDS = (data, autoencoder, train, generate, bench, sketch, sketch_eval, jam, arc, soup, metrics, drift,
+            drift_study, evaluation)
 
 BUG_LINE = "lmdm: this is a bug in lmdm, not in your input; please report it with the traceback above"
 
