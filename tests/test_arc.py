@@ -124,12 +124,13 @@ def test_rollout_equals_inference_for_the_same_seed_and_exit_step():
     ctx, text = torch.randn(2, W * B, 512, generator=g), torch.randn(2, 384, generator=g)
     has = torch.tensor([True, False])
     controls = control_input(tiny_batch(frames=3 * B).features, torch.tensor([[1, 1, 1], [1, 0, 1]]))
-    for exits in ([4, 4, 4], [1, 3, 2]):
-        ro = rollout(student, ctx, text, has, exits, 4, torch.Generator().manual_seed(7), controls)
+    # with a real context, and cold (an empty one: the stream's first blocks, as lmdm generate starts)
+    for exits, context in (([4, 4, 4], ctx), ([1, 3, 2], ctx), ([4, 2, 4], ctx[:, :0])):
+        ro = rollout(student, context, text, has, exits, 4, torch.Generator().manual_seed(7), controls)
         streamer = BlockCausalStreamer(student, SamplerConfig(steps=4, sampler="pingpong", cfg_scale=1.0, seed=7),
                                        batch=2)
         streamer.set_prompt(text, has)
-        streamer.reset(ctx)
+        streamer.reset(context if context.shape[1] else None)
         for n, k in enumerate(exits):
             ctrl = controls[:, n * B : (n + 1) * B]
             block = streamer.next_block(ctrl) if k == 4 else streamer.next_block(ctrl, exit_step=k)
@@ -493,6 +494,48 @@ def test_level_kicks_play_some_own_stream_contexts_louder_or_quieter(monkeypatch
     assert len({round(float(shift[i][MEL(off)[i] > 0].mean()), 4) for i in range(len(off))}) == len(off)
 
 
+def test_cold_own_streams_start_from_no_context(monkeypatch):
+    """With ``own_stream_cold_p = 1`` a restarting stream rolls out from an empty context (the first blocks of a
+    stream, as ``lmdm generate`` starts) and is not kicked; streams that go on keep theirs, in one batch with the
+    cold ones, each row's new context the end of its own rollout; rollouts that cannot fill the context are
+    refused."""
+    student, data = tiny_student(), tiny_latent_set()
+    C, B = student.cfg.context_frames, student.cfg.block_frames
+    seen = []
+    real_rollout = arc_trainer.rollout
+
+    def recording_rollout(model, context, *args, **kw):
+        out = real_rollout(model, context, *args, **kw)
+        seen.append((context.detach().clone(), out.blocks.detach().float()))
+        return out
+
+    monkeypatch.setattr(arc_trainer, "rollout", recording_rollout)
+    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, batch_size=4, own_stream_cold_p=1.0,
+                   own_stream_kick_db=10.0, own_stream_kick_p=1.0)
+    starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
+    streams = OwnStreams(cfg.batch_size, C, 512)
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    before = snapshot(student)
+    out = own_stream_iteration(student, opt, streams, data, starts, cfg, gen, MEL, None)
+    assert out["cold"] == out["restarted"] == 1.0 and out["kicked"] == 0.0 and not same(student, before)
+    (ctx, blocks), = seen
+    assert ctx.shape == (4, 0, 512) and torch.equal(streams.context, blocks[:, -C:])
+    # stream 1 restarts (cold), the others go on from their own context: two rollouts, rows back in place
+    seen.clear()
+    went_on = streams.context.clone()
+    streams.blocks[1] = 0
+    out = own_stream_iteration(student, opt, streams, data, starts, replace(cfg, own_stream_kick_p=0.0), gen, MEL,
+                               None)
+    assert out["cold"] == out["restarted"] == 0.25
+    (warm_ctx, warm_blocks), (cold_ctx, cold_blocks) = seen
+    assert torch.equal(warm_ctx, went_on[[0, 2, 3]]) and cold_ctx.shape == (1, 0, 512)
+    assert torch.equal(streams.context[1], cold_blocks[0, -C:])
+    assert torch.equal(streams.context[[0, 2, 3]], warm_blocks[:, -C:])
+    with pytest.raises(ConfigError, match="window_chunks"):
+        own_stream_iteration(student, opt, streams, data, starts, replace(cfg, rollout_blocks=1), gen, MEL, None)
+
+
 def test_own_stream_settings_are_checked():
     for bad in ({"own_stream_every": -1}, {"own_stream_every": 2, "own_stream_blocks": 1},
                 {"own_stream_every": 2, "level_weight": 0.0, "ceiling_weight": 0.0}, {"ceiling_weight": -1.0},
@@ -500,7 +543,8 @@ def test_own_stream_settings_are_checked():
                 {"own_stream_alt_steps": 5, "student_steps": 4}, {"own_stream_alt_steps": 2, "batch_size": 1},
                 {"own_stream_kick_db": -1.0}, {"own_stream_kick_p": 1.5}, {"crest_weight": -1.0},
                 {"crest_quantile": 1.5}, {"frame_weight": -1.0}, {"frame_quantile": -0.5},
-                {"peak_weight": -1.0}, {"peak_dbfs": 1.0}, {"peak_dbfs": -30.0},
+                {"peak_weight": -1.0}, {"peak_dbfs": 1.0}, {"peak_dbfs": -30.0}, {"own_stream_cold_p": -0.1},
+                {"own_stream_cold_p": 1.5},
                 {"own_stream_every": 2, "level_weight": 0.0}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)
@@ -515,7 +559,7 @@ def test_arc_run_with_own_streams_and_ceiling_resumes_exactly(real_data, tmp_pat
                     rollout_blocks=2, student_steps=3, disc_layers=1, disc_head_width=16, ckpt_every=1, log_every=1,
                     own_stream_every=2, own_stream_blocks=100, ceiling_weight=1.0, momentary_weight=1.0,
                     own_stream_kick_db=6.0, own_stream_kick_p=0.5, crest_weight=1.0, frame_weight=1.0,
-                    peak_weight=1.0)
+                    peak_weight=1.0, own_stream_cold_p=0.5)
     arc_train(cfg, progress=False)
     streams = load_file(str(latest_checkpoint(tmp_path / "arc") / "streams.safetensors"))
     assert streams["blocks"].tolist() == [2, 2] and streams["context"].abs().sum() > 0

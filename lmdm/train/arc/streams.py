@@ -13,7 +13,9 @@ An own-stream iteration (every ``own_stream_every``-th of an ARC run, :func:`own
 
 1. each of ``batch_size`` streams restarts from a real crop's context with probability ``N / own_stream_blocks``
    (and always on the first use), taking that crop's work, caption and prompt flag (prompt dropout as in the
-   other iterations); the others keep theirs;
+   other iterations); the others keep theirs. With ``own_stream_cold_p`` a restart starts cold instead, from no
+   context, as ``lmdm generate`` does: a stream's first seconds are where the choir chorale's loudness runaway
+   begins;
 2. every stream rolls out ``N`` blocks after its context with all ``S`` steps, as inference does (gradient through
    each block's final step only);
 3. the generator is updated on the level anchor (``lmdm.train.arc.level``): the rollouts' decoded mel against a

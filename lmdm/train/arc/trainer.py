@@ -138,6 +138,11 @@ class ARCConfig:
             a harp tune that fades) are met every few iterations, and the level anchor and ceilings train the
             way back.
         own_stream_kick_p: probability per stream and own-stream iteration of a level kick.
+        own_stream_cold_p: probability that a restarting own stream starts cold, from no context at all, as
+            ``lmdm generate`` and a live session start (``BlockCausalKVCache.bootstrap(None)``), instead of from
+            a real crop's context: the first seconds of a stream, where the choir chorale's loudness runaway
+            begins, are met in training. A cold stream is not kicked. Needs ``rollout_blocks`` >= the model's
+            ``window_chunks`` (the rollout then fills the whole context). 0 = off.
         ema_decay: EMA of the student.
         t_logit_mean, t_logit_std: logit-normal re-noising timestep for the discriminator.
         grad_clip: gradient-norm clipping for both players.
@@ -182,6 +187,7 @@ class ARCConfig:
     own_stream_alt_steps: int = 0
     own_stream_kick_db: float = 0.0
     own_stream_kick_p: float = 0.25
+    own_stream_cold_p: float = 0.0
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
     t_logit_std: float = 1.0
@@ -225,6 +231,8 @@ class ARCConfig:
         if not self.own_stream_kick_db >= 0 or not 0 <= self.own_stream_kick_p <= 1:
             raise ConfigError(f"own_stream_kick_db must be >= 0 and own_stream_kick_p in [0, 1], got "
                               f"{self.own_stream_kick_db} and {self.own_stream_kick_p}")
+        if not 0 <= self.own_stream_cold_p <= 1:
+            raise ConfigError(f"own_stream_cold_p must be in [0, 1], got {self.own_stream_cold_p}")
         if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0 and \
                 self.momentary_weight == 0 and self.crest_weight == 0 and self.frame_weight == 0 and \
                 self.peak_weight == 0:
@@ -494,6 +502,18 @@ def arc_iteration(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimize
     return {**out, "exit_steps": list(draw.exit_steps), "prompted": draw.has_text.float().mean().item()}
 
 
+def check_cold_starts(cfg: ARCConfig, student: DiT) -> None:
+    """Refuse cold own-stream starts whose rollout cannot fill the student's context.
+
+    Raises:
+        ConfigError: ``own_stream_cold_p`` > 0 and ``rollout_blocks`` < the student's ``window_chunks``.
+    """
+    if cfg.own_stream_cold_p and cfg.rollout_blocks < student.cfg.window_chunks:
+        raise ConfigError(f"own_stream_cold_p needs rollout_blocks >= the model's window_chunks "
+                          f"({student.cfg.window_chunks}), so that a cold stream's rollout fills its context; got "
+                          f"rollout_blocks {cfg.rollout_blocks}")
+
+
 def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: OwnStreams, data: LatentSet,
                          starts: torch.Tensor, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
                          ceiling: LevelCeilings | None, rollout_pass: nn.Module | None = None) -> dict:
@@ -507,11 +527,13 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     and advance the streams. The discriminator is not involved.
 
     With ``own_stream_kick_db`` some contexts are first played louder or quieter (level kicks, see
-    :class:`ARCConfig`).
+    :class:`ARCConfig`); with ``own_stream_cold_p`` some restarts start cold, from no context (the stream's first
+    seconds, decoded from its first frame), rolled out as their own group.
 
     Draws, on ``gen`` and in this order: the restarts, the restarted streams' crops and captions
     (``LatentSet.draw`` over ``starts``) and prompt flags, the real crops of each stream's work, the level kicks
-    (which streams, then their gains; only with ``own_stream_kick_db``), the rollout's noise.
+    (which streams, then their gains; only with ``own_stream_kick_db``), which restarts start cold (only with
+    ``own_stream_cold_p``), the rollout's noise (group by group: by steps, warm before cold).
 
     Args:
         student, opt_g: the student (updated) and its optimiser.
@@ -527,14 +549,16 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     Returns:
         ``own_level``, ``own_ceiling``, ``own_momentary``, ``own_crest``, ``own_frame``, ``own_peak`` (the level
         anchor and the ceilings on the own streams), ``stream_blocks``
-        (the streams' mean length in blocks after this iteration), ``restarted`` (the fraction restarted) and
-        ``kicked`` (the fraction kicked), floats.
+        (the streams' mean length in blocks after this iteration), ``restarted`` (the fraction restarted),
+        ``kicked`` (the fraction kicked) and ``cold`` (the fraction started cold), floats.
 
     Raises:
-        ConfigError: ``cfg.prompt_dropout`` is None.
+        ConfigError: ``cfg.prompt_dropout`` is None, or cold starts the rollout cannot fill
+            (:func:`check_cold_starts`).
     """
     if cfg.prompt_dropout is None:
         raise ConfigError("set the rollout dropouts first (with_pretraining_dropouts)")
+    check_cold_starts(cfg, student)
     rollout_pass = rollout_pass or RolloutPass(student)
     dev = next(student.parameters()).device
     C, B, N = student.cfg.context_frames, student.cfg.block_frames, cfg.rollout_blocks
@@ -557,16 +581,32 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         db = (2 * torch.rand(b, generator=gen, device=gen.device) - 1).to(dev) * cfg.own_stream_kick_db
         if bool(kick.any()):
             ctx = torch.where(kick[:, None, None], with_gain(ctx, mel, db), ctx)
+    cold = torch.zeros(b, dtype=torch.bool, device=dev)
+    if cfg.own_stream_cold_p:
+        cold = restart & (torch.rand(b, generator=gen, device=gen.device) < cfg.own_stream_cold_p).to(dev)
+        kick &= ~cold  # a cold stream has no context to play louder
     student.train()
-    groups = [(slice(0, b), S)] if not cfg.own_stream_alt_steps else \
-        [(slice(0, b // 2), S), (slice(b // 2, b), cfg.own_stream_alt_steps)]
+    rows = torch.arange(b)
+    by_steps = [(rows, S)] if not cfg.own_stream_alt_steps else \
+        [(rows[: b // 2], S), (rows[b // 2 :], cfg.own_stream_alt_steps)]
     text = text.to(dev)
+    parts, order = [], []
     with arc_autocast(dev, cfg.bf16):
-        blocks = torch.cat([rollout_pass(ctx[g], text[g], streams.has_text[g], None, [s] * N, s, gen)
-                            for g, s in groups])
-    seq = torch.cat([ctx, blocks.float()], 1)
+        for g, s in by_steps:
+            for starts_cold in (False, True):  # a cold stream bootstraps its cache from nothing
+                sub = g[cold.cpu()[g] == starts_cold]
+                if len(sub):
+                    context = ctx[sub][:, :0] if starts_cold else ctx[sub]
+                    parts.append(rollout_pass(context, text[sub], streams.has_text[sub], None, [s] * N, s, gen))
+                    order.append(sub)
+    back = torch.empty(b, dtype=torch.long)
+    back[torch.cat(order)] = rows
+    blocks = torch.cat(parts)[back.to(dev)].float()
+    seq = torch.cat([ctx, blocks], 1)
     start = C * mel.patch
     fake_mel = mel(seq)[:, start:]
+    if bool(cold.any()):  # decoded from the stream's first frame, as the stream's decoder starts
+        fake_mel = fake_mel.index_put((cold.nonzero()[:, 0],), mel(blocks[cold]))
     with torch.no_grad():
         real_mel = mel(x_real.to(dev))[:, start:]
     loss_level = level_anchor_loss(fake_mel, real_mel, per_item=cfg.own_stream_per_item)
@@ -579,7 +619,7 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     return {"own_level": loss_level.item(),
             **{f"own_{k}": v.item() for k, v in zip(TERMS, terms)},
             "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item(),
-            "kicked": kick.float().mean().item()}
+            "kicked": kick.float().mean().item(), "cold": cold.float().mean().item()}
 
 
 def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool = True,
@@ -668,6 +708,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
         if distributed.active:
             raise ConfigError("own_stream_every runs on one process; for a torchrun run set it to 0 "
                               "(lmdm arc --set own_stream_every=0)")
+        check_cold_starts(cfg, student)
         streams = OwnStreams(cfg.batch_size, student.cfg.context_frames, student.cfg.latent_channels)
         streams.to(distributed.device)
     # clean_cond conditions only the cache writes, which run without gradient: unused in the rollout's graph
