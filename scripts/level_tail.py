@@ -3,7 +3,7 @@
 `lmdm drift-study` reports per-minute medians over streams and counts the streams that clip; a burst in one stream of
 twelve, or a few clipped samples a minute in three, stays invisible in a median. This reads a study's stream files
 (``OUT_DIR/streams/*.json``, written by ``lmdm drift-study``) and prints, per system, the streams that clip, the
-clipped minutes, the worst minute (fraction of its samples at full scale), the loudest and the median minute (LUFS,
+clipped minutes and samples, the worst minute (fraction of its samples at full scale), the loudest and the median minute (LUFS,
 pyloudnorm via ``lmdm.eval.level``) and, for a system streamed through a level guard
 (``lmdm.streaming.level_guard``), the blocks it turned down and its largest cut; then one line per stream. With
 ``--plot``: one panel per system, every stream's loudness per minute (one line each) with a mark on each minute
@@ -39,10 +39,13 @@ def read_streams(out_dir: Path) -> dict[str, list[dict]]:
     return dict(by)
 
 
-def tail(records: list[dict]) -> dict:
-    """A system's tail: ``streams``, ``streams_clipping``, ``clipped_minutes``, ``minutes``, ``worst_minute``
+def tail(records: list[dict], sample_rate: float = 16000) -> dict:
+    """A system's tail: ``streams``, ``streams_clipping``, ``clipped_minutes``, ``minutes``, ``clipped_samples``
+    (each window's clipped fraction times its samples at ``sample_rate`` Hz, summed), ``worst_minute``
     (fraction), ``loudest_lufs``, ``median_lufs``, and ``guard`` (blocks, cut_blocks, max_cut_db) or None."""
     clipped = [[w["clipped_fraction"] for w in r["rows"]] for r in records]
+    samples = sum(round(w["clipped_fraction"] * (w["end_s"] - w["start_s"]) * sample_rate)
+                  for r in records for w in r["rows"])
     lufs = [w["lufs"] for r in records for w in r["rows"] if math.isfinite(w["lufs"])]
     guards = [r["guard"] for r in records if r.get("guard")]
     guard = None if not guards else {"blocks": sum(g["blocks"] for g in guards),
@@ -50,6 +53,7 @@ def tail(records: list[dict]) -> dict:
                                      "max_cut_db": max(g["max_cut_db"] for g in guards)}
     return {"streams": len(records), "streams_clipping": sum(any(c > 0 for c in s) for s in clipped),
             "clipped_minutes": sum(c > 0 for s in clipped for c in s), "minutes": sum(map(len, clipped)),
+            "clipped_samples": samples,
             "worst_minute": max(c for s in clipped for c in s), "loudest_lufs": max(lufs),
             "median_lufs": float(np.median(lufs)), "guard": guard}
 
@@ -58,6 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", type=Path, nargs="+", help="a drift study's out_dir (or several)")
     ap.add_argument("--plot", default=None, help="write the per-stream figure here (PNG)")
+    ap.add_argument("--sample-rate", type=float, default=16000,
+                    help="the streams' sample rate in Hz, to count clipped samples (default 16000, the codec's)")
     args = ap.parse_args()
     systems = {}
     for out_dir in args.out_dir:
@@ -66,17 +72,18 @@ def main() -> None:
                 raise SystemExit(f"system {label!r} is in more than one of the folders; give each study once")
             systems[label] = records
     for label, records in systems.items():
-        t = tail(records)
+        t = tail(records, args.sample_rate)
         g = t["guard"]
         print(f"{label}: {t['streams_clipping']} of {t['streams']} streams clip, {t['clipped_minutes']} of "
-              f"{t['minutes']} minutes; worst minute {100 * t['worst_minute']:.3g}%; loudest minute "
+              f"{t['minutes']} minutes, {t['clipped_samples']} clipped samples; worst minute {100 * t['worst_minute']:.3g}%; loudest minute "
               f"{t['loudest_lufs']:.1f} LUFS, median minute {t['median_lufs']:.1f}"
               + ("" if g is None else f"; guard turned down {g['cut_blocks']} of {g['blocks']} blocks, the most by "
                                       f"{g['max_cut_db']:.1f} dB"))
         for r in records:
             s, rows = r["settings"], r["rows"]
             print(f"    {s['prompt'][:40]:40s} seed {s['seed']}: LUFS " + " ".join(f"{w['lufs']:.0f}" for w in rows)
-                  + f"; clipped minutes {sum(w['clipped_fraction'] > 0 for w in rows)}"
+                  + f"; clipped minutes {sum(w['clipped_fraction'] > 0 for w in rows)}, samples "
+                  + str(tail([r], args.sample_rate)["clipped_samples"])
                   + ("" if not r.get("guard") else f"; cut {r['guard']['cut_blocks']} of {r['guard']['blocks']}"))
     if args.plot:
         import matplotlib
