@@ -536,6 +536,15 @@ def test_cold_own_streams_start_from_no_context(monkeypatch):
         own_stream_iteration(student, opt, streams, data, starts, replace(cfg, rollout_blocks=1), gen, MEL, None)
 
 
+def test_arc_run_refuses_unfillable_cold_starts_before_reading_data(tmp_path):
+    base = tmp_path / "base"
+    save_checkpoint(base, tiny_student(), MelCodec(CodecConfig()), dtype=torch.float32)
+    cfg = ARCConfig(init_from=str(base), data=str(tmp_path / "no-data"), run_dir=str(tmp_path / "arc"), steps=1,
+                    rollout_blocks=1, disc_layers=1, own_stream_every=2, own_stream_cold_p=1.0)
+    with pytest.raises(ConfigError, match="window_chunks"):
+        arc_train(cfg, progress=False)
+
+
 def test_own_stream_settings_are_checked():
     for bad in ({"own_stream_every": -1}, {"own_stream_every": 2, "own_stream_blocks": 1},
                 {"own_stream_every": 2, "level_weight": 0.0, "ceiling_weight": 0.0}, {"ceiling_weight": -1.0},

@@ -669,6 +669,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     if not 1 <= cfg.disc_layers <= student.cfg.n_layers:
         raise ConfigError(f"disc_layers must be 1..{student.cfg.n_layers} (the layers of {cfg.init_from}), "
                           f"got {cfg.disc_layers}")
+    check_cold_starts(cfg, student)  # before the data loads
     disc = Discriminator(student, cfg.disc_layers, cfg.disc_head_width).to(distributed.device)
     mel = DecodedMel(base.codec).to(distributed.device)
     opt_g = torch.optim.AdamW(student.parameters(), lr=cfg.lr_g, betas=(0.0, 0.99), weight_decay=0.0)
@@ -708,7 +709,6 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
         if distributed.active:
             raise ConfigError("own_stream_every runs on one process; for a torchrun run set it to 0 "
                               "(lmdm arc --set own_stream_every=0)")
-        check_cold_starts(cfg, student)
         streams = OwnStreams(cfg.batch_size, student.cfg.context_frames, student.cfg.latent_channels)
         streams.to(distributed.device)
     # clean_cond conditions only the cache writes, which run without gradient: unused in the rollout's graph
