@@ -492,6 +492,17 @@ def test_level_kicks_play_some_own_stream_contexts_louder_or_quieter(monkeypatch
         offset = shift[i][loud]
         assert offset.std() < 1e-5 and 0 < offset.abs().mean() <= 10 * unit + 1e-5
     assert len({round(float(shift[i][MEL(off)[i] > 0].mean()), 4) for i in range(len(off))}) == len(off)
+    # bass kicks (own_stream_kick_hz): the same draws, the same gains, on the bands below 150 Hz only
+    seen.clear()
+    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, own_stream_kick_db=10.0, own_stream_kick_p=1.0,
+                   own_stream_kick_hz=150.0)
+    student = tiny_student()
+    own_stream_iteration(student, torch.optim.AdamW(student.parameters(), lr=1e-3), OwnStreams(cfg.batch_size, C, 512),
+                         data, starts, cfg, torch.Generator().manual_seed(0), MEL, None)
+    bass = MEL(seen[0]) - MEL(off)
+    low = MEL.band_hz < 150.0
+    assert torch.equal(bass[..., ~low], torch.zeros_like(bass[..., ~low]))
+    assert torch.allclose(bass[..., low], shift[..., low], atol=1e-5)
 
 
 def test_cold_own_streams_start_from_no_context(monkeypatch):
@@ -553,7 +564,7 @@ def test_own_stream_settings_are_checked():
                 {"own_stream_kick_db": -1.0}, {"own_stream_kick_p": 1.5}, {"crest_weight": -1.0},
                 {"crest_quantile": 1.5}, {"frame_weight": -1.0}, {"frame_quantile": -0.5},
                 {"peak_weight": -1.0}, {"peak_dbfs": 1.0}, {"peak_dbfs": -30.0}, {"own_stream_cold_p": -0.1},
-                {"own_stream_cold_p": 1.5},
+                {"own_stream_cold_p": 1.5}, {"own_stream_kick_hz": -150.0},
                 {"own_stream_every": 2, "level_weight": 0.0}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)

@@ -205,6 +205,27 @@ def test_with_gain_is_a_gain_on_the_audio_in_the_codecs_units():
                           atol=1e-5)
 
 
+
+def test_bass_kick_shifts_only_the_bands_below_its_frequency():
+    """``below_hz`` makes the gain a low shelf: bands centred below it move by the gain (raw-mel latent: exact,
+    away from the floor), every other band is untouched; the band centres are the filterbank's (the first band's
+    centre above 0 Hz, rising, the last below fmax)."""
+    codec = MelCodec(CodecConfig())
+    mel = DecodedMel(codec)
+    hz = mel.band_hz
+    assert hz.shape == (codec.cfg.n_mels,) and 0 < hz[0] < hz[-1] < codec.cfg.fmax and bool((hz.diff() > 0).all())
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 512)  # normalised log-mel, mostly above the floor
+    db = torch.tensor([12.0, -12.0])
+    kicked = mel(with_gain(z, mel, db, below_hz=150.0)) - mel(z)
+    low = hz < 150.0
+    assert 3 <= int(low.sum()) < 20
+    assert torch.equal(kicked[..., ~low], torch.zeros_like(kicked[..., ~low]))
+    unit = 12 / (20 * math.log10(math.e)) / mel.std
+    above = mel(z)[0][:, low] > mel.floor + 1e-3
+    assert torch.allclose(kicked[0][:, low][above], torch.full_like(kicked[0][:, low][above], unit), atol=1e-5)
+    assert torch.equal(with_gain(z, mel, db, below_hz=0.0), with_gain(z, mel, db))
+
 def test_frame_crest_is_how_far_a_frame_sticks_out_of_its_window():
     """Steady sound has crest 0 everywhere; one frame 1 unit above flat surroundings scores its level minus the
     window's log-mean power; a gain changes no crest; the window's centre is frame ``frames // 2``."""

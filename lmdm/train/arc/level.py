@@ -468,7 +468,8 @@ class DecodedMel(nn.Module):
     the latent (``MelCodec.latent_to_mel`` decodes under ``no_grad``): the frozen autoencoder's decoder (a copy,
     movable to the student's device), or a reshape for the raw-mel latent. Not trained and not checkpointed.
     ``std`` (the codec's) and ``momentary_frames`` (mel frames in 0.4 s) are what :func:`momentary_level` needs;
-    ``floor`` is the codec's log floor in normalised units (the quietest value a decoded band can mean). The
+    ``floor`` is the codec's log floor in normalised units (the quietest value a decoded band can mean);
+    ``band_hz`` ``(n_mels,)`` is each band's centre frequency in Hz (the filterbank's Slaney mel scale). The
     codec's STFT settings, mel pseudo-inverse and Griffin-Lim settings are what :func:`frame_peaks` needs.
 
     Args:
@@ -485,6 +486,10 @@ class DecodedMel(nn.Module):
         self.log_mean, self.n_fft, self.hop = codec.cfg.mean, codec.cfg.n_fft, codec.cfg.hop
         self.gl_iters, self.gl_momentum = codec.cfg.gl_iters, codec.cfg.gl_momentum
         self.register_buffer("mel_pinv", codec.mel_pinv.detach().clone().float(), persistent=False)
+        import librosa  # already imported by mel_pinv above; lazy like the codec's
+
+        centres = librosa.mel_frequencies(n_mels=codec.cfg.n_mels + 2, fmin=codec.cfg.fmin, fmax=codec.cfg.fmax)[1:-1]
+        self.register_buffer("band_hz", torch.as_tensor(centres, dtype=torch.float32), persistent=False)
         ae = codec.autoencoder
         self.autoencoder = None if ae is None else copy.deepcopy(ae).eval().requires_grad_(False)
 
@@ -519,19 +524,23 @@ GAIN_UNITS_PER_DB = 1 / (20 * math.log10(math.e))  # nats of magnitude per dB
 
 
 @torch.no_grad()
-def with_gain(latent: torch.Tensor, mel: DecodedMel, db: torch.Tensor) -> torch.Tensor:
+def with_gain(latent: torch.Tensor, mel: DecodedMel, db: torch.Tensor, below_hz: float = 0.0) -> torch.Tensor:
     """The latent of the same music played ``db`` dB louder (negative: quieter): decoded to normalised log-mel,
     every band shifted by ``db / (20 log10(e) std)`` (a gain on the audio; module docstring) but those at the
     codec's log floor (silence stays silent), held at the floor, re-encoded. For the raw-mel latent exact; through
-    the autoencoder as exact as its round trip.
+    the autoencoder as exact as its round trip. With ``below_hz`` only the bands centred below it are shifted: a
+    low-shelf gain, the bass alone louder or quieter.
 
     ARC's level kicks (``ARCConfig.own_stream_kick_db``) put an own stream in the loud or quiet state that a long
-    stream drifts into, so that training meets it (and the level anchor pulls it back) without waiting minutes.
+    stream drifts into, so that training meets it (and the level anchor pulls it back) without waiting minutes;
+    bass kicks (``ARCConfig.own_stream_kick_hz``) the state the measured runaways are in, one low note holding
+    98-100% of the power below 150 Hz (README, "What a runaway is").
 
     Args:
         latent: ``(b, frames, ch)`` latent frames.
         mel: the codec's :class:`DecodedMel`.
         db: ``(b,)`` gain per item, dB.
+        below_hz: 0 = every band; ``f`` > 0 = only the bands whose centre (``mel.band_hz``) is below ``f`` Hz.
 
     Returns:
         ``(b, frames, ch)`` float latent frames.
@@ -542,6 +551,9 @@ def with_gain(latent: torch.Tensor, mel: DecodedMel, db: torch.Tensor) -> torch.
     if db.shape != latent.shape[:1]:
         raise ValueError(f"db must be one gain per item, shape ({latent.shape[0]},), got {tuple(db.shape)}")
     decoded = mel(latent)
-    shifted = decoded + (db.float() * GAIN_UNITS_PER_DB / mel.std)[:, None, None].to(latent.device)
+    shift = (db.float() * GAIN_UNITS_PER_DB / mel.std)[:, None, None].to(latent.device)
+    if below_hz:
+        shift = shift * (mel.band_hz < below_hz).to(shift)
+    shifted = decoded + shift
     silent = decoded <= mel.floor + 1e-4  # at the floor: the magnitude is unknown below it, and stays silent
     return mel.encode(torch.where(silent, decoded, shifted.clamp_min(mel.floor)))

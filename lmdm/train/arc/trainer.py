@@ -138,6 +138,10 @@ class ARCConfig:
             a harp tune that fades) are met every few iterations, and the level anchor and ceilings train the
             way back.
         own_stream_kick_p: probability per stream and own-stream iteration of a level kick.
+        own_stream_kick_hz: 0 = a kick is a gain on every band; ``f`` > 0 = bass kicks, a gain on the bands
+            centred below ``f`` Hz only (``with_gain(below_hz=f)``): the measured runaways are one low note
+            taking 98-100% of the power below 150 Hz (README, "What a runaway is"), a state a uniform gain does
+            not put a stream in.
         own_stream_cold_p: probability that a restarting own stream starts cold, from no context at all, as
             ``lmdm generate`` and a live session start (``BlockCausalKVCache.bootstrap(None)``), instead of from
             a real crop's context: the first seconds of a stream, where the choir chorale's loudness runaway
@@ -187,6 +191,7 @@ class ARCConfig:
     own_stream_alt_steps: int = 0
     own_stream_kick_db: float = 0.0
     own_stream_kick_p: float = 0.25
+    own_stream_kick_hz: float = 0.0
     own_stream_cold_p: float = 0.0
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
@@ -231,6 +236,8 @@ class ARCConfig:
         if not self.own_stream_kick_db >= 0 or not 0 <= self.own_stream_kick_p <= 1:
             raise ConfigError(f"own_stream_kick_db must be >= 0 and own_stream_kick_p in [0, 1], got "
                               f"{self.own_stream_kick_db} and {self.own_stream_kick_p}")
+        if not self.own_stream_kick_hz >= 0:
+            raise ConfigError(f"own_stream_kick_hz must be >= 0 (0 = kick every band), got {self.own_stream_kick_hz}")
         if not 0 <= self.own_stream_cold_p <= 1:
             raise ConfigError(f"own_stream_cold_p must be in [0, 1], got {self.own_stream_cold_p}")
         if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0 and \
@@ -580,7 +587,7 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         kick = (torch.rand(b, generator=gen, device=gen.device) < cfg.own_stream_kick_p).to(dev)
         db = (2 * torch.rand(b, generator=gen, device=gen.device) - 1).to(dev) * cfg.own_stream_kick_db
         if bool(kick.any()):
-            ctx = torch.where(kick[:, None, None], with_gain(ctx, mel, db), ctx)
+            ctx = torch.where(kick[:, None, None], with_gain(ctx, mel, db, cfg.own_stream_kick_hz), ctx)
     cold = torch.zeros(b, dtype=torch.bool, device=dev)
     if cfg.own_stream_cold_p:
         cold = restart & (torch.rand(b, generator=gen, device=gen.device) < cfg.own_stream_cold_p).to(dev)
