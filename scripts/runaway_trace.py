@@ -10,7 +10,7 @@ at full scale (|x| >= 0.999, what the study counts as clipped), the dominant fre
 (librosa) above the RMS and peak traces, full scale marked.
 
 Usage:
-    .venv/bin/python scripts/runaway_trace.py runs/scr-cold120-s1.json --seed 0 [--prompt 0] [--seconds 60]
+    .venv/bin/python scripts/runaway_trace.py configs/runaway-trace.json --seed 0 [--prompt 0] [--seconds 60]
         [--hop 0.5] [--plot docs/level-runaway.png]
 """
 from __future__ import annotations
