@@ -109,7 +109,7 @@ def main() -> None:
             if band:
                 ax.axhspan(band["mean"] - 2 * band["std"], band["mean"] + 2 * band["std"], color="0.85", zorder=0)
             ax.set_title(f"{label}\n{t['streams_clipping']} of {t['streams']} streams clip, "
-                         f"{t['clipped_minutes']} minutes", fontsize=9)
+                         f"{t['clipped_minutes']} clipped minute{'' if t['clipped_minutes'] == 1 else 's'}", fontsize=9)
             ax.set_xlabel("minute of the stream")
             ax.grid(alpha=0.3)
         for ax in axes[:, 0]:
