@@ -547,6 +547,44 @@ def test_cold_own_streams_start_from_no_context(monkeypatch):
         own_stream_iteration(student, opt, streams, data, starts, replace(cfg, rollout_blocks=1), gen, MEL, None)
 
 
+
+def test_own_stream_adversarial_term_updates_each_player_in_its_own_step():
+    """With ``own_stream_adv_weight`` the own streams play the adversarial game: the student's step adds the
+    relativistic generator loss with the discriminator frozen (a discriminator optimiser with learning rate 0
+    leaves it bit for bit, flags restored), the discriminator's step leaves the student untouched (a student
+    optimiser with learning rate 0), the term changes the student's update; off (weight 0) the discriminator is
+    not touched even with a live optimiser, and nothing is drawn for it; without the discriminator it is refused."""
+    data = tiny_latent_set()
+
+    def run(weight, lr_g, lr_d, with_disc=True):
+        student = tiny_student()
+        disc = Discriminator(student, n_layers=1, head_width=16)
+        C, B = student.cfg.context_frames, student.cfg.block_frames
+        cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, own_stream_adv_weight=weight)
+        starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
+        streams = OwnStreams(cfg.batch_size, C, 512)
+        before = snapshot(student), snapshot(disc)
+        gen = torch.Generator().manual_seed(0)
+        out = own_stream_iteration(student, torch.optim.SGD(student.parameters(), lr=lr_g), streams, data, starts,
+                                   cfg, gen, MEL, None, None, disc if with_disc else None,
+                                   torch.optim.SGD(disc.parameters(), lr=lr_d))
+        return out, student, disc, before, gen.initial_seed(), torch.rand(1, generator=gen)
+
+    out, student, disc, (s0, d0), _, _ = run(1.0, 1e-3, 0.0)
+    assert out["own_adv"] > 0 and out["own_d"] > 0
+    assert same(disc, d0) and not same(student, s0)
+    assert all(p.requires_grad for p in disc.parameters())
+    adv_student = snapshot(student)
+    out, student, disc, (s0, d0), _, _ = run(1.0, 0.0, 1e-3)
+    assert same(student, s0) and not same(disc, d0)
+    off, student, disc, (s0, d0), _, after_off = run(0.0, 1e-3, 1e-3)
+    assert off["own_adv"] == off["own_d"] == 0.0 and same(disc, d0)
+    assert not all(torch.equal(a, b) for a, b in zip(student.parameters(), adv_student))
+    _, _, _, _, _, after_on = run(1.0, 1e-3, 1e-3)
+    assert not torch.equal(after_off, after_on)  # the term draws its timesteps and noise only when on
+    with pytest.raises(ConfigError, match="discriminator"):
+        run(1.0, 1e-3, 1e-3, with_disc=False)
+
 def test_arc_run_refuses_unfillable_cold_starts_before_reading_data(tmp_path):
     base = tmp_path / "base"
     save_checkpoint(base, tiny_student(), MelCodec(CodecConfig()), dtype=torch.float32)
@@ -564,7 +602,7 @@ def test_own_stream_settings_are_checked():
                 {"own_stream_kick_db": -1.0}, {"own_stream_kick_p": 1.5}, {"crest_weight": -1.0},
                 {"crest_quantile": 1.5}, {"frame_weight": -1.0}, {"frame_quantile": -0.5},
                 {"peak_weight": -1.0}, {"peak_dbfs": 1.0}, {"peak_dbfs": -30.0}, {"own_stream_cold_p": -0.1},
-                {"own_stream_cold_p": 1.5}, {"own_stream_kick_hz": -150.0},
+                {"own_stream_cold_p": 1.5}, {"own_stream_kick_hz": -150.0}, {"own_stream_adv_weight": -1.0},
                 {"own_stream_every": 2, "level_weight": 0.0}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)

@@ -20,7 +20,9 @@ generations for ``N`` blocks (``lmdm.train.arc.rollout``) and trained against a 
 5. EMA of the generator, LR, checkpoints, resume, log and export: the one loop of ``lmdm.train.loop``.
 
 With ``own_stream_every = k``, every ``k``-th iteration instead continues the student's own long streams
-(:func:`own_stream_iteration`, ``lmdm.train.arc.streams``): the runaway of long streams is met in training.
+(:func:`own_stream_iteration`, ``lmdm.train.arc.streams``): the runaway of long streams is met in training. With
+``own_stream_adv_weight`` the discriminator scores those streams too, as in steps 3 and 4 (Self-Forcing++, Cui et
+al. 2025, arXiv 2510.02283: the short-window critic corrects windows of the student's own long rollouts).
 
 The discriminator scores each sequence with the prompt flag and the control channels the rollout had.
 
@@ -34,6 +36,7 @@ process uses the shared generator directly.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -142,6 +145,14 @@ class ARCConfig:
             centred below ``f`` Hz only (``with_gain(below_hz=f)``): the measured runaways are one low note
             taking 98-100% of the power below 150 Hz (README, "What a runaway is"), a state a uniform gain does
             not put a stream in.
+        own_stream_adv_weight: 0 = off; ``w`` > 0: own streams also play the adversarial game. Each own stream
+            that went on from its context (not a cold restart) is re-noised as ``[context | rollout]`` beside a real
+            crop of its work with the same caption, timestep and noise; the student's update adds ``w`` times the
+            relativistic generator loss (the discriminator frozen), then the discriminator takes a relativistic
+            step on the same pair (the student untouched). The discriminator otherwise only sees 4-block rollouts
+            after real context, never the bass drone a stream drifts into after minutes (README, "What a runaway
+            is"); Self-Forcing++ (Cui et al. 2025, arXiv 2510.02283, section 3) trains on windows of the
+            student's own long rollouts for the same reason.
         own_stream_cold_p: probability that a restarting own stream starts cold, from no context at all, as
             ``lmdm generate`` and a live session start (``BlockCausalKVCache.bootstrap(None)``), instead of from
             a real crop's context: the first seconds of a stream, where the choir chorale's loudness runaway
@@ -192,6 +203,7 @@ class ARCConfig:
     own_stream_kick_db: float = 0.0
     own_stream_kick_p: float = 0.25
     own_stream_kick_hz: float = 0.0
+    own_stream_adv_weight: float = 0.0
     own_stream_cold_p: float = 0.0
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
@@ -236,6 +248,8 @@ class ARCConfig:
         if not self.own_stream_kick_db >= 0 or not 0 <= self.own_stream_kick_p <= 1:
             raise ConfigError(f"own_stream_kick_db must be >= 0 and own_stream_kick_p in [0, 1], got "
                               f"{self.own_stream_kick_db} and {self.own_stream_kick_p}")
+        if not self.own_stream_adv_weight >= 0:
+            raise ConfigError(f"own_stream_adv_weight must be >= 0 (0 = off), got {self.own_stream_adv_weight}")
         if not self.own_stream_kick_hz >= 0:
             raise ConfigError(f"own_stream_kick_hz must be >= 0 (0 = kick every band), got {self.own_stream_kick_hz}")
         if not 0 <= self.own_stream_cold_p <= 1:
@@ -366,6 +380,19 @@ class ScorePass(nn.Module):
                 self.disc(x_real, t, negative, with_prompt, region_start, controls))
 
 
+@contextmanager
+def frozen(module: nn.Module):
+    """Inside, ``module``'s parameters take no gradient (the other player's update cannot change them); their
+    ``requires_grad`` flags are restored on the way out, also after an error."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
 def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimizer, batch: ARCBatch,
                    draw: ARCDraw, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
                    rollout_pass: nn.Module | None = None,
@@ -397,10 +424,8 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
     ctx = batch.x0[:, :C]
     ctrl = None if draw.controls is None else draw.controls[:, C:]
     x_real = add_noise(batch.x0, draw.eps, draw.t)
-    flags = [p.requires_grad for p in disc.parameters()]
-    disc.requires_grad_(False)
     student.train()
-    try:
+    with frozen(disc):
         with arc_autocast(dev, cfg.bf16):
             blocks = rollout_pass(ctx, batch.text, draw.has_text, ctrl, draw.exit_steps, cfg.student_steps, gen)
             x_fake = add_noise(torch.cat([ctx, blocks.float()], 1), draw.eps, draw.t)
@@ -417,9 +442,6 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
         terms = ceiling.losses(fake_mel, mel)
         total = loss_g + cfg.level_weight * loss_level if cfg.level_weight > 0 else loss_g
         optimizer_step(with_ceilings(total, cfg, ceiling, terms), opt_g, student.parameters(), cfg.grad_clip)
-    finally:
-        for p, flag in zip(disc.parameters(), flags):
-            p.requires_grad_(flag)
     return x_fake.detach(), {"loss_g": loss_g.item(), "loss_level": loss_level.item(),
                              **{f"loss_{k}": v.item() for k, v in zip(TERMS, terms)}}
 
@@ -523,7 +545,8 @@ def check_cold_starts(cfg: ARCConfig, student: DiT) -> None:
 
 def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: OwnStreams, data: LatentSet,
                          starts: torch.Tensor, cfg: ARCConfig, gen: torch.Generator, mel: DecodedMel,
-                         ceiling: LevelCeilings | None, rollout_pass: nn.Module | None = None) -> dict:
+                         ceiling: LevelCeilings | None, rollout_pass: nn.Module | None = None,
+                         disc: Discriminator | None = None, opt_d: torch.optim.Optimizer | None = None) -> dict:
     """An own-stream iteration (``lmdm.train.arc.streams``): restart some streams from real crops, continue every
     stream by ``N`` blocks with all ``S`` steps (``own_stream_steps``, else ``student_steps``; with
     ``own_stream_alt_steps`` the second half of the streams with that many; gradient through each block's final
@@ -531,7 +554,10 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     ``level_weight * level anchor + ceiling_weight * band ceiling + momentary_weight * momentary ceiling +
     crest_weight * crest ceiling + frame_weight * frame ceiling + peak_weight * peak ceiling``
     against a fresh real crop of each stream's work,
-    and advance the streams. The discriminator is not involved.
+    and advance the streams. The discriminator is not involved, unless ``own_stream_adv_weight`` > 0: then the
+    student's objective adds ``own_stream_adv_weight`` times the relativistic generator loss of the streams that
+    went on (not the cold restarts) against that real crop, the discriminator frozen, and the discriminator then
+    takes a relativistic step on the same pair (:class:`ARCConfig`).
 
     With ``own_stream_kick_db`` some contexts are first played louder or quieter (level kicks, see
     :class:`ARCConfig`); with ``own_stream_cold_p`` some restarts start cold, from no context (the stream's first
@@ -540,7 +566,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     Draws, on ``gen`` and in this order: the restarts, the restarted streams' crops and captions
     (``LatentSet.draw`` over ``starts``) and prompt flags, the real crops of each stream's work, the level kicks
     (which streams, then their gains; only with ``own_stream_kick_db``), which restarts start cold (only with
-    ``own_stream_cold_p``), the rollout's noise (group by group: by steps, warm before cold).
+    ``own_stream_cold_p``), the rollout's noise (group by group: by steps, warm before cold), then (only with
+    ``own_stream_adv_weight``) the discriminator's timesteps and noise, for every stream.
 
     Args:
         student, opt_g: the student (updated) and its optimiser.
@@ -552,19 +579,23 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         mel: the level anchor's decoder (on the student's device).
         ceiling: the training data's ceilings (:class:`LevelCeilings`), or None (no ceiling terms).
         rollout_pass: :class:`RolloutPass` of ``student`` (None: built here).
+        disc, opt_d: the discriminator and its optimiser, needed with ``own_stream_adv_weight`` (else unused).
 
     Returns:
         ``own_level``, ``own_ceiling``, ``own_momentary``, ``own_crest``, ``own_frame``, ``own_peak`` (the level
         anchor and the ceilings on the own streams), ``stream_blocks``
         (the streams' mean length in blocks after this iteration), ``restarted`` (the fraction restarted),
-        ``kicked`` (the fraction kicked) and ``cold`` (the fraction started cold), floats.
+        ``kicked`` (the fraction kicked) and ``cold`` (the fraction started cold), ``own_adv`` and ``own_d`` (the
+        generator's and the discriminator's relativistic losses on the own streams; 0 when off), floats.
 
     Raises:
-        ConfigError: ``cfg.prompt_dropout`` is None, or cold starts the rollout cannot fill
-            (:func:`check_cold_starts`).
+        ConfigError: ``cfg.prompt_dropout`` is None, cold starts the rollout cannot fill
+            (:func:`check_cold_starts`), or ``own_stream_adv_weight`` without ``disc`` and ``opt_d``.
     """
     if cfg.prompt_dropout is None:
         raise ConfigError("set the rollout dropouts first (with_pretraining_dropouts)")
+    if cfg.own_stream_adv_weight and (disc is None or opt_d is None):
+        raise ConfigError("own_stream_adv_weight > 0 needs the discriminator and its optimiser (disc, opt_d)")
     check_cold_starts(cfg, student)
     rollout_pass = rollout_pass or RolloutPass(student)
     dev = next(student.parameters()).device
@@ -619,14 +650,33 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     loss_level = level_anchor_loss(fake_mel, real_mel, per_item=cfg.own_stream_per_item)
     ceiling = ceiling or LevelCeilings()
     terms = ceiling.losses(fake_mel, mel)
-    optimizer_step(with_ceilings(cfg.level_weight * loss_level, cfg, ceiling, terms), opt_g, student.parameters(),
-                   cfg.grad_clip)
+    total, loss_adv, loss_d = cfg.level_weight * loss_level, torch.zeros(()), torch.zeros(())
+    warm = (~cold).nonzero()[:, 0]
+    adversarial = cfg.own_stream_adv_weight > 0
+    if adversarial:  # Self-Forcing++'s critic on the student's own long streams (ARCConfig.own_stream_adv_weight)
+        t = logit_normal((b,), cfg.t_logit_mean, cfg.t_logit_std, gen).to(dev)[warm]
+        eps = torch.randn(seq.shape, generator=gen, device=gen.device).to(dev)[warm]
+        scored = (t, text[warm], streams.has_text[warm], C)
+        x_r, x_f = add_noise(x_real.to(dev)[warm], eps, t), add_noise(seq[warm], eps, t)
+        adversarial = len(warm) > 0
+    if adversarial:
+        with frozen(disc), arc_autocast(dev, cfg.bf16):
+            scores = disc(x_r, *scored), disc(x_f, *scored)
+        loss_adv = relativistic_g_loss(*(s.float() for s in scores))
+        total = total + cfg.own_stream_adv_weight * loss_adv
+    optimizer_step(with_ceilings(total, cfg, ceiling, terms), opt_g, student.parameters(), cfg.grad_clip)
+    if adversarial:  # the discriminator's turn, on the same pair; x_f detached, the student untouched
+        with arc_autocast(dev, cfg.bf16):
+            scores = disc(x_r, *scored), disc(x_f.detach(), *scored)
+        loss_d = relativistic_d_loss(*(s.float() for s in scores))
+        optimizer_step(loss_d, opt_d, disc.parameters(), cfg.grad_clip)
     streams.context.copy_(seq[:, -C:].detach())
     streams.blocks.copy_(torch.where(restart, N, streams.blocks + N))
     return {"own_level": loss_level.item(),
             **{f"own_{k}": v.item() for k, v in zip(TERMS, terms)},
             "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item(),
-            "kicked": kick.float().mean().item(), "cold": cold.float().mean().item()}
+            "kicked": kick.float().mean().item(), "cold": cold.float().mean().item(),
+            "own_adv": loss_adv.item(), "own_d": loss_d.item()}
 
 
 def arc_train(cfg: ARCConfig | None = None, resume: bool = False, progress: bool = True,
@@ -727,7 +777,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     def train_step(state: LoopState) -> dict:
         if streams is not None and (state.step + 1) % cfg.own_stream_every == 0:
             return {**recent, **own_stream_iteration(student, opt_g, streams, data, starts, settled, gen, mel,
-                                                     ceiling, rollout_pass)}
+                                                     ceiling, rollout_pass, disc, opt_d)}
         first, captions = data.draw(starts, cfg.batch_size, gen)
         negative = negatives.draw(captions, gen)  # the whole batch's, on every rank alike
         rows = plan.rows
@@ -757,7 +807,8 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                 train_step=train_step, save_model=lambda path, m, info: save_checkpoint(path, m, base.codec, info),
                 export_info=export_info, ema_decay=lambda n: cfg.ema_decay)
     metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "loss_ceiling", "own_level",
-               "own_ceiling", "stream_blocks", *(f"{kind}_{t}" for t in TERMS[1:] for kind in ("loss", "own")))
+               "own_ceiling", "stream_blocks", *(f"{kind}_{t}" for t in TERMS[1:] for kind in ("loss", "own")),
+               "own_adv", "own_d")
     settings = LoopSettings(run_dir=run, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
                             columns=tuple((k, ".5f") for k in metrics),
