@@ -139,7 +139,7 @@ def test_shipped_configs_load(path):
     from lmdm.train.autoencoder import AutoencoderRun
 
     kinds = {"arc": ARCConfig, "autoencoder": AutoencoderRun, "transcriber": TranscriberTrainConfig,
-             "drift-study": StudyConfig}
+             "drift-study": StudyConfig, "runaway-trace": StudyConfig}
     cls = next((c for prefix, c in kinds.items() if path.name.startswith(prefix)), TrainConfig)
     built = load_study(path) if cls is StudyConfig else load_json(cls, path)
     assert _taken(json.loads(path.read_text()), to_dict(built))
