@@ -16,6 +16,7 @@ from lmdm.checkpoint import load_checkpoint, save_checkpoint
 from lmdm.config import ConfigError
 from lmdm.control.features import control_input
 from lmdm.diffusion import x0_from_velocity
+from lmdm.errors import UsageError
 from lmdm.model.cache import BlockCausalKVCache
 from lmdm.model.config import DiTConfig
 from lmdm.model.dit import DiT
@@ -137,6 +138,61 @@ def test_rollout_equals_inference_for_the_same_seed_and_exit_step():
             assert (block - ro.per_block[n]).abs().max() < 1e-5, (exits, n)
 
 
+def test_context_noise_noises_what_the_student_reads_and_returns_clean_blocks(monkeypatch):
+    """``context_noise``: the cache is filled with ``context + sigma * eps`` and every finished block is cached as
+    ``x0 + sigma * eps`` (``sigma`` per stream, uniform in ``[0, context_noise]``, drawn first); the blocks the
+    rollout returns are the clean ones. At 0 nothing is drawn (the inference test above)."""
+    student = tiny_student()
+    W, B = student.cfg.window_chunks, student.cfg.block_frames
+    g = torch.Generator().manual_seed(4)
+    ctx, text = torch.randn(2, W * B, 512, generator=g), torch.randn(2, 384, generator=g)
+    has, c = torch.tensor([True, True]), 0.5
+    # one block: the same as a clean-context rollout of the noised context, on the same generator
+    one = rollout(student, ctx, text, has, [3], 3, torch.Generator().manual_seed(7), context_noise=c)
+    g = torch.Generator().manual_seed(7)
+    sigma = c * torch.rand(2, generator=g)
+    noisy = ctx + sigma[:, None, None] * torch.randn(ctx.shape, generator=g)
+    assert ((sigma > 0) & (sigma <= c)).all()
+    assert (one.blocks - rollout(student, noisy, text, has, [3], 3, g).blocks).abs().max() < 1e-5
+    assert (one.blocks - rollout(student, ctx, text, has, [3], 3, torch.Generator().manual_seed(7)).blocks
+            ).abs().max() > 1e-3  # the noise changed what it read
+    # two blocks: the first block enters the cache noised, by the same sigma per stream
+    advanced = []
+    real_advance = BlockCausalKVCache.advance
+    monkeypatch.setattr(BlockCausalKVCache, "advance", lambda self, x: advanced.append(x.clone())
+                        or real_advance(self, x))
+    two = rollout(student, ctx, text, has, [3, 3], 3, torch.Generator().manual_seed(7), context_noise=c)
+    assert torch.equal(two.per_block[0], one.blocks)  # the same draws up to the first block
+    z = (advanced[0] - two.per_block[0].detach()) / sigma[:, None, None]
+    assert z.abs().max() > 0 and 0.9 < float(z.std()) < 1.1
+    with pytest.raises(UsageError):
+        rollout(student, ctx, text, has, [3], 3, torch.Generator().manual_seed(7), context_noise=-0.1)
+
+
+def test_both_rollouts_of_an_arc_run_read_a_noised_context(monkeypatch):
+    """``ARCConfig.context_noise`` reaches the adversarial rollout and the own streams' rollouts."""
+    seen = []
+    real_rollout = arc_trainer.rollout
+
+    def recording_rollout(*args, **kw):
+        seen.append(args[8] if len(args) > 8 else kw.get("context_noise", 0.0))
+        return real_rollout(*args, **kw)
+
+    monkeypatch.setattr(arc_trainer, "rollout", recording_rollout)
+    student, data = tiny_student(), tiny_latent_set()
+    cfg = tiny_cfg(context_noise=0.3, own_stream_every=1)
+    disc = Discriminator(student, n_layers=1, head_width=16)
+    opt_g = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    out = arc_iteration(student, disc, opt_g, torch.optim.AdamW(disc.parameters(), lr=1e-3), tiny_batch(), cfg,
+                        gen, MEL)
+    assert math.isfinite(out["loss_g"])
+    C, N, B = student.cfg.context_frames, cfg.rollout_blocks, student.cfg.block_frames
+    own_stream_iteration(student, opt_g, OwnStreams(cfg.batch_size, C, 512), data,
+                         data.valid_starts("train", C + N * B), cfg, gen, MEL, None)
+    assert len(seen) >= 2 and all(x == 0.3 for x in seen)
+
+
 def test_controls_and_prompt_dropout_reach_the_rollout(monkeypatch):
     """Rollouts run with the crop's control channels (a model whose output depends on them streams other
     blocks without), and the iteration applies pretraining's dropouts: control dropout 0 passes every group of
@@ -155,9 +211,9 @@ def test_controls_and_prompt_dropout_reach_the_rollout(monkeypatch):
     seen = []
     real_rollout = arc_trainer.rollout
 
-    def spy(model, context, text, has_text, exit_steps, steps, generator, controls=None):
+    def spy(model, context, text, has_text, exit_steps, steps, generator, controls=None, context_noise=0.0):
         seen.append((has_text.clone(), None if controls is None else controls.clone()))
-        return real_rollout(model, context, text, has_text, exit_steps, steps, generator, controls)
+        return real_rollout(model, context, text, has_text, exit_steps, steps, generator, controls, context_noise)
 
     monkeypatch.setattr(arc_trainer, "rollout", spy)
     disc = Discriminator(student, n_layers=1, head_width=16)
@@ -602,7 +658,7 @@ def test_own_stream_settings_are_checked():
                 {"own_stream_kick_db": -1.0}, {"own_stream_kick_p": 1.5}, {"crest_weight": -1.0},
                 {"crest_quantile": 1.5}, {"frame_weight": -1.0}, {"frame_quantile": -0.5},
                 {"peak_weight": -1.0}, {"peak_dbfs": 1.0}, {"peak_dbfs": -30.0}, {"own_stream_cold_p": -0.1},
-                {"own_stream_cold_p": 1.5}, {"own_stream_kick_hz": -150.0}, {"own_stream_adv_weight": -1.0},
+                {"own_stream_cold_p": 1.5}, {"own_stream_kick_hz": -150.0}, {"own_stream_adv_weight": -1.0}, {"context_noise": -0.1},
                 {"own_stream_every": 2, "level_weight": 0.0}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)

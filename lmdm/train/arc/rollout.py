@@ -46,9 +46,19 @@ def draw_exit_steps(n_blocks: int, steps: int, generator: torch.Generator) -> li
     return torch.randint(1, steps + 1, (n_blocks,), generator=generator, device=generator.device).tolist()
 
 
+def as_cached(x: torch.Tensor, sigma: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+    """What a rollout's cache holds of the clean latents ``x`` ``(b, frames, ch)``: ``x + sigma * eps`` with
+    ``sigma`` ``(b,)`` per stream and fresh ``eps`` drawn on ``generator`` (:func:`rollout`'s ``context_noise``), or
+    ``x`` itself when ``sigma`` is None or ``x`` has no frames (nothing drawn)."""
+    if sigma is None or x.shape[1] == 0:
+        return x
+    eps = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
+    return x + sigma[:, None, None].to(x.dtype) * eps.to(x.dtype)
+
+
 def rollout(model: DiT, context: torch.Tensor, text: torch.Tensor, has_text: torch.Tensor,
             exit_steps: list[int], steps: int, generator: torch.Generator,
-            controls: torch.Tensor | None = None) -> Rollout:
+            controls: torch.Tensor | None = None, context_noise: float = 0.0) -> Rollout:
     """Stream ``len(exit_steps)`` blocks after a real ``context`` with the model's own block-causal KV cache.
 
     Args:
@@ -61,13 +71,23 @@ def rollout(model: DiT, context: torch.Tensor, text: torch.Tensor, has_text: tor
         generator: RNG of the initial noise and the ping-pong noise, block after block.
         controls: ``(b, N*B, control_dim)`` control channels of the rolled-out frames (``lmdm.control.features``,
             after control dropout), or None (no controls).
+        context_noise: largest standard deviation of the Gaussian noise added to what the student reads as
+            context (``ARCConfig.context_noise``; latents have unit variance): each stream draws its ``sigma``
+            uniform in ``[0, context_noise]``, then the cache is filled with ``context + sigma * eps`` and every
+            finished block is cached as ``x0 + sigma * eps`` (fresh ``eps`` each), while the returned blocks stay
+            clean. Noise augmentation of the context, GameNGen (Valevski et al., ICLR 2025, arXiv 2408.14837,
+            section 3.2): the student learns to continue from a context that is not exactly right, as its own is
+            after minutes. 0 (default): nothing is drawn, the cache holds what inference caches.
 
     Returns:
         a :class:`Rollout`.
 
     Raises:
-        UsageError: ``steps`` < 1, an exit step outside ``[1, steps]``, or controls that do not cover the blocks.
+        UsageError: ``steps`` < 1, an exit step outside ``[1, steps]``, controls that do not cover the blocks, or
+            a negative ``context_noise``.
     """
+    if not context_noise >= 0:
+        raise UsageError(f"context_noise must be >= 0 (0 = a clean context), got {context_noise}")
     if steps < 1:
         raise UsageError(f"a rollout needs at least 1 step, got {steps}")
     if any(not 1 <= k <= steps for k in exit_steps):
@@ -77,8 +97,11 @@ def rollout(model: DiT, context: torch.Tensor, text: torch.Tensor, has_text: tor
     if controls is not None and controls.shape[:2] != (b, len(exit_steps) * B):
         raise UsageError(f"controls must be (batch={b}, {len(exit_steps) * B}, control_dim), "
                          f"got {tuple(controls.shape)}")
+    sigma = None
+    if context_noise > 0:  # drawn first, so that a run without it draws exactly what it drew before
+        sigma = (context_noise * torch.rand(b, generator=generator, device=generator.device)).to(dev)
     cache = BlockCausalKVCache(model, batch=b)
-    cache.bootstrap(context.detach())
+    cache.bootstrap(as_cached(context.detach(), sigma, generator))
     text_c = model.text_cond(text, has_text)
     blocks = []
     for n, k in enumerate(exit_steps):
@@ -92,5 +115,5 @@ def rollout(model: DiT, context: torch.Tensor, text: torch.Tensor, has_text: tor
         noise = torch.randn(b, B, ch, generator=generator, device=generator.device).to(dev)
         x0 = sample(velocity, noise, "pingpong", steps, generator, exit_step=k)
         blocks.append(x0)
-        cache.advance(x0.detach())
+        cache.advance(as_cached(x0.detach(), sigma, generator))
     return Rollout(torch.cat(blocks, 1), blocks, list(exit_steps))

@@ -158,6 +158,12 @@ class ARCConfig:
             a real crop's context: the first seconds of a stream, where the choir chorale's loudness runaway
             begins, are met in training. A cold stream is not kicked. Needs ``rollout_blocks`` >= the model's
             ``window_chunks`` (the rollout then fills the whole context). 0 = off.
+        context_noise: noise augmentation of the context (GameNGen, Valevski et al., ICLR 2025, arXiv 2408.14837,
+            section 3.2): in every rollout, adversarial and own-stream alike, what the student reads from its KV
+            cache (the context, then each finished block) carries Gaussian noise of a standard deviation drawn per
+            stream uniform in ``[0, context_noise]`` (latents have unit variance), while the discriminator, the
+            level anchor and the ceilings see the clean sequence (``lmdm.train.arc.rollout.rollout``). Inference
+            caches clean blocks (``sigma = 0``, inside the trained range). 0 = off (nothing is drawn).
         ema_decay: EMA of the student.
         t_logit_mean, t_logit_std: logit-normal re-noising timestep for the discriminator.
         grad_clip: gradient-norm clipping for both players.
@@ -205,6 +211,7 @@ class ARCConfig:
     own_stream_kick_hz: float = 0.0
     own_stream_adv_weight: float = 0.0
     own_stream_cold_p: float = 0.0
+    context_noise: float = 0.0
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
     t_logit_std: float = 1.0
@@ -254,6 +261,9 @@ class ARCConfig:
             raise ConfigError(f"own_stream_kick_hz must be >= 0 (0 = kick every band), got {self.own_stream_kick_hz}")
         if not 0 <= self.own_stream_cold_p <= 1:
             raise ConfigError(f"own_stream_cold_p must be in [0, 1], got {self.own_stream_cold_p}")
+        if not self.context_noise >= 0:
+            raise ConfigError(f"context_noise must be >= 0 (a standard deviation in latent units; 0 = off), got "
+                              f"{self.context_noise}")
         if self.own_stream_every and self.level_weight == 0 and self.ceiling_weight == 0 and \
                 self.momentary_weight == 0 and self.crest_weight == 0 and self.frame_weight == 0 and \
                 self.peak_weight == 0:
@@ -361,8 +371,9 @@ class RolloutPass(nn.Module):
         self.student = student
 
     def forward(self, context, text, has_text, controls, exit_steps: list[int], steps: int,
-                generator: torch.Generator):
-        return rollout(self.student, context, text, has_text, exit_steps, steps, generator, controls).blocks
+                generator: torch.Generator, context_noise: float = 0.0):
+        return rollout(self.student, context, text, has_text, exit_steps, steps, generator, controls,
+                       context_noise).blocks
 
 
 class ScorePass(nn.Module):
@@ -427,7 +438,8 @@ def generator_step(student: DiT, disc: Discriminator, opt_g: torch.optim.Optimiz
     student.train()
     with frozen(disc):
         with arc_autocast(dev, cfg.bf16):
-            blocks = rollout_pass(ctx, batch.text, draw.has_text, ctrl, draw.exit_steps, cfg.student_steps, gen)
+            blocks = rollout_pass(ctx, batch.text, draw.has_text, ctrl, draw.exit_steps, cfg.student_steps, gen,
+                                  cfg.context_noise)
             x_fake = add_noise(torch.cat([ctx, blocks.float()], 1), draw.eps, draw.t)
             scores = (disc(x_real, draw.t, batch.text, draw.has_text, C, draw.controls),
                       disc(x_fake, draw.t, batch.text, draw.has_text, C, draw.controls))
@@ -635,7 +647,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
                 sub = g[cold.cpu()[g] == starts_cold]
                 if len(sub):
                     context = ctx[sub][:, :0] if starts_cold else ctx[sub]
-                    parts.append(rollout_pass(context, text[sub], streams.has_text[sub], None, [s] * N, s, gen))
+                    parts.append(rollout_pass(context, text[sub], streams.has_text[sub], None, [s] * N, s, gen,
+                                              cfg.context_noise))
                     order.append(sub)
     back = torch.empty(b, dtype=torch.long)
     back[torch.cat(order)] = rows
