@@ -653,12 +653,14 @@ def test_arc_run_refuses_unfillable_cold_starts_before_reading_data(tmp_path):
 def test_own_stream_settings_are_checked():
     for bad in ({"own_stream_every": -1}, {"own_stream_every": 2, "own_stream_blocks": 1},
                 {"own_stream_every": 2, "level_weight": 0.0, "ceiling_weight": 0.0}, {"ceiling_weight": -1.0},
-                {"momentary_weight": -1.0}, {"momentary_quantile": 1.5}, {"own_stream_steps": -1}, {"own_stream_steps": 5, "student_steps": 4},
+                {"momentary_weight": -1.0}, {"momentary_quantile": 1.5}, {"own_stream_steps": -1},
+                {"own_stream_steps": 5, "student_steps": 4},
                 {"own_stream_alt_steps": 5, "student_steps": 4}, {"own_stream_alt_steps": 2, "batch_size": 1},
                 {"own_stream_kick_db": -1.0}, {"own_stream_kick_p": 1.5}, {"crest_weight": -1.0},
                 {"crest_quantile": 1.5}, {"frame_weight": -1.0}, {"frame_quantile": -0.5},
                 {"peak_weight": -1.0}, {"peak_dbfs": 1.0}, {"peak_dbfs": -30.0}, {"own_stream_cold_p": -0.1},
-                {"own_stream_cold_p": 1.5}, {"own_stream_kick_hz": -150.0}, {"own_stream_adv_weight": -1.0}, {"context_noise": -0.1},
+                {"own_stream_cold_p": 1.5}, {"own_stream_kick_hz": -150.0}, {"own_stream_adv_weight": -1.0},
+                {"context_noise": -0.1},
                 {"own_stream_every": 2, "level_weight": 0.0}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)

@@ -52,8 +52,8 @@ def as_cached(x: torch.Tensor, sigma: torch.Tensor | None, generator: torch.Gene
     ``x`` itself when ``sigma`` is None or ``x`` has no frames (nothing drawn)."""
     if sigma is None or x.shape[1] == 0:
         return x
-    eps = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device)
-    return x + sigma[:, None, None].to(x.dtype) * eps.to(x.dtype)
+    eps = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device, x.dtype)
+    return x + sigma[:, None, None].to(x.dtype) * eps
 
 
 def rollout(model: DiT, context: torch.Tensor, text: torch.Tensor, has_text: torch.Tensor,
