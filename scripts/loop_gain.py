@@ -209,19 +209,21 @@ def main() -> None:
                             capsize=2, label=f"block {k + 1} after the context")
             ax.errorbar([0.0], [real[:, 0].mean()], yerr=[[real[:, 0].mean() - mean_ci(real[:, 0])[1]],
                         [mean_ci(real[:, 0])[2] - real[:, 0].mean()]], marker="s", color="black", capsize=2,
-                        label="the real piece's own next block")
-            lim = [min(ctx.min(), -10) - 5, max(ctx.max(), 30) + 5]
+                        label=f"{what}'s own next block")
+            lim = [ctx.min() - 5, ctx.max() + 5]
             ax.plot(lim, lim, color="grey", ls="--", lw=0.8, label="identity (level kept)")
             ax.set_title(name, fontsize=9)
             ax.grid(alpha=0.3)
         for ax in axes[-1]:
-            ax.set_xlabel(f"context bass < {args.below_hz:g} Hz (dB re. real)")
+            ax.set_xlabel(f"context bass < {args.below_hz:g} Hz (dB re. unkicked)")
         for ax in axes[:, 0]:
-            ax.set_ylabel("written bass (dB re. real)")
+            ax.set_ylabel("written bass (dB re. unkicked context)")
         for ax in list(axes.flat)[len(results):]:
             ax.set_visible(False)
         axes[0, 0].legend(fontsize=7, loc="upper left")
-        fig.suptitle(f"return map of the bass level, {args.steps} steps: {prompt[:70]}", fontsize=9)
+        source = (f"contexts from {args.from_stream}'s stream seed {args.stream_seed}" if args.from_stream
+                  else "contexts from the real piece")
+        fig.suptitle(f"return map of the bass level, {args.steps} steps, {source}: {prompt[:60]}...", fontsize=9)
         fig.tight_layout()
         fig.savefig(args.plot, dpi=80)
         print(f"wrote {args.plot}")
