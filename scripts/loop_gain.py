@@ -19,6 +19,8 @@ bootstrap 95% CI of the mean.
 Usage:
     .venv/bin/python scripts/loop_gain.py data/checkpoints/lmdm-small-arc runs/arc-cn05-s5/final [--prompt 1]
         [--gains -10 0 10 20 30] [--blocks 2] [--steps 4] [--plot docs/loop-gain.png]
+    .venv/bin/python scripts/loop_gain.py CKPT... --from-stream data/checkpoints/lmdm-small --stream-seed 9
+        --at 7 8 9 10 11 12 --gains 0        # contexts at a traced drone's onset (README, "The runaway's loop gain")
 """
 from __future__ import annotations
 
@@ -92,7 +94,7 @@ def return_map(ckpt, prompt: str, context: torch.Tensor, gains: list[float], see
 
     mel = DecodedMel(ckpt.codec)
     n = len(context)
-    ref = band_level_db(context, mel, below_hz)  # (n,) the real piece's own bass
+    ref = band_level_db(context, mel, below_hz)  # (n,) the unkicked contexts' own bass
     kicked = torch.cat([with_gain(context, mel, torch.full((n,), float(g)), below_hz) for g in gains])
     context_db = (band_level_db(kicked, mel, below_hz).view(len(gains), n) - ref).numpy()
     emb, has = encode_prompts(prompt)
