@@ -33,7 +33,8 @@ import torch
 
 
 def band_level_db(latent: torch.Tensor, mel, below_hz: float) -> torch.Tensor:
-    """Mean power of the bands centred below ``below_hz`` Hz, dB (up to the codec's fixed offset), per item.
+    """Power of the bands centred below ``below_hz`` Hz over all frames, dB (up to the codec's fixed offset), per
+    item: ``lmdm.train.arc.level.momentary_level`` of those bands with one window as long as the latent.
 
     Args:
         latent: ``(b, frames, ch)`` latent frames.
@@ -43,21 +44,20 @@ def band_level_db(latent: torch.Tensor, mel, below_hz: float) -> torch.Tensor:
     Returns:
         ``(b,)`` float64 dB.
     """
-    log_mag = mel(latent).double() * mel.std  # natural log of magnitude, up to the codec's mean
-    bands = mel.band_hz < below_hz
-    power = torch.exp(2 * log_mag[..., bands]).mean(dim=(1, 2))
-    return 10 * torch.log10(power)
+    from lmdm.train.arc.level import momentary_level
+
+    decoded = mel(latent)[..., mel.band_hz < below_hz]
+    level = momentary_level(decoded, mel.std, decoded.shape[1])[:, 0]  # normalised log-mel units
+    return level.double() * mel.std * 20 * math.log10(math.e)
 
 
-def piece_windows(data: str, prompt: str, codec, frames: int, n: int) -> torch.Tensor:
-    """``(n, frames, ch)`` latent windows spread evenly over the data set's piece captioned ``prompt``.
+def piece_windows(latents, prompt: str, frames: int, n: int) -> torch.Tensor:
+    """``(n, frames, ch)`` latent windows spread evenly over the piece captioned ``prompt`` of ``latents`` (a
+    ``lmdm.train.dataset.LatentSet`` in the checkpoint's latent: ``encode_latent_set``).
 
     Raises:
         SystemExit: no piece has that caption, or it is shorter than ``frames``.
     """
-    from lmdm.train.dataset import encode_latent_set, load_latent_set
-
-    latents = encode_latent_set(load_latent_set(data, codec.cfg, progress=False), codec)
     for w in range(len(latents.work_ids)):
         start, count = int(latents.caption_start[w]), int(latents.caption_count[w])
         if prompt in latents.texts[start : start + count]:
@@ -66,7 +66,7 @@ def piece_windows(data: str, prompt: str, codec, frames: int, n: int) -> torch.T
                 raise SystemExit(f"the piece captioned {prompt[:60]!r} has {length} frames, fewer than {frames}")
             offsets = np.linspace(0, length - frames, n).round().astype(int)
             return torch.stack([latents.latents[first + o : first + o + frames].float() for o in offsets])
-    raise SystemExit(f"no piece of {data} is captioned {prompt[:60]!r}")
+    raise SystemExit(f"no piece of the data set is captioned {prompt[:60]!r}")
 
 
 @torch.no_grad()
@@ -110,10 +110,11 @@ def return_map(ckpt, prompt: str, context: torch.Tensor, gains: list[float], see
 
 
 def mean_ci(x: np.ndarray, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of ``x`` ``(n,)`` and its bootstrap 95% CI."""
-    rng = np.random.default_rng(seed)
-    boots = x[rng.integers(0, len(x), (n_boot, len(x)))].mean(axis=1)
-    return float(x.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+    """Mean of ``x`` ``(n,)`` and its bootstrap 95% CI (``lmdm.eval.suite.mean_ci``) as ``(mean, low, high)``."""
+    from lmdm.eval.suite import mean_ci as suite_mean_ci
+
+    out = suite_mean_ci(x, n_boot, np.random.default_rng(seed))
+    return out["mean"], out["ci"][0], out["ci"][1]
 
 
 def main() -> None:
@@ -165,13 +166,20 @@ def main() -> None:
         source = torch.stack([lat[e - frames : e + args.blocks * B].float() for e in ends])
         print(f"contexts: {args.from_stream}'s stream (seed {args.stream_seed}), windows ending at "
               + ", ".join(f"{e / fr:.1f}" for e in ends) + " s; the reference row is that stream's own next blocks")
-    results = []
+    results, latent_sets = [], {}
     for path in args.checkpoints:
         ckpt = load_checkpoint(path)
         frames = ckpt.model.cfg.window_chunks * ckpt.model.cfg.block_frames
         B = ckpt.model.cfg.block_frames
-        windows = source if source is not None else piece_windows(args.data, prompt, ckpt.codec,
-                                                                  frames + args.blocks * B, args.windows)
+        if source is not None:
+            windows = source
+        else:
+            from lmdm.train.dataset import encode_latent_set, load_latent_set
+
+            if repr(ckpt.codec.cfg) not in latent_sets:  # the data set read once per codec configuration
+                latent_sets[repr(ckpt.codec.cfg)] = load_latent_set(args.data, ckpt.codec.cfg, progress=False)
+            latents = encode_latent_set(latent_sets[repr(ckpt.codec.cfg)], ckpt.codec)  # this checkpoint's latent
+            windows = piece_windows(latents, prompt, frames + args.blocks * B, args.windows)
         context = windows[:, :frames]
         r = return_map(ckpt, prompt, context, args.gains, list(range(args.seeds)), args.steps, args.blocks,
                        args.below_hz)
