@@ -34,7 +34,7 @@ import torch
 
 def band_level_db(latent: torch.Tensor, mel, below_hz: float) -> torch.Tensor:
     """Power of the bands centred below ``below_hz`` Hz over all frames, dB (up to the codec's fixed offset), per
-    item: ``lmdm.train.arc.level.momentary_level`` of those bands with one window as long as the latent.
+    item: ``lmdm.train.arc.drone.band_level`` of the decoded latent (the loop-gain term's level), in dB.
 
     Args:
         latent: ``(b, frames, ch)`` latent frames.
@@ -44,11 +44,9 @@ def band_level_db(latent: torch.Tensor, mel, below_hz: float) -> torch.Tensor:
     Returns:
         ``(b,)`` float64 dB.
     """
-    from lmdm.train.arc.level import momentary_level
+    from lmdm.train.arc.drone import band_level
 
-    decoded = mel(latent)[..., mel.band_hz < below_hz]
-    level = momentary_level(decoded, mel.std, decoded.shape[1])[:, 0]  # normalised log-mel units
-    return level.double() * mel.std * 20 * math.log10(math.e)
+    return band_level(mel(latent), mel, below_hz).double() * mel.std * 20 * math.log10(math.e)
 
 
 def piece_windows(latents, prompt: str, frames: int, n: int) -> torch.Tensor:

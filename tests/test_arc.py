@@ -561,6 +561,45 @@ def test_level_kicks_play_some_own_stream_contexts_louder_or_quieter(monkeypatch
     assert torch.allclose(bass[..., low], shift[..., low], atol=1e-5)
 
 
+def test_drone_contexts_reach_the_rollout_and_the_loop_gain_term_trains_on_them(monkeypatch):
+    """With ``own_stream_drone_p = 1`` every warm stream's context reaches the rollout with a drone mixed in (bands
+    only raised, the bass louder), drawn after the kicks; the loop-gain term is reported and changes the update;
+    ``p = 0`` and off leave the context and the draws as they were."""
+    student, data = tiny_student(), tiny_latent_set()
+    C, B = student.cfg.context_frames, student.cfg.block_frames
+    seen = []
+    real_rollout = arc_trainer.rollout
+
+    def recording_rollout(model, context, *args, **kw):
+        seen.append(context.detach().clone())
+        return real_rollout(model, context, *args, **kw)
+
+    monkeypatch.setattr(arc_trainer, "rollout", recording_rollout)
+    outs, weights = {}, {}
+    for name, drone in (("off", {}), ("none", {"own_stream_drone_p": 0.0}),
+                        ("drone", {"own_stream_drone_p": 1.0, "own_stream_drone_db": 12.0}),
+                        ("term", {"own_stream_drone_p": 1.0, "own_stream_drone_db": 12.0, "loop_gain_weight": 1e4,
+                                  "loop_gain_margin_db": -40.0})):
+        student = tiny_student()
+        cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, **drone)
+        starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
+        streams = OwnStreams(cfg.batch_size, C, 512)
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
+        outs[name] = own_stream_iteration(student, opt, streams, data, starts, cfg, torch.Generator().manual_seed(0),
+                                          MEL, None)
+        weights[name] = snapshot(student)
+    off, none, droned, term = seen
+    assert torch.equal(off, none) and outs["off"]["droned"] == outs["none"]["droned"] == 0.0
+    assert outs["drone"]["droned"] == outs["term"]["droned"] == 1.0 and torch.equal(droned, term)
+    raised = MEL(droned) - MEL(off)
+    assert bool((raised >= -1e-5).all()) and bool((raised > 1e-3).any())
+    from lmdm.train.arc.drone import band_level
+    assert bool((band_level(MEL(droned), MEL, 150.0) > band_level(MEL(off), MEL, 150.0)).all())
+    assert outs["drone"]["own_loop"] == outs["off"]["own_loop"] == 0.0 and outs["term"]["own_loop"] > 0
+    assert not all(torch.equal(a, b) for a, b in zip(weights["drone"], weights["term"]))
+    assert all(torch.equal(a, b) for a, b in zip(weights["off"], weights["none"]))
+
+
 def test_cold_own_streams_start_from_no_context(monkeypatch):
     """With ``own_stream_cold_p = 1`` a restarting stream rolls out from an empty context (the first blocks of a
     stream, as ``lmdm generate`` starts) and is not kicked; streams that go on keep theirs, in one batch with the
@@ -660,7 +699,9 @@ def test_own_stream_settings_are_checked():
                 {"crest_quantile": 1.5}, {"frame_weight": -1.0}, {"frame_quantile": -0.5},
                 {"peak_weight": -1.0}, {"peak_dbfs": 1.0}, {"peak_dbfs": -30.0}, {"own_stream_cold_p": -0.1},
                 {"own_stream_cold_p": 1.5}, {"own_stream_kick_hz": -150.0}, {"own_stream_adv_weight": -1.0},
-                {"context_noise": -0.1},
+                {"context_noise": -0.1}, {"own_stream_drone_p": 1.5}, {"own_stream_drone_db": -1.0},
+                {"loop_gain_weight": -1.0}, {"loop_gain_hz": 30.0}, {"loop_gain_weight": 1.0},
+                {"loop_gain_weight": 1.0, "own_stream_drone_p": 0.5},
                 {"own_stream_every": 2, "level_weight": 0.0}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)

@@ -53,6 +53,7 @@ from lmdm.errors import LmdmError
 from lmdm.model.dit import DiT
 from lmdm.streaming.level_guard import ceilings_of, guard_statistics, split_works
 from lmdm.train.arc.discriminator import Discriminator
+from lmdm.train.arc.drone import loop_gain_loss, with_drone
 from lmdm.train.arc.level import (TERMS, DecodedMel, LevelCeilings, decoded_summaries, frame_crest,
                                   level_anchor_loss, momentary_level, with_gain)
 from lmdm.train.arc.losses import contrastive_loss, relativistic_d_loss, relativistic_g_loss
@@ -158,6 +159,17 @@ class ARCConfig:
             a real crop's context: the first seconds of a stream, where the choir chorale's loudness runaway
             begins, are met in training. A cold stream is not kicked. Needs ``rollout_blocks`` >= the model's
             ``window_chunks`` (the rollout then fills the whole context). 0 = off.
+        own_stream_drone_p: 0 = off; ``p`` > 0: drone contexts. Before an own-stream iteration's rollout, each warm
+            stream's context gets, with probability ``p``, a sustained low note mixed in (``lmdm.train.arc.drone.
+            with_drone``: fundamental uniform in ``[40, loop_gain_hz)`` Hz with two harmonics, ``[0,
+            own_stream_drone_db]`` dB above the context's bass level), the state every traced runaway grows from
+            (README, "The runaway's loop gain"); the stream goes on from there. Drawn after the cold starts.
+        own_stream_drone_db: the drone's largest level above the context's bass, dB.
+        loop_gain_weight: weight of the loop-gain term on the drone streams (``lmdm.train.arc.drone.loop_gain_loss``:
+            the squared excess of the written bass level over the droned context's, beyond ``loop_gain_margin_db``);
+            0 = off. Needs ``own_stream_drone_p`` > 0.
+        loop_gain_hz: the bass limit of the drones and the term, Hz.
+        loop_gain_margin_db: the loop gain the term allows, dB over the rollout (0: a drone may not grow).
         context_noise: noise augmentation of the context (GameNGen, Valevski et al., ICLR 2025, arXiv 2408.14837,
             section 3.2): in every rollout, adversarial and own-stream alike, what the student reads from its KV
             cache (the context, then each finished block) carries Gaussian noise of a standard deviation drawn per
@@ -211,6 +223,11 @@ class ARCConfig:
     own_stream_kick_hz: float = 0.0
     own_stream_adv_weight: float = 0.0
     own_stream_cold_p: float = 0.0
+    own_stream_drone_p: float = 0.0
+    own_stream_drone_db: float = 12.0
+    loop_gain_weight: float = 0.0
+    loop_gain_hz: float = 150.0
+    loop_gain_margin_db: float = 0.0
     context_noise: float = 0.0
     ema_decay: float = 0.99
     t_logit_mean: float = -0.5
@@ -261,6 +278,15 @@ class ARCConfig:
             raise ConfigError(f"own_stream_kick_hz must be >= 0 (0 = kick every band), got {self.own_stream_kick_hz}")
         if not 0 <= self.own_stream_cold_p <= 1:
             raise ConfigError(f"own_stream_cold_p must be in [0, 1], got {self.own_stream_cold_p}")
+        if not 0 <= self.own_stream_drone_p <= 1 or not self.own_stream_drone_db >= 0:
+            raise ConfigError(f"own_stream_drone_p must be in [0, 1] and own_stream_drone_db >= 0, got "
+                              f"{self.own_stream_drone_p} and {self.own_stream_drone_db}")
+        if not self.loop_gain_weight >= 0 or not self.loop_gain_hz > 40:
+            raise ConfigError(f"loop_gain_weight must be >= 0 and loop_gain_hz > 40 (the lowest drone), got "
+                              f"{self.loop_gain_weight} and {self.loop_gain_hz}")
+        if self.loop_gain_weight and not (self.own_stream_drone_p and self.own_stream_every):
+            raise ConfigError("loop_gain_weight acts on the own streams' drone contexts: set own_stream_every > 0 "
+                              "and own_stream_drone_p > 0, or loop_gain_weight = 0")
         if not self.context_noise >= 0:
             raise ConfigError(f"context_noise must be >= 0 (a standard deviation in latent units; 0 = off), got "
                               f"{self.context_noise}")
@@ -573,12 +599,15 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
 
     With ``own_stream_kick_db`` some contexts are first played louder or quieter (level kicks, see
     :class:`ARCConfig`); with ``own_stream_cold_p`` some restarts start cold, from no context (the stream's first
-    seconds, decoded from its first frame), rolled out as their own group.
+    seconds, decoded from its first frame), rolled out as their own group; with ``own_stream_drone_p`` some warm
+    contexts get a drone (``lmdm.train.arc.drone.with_drone``), and ``loop_gain_weight`` adds the loop-gain term on
+    those streams (``lmdm.train.arc.drone.loop_gain_loss``).
 
     Draws, on ``gen`` and in this order: the restarts, the restarted streams' crops and captions
     (``LatentSet.draw`` over ``starts``) and prompt flags, the real crops of each stream's work, the level kicks
     (which streams, then their gains; only with ``own_stream_kick_db``), which restarts start cold (only with
-    ``own_stream_cold_p``), the rollout's noise (group by group: by steps, warm before cold), then (only with
+    ``own_stream_cold_p``), the drones (which streams, their fundamentals, their levels; only with
+    ``own_stream_drone_p``), the rollout's noise (group by group: by steps, warm before cold), then (only with
     ``own_stream_adv_weight``) the discriminator's timesteps and noise, for every stream.
 
     Args:
@@ -597,8 +626,9 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         ``own_level``, ``own_ceiling``, ``own_momentary``, ``own_crest``, ``own_frame``, ``own_peak`` (the level
         anchor and the ceilings on the own streams), ``stream_blocks``
         (the streams' mean length in blocks after this iteration), ``restarted`` (the fraction restarted),
-        ``kicked`` (the fraction kicked) and ``cold`` (the fraction started cold), ``own_adv`` and ``own_d`` (the
-        generator's and the discriminator's relativistic losses on the own streams; 0 when off), floats.
+        ``kicked`` (the fraction kicked), ``cold`` (the fraction started cold) and ``droned`` (the fraction given a
+        drone), ``own_adv`` and ``own_d`` (the generator's and the discriminator's relativistic losses on the own
+        streams; 0 when off) and ``own_loop`` (the loop-gain term; 0 when off or no drone), floats.
 
     Raises:
         ConfigError: ``cfg.prompt_dropout`` is None, cold starts the rollout cannot fill
@@ -635,6 +665,14 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     if cfg.own_stream_cold_p:
         cold = restart & (torch.rand(b, generator=gen, device=gen.device) < cfg.own_stream_cold_p).to(dev)
         kick &= ~cold  # a cold stream has no context to play louder
+    drone = torch.zeros(b, dtype=torch.bool, device=dev)
+    if cfg.own_stream_drone_p:  # a sustained low note in the context (lmdm.train.arc.drone)
+        drone = ~cold & (torch.rand(b, generator=gen, device=gen.device) < cfg.own_stream_drone_p).to(dev)
+        hz = 40.0 + torch.rand(b, generator=gen, device=gen.device) * (cfg.loop_gain_hz - 40.0)
+        db = torch.rand(b, generator=gen, device=gen.device) * cfg.own_stream_drone_db
+        if bool(drone.any()):
+            ctx = torch.where(drone[:, None, None], with_drone(ctx, mel, hz.to(dev), db.to(dev), cfg.loop_gain_hz),
+                              ctx)
     student.train()
     rows = torch.arange(b)
     by_steps = [(rows, S)] if not cfg.own_stream_alt_steps else \
@@ -655,7 +693,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     blocks = torch.cat(parts)[back.to(dev)].float()
     seq = torch.cat([ctx, blocks], 1)
     start = C * mel.patch
-    fake_mel = mel(seq)[:, start:]
+    decoded = mel(seq)
+    fake_mel = decoded[:, start:]
     if bool(cold.any()):  # decoded from the stream's first frame, as the stream's decoder starts
         fake_mel = fake_mel.index_put((cold.nonzero()[:, 0],), mel(blocks[cold]))
     with torch.no_grad():
@@ -664,6 +703,11 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     ceiling = ceiling or LevelCeilings()
     terms = ceiling.losses(fake_mel, mel)
     total, loss_adv, loss_d = cfg.level_weight * loss_level, torch.zeros(()), torch.zeros(())
+    loss_loop = torch.zeros(())
+    if cfg.loop_gain_weight and bool(drone.any()):  # the drone must not come back louder
+        d = drone.nonzero()[:, 0]
+        loss_loop = loop_gain_loss(fake_mel[d], decoded[d, :start], mel, cfg.loop_gain_hz, cfg.loop_gain_margin_db)
+        total = total + cfg.loop_gain_weight * loss_loop
     warm = (~cold).nonzero()[:, 0]
     adversarial = cfg.own_stream_adv_weight > 0
     if adversarial:  # Self-Forcing++'s critic on the student's own long streams (ARCConfig.own_stream_adv_weight)
@@ -689,6 +733,7 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
             **{f"own_{k}": v.item() for k, v in zip(TERMS, terms)},
             "stream_blocks": streams.blocks.float().mean().item(), "restarted": restart.float().mean().item(),
             "kicked": kick.float().mean().item(), "cold": cold.float().mean().item(),
+            "droned": drone.float().mean().item(), "own_loop": loss_loop.item(),
             "own_adv": loss_adv.item(), "own_d": loss_d.item()}
 
 
@@ -821,7 +866,7 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
                 export_info=export_info, ema_decay=lambda n: cfg.ema_decay)
     metrics = ("loss_g", "loss_level", "loss_d", "loss_c", "d_real", "d_fake", "loss_ceiling", "own_level",
                "own_ceiling", "stream_blocks", *(f"{kind}_{t}" for t in TERMS[1:] for kind in ("loss", "own")),
-               "own_adv", "own_d")
+               "own_adv", "own_d", "own_loop")
     settings = LoopSettings(run_dir=run, steps=cfg.steps, ckpt_every=cfg.ckpt_every, log_every=cfg.log_every,
                             keep_checkpoints=cfg.keep_checkpoints, max_hours=cfg.max_hours, export_dir=cfg.export_dir,
                             columns=tuple((k, ".5f") for k in metrics),
