@@ -34,9 +34,9 @@ def test_a_drone_raises_its_notes_bands_to_the_asked_level_in_every_frame():
     torch.manual_seed(0)
     z = CODEC.mel_to_latent(CODEC.audio_to_mel(tone(440.0, 0.2) + 0.01 * torch.randn(1, CODEC.sample_rate * 2)))
     z = torch.cat([z, z])
-    hz, db = torch.tensor([60.0, 100.0]), torch.tensor([6.0, 12.0])
+    hz, db = torch.tensor([60.0, 100.0]), torch.tensor([-12.0, 0.0])
     before, after = MEL(z), MEL(with_drone(z, MEL, hz, db))
-    ref = band_level(before, MEL, 150.0)
+    ref = band_level(before, MEL, float("inf"))  # the context's total level
     touched = torch.zeros(2, CODEC.cfg.n_mels, dtype=torch.bool)
     for i in range(2):
         for multiple, offset in HARMONICS:
@@ -45,9 +45,12 @@ def test_a_drone_raises_its_notes_bands_to_the_asked_level_in_every_frame():
             want = float(ref[i]) + (float(db[i]) + offset) * GAIN_UNITS_PER_DB / MEL.std
             assert torch.allclose(after[i, :, band], torch.clamp_min(before[i, :, band], want), atol=1e-5)
         assert torch.equal(after[i][:, ~touched[i]], before[i][:, ~touched[i]])
-    # the bass now sits above where it was, by about the drone's level (the note dominates the quiet bass bands)
-    rise = (band_level(after, MEL, 150.0) - ref) * DB
-    assert bool((rise > db - 1).all()) and bool((rise < db + 3).all())
+    # the bass now reads about the drone's level re. the total (the note dominates the quiet bass bands), and the
+    # whole context at 0 dB about 3 dB louder (the note as loud as everything else)
+    bass = (band_level(after, MEL, 150.0) - ref) * DB
+    assert bool((bass > db - 1).all()) and bool((bass < db + 3).all())
+    total = (band_level(after, MEL, float("inf")) - ref) * DB
+    assert 2.0 < float(total[1]) < 4.5 and 0 < float(total[0]) < 1.0
     with pytest.raises(ValueError, match="one value per item"):
         with_drone(z, MEL, torch.tensor([60.0]), db)
 

@@ -12,7 +12,7 @@ one, which 600 iterations seldom do.
 
 So an own-stream iteration (``lmdm.train.arc.trainer.own_stream_iteration``, ``ARCConfig.own_stream_drone_p``) may
 put a drone into a stream's context (:func:`with_drone`: a sustained low note with two harmonics, held over every
-frame of the context, mixed into its decoded mel and re-encoded) and train the student with
+frame of the context at up to the context's whole level, mixed into its decoded mel and re-encoded) and train the student with
 :func:`loop_gain_loss`, a hinge on the bass level of what it writes after that context above the context's own: the
 loop gain of a feedback loop kept at or below ``margin`` dB a rollout (0 dB: the drone does not grow). Like the other
 terms it sees the decoded mel, and its gradient reaches the student through the rollout's exit steps only.
@@ -57,19 +57,22 @@ def band_level(decoded: torch.Tensor, mel: DecodedMel, below_hz: float) -> torch
 
 
 @torch.no_grad()
-def with_drone(latent: torch.Tensor, mel: DecodedMel, hz: torch.Tensor, db: torch.Tensor,
-               below_hz: float = 150.0) -> torch.Tensor:
+def with_drone(latent: torch.Tensor, mel: DecodedMel, hz: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
     """The latent of the same music with a sustained low note added: decoded to normalised log-mel, the bands
-    nearest ``hz`` and its harmonics (:data:`HARMONICS`) raised, in every frame, to at least the context's bass level
-    (:func:`band_level` below ``below_hz``) plus ``db`` dB (minus each harmonic's offset), re-encoded. Bands already
-    louder keep their value (the note is mixed in, not pasted over), the others are untouched.
+    nearest ``hz`` and its harmonics (:data:`HARMONICS`) raised, in every frame, to at least the context's total
+    level (:func:`band_level` over every band) plus ``db`` dB (minus each harmonic's offset), re-encoded. Bands
+    already louder keep their value (the note is mixed in, not pasted over), the others are untouched.
+
+    The reference is the whole context's level, not its bass: in the traced runaways the drone holds most of the
+    power, its bass 20-40 dB above the real piece's bass and about level with everything else (measured on the
+    loop-gain drones B and C, README "A loop-gain term in training"); ``db`` from about -12 (the onset, a note
+    under the music) to 0 (the note as loud as all the rest) spans that.
 
     Args:
         latent: ``(b, frames, ch)`` latent frames (a context window).
         mel: the codec's :class:`DecodedMel`.
         hz: ``(b,)`` the note's fundamental per item, Hz (the measured runaways sit at 40-150 Hz).
-        db: ``(b,)`` its level above the item's bass level, dB.
-        below_hz: the bass limit that sets the reference level, Hz.
+        db: ``(b,)`` its level re. the item's total level, dB.
 
     Returns:
         ``(b, frames, ch)`` float latent frames.
@@ -82,7 +85,7 @@ def with_drone(latent: torch.Tensor, mel: DecodedMel, hz: torch.Tensor, db: torc
         raise ValueError(f"hz and db must be one value per item, shape ({b},), got {tuple(hz.shape)} and "
                          f"{tuple(db.shape)}")
     decoded = mel(latent)
-    ref = band_level(decoded, mel, below_hz)  # (b,)
+    ref = band_level(decoded, mel, float("inf"))  # (b,) the context's total level
     raised = decoded.clone()
     rows = torch.arange(b, device=decoded.device)
     for multiple, offset in HARMONICS:

@@ -161,10 +161,11 @@ class ARCConfig:
             ``window_chunks`` (the rollout then fills the whole context). 0 = off.
         own_stream_drone_p: 0 = off; ``p`` > 0: drone contexts. Before an own-stream iteration's rollout, each warm
             stream's context gets, with probability ``p``, a sustained low note mixed in (``lmdm.train.arc.drone.
-            with_drone``: fundamental uniform in ``[40, loop_gain_hz)`` Hz with two harmonics, ``[0,
-            own_stream_drone_db]`` dB above the context's bass level), the state every traced runaway grows from
-            (README, "The runaway's loop gain"); the stream goes on from there. Drawn after the cold starts.
-        own_stream_drone_db: the drone's largest level above the context's bass, dB.
+            with_drone``: fundamental uniform in ``[40, loop_gain_hz)`` Hz with two harmonics, its level uniform
+            in ``[-own_stream_drone_db, 0]`` dB re. the context's total level), the state every traced runaway
+            grows from (README, "The runaway's loop gain"); the stream goes on from there. Drawn after the cold
+            starts.
+        own_stream_drone_db: how far below the context's total level the quietest drone is, dB.
         loop_gain_weight: weight of the loop-gain term on the drone streams (``lmdm.train.arc.drone.loop_gain_loss``:
             the squared excess of the written bass level over the droned context's, beyond ``loop_gain_margin_db``);
             0 = off. Needs ``own_stream_drone_p`` > 0.
@@ -669,10 +670,9 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     if cfg.own_stream_drone_p:  # a sustained low note in the context (lmdm.train.arc.drone)
         drone = ~cold & (torch.rand(b, generator=gen, device=gen.device) < cfg.own_stream_drone_p).to(dev)
         hz = 40.0 + torch.rand(b, generator=gen, device=gen.device) * (cfg.loop_gain_hz - 40.0)
-        db = torch.rand(b, generator=gen, device=gen.device) * cfg.own_stream_drone_db
+        db = -torch.rand(b, generator=gen, device=gen.device) * cfg.own_stream_drone_db
         if bool(drone.any()):
-            ctx = torch.where(drone[:, None, None], with_drone(ctx, mel, hz.to(dev), db.to(dev), cfg.loop_gain_hz),
-                              ctx)
+            ctx = torch.where(drone[:, None, None], with_drone(ctx, mel, hz.to(dev), db.to(dev)), ctx)
     student.train()
     rows = torch.arange(b)
     by_steps = [(rows, S)] if not cfg.own_stream_alt_steps else \
