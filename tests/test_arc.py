@@ -598,6 +598,15 @@ def test_drone_contexts_reach_the_rollout_and_the_loop_gain_term_trains_on_them(
     assert outs["drone"]["own_loop"] == outs["off"]["own_loop"] == 0.0 and outs["term"]["own_loop"] > 0
     assert not all(torch.equal(a, b) for a, b in zip(weights["drone"], weights["term"]))
     assert all(torch.equal(a, b) for a, b in zip(weights["off"], weights["none"]))
+    # rising drones (own_stream_drone_rise_db): the context's bass grows from its first block to its last
+    seen.clear()
+    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, own_stream_drone_p=1.0, own_stream_drone_db=0.0,
+                   own_stream_drone_rise_db=20.0, loop_gain_weight=1.0)
+    student = tiny_student()
+    own_stream_iteration(student, torch.optim.AdamW(student.parameters(), lr=1e-3), OwnStreams(cfg.batch_size, C, 512),
+                         data, starts, cfg, torch.Generator().manual_seed(0), MEL, None)
+    first, last = MEL(seen[0][:, :B]), MEL(seen[0][:, -B:])
+    assert bool((band_level(last, MEL, 150.0) > band_level(first, MEL, 150.0)).all())
 
 
 def test_cold_own_streams_start_from_no_context(monkeypatch):
@@ -701,7 +710,7 @@ def test_own_stream_settings_are_checked():
                 {"own_stream_cold_p": 1.5}, {"own_stream_kick_hz": -150.0}, {"own_stream_adv_weight": -1.0},
                 {"context_noise": -0.1}, {"own_stream_drone_p": 1.5}, {"own_stream_drone_db": -1.0},
                 {"loop_gain_weight": -1.0}, {"loop_gain_hz": 30.0}, {"loop_gain_weight": 1.0},
-                {"loop_gain_weight": 1.0, "own_stream_drone_p": 0.5},
+                {"loop_gain_weight": 1.0, "own_stream_drone_p": 0.5}, {"own_stream_drone_rise_db": -1.0},
                 {"own_stream_every": 2, "level_weight": 0.0}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)

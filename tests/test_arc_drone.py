@@ -71,3 +71,21 @@ def test_the_loop_gain_term_costs_only_a_bass_that_grows_past_the_margin():
     loss.backward()
     assert ctx.grad is None and written.grad[..., bass.bool()].abs().sum() > 0
     assert torch.equal(written.grad[..., ~bass.bool()], torch.zeros_like(written.grad[..., ~bass.bool()]))
+
+
+def test_a_rising_drone_reaches_its_level_at_the_last_frame_and_is_quieter_a_block_before():
+    """With ``rise_db`` the note's bands hold ``db`` at the context's last frame and ``rise_db`` dB less a block
+    earlier (on bands quieter than the note), a steady drone where ``rise_db`` is 0; wrong shapes are refused."""
+    z = torch.full((2, 8, 512), MEL.floor)  # silence: every raised value is the note's own
+    z[:, :, :128] = 0.0  # one loud band row so the total level is defined away from the floor
+    hz, db, rise = torch.tensor([80.0, 80.0]), torch.tensor([0.0, 0.0]), torch.tensor([6.0, 0.0])
+    out = MEL(with_drone(z, MEL, hz, db, rise, block_frames=4))  # 8 latent frames = 2 blocks = 32 mel frames
+    band = int((MEL.band_hz - 80.0).abs().argmin())
+    unit = GAIN_UNITS_PER_DB / MEL.std
+    frames_a_block = 4 * MEL.patch
+    rising, steady = out[0, :, band], out[1, :, band]
+    assert float(rising[-1]) == pytest.approx(float(steady[-1]), abs=1e-5)
+    assert float(rising[-1 - frames_a_block] - rising[-1]) == pytest.approx(-6.0 * unit, abs=1e-4)
+    assert torch.allclose(steady, steady[-1].expand_as(steady), atol=1e-6)
+    with pytest.raises(ValueError, match="one value per item"):
+        with_drone(z, MEL, hz, db, torch.tensor([1.0]))

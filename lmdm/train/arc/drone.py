@@ -57,11 +57,14 @@ def band_level(decoded: torch.Tensor, mel: DecodedMel, below_hz: float) -> torch
 
 
 @torch.no_grad()
-def with_drone(latent: torch.Tensor, mel: DecodedMel, hz: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+def with_drone(latent: torch.Tensor, mel: DecodedMel, hz: torch.Tensor, db: torch.Tensor,
+               rise_db: torch.Tensor | None = None, block_frames: int = 1) -> torch.Tensor:
     """The latent of the same music with a sustained low note added: decoded to normalised log-mel, the bands
-    nearest ``hz`` and its harmonics (:data:`HARMONICS`) raised, in every frame, to at least the context's total
-    level (:func:`band_level` over every band) plus ``db`` dB (minus each harmonic's offset), re-encoded. Bands
-    already louder keep their value (the note is mixed in, not pasted over), the others are untouched.
+    nearest ``hz`` and its harmonics (:data:`HARMONICS`) raised to at least the context's total level
+    (:func:`band_level` over every band) plus ``db`` dB (minus each harmonic's offset) at the context's last frame,
+    and ``rise_db`` dB less for each block before it (a crescendo, as a runaway's onset grows; 0 = steady),
+    re-encoded. Bands already louder keep their value (the note is mixed in, not pasted over), the others are
+    untouched.
 
     The reference is the whole context's level, not its bass: in the traced runaways the drone holds most of the
     power, its bass 20-40 dB above the real piece's bass and about level with everything else (measured on the
@@ -72,26 +75,34 @@ def with_drone(latent: torch.Tensor, mel: DecodedMel, hz: torch.Tensor, db: torc
         latent: ``(b, frames, ch)`` latent frames (a context window).
         mel: the codec's :class:`DecodedMel`.
         hz: ``(b,)`` the note's fundamental per item, Hz (the measured runaways sit at 40-150 Hz).
-        db: ``(b,)`` its level re. the item's total level, dB.
+        db: ``(b,)`` its level at the last frame re. the item's total level, dB.
+        rise_db: ``(b,)`` how much it grows a block, dB (None: steady).
+        block_frames: latent frames a block (the rise's unit).
 
     Returns:
         ``(b, frames, ch)`` float latent frames.
 
     Raises:
-        ValueError: ``hz`` or ``db`` is not one value per item, or ``latent`` does not have the codec's channels.
+        ValueError: ``hz``, ``db`` or ``rise_db`` is not one value per item, or ``latent`` does not have the codec's
+            channels.
     """
     b = latent.shape[0]
-    if hz.shape != (b,) or db.shape != (b,):
-        raise ValueError(f"hz and db must be one value per item, shape ({b},), got {tuple(hz.shape)} and "
-                         f"{tuple(db.shape)}")
+    if hz.shape != (b,) or db.shape != (b,) or (rise_db is not None and rise_db.shape != (b,)):
+        raise ValueError(f"hz, db and rise_db must be one value per item, shape ({b},), got {tuple(hz.shape)}, "
+                         f"{tuple(db.shape)} and {None if rise_db is None else tuple(rise_db.shape)}")
     decoded = mel(latent)
     ref = band_level(decoded, mel, float("inf"))  # (b,) the context's total level
     raised = decoded.clone()
     rows = torch.arange(b, device=decoded.device)
+    ramp = torch.zeros(b, decoded.shape[1], device=decoded.device)  # dB re. the last frame's level
+    if rise_db is not None:
+        frames = torch.arange(decoded.shape[1], device=decoded.device)
+        blocks_before_end = (decoded.shape[1] - 1 - frames) / (block_frames * mel.patch)
+        ramp = -rise_db.to(decoded)[:, None] * blocks_before_end[None]
     for multiple, offset in HARMONICS:
         band = (mel.band_hz[None, :] - multiple * hz.to(mel.band_hz)[:, None]).abs().argmin(1)  # (b,)
-        level = ref + (db.to(ref) + offset) * GAIN_UNITS_PER_DB / mel.std  # (b,)
-        raised[rows, :, band] = torch.maximum(raised[rows, :, band], level[:, None])
+        level = ref[:, None] + (db.to(ref)[:, None] + offset + ramp) * GAIN_UNITS_PER_DB / mel.std  # (b, frames)
+        raised[rows, :, band] = torch.maximum(raised[rows, :, band], level)
     return mel.encode(raised)
 
 
@@ -104,7 +115,8 @@ def loop_gain_loss(written: torch.Tensor, context: torch.Tensor, mel: DecodedMel
 
     Args:
         written: ``(b, mel_frames, n_mels)`` decoded mel of the rolled-out blocks (with gradient).
-        context: ``(b, ctx_mel_frames, n_mels)`` decoded mel of the context they continue.
+        context: ``(b, ctx_mel_frames, n_mels)`` decoded mel of the context they continue (ARC passes its last
+            block: a drone that grew through the context may go on at the level it reached, no louder).
         mel: the codec's :class:`DecodedMel`.
         below_hz: the bass limit, Hz.
         margin_db: the loop gain allowed, dB (0: the bass may not grow).

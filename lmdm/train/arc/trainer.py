@@ -166,8 +166,12 @@ class ARCConfig:
             grows from (README, "The runaway's loop gain"); the stream goes on from there. Drawn after the cold
             starts.
         own_stream_drone_db: how far below the context's total level the quietest drone is, dB.
+        own_stream_drone_rise_db: 0 = steady drones; ``r`` > 0: each drone grows through the context by a rate
+            drawn uniform in ``[0, r]`` dB a block, reaching its level at the context's end (a runaway's onset is
+            a crescendo the student goes on with: the loop-gain drones' own next blocks are +5 dB a block louder).
         loop_gain_weight: weight of the loop-gain term on the drone streams (``lmdm.train.arc.drone.loop_gain_loss``:
-            the squared excess of the written bass level over the droned context's, beyond ``loop_gain_margin_db``);
+            the squared excess of the written bass level over the droned context's last block's, beyond
+            ``loop_gain_margin_db``);
             0 = off. Needs ``own_stream_drone_p`` > 0.
         loop_gain_hz: the bass limit of the drones and the term, Hz.
         loop_gain_margin_db: the loop gain the term allows, dB over the rollout (0: a drone may not grow).
@@ -226,6 +230,7 @@ class ARCConfig:
     own_stream_cold_p: float = 0.0
     own_stream_drone_p: float = 0.0
     own_stream_drone_db: float = 12.0
+    own_stream_drone_rise_db: float = 0.0
     loop_gain_weight: float = 0.0
     loop_gain_hz: float = 150.0
     loop_gain_margin_db: float = 0.0
@@ -279,9 +284,11 @@ class ARCConfig:
             raise ConfigError(f"own_stream_kick_hz must be >= 0 (0 = kick every band), got {self.own_stream_kick_hz}")
         if not 0 <= self.own_stream_cold_p <= 1:
             raise ConfigError(f"own_stream_cold_p must be in [0, 1], got {self.own_stream_cold_p}")
-        if not 0 <= self.own_stream_drone_p <= 1 or not self.own_stream_drone_db >= 0:
-            raise ConfigError(f"own_stream_drone_p must be in [0, 1] and own_stream_drone_db >= 0, got "
-                              f"{self.own_stream_drone_p} and {self.own_stream_drone_db}")
+        if not 0 <= self.own_stream_drone_p <= 1 or not self.own_stream_drone_db >= 0 or \
+                not self.own_stream_drone_rise_db >= 0:
+            raise ConfigError(f"own_stream_drone_p must be in [0, 1], own_stream_drone_db and own_stream_drone_rise_db "
+                              f">= 0, got {self.own_stream_drone_p}, {self.own_stream_drone_db} and "
+                              f"{self.own_stream_drone_rise_db}")
         if not self.loop_gain_weight >= 0 or not self.loop_gain_hz > 40:
             raise ConfigError(f"loop_gain_weight must be >= 0 and loop_gain_hz > 40 (the lowest drone), got "
                               f"{self.loop_gain_weight} and {self.loop_gain_hz}")
@@ -607,8 +614,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     Draws, on ``gen`` and in this order: the restarts, the restarted streams' crops and captions
     (``LatentSet.draw`` over ``starts``) and prompt flags, the real crops of each stream's work, the level kicks
     (which streams, then their gains; only with ``own_stream_kick_db``), which restarts start cold (only with
-    ``own_stream_cold_p``), the drones (which streams, their fundamentals, their levels; only with
-    ``own_stream_drone_p``), the rollout's noise (group by group: by steps, warm before cold), then (only with
+    ``own_stream_cold_p``), the drones (which streams, their fundamentals, their levels, their rises if
+    ``own_stream_drone_rise_db``; only with ``own_stream_drone_p``), the rollout's noise (group by group: by steps, warm before cold), then (only with
     ``own_stream_adv_weight``) the discriminator's timesteps and noise, for every stream.
 
     Args:
@@ -671,8 +678,11 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
         drone = ~cold & (torch.rand(b, generator=gen, device=gen.device) < cfg.own_stream_drone_p).to(dev)
         hz = 40.0 + torch.rand(b, generator=gen, device=gen.device) * (cfg.loop_gain_hz - 40.0)
         db = -torch.rand(b, generator=gen, device=gen.device) * cfg.own_stream_drone_db
+        rise = None
+        if cfg.own_stream_drone_rise_db:
+            rise = (torch.rand(b, generator=gen, device=gen.device) * cfg.own_stream_drone_rise_db).to(dev)
         if bool(drone.any()):
-            ctx = torch.where(drone[:, None, None], with_drone(ctx, mel, hz.to(dev), db.to(dev)), ctx)
+            ctx = torch.where(drone[:, None, None], with_drone(ctx, mel, hz.to(dev), db.to(dev), rise, B), ctx)
     student.train()
     rows = torch.arange(b)
     by_steps = [(rows, S)] if not cfg.own_stream_alt_steps else \
@@ -706,7 +716,8 @@ def own_stream_iteration(student: DiT, opt_g: torch.optim.Optimizer, streams: Ow
     loss_loop = torch.zeros(())
     if cfg.loop_gain_weight and bool(drone.any()):  # the drone must not come back louder
         d = drone.nonzero()[:, 0]
-        loss_loop = loop_gain_loss(fake_mel[d], decoded[d, :start], mel, cfg.loop_gain_hz, cfg.loop_gain_margin_db)
+        last = decoded[d, start - B * mel.patch : start]  # the context's last block, where a crescendo got to
+        loss_loop = loop_gain_loss(fake_mel[d], last, mel, cfg.loop_gain_hz, cfg.loop_gain_margin_db)
         total = total + cfg.loop_gain_weight * loss_loop
     warm = (~cold).nonzero()[:, 0]
     adversarial = cfg.own_stream_adv_weight > 0
