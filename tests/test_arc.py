@@ -609,6 +609,33 @@ def test_drone_contexts_reach_the_rollout_and_the_loop_gain_term_trains_on_them(
     assert bool((band_level(last, MEL, 150.0) > band_level(first, MEL, 150.0)).all())
 
 
+def test_streams_at_a_loud_bass_get_the_loop_gain_term_without_a_drone():
+    """With a ``loud_bass`` ceiling (``loop_gain_quantile``) every warm own stream whose context's last block is
+    above it is hinged, drone or not, and trained on the term; above every stream's bass, none is; the training
+    split's statistic is each block-long window's bass level (a chunk shorter than a block gives none)."""
+    data = tiny_latent_set()
+    C, B = tiny_student().cfg.context_frames, tiny_student().cfg.block_frames
+    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, loop_gain_weight=1e4, loop_gain_margin_db=-40.0,
+                   loop_gain_quantile=0.5)
+    starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
+    outs = {}
+    for name, loud in (("low", -100.0), ("high", 100.0)):
+        student = tiny_student()
+        outs[name] = own_stream_iteration(student, torch.optim.AdamW(student.parameters(), lr=1e-3),
+                                          OwnStreams(cfg.batch_size, C, 512), data, starts, cfg,
+                                          torch.Generator().manual_seed(0), MEL, LevelCeilings(loud_bass=loud))
+    assert outs["low"]["hinged"] == 1.0 and outs["low"]["own_loop"] > 0 and outs["low"]["droned"] == 0.0
+    assert outs["high"]["hinged"] == 0.0 and outs["high"]["own_loop"] == 0.0
+    from lmdm.train.arc.drone import band_level
+    bass = MEL.band_hz < 150.0
+    statistic = arc_trainer.block_bass_statistic(4 * MEL.patch, bass)
+    part = torch.randn(1, 6 * MEL.patch, 128)
+    values = statistic(part, MEL.std, MEL.momentary_frames)
+    assert values.shape == (1, 2 * MEL.patch + 1)
+    assert torch.allclose(values[0, -1], band_level(part[:, -4 * MEL.patch :], MEL, 150.0)[0], atol=1e-5)
+    assert statistic(part[:, : 3 * MEL.patch], MEL.std, MEL.momentary_frames).shape == (1, 0)
+
+
 def test_cold_own_streams_start_from_no_context(monkeypatch):
     """With ``own_stream_cold_p = 1`` a restarting stream rolls out from an empty context (the first blocks of a
     stream, as ``lmdm generate`` starts) and is not kicked; streams that go on keep theirs, in one batch with the
@@ -711,6 +738,7 @@ def test_own_stream_settings_are_checked():
                 {"context_noise": -0.1}, {"own_stream_drone_p": 1.5}, {"own_stream_drone_db": -1.0},
                 {"loop_gain_weight": -1.0}, {"loop_gain_hz": 30.0}, {"loop_gain_weight": 1.0},
                 {"loop_gain_weight": 1.0, "own_stream_drone_p": 0.5}, {"own_stream_drone_rise_db": -1.0},
+                {"loop_gain_quantile": 1.5},
                 {"own_stream_every": 2, "level_weight": 0.0}):
         with pytest.raises(ConfigError):
             tiny_cfg(**bad)
@@ -725,7 +753,8 @@ def test_arc_run_with_own_streams_and_ceiling_resumes_exactly(real_data, tmp_pat
                     rollout_blocks=2, student_steps=3, disc_layers=1, disc_head_width=16, ckpt_every=1, log_every=1,
                     own_stream_every=2, own_stream_blocks=100, ceiling_weight=1.0, momentary_weight=1.0,
                     own_stream_kick_db=6.0, own_stream_kick_p=0.5, crest_weight=1.0, frame_weight=1.0,
-                    peak_weight=1.0, own_stream_cold_p=0.5)
+                    peak_weight=1.0, own_stream_cold_p=0.5, own_stream_drone_p=0.5, own_stream_drone_rise_db=6.0,
+                    loop_gain_weight=1.0, loop_gain_quantile=0.9)
     arc_train(cfg, progress=False)
     streams = load_file(str(latest_checkpoint(tmp_path / "arc") / "streams.safetensors"))
     assert streams["blocks"].tolist() == [2, 2] and streams["context"].abs().sum() > 0
@@ -733,6 +762,7 @@ def test_arc_run_with_own_streams_and_ceiling_resumes_exactly(real_data, tmp_pat
     straight = arc_train(replace(cfg, steps=4, run_dir=str(tmp_path / "straight")), progress=False)
     assert r.last["stream_blocks"] == straight.last["stream_blocks"] == 4
     assert r.last["own_level"] == pytest.approx(straight.last["own_level"], rel=1e-5)
+    assert r.last["own_loop"] == pytest.approx(straight.last["own_loop"], rel=1e-5, abs=1e-12)
     for name in ("model", "disc", "ema", "streams"):
         a = load_file(str(latest_checkpoint(tmp_path / "arc") / f"{name}.safetensors"))
         b = load_file(str(latest_checkpoint(tmp_path / "straight") / f"{name}.safetensors"))

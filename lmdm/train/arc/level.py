@@ -400,6 +400,9 @@ class LevelCeilings:
             ``frame_quantile``), normalised units, for :func:`frame_ceiling_loss`.
         peak: the decoded waveform's ceiling (ARC's ``peak_dbfs``), linear full-scale units, for
             :func:`peak_ceiling_loss`.
+        loud_bass: a quantile of the training data's one-block bass levels (ARC's ``loop_gain_quantile``),
+            normalised units: an own stream whose context ends above it gets the loop-gain term
+            (``lmdm.train.arc.drone``); not one of :meth:`losses`.
     """
 
     band: torch.Tensor | None = None
@@ -407,6 +410,7 @@ class LevelCeilings:
     crest: float | None = None
     frame: float | None = None
     peak: float | None = None
+    loud_bass: float | None = None
 
     def losses(self, fake_mel: torch.Tensor, mel: "DecodedMel") -> tuple[torch.Tensor, ...]:
         """``(band, momentary, crest, frame, peak)`` losses of ``fake_mel`` ``(b, mel_frames, n_mels)`` (:data:`TERMS`
