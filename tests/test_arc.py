@@ -513,13 +513,8 @@ def test_own_streams_sample_with_own_stream_steps(monkeypatch):
     assert out["stream_blocks"] == cfg.rollout_blocks and streams.context.abs().sum() > 0
 
 
-def test_level_kicks_play_some_own_stream_contexts_louder_or_quieter(monkeypatch):
-    """With ``own_stream_kick_db = k`` and ``own_stream_kick_p = 1`` every stream's context reaches the rollout
-    shifted by one gain per stream, within ``[-k, k]`` dB (on the raw-mel latent: the same offset in every band
-    above the floor), drawn after everything else the iteration draws before its rollout; ``p = 0`` kicks none;
-    off (``k = 0``) draws nothing extra."""
-    student, data = tiny_student(), tiny_latent_set()
-    C, B = student.cfg.context_frames, student.cfg.block_frames
+def record_contexts(monkeypatch) -> list:
+    """Patch ARC's rollout to record each context it is given (detached copies, in call order) and return that list."""
     seen = []
     real_rollout = arc_trainer.rollout
 
@@ -528,16 +523,33 @@ def test_level_kicks_play_some_own_stream_contexts_louder_or_quieter(monkeypatch
         return real_rollout(model, context, *args, **kw)
 
     monkeypatch.setattr(arc_trainer, "rollout", recording_rollout)
+    return seen
+
+
+def fresh_own_iteration(data, ceiling=None, **kw):
+    """One own-stream iteration of a fresh tiny student on fresh streams (``tiny_cfg(own_stream_every=1, **kw)``,
+    streams that never restart, RNG seed 0): ``(student after it, its metrics)``."""
+    student = tiny_student()
+    C, B = student.cfg.context_frames, student.cfg.block_frames
+    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, **kw)
+    starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
+    out = own_stream_iteration(student, torch.optim.AdamW(student.parameters(), lr=1e-3),
+                               OwnStreams(cfg.batch_size, C, 512), data, starts, cfg, torch.Generator().manual_seed(0),
+                               MEL, ceiling)
+    return student, out
+
+
+def test_level_kicks_play_some_own_stream_contexts_louder_or_quieter(monkeypatch):
+    """With ``own_stream_kick_db = k`` and ``own_stream_kick_p = 1`` every stream's context reaches the rollout
+    shifted by one gain per stream, within ``[-k, k]`` dB (on the raw-mel latent: the same offset in every band
+    above the floor), drawn after everything else the iteration draws before its rollout; ``p = 0`` kicks none;
+    off (``k = 0``) draws nothing extra."""
+    data = tiny_latent_set()
+    seen = record_contexts(monkeypatch)
     outs = {}
     for name, kick in (("off", {}), ("all", {"own_stream_kick_db": 10.0, "own_stream_kick_p": 1.0}),
                        ("none", {"own_stream_kick_db": 10.0, "own_stream_kick_p": 0.0})):
-        student = tiny_student()
-        cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, **kick)
-        starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
-        streams = OwnStreams(cfg.batch_size, C, 512)
-        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
-        outs[name] = own_stream_iteration(student, opt, streams, data, starts, cfg, torch.Generator().manual_seed(0),
-                                          MEL, None)
+        outs[name] = fresh_own_iteration(data, **kick)[1]
     off, kicked, none = seen
     assert outs["off"]["kicked"] == outs["none"]["kicked"] == 0.0 and outs["all"]["kicked"] == 1.0
     assert torch.equal(off, none)
@@ -550,11 +562,7 @@ def test_level_kicks_play_some_own_stream_contexts_louder_or_quieter(monkeypatch
     assert len({round(float(shift[i][MEL(off)[i] > 0].mean()), 4) for i in range(len(off))}) == len(off)
     # bass kicks (own_stream_kick_hz): the same draws, the same gains, on the bands below 150 Hz only
     seen.clear()
-    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, own_stream_kick_db=10.0, own_stream_kick_p=1.0,
-                   own_stream_kick_hz=150.0)
-    student = tiny_student()
-    own_stream_iteration(student, torch.optim.AdamW(student.parameters(), lr=1e-3), OwnStreams(cfg.batch_size, C, 512),
-                         data, starts, cfg, torch.Generator().manual_seed(0), MEL, None)
+    fresh_own_iteration(data, own_stream_kick_db=10.0, own_stream_kick_p=1.0, own_stream_kick_hz=150.0)
     bass = MEL(seen[0]) - MEL(off)
     low = MEL.band_hz < 150.0
     assert torch.equal(bass[..., ~low], torch.zeros_like(bass[..., ~low]))
@@ -565,28 +573,15 @@ def test_drone_contexts_reach_the_rollout_and_the_loop_gain_term_trains_on_them(
     """With ``own_stream_drone_p = 1`` every warm stream's context reaches the rollout with a drone mixed in (bands
     only raised, the bass louder), drawn after the kicks; the loop-gain term is reported and changes the update;
     ``p = 0`` and off leave the context and the draws as they were."""
-    student, data = tiny_student(), tiny_latent_set()
-    C, B = student.cfg.context_frames, student.cfg.block_frames
-    seen = []
-    real_rollout = arc_trainer.rollout
-
-    def recording_rollout(model, context, *args, **kw):
-        seen.append(context.detach().clone())
-        return real_rollout(model, context, *args, **kw)
-
-    monkeypatch.setattr(arc_trainer, "rollout", recording_rollout)
+    data = tiny_latent_set()
+    B = tiny_student().cfg.block_frames
+    seen = record_contexts(monkeypatch)
     outs, weights = {}, {}
     for name, drone in (("off", {}), ("none", {"own_stream_drone_p": 0.0}),
                         ("drone", {"own_stream_drone_p": 1.0, "own_stream_drone_db": 12.0}),
                         ("term", {"own_stream_drone_p": 1.0, "own_stream_drone_db": 12.0, "loop_gain_weight": 1e4,
                                   "loop_gain_margin_db": -40.0})):
-        student = tiny_student()
-        cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, **drone)
-        starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
-        streams = OwnStreams(cfg.batch_size, C, 512)
-        opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
-        outs[name] = own_stream_iteration(student, opt, streams, data, starts, cfg, torch.Generator().manual_seed(0),
-                                          MEL, None)
+        student, outs[name] = fresh_own_iteration(data, **drone)
         weights[name] = snapshot(student)
     off, none, droned, term = seen
     assert torch.equal(off, none) and outs["off"]["droned"] == outs["none"]["droned"] == 0.0
@@ -600,11 +595,8 @@ def test_drone_contexts_reach_the_rollout_and_the_loop_gain_term_trains_on_them(
     assert all(torch.equal(a, b) for a, b in zip(weights["off"], weights["none"]))
     # rising drones (own_stream_drone_rise_db): the context's bass grows from its first block to its last
     seen.clear()
-    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, own_stream_drone_p=1.0, own_stream_drone_db=0.0,
-                   own_stream_drone_rise_db=20.0, loop_gain_weight=1.0)
-    student = tiny_student()
-    own_stream_iteration(student, torch.optim.AdamW(student.parameters(), lr=1e-3), OwnStreams(cfg.batch_size, C, 512),
-                         data, starts, cfg, torch.Generator().manual_seed(0), MEL, None)
+    fresh_own_iteration(data, own_stream_drone_p=1.0, own_stream_drone_db=0.0, own_stream_drone_rise_db=20.0,
+                        loop_gain_weight=1.0)
     first, last = MEL(seen[0][:, :B]), MEL(seen[0][:, -B:])
     assert bool((band_level(last, MEL, 150.0) > band_level(first, MEL, 150.0)).all())
 
@@ -614,16 +606,9 @@ def test_streams_at_a_loud_bass_get_the_loop_gain_term_without_a_drone():
     above it is hinged, drone or not, and trained on the term; above every stream's bass, none is; the training
     split's statistic is each block-long window's bass level (a chunk shorter than a block gives none)."""
     data = tiny_latent_set()
-    C, B = tiny_student().cfg.context_frames, tiny_student().cfg.block_frames
-    cfg = tiny_cfg(own_stream_every=1, own_stream_blocks=10**9, loop_gain_weight=1e4, loop_gain_margin_db=-40.0,
-                   loop_gain_quantile=0.5)
-    starts = data.valid_starts("train", C + cfg.rollout_blocks * B)
-    outs = {}
-    for name, loud in (("low", -100.0), ("high", 100.0)):
-        student = tiny_student()
-        outs[name] = own_stream_iteration(student, torch.optim.AdamW(student.parameters(), lr=1e-3),
-                                          OwnStreams(cfg.batch_size, C, 512), data, starts, cfg,
-                                          torch.Generator().manual_seed(0), MEL, LevelCeilings(loud_bass=loud))
+    outs = {name: fresh_own_iteration(data, LevelCeilings(loud_bass=loud), loop_gain_weight=1e4,
+                                      loop_gain_margin_db=-40.0, loop_gain_quantile=0.5)[1]
+            for name, loud in (("low", -100.0), ("high", 100.0))}
     assert outs["low"]["hinged"] == 1.0 and outs["low"]["own_loop"] > 0 and outs["low"]["droned"] == 0.0
     assert outs["high"]["hinged"] == 0.0 and outs["high"]["own_loop"] == 0.0
     from lmdm.train.arc.drone import band_level
