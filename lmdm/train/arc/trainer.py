@@ -865,8 +865,9 @@ def _arc_train(cfg: ARCConfig | None, resume: bool, progress: bool, run_dir: str
     streams = None
     if cfg.own_stream_every:
         if distributed.active:
-            raise ConfigError("own_stream_every runs on one process; for a torchrun run set it to 0 "
-                              "(lmdm arc --set own_stream_every=0)")
+            raise ConfigError("own_stream_every runs on one process; for a torchrun run set it to 0, and with it "
+                              "the loop-gain term that acts on own streams (lmdm arc --set own_stream_every=0 "
+                              "--set loop_gain_weight=0)")
         streams = OwnStreams(cfg.batch_size, student.cfg.context_frames, student.cfg.latent_channels)
         streams.to(distributed.device)
     # clean_cond conditions only the cache writes, which run without gradient: unused in the rollout's graph
